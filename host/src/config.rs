@@ -1,0 +1,436 @@
+//! Settings: embedded defaults, then an optional TOML file, then `WASMHOOKS_*` environment
+//! variables, then [`Config::validate`]. Unknown keys are rejected at every layer.
+//!
+//! Environment variables name a key path with `__` between levels:
+//! `WASMHOOKS_LISTEN=127.0.0.1:9000`, `WASMHOOKS_DELIVERY__RETRY_SCHEDULE='["1s","10s"]'`.
+//! A value is read as TOML when it parses as one, and as a plain string otherwise.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Everything the host can be configured with.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where sled keeps its files.
+    pub data_dir: PathBuf,
+    /// Address the API listens on (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Delivery behaviour.
+    pub delivery: DeliveryConfig,
+    /// Plugin sandbox limits.
+    pub plugin: PluginLimits,
+    /// Input limits of the API.
+    pub api: ApiConfig,
+}
+
+/// How deliveries are sent and retried.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Waits between attempts: one entry per retry, so `n` entries mean `n + 1` attempts.
+    #[serde(with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    /// Random spread applied to each wait, as a fraction (0.2 = ±20%).
+    pub jitter: f64,
+    /// Timeout of one HTTP request, connection included.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Deliveries worked on at once.
+    pub max_in_flight: usize,
+    /// How much of a response body is kept on the attempt log.
+    pub response_body_limit: usize,
+}
+
+/// Limits applied to every plugin evaluation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    /// Time an evaluation may run before it is interrupted.
+    #[serde(with = "duration_text")]
+    pub time_limit: Duration,
+    /// Linear memory a plugin may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Total body bytes a decision may carry.
+    pub max_output_bytes: usize,
+    /// Requests one decision may ask for.
+    pub max_requests: usize,
+    /// Log bytes kept per evaluation (logs and printed output together).
+    pub max_log_bytes: usize,
+    /// State bytes (keys and values) one webhook's plugin may keep.
+    pub max_state_bytes: usize,
+}
+
+/// Limits of the REST API.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Longest webhook name, in characters.
+    pub max_name_len: usize,
+    /// Longest URL, in bytes.
+    pub max_url_len: usize,
+    /// Largest request body (events, webhooks), in bytes.
+    pub max_body_bytes: usize,
+    /// Largest module upload, in bytes.
+    pub max_module_bytes: usize,
+    /// Most events in one `POST /v1/events`.
+    pub max_batch_events: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("wasmhooks-data"),
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            delivery: DeliveryConfig::default(),
+            plugin: PluginLimits::default(),
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let secs = Duration::from_secs;
+        DeliveryConfig {
+            // Close to Svix's: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+            retry_schedule: vec![
+                secs(5),
+                secs(300),
+                secs(1800),
+                secs(7200),
+                secs(18000),
+                secs(36000),
+                secs(36000),
+            ],
+            jitter: 0.2,
+            timeout: secs(30),
+            max_in_flight: 256,
+            response_body_limit: 20_000,
+        }
+    }
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            time_limit: Duration::from_millis(50),
+            memory_bytes: 32 << 20,
+            max_output_bytes: 1 << 20,
+            max_requests: 16,
+            max_log_bytes: 16 << 10,
+            max_state_bytes: 64 << 10,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_name_len: 100,
+            max_url_len: 2048,
+            max_body_bytes: 1 << 20,
+            max_module_bytes: 64 << 20,
+            max_batch_events: 1000,
+        }
+    }
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A layer did not parse or had unknown keys.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// Which layer (file path or "environment").
+        origin: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {key}: {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// The rule it breaks.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then `WASMHOOKS_*` variables from `env`.
+    ///
+    /// # Errors
+    /// When the file cannot be read, a layer does not parse or has unknown keys, or a value is
+    /// invalid.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::try_from(Config::default()).expect("defaults serialise");
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let layer: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse {
+                        origin: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+            merge(&mut table, layer);
+            check(&table, &path.display().to_string())?;
+        }
+        let env_layer = env_table(env)?;
+        if !env_layer.is_empty() {
+            merge(&mut table, env_layer);
+            check(&table, "environment")?;
+        }
+        let config = check(&table, "settings")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that types cannot express.
+    ///
+    /// # Errors
+    /// The first invalid value, by key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if !(0.0..=1.0).contains(&self.delivery.jitter) {
+            return invalid("delivery.jitter", "must be between 0 and 1");
+        }
+        if self.delivery.timeout.is_zero() {
+            return invalid("delivery.timeout", "must be more than zero");
+        }
+        if self.delivery.max_in_flight == 0 {
+            return invalid("delivery.max_in_flight", "must be at least 1");
+        }
+        if self.plugin.time_limit < Duration::from_millis(1) {
+            return invalid("plugin.time_limit", "must be at least 1ms");
+        }
+        if self.plugin.memory_bytes < (1 << 20) {
+            return invalid("plugin.memory_bytes", "must be at least 1 MiB");
+        }
+        if self.plugin.max_requests == 0 {
+            return invalid("plugin.max_requests", "must be at least 1");
+        }
+        if self.api.max_name_len == 0 || self.api.max_url_len < 16 {
+            return invalid("api", "name and URL limits are too small");
+        }
+        if self.api.max_batch_events == 0 {
+            return invalid("api.max_batch_events", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn check(table: &toml::Table, origin: &str) -> Result<Config, ConfigError> {
+    Config::deserialize(table.clone()).map_err(|e| ConfigError::Parse {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn merge(base: &mut toml::Table, layer: toml::Table) {
+    for (key, value) in layer {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_t)), toml::Value::Table(layer_t)) => {
+                merge(base_t, layer_t)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn env_table(env: impl IntoIterator<Item = (String, String)>) -> Result<toml::Table, ConfigError> {
+    let mut root = toml::Table::new();
+    for (name, raw) in env {
+        let Some(path) = name.strip_prefix("WASMHOOKS_") else {
+            continue;
+        };
+        let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+        if keys.iter().any(String::is_empty) {
+            return Err(ConfigError::Parse {
+                origin: "environment".into(),
+                message: format!("{name}: empty key segment"),
+            });
+        }
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let mut table = &mut root;
+        for key in &keys[..keys.len() - 1] {
+            table = table
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::Parse {
+                    origin: "environment".into(),
+                    message: format!("{name}: `{key}` is both a value and a table"),
+                })?;
+        }
+        table.insert(keys[keys.len() - 1].clone(), value);
+    }
+    Ok(root)
+}
+
+/// Parses `250ms`, `5s`, `5m`, `2h`, `1d` (whole numbers).
+///
+/// # Errors
+/// A message naming the text and the accepted units.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 250ms, 5s, 5m, 2h or 1d"))?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit; use ms, s, m, h or d"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
+}
+
+/// Formats a duration in the largest unit that divides it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+mod duration_text {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+mod duration_list {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|d| format_duration(*d)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| parse_duration(t).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_svix_like() {
+        let config = Config::load(None, env(&[])).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.delivery.retry_schedule.len(), 7);
+        assert_eq!(config.plugin.time_limit, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn file_then_env_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[delivery]\njitter = 0.1\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            env(&[
+                ("WASMHOOKS_DELIVERY__RETRY_SCHEDULE", "[\"100ms\", \"1s\"]"),
+                ("WASMHOOKS_DATA_DIR", "/tmp/x"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.delivery.jitter, 0.1);
+        assert_eq!(
+            config.delivery.retry_schedule,
+            vec![Duration::from_millis(100), Duration::from_secs(1)]
+        );
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = Config::load(None, env(&[("WASMHOOKS_LISTN", "x")])).unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+        let err = Config::load(None, env(&[("WASMHOOKS_DELIVERY__JITTER", "3")])).unwrap_err();
+        assert!(err.to_string().contains("delivery.jitter"), "{err}");
+        let err =
+            Config::load(None, env(&[("WASMHOOKS_PLUGIN__TIME_LIMIT", "5 parsecs")])).unwrap_err();
+        assert!(err.to_string().contains("parsecs"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_and_format() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+}

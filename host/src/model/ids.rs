@@ -1,0 +1,194 @@
+//! Prefixed, time-sortable identifiers (`wh_…`, `dlv_…`, `evt_…`) and the content-hash module id.
+//!
+//! Generated ids are a 48-bit millisecond timestamp followed by 80 random bits, in Crockford
+//! base32 (26 characters, like a ULID), so sorting ids sorts by creation time.
+
+use std::fmt;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+const CROCKFORD: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// A new 26-character time-ordered suffix.
+fn ulid_suffix() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut random = [0u8; 10];
+    rand::thread_rng().fill_bytes(&mut random);
+    let mut value: u128 = (u128::from(millis & 0xffff_ffff_ffff)) << 80;
+    for (i, byte) in random.iter().enumerate() {
+        value |= u128::from(*byte) << (72 - 8 * i);
+    }
+    (0..26)
+        .rev()
+        .map(|i| CROCKFORD[((value >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+/// Why a string is not a valid id.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("`{value}` is not a valid {kind} id (expected `{prefix}_` followed by letters and digits)")]
+pub struct IdError {
+    kind: &'static str,
+    prefix: &'static str,
+    value: String,
+}
+
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The prefix every id of this kind starts with (without the underscore).
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A new, time-ordered id.
+            pub fn generate() -> Self {
+                $name(format!("{}_{}", $prefix, ulid_suffix()))
+            }
+
+            /// Checks that `value` looks like an id of this kind.
+            ///
+            /// # Errors
+            /// When the prefix is wrong or the rest is empty or not alphanumeric.
+            pub fn parse(value: &str) -> Result<Self, IdError> {
+                let valid = value
+                    .strip_prefix(concat!($prefix, "_"))
+                    .is_some_and(|rest| {
+                        !rest.is_empty()
+                            && rest.len() <= 64
+                            && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+                    });
+                if valid {
+                    Ok($name(value.to_string()))
+                } else {
+                    Err(IdError { kind: $kind, prefix: $prefix, value: value.to_string() })
+                }
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+prefixed_id!(
+    /// Identifies a webhook.
+    WebhookId, "wh", "webhook"
+);
+prefixed_id!(
+    /// Identifies one delivery: one (webhook, event) pair.
+    DeliveryId, "dlv", "delivery"
+);
+prefixed_id!(
+    /// Identifies a plugin module: `mod_` + the first 32 hex digits of its SHA-256.
+    ModuleId, "mod", "module"
+);
+
+impl ModuleId {
+    /// The id of a module with these bytes.
+    pub fn for_bytes(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(bytes);
+        ModuleId(format!("mod_{}", &hex::encode(digest)[..32]))
+    }
+}
+
+/// Identifies an event. Emitters may choose their own ids (the host dedupes on them);
+/// otherwise the host generates `evt_…`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(String);
+
+impl EventId {
+    /// Longest id an emitter may give.
+    pub const MAX_LEN: usize = 128;
+
+    /// A new, time-ordered id.
+    pub fn generate() -> Self {
+        EventId(format!("evt_{}", ulid_suffix()))
+    }
+
+    /// Checks an emitter-chosen id: 1 to 128 characters of letters, digits and `_ - . :`.
+    ///
+    /// # Errors
+    /// When the id is empty, too long, or has other characters.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value.is_empty() || value.len() > Self::MAX_LEN {
+            return Err(format!(
+                "event id must be 1 to {} characters, got {}",
+                Self::MAX_LEN,
+                value.len()
+            ));
+        }
+        if let Some(bad) = value
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+        {
+            return Err(format!(
+                "event id `{value}` has the character {bad:?}; use letters, digits and _ - . :"
+            ));
+        }
+        Ok(EventId(value.to_string()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_have_prefix_and_sort_by_time() {
+        let a = WebhookId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = WebhookId::generate();
+        assert!(a.as_str().starts_with("wh_"));
+        assert_eq!(a.as_str().len(), 3 + 26);
+        assert!(a < b, "{a} should sort before {b}");
+        assert_eq!(WebhookId::parse(a.as_str()), Ok(a));
+    }
+
+    #[test]
+    fn parse_rejects_wrong_prefix_and_characters() {
+        assert!(DeliveryId::parse("wh_abc").is_err());
+        assert!(DeliveryId::parse("dlv_").is_err());
+        assert!(DeliveryId::parse("dlv_a/b").is_err());
+        assert!(EventId::parse("").is_err());
+        assert!(EventId::parse("order 1").is_err());
+        assert!(EventId::parse(&"x".repeat(129)).is_err());
+        assert!(EventId::parse("shop-1:order.42_a").is_ok());
+    }
+
+    #[test]
+    fn module_id_is_content_hash() {
+        let a = ModuleId::for_bytes(b"abc");
+        assert_eq!(a, ModuleId::for_bytes(b"abc"));
+        assert_ne!(a, ModuleId::for_bytes(b"abd"));
+        assert_eq!(a.as_str(), "mod_ba7816bf8f01cfea414140de5dae2223");
+    }
+}

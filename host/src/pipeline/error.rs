@@ -1,0 +1,54 @@
+//! The errors of pipeline operations, each with the HTTP status it maps to in the API.
+
+use crate::runtime::ValidationError;
+use crate::store::StoreError;
+
+/// Why an operation was refused or failed. Refusals change nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field broke a rule; the message names the field.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field (dotted path), or `body`.
+        field: String,
+        /// The rule it broke.
+        message: String,
+    },
+    /// The request body is not the JSON the endpoint takes.
+    #[error("invalid JSON body: {0}")]
+    Json(String),
+    /// A referenced object does not exist.
+    #[error("{kind} `{id}` does not exist")]
+    NotFound {
+        /// What was looked for (`webhook`, `module`, …).
+        kind: &'static str,
+        /// The id.
+        id: String,
+    },
+    /// Too large.
+    #[error("{what} is {size} bytes; the limit is {limit}")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A module upload that is not a valid plugin.
+    #[error(transparent)]
+    Module(#[from] ValidationError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    /// An [`Error::Invalid`] for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

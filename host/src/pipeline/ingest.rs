@@ -1,0 +1,168 @@
+//! Ingest and routing: validate an event, match it to webhooks, store it with one delivery per
+//! matching webhook, and acknowledge only once that is durable.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Error, Pipeline};
+use crate::model::{
+    kind_matches, validate_kind, Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis,
+};
+use crate::store::Inserted;
+
+/// An event as emitters send it (API body, CLI, `plugin run` event files).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    /// The emitter's id; generated when absent. Re-sending an id is a no-op.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Dotted kind such as `order.created`.
+    pub kind: String,
+    /// Tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// When it happened (RFC 3339 or epoch milliseconds); receipt time when absent.
+    #[serde(default)]
+    pub occurred_at: Option<Millis>,
+    /// Routing attributes: an object of strings.
+    #[serde(default)]
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// The payload: any JSON.
+    pub payload: Box<RawValue>,
+}
+
+/// What happened to one emitted event.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EmitResult {
+    /// The event's id.
+    pub id: EventId,
+    /// Whether an event with this id was already stored (nothing new was queued).
+    pub duplicate: bool,
+    /// Deliveries created for it.
+    pub deliveries: Vec<DeliveryId>,
+}
+
+impl EventInput {
+    /// Checks every field and builds the stored event; `index` names the event in a batch.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the field and the rule.
+    pub fn into_event(self, now: Millis, index: Option<usize>) -> Result<Event, Error> {
+        let field = |name: &str| match index {
+            Some(i) => format!("events[{i}].{name}"),
+            None => name.to_string(),
+        };
+        let id = match &self.id {
+            Some(id) => EventId::parse(id).map_err(|m| Error::invalid(field("id"), m))?,
+            None => EventId::generate(),
+        };
+        validate_kind(&self.kind, false).map_err(|m| Error::invalid(field("kind"), m))?;
+        if let Some(tenant) = &self.tenant {
+            if tenant.is_empty() || tenant.len() > 128 {
+                return Err(Error::invalid(
+                    field("tenant"),
+                    "must be 1 to 128 characters",
+                ));
+            }
+        }
+        let mut attributes = Vec::with_capacity(self.attributes.len());
+        for (key, value) in self.attributes {
+            match value {
+                serde_json::Value::String(s) => attributes.push((key, s)),
+                other => {
+                    return Err(Error::invalid(
+                        field(&format!("attributes.{key}")),
+                        format!("must be a string, got {other}"),
+                    ))
+                }
+            }
+        }
+        Ok(Event {
+            id,
+            kind: self.kind,
+            tenant: self.tenant,
+            occurred_at: self.occurred_at.unwrap_or(now),
+            received_at: now,
+            attributes,
+            payload: self.payload,
+        })
+    }
+}
+
+impl Pipeline {
+    /// Emits events: each is validated (all before any is stored), routed, stored with its
+    /// deliveries, and made durable before this returns.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad event (then nothing is stored), [`Error::TooLarge`] for too
+    /// many events, or a storage error.
+    pub async fn emit(&self, inputs: Vec<EventInput>) -> Result<Vec<EmitResult>, Error> {
+        let limit = self.config.api.max_batch_events;
+        if inputs.len() > limit {
+            return Err(Error::TooLarge {
+                what: "the event batch",
+                size: inputs.len(),
+                limit,
+            });
+        }
+        if inputs.is_empty() {
+            return Err(Error::invalid("events", "at least one event is required"));
+        }
+        let now = self.now();
+        let batch = inputs.len() > 1;
+        let events = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| input.into_event(now, batch.then_some(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut results = Vec::with_capacity(events.len());
+        for event in &events {
+            let deliveries = self.route(event, now);
+            let inserted = self.store.insert_event(event, &deliveries)?;
+            results.push(EmitResult {
+                id: event.id.clone(),
+                duplicate: inserted == Inserted::Duplicate,
+                deliveries: match inserted {
+                    Inserted::New => deliveries.into_iter().map(|d| d.id).collect(),
+                    Inserted::Duplicate => Vec::new(),
+                },
+            });
+        }
+        self.store.commit().await?;
+        if results.iter().any(|r| !r.deliveries.is_empty()) {
+            self.wake.notify_one();
+        }
+        Ok(results)
+    }
+
+    /// One pending delivery for every enabled webhook that takes this event.
+    fn route(&self, event: &Event, now: Millis) -> Vec<Delivery> {
+        let webhooks = self.webhooks.read().unwrap();
+        let mut matching: Vec<_> = webhooks
+            .values()
+            .filter(|w| w.enabled && w.event_kinds.iter().any(|p| kind_matches(p, &event.kind)))
+            .collect();
+        matching.sort_by(|a, b| a.id.cmp(&b.id));
+        matching
+            .into_iter()
+            .map(|w| Delivery {
+                id: DeliveryId::generate(),
+                webhook_id: w.id.clone(),
+                event_id: event.id.clone(),
+                status: DeliveryStatus::Pending,
+                created_at: now,
+                updated_at: now,
+                next_attempt_at: Some(now),
+                requests: None,
+                rounds: 0,
+                attempts: Vec::new(),
+                logs: Vec::new(),
+                skip_reason: None,
+                error: None,
+                extracted_value: None,
+            })
+            .collect()
+    }
+}

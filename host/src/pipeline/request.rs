@@ -1,0 +1,168 @@
+//! Turning a plugin's request into the exact HTTP request that will be sent (and re-sent).
+
+use crate::model::{DeliveryId, Method, OutboundRequest, Webhook};
+use crate::runtime::wit;
+
+/// Headers nobody but the host may set: hop-by-hop headers, framing, and the Standard
+/// Webhooks headers.
+pub fn forbidden_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "proxy-authorization"
+            | "proxy-connection"
+    ) || name.starts_with("webhook-")
+}
+
+/// Checks one header: valid HTTP syntax and not reserved.
+///
+/// # Errors
+/// A message naming the header and what is wrong with it.
+pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("`{name}` is not a valid header name"));
+    }
+    if http::HeaderValue::from_str(value).is_err() {
+        return Err(format!(
+            "the value of header `{name}` has invalid characters"
+        ));
+    }
+    if forbidden_header(name) {
+        return Err(format!(
+            "header `{name}` is reserved (hop-by-hop, framing or webhook-* headers are set by the host)"
+        ));
+    }
+    Ok(())
+}
+
+/// The `webhook-id` of request `index` of a delivery: stable across retries.
+pub fn message_id(delivery: &DeliveryId, index: usize) -> String {
+    if index == 0 {
+        delivery.to_string()
+    } else {
+        format!("{delivery}-{index}")
+    }
+}
+
+/// Resolves a plugin's path-and-query against the webhook URL: `/x?y` replaces the path and
+/// query; `x` is appended to the path after a `/`; `?y` adds to the query.
+///
+/// # Errors
+/// When the path is a full URL or the result is not a valid URL.
+pub fn join_url(base: &str, path: Option<&str>) -> Result<String, String> {
+    let Some(path) = path.filter(|p| !p.is_empty()) else {
+        return Ok(base.to_string());
+    };
+    if path.contains("://") || path.starts_with("//") {
+        return Err(format!(
+            "request path `{path}` must be a path and query, not a full URL"
+        ));
+    }
+    let mut url = url::Url::parse(base).map_err(|e| format!("webhook URL `{base}`: {e}"))?;
+    let (p, q) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    if p.starts_with('/') {
+        url.set_path(p);
+        url.set_query(q);
+    } else {
+        if !p.is_empty() {
+            let joined = format!("{}/{}", url.path().trim_end_matches('/'), p);
+            url.set_path(&joined);
+        }
+        if let Some(q) = q {
+            let query = match url.query() {
+                Some(existing) if !existing.is_empty() => format!("{existing}&{q}"),
+                _ => q.to_string(),
+            };
+            url.set_query(Some(&query));
+        }
+    }
+    Ok(url.to_string())
+}
+
+/// Builds the stored request for request `index` of a delivery.
+///
+/// # Errors
+/// A message saying which header or path the plugin got wrong.
+pub fn build(
+    webhook: &Webhook,
+    delivery: &DeliveryId,
+    index: usize,
+    request: wit::Request,
+) -> Result<OutboundRequest, String> {
+    let method = match request.method {
+        None => webhook.method,
+        Some(wit::Method::Get) => Method::Get,
+        Some(wit::Method::Post) => Method::Post,
+        Some(wit::Method::Put) => Method::Put,
+        Some(wit::Method::Patch) => Method::Patch,
+        Some(wit::Method::Delete) => Method::Delete,
+    };
+    let url = join_url(&webhook.url, request.path.as_deref())?;
+    let mut headers: Vec<(String, String)> = webhook.headers.clone();
+    let mut set = |name: String, value: String| {
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+        headers.push((name, value));
+    };
+    for (name, value) in request.headers {
+        check_header(&name, &value).map_err(|e| format!("plugin header: {e}"))?;
+        set(name, value);
+    }
+    if let Some(content_type) = request.content_type {
+        check_header("content-type", &content_type)
+            .map_err(|e| format!("plugin content type: {e}"))?;
+        set("content-type".into(), content_type);
+    }
+    headers.push(("webhook-id".into(), message_id(delivery, index)));
+    Ok(OutboundRequest {
+        method,
+        url,
+        headers,
+        body: request.body.unwrap_or_default(),
+        delivered: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_paths_and_queries() {
+        let base = "http://example.test/api/hooks?token=1";
+        assert_eq!(join_url(base, None).unwrap(), base);
+        assert_eq!(
+            join_url(base, Some("/orders/7?x=1")).unwrap(),
+            "http://example.test/orders/7?x=1"
+        );
+        assert_eq!(
+            join_url(base, Some("orders/7")).unwrap(),
+            "http://example.test/api/hooks/orders/7?token=1"
+        );
+        assert_eq!(
+            join_url(base, Some("?id_order=5")).unwrap(),
+            "http://example.test/api/hooks?token=1&id_order=5"
+        );
+        assert!(join_url(base, Some("http://evil.test/")).is_err());
+        assert!(join_url(base, Some("//evil.test/")).is_err());
+    }
+
+    #[test]
+    fn reserved_and_malformed_headers_are_refused() {
+        assert!(check_header("x-shop", "1").is_ok());
+        assert!(check_header("Webhook-Signature", "v1,x").is_err());
+        assert!(check_header("Transfer-Encoding", "chunked").is_err());
+        assert!(check_header("bad header", "1").is_err());
+        assert!(check_header("x-a", "line\nbreak").is_err());
+    }
+}

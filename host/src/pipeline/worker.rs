@@ -1,0 +1,365 @@
+//! The scheduler and the life of one delivery.
+//!
+//! The scheduler walks the due queue in due order and starts every due delivery that is not
+//! already being worked on, up to `max_in_flight` at once. A delivery keeps its queue entry
+//! until its new state is written in the same transaction that moves or removes the entry,
+//! so a crash at any point leaves it queued (at-least-once).
+//!
+//! One delivery: evaluate the plugin once (its requests are stored, so retries resend the same
+//! bytes and the plugin never runs again), then send every request not yet accepted, then
+//! decide in one place: delivered, failed, dead, or pending with the next retry time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
+
+use super::{request, retry, to_wit_event, Pipeline, StoredState};
+use crate::model::{
+    Attempt, AttemptOutcome, Delivery, DeliveryId, DeliveryStatus, Millis, OutboundRequest, Webhook,
+};
+use crate::runtime::{wit, Answer, Call, PluginContext};
+use crate::store::StoreError;
+
+/// How long the scheduler sleeps at most when nothing wakes it.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// How long a paused webhook's delivery waits before it is looked at again.
+const PAUSED_WAIT: Duration = Duration::from_secs(60);
+/// How long a delivery waits after a storage error before it is tried again.
+const STORAGE_ERROR_WAIT: Duration = Duration::from_secs(5);
+
+fn plus(t: Millis, d: Duration) -> Millis {
+    Millis(t.as_i64().saturating_add(d.as_millis() as i64))
+}
+
+impl Pipeline {
+    /// Runs the scheduler until `shutdown` turns true; then waits for deliveries in flight.
+    pub async fn run_scheduler(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let max = self.config.delivery.max_in_flight;
+        let permits = Arc::new(Semaphore::new(max));
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let wait = match self.start_due(&permits) {
+                Ok(wait) => wait,
+                Err(e) => {
+                    tracing::error!("scheduler: reading the queue failed: {e}");
+                    STORAGE_ERROR_WAIT
+                }
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Let deliveries in flight finish their current step.
+        let _ = permits.acquire_many(max as u32).await;
+    }
+
+    /// Starts every due delivery there is room for; returns how long to wait before looking
+    /// again.
+    fn start_due(self: &Arc<Self>, permits: &Arc<Semaphore>) -> Result<Duration, StoreError> {
+        let now = self.now();
+        let busy = self.in_flight.lock().unwrap().len();
+        let scan = busy + permits.available_permits() + 1;
+        for (due, id) in self.store.due_entries(scan)? {
+            if due > now {
+                let until = Duration::from_millis((due.as_i64() - now.as_i64()) as u64);
+                return Ok(until.min(IDLE_WAIT));
+            }
+            if !self.in_flight.lock().unwrap().insert(id.clone()) {
+                continue;
+            }
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                self.in_flight.lock().unwrap().remove(&id);
+                break;
+            };
+            let this = self.clone();
+            let span = tracing::info_span!("wasmhooks.delivery", delivery = %id);
+            tokio::spawn(
+                async move {
+                    if let Err(e) = this.process(due, &id).await {
+                        tracing::error!("storage error, will retry: {e}");
+                        this.postpone(due, &id);
+                    }
+                    this.in_flight.lock().unwrap().remove(&id);
+                    drop(permit);
+                    this.wake.notify_one();
+                }
+                .instrument(span),
+            );
+        }
+        Ok(IDLE_WAIT)
+    }
+
+    fn postpone(&self, due: Millis, id: &DeliveryId) {
+        let result = self.store.delivery(id).and_then(|d| match d {
+            Some(mut d) if !d.status.is_final() => {
+                d.next_attempt_at = Some(plus(self.now(), STORAGE_ERROR_WAIT));
+                self.store.update_delivery(&d, Some(due))
+            }
+            _ => self.store.remove_queue_entry(due, id),
+        });
+        if let Err(e) = result {
+            tracing::error!("could not postpone: {e}");
+        }
+    }
+
+    /// Moves one delivery a step forward.
+    async fn process(&self, due: Millis, id: &DeliveryId) -> Result<(), StoreError> {
+        let Some(mut delivery) = self.store.delivery(id)? else {
+            return self.store.remove_queue_entry(due, id);
+        };
+        if delivery.status.is_final() || delivery.next_attempt_at != Some(due) {
+            // A stale entry: the delivery moved on.
+            return self.store.remove_queue_entry(due, id);
+        }
+        let now = self.now();
+        delivery.updated_at = now;
+        let Some(webhook) = self.webhook_cached(&delivery.webhook_id) else {
+            finish(
+                &mut delivery,
+                DeliveryStatus::Failed,
+                "the webhook was deleted".into(),
+            );
+            return self.store.update_delivery(&delivery, Some(due));
+        };
+        if !webhook.enabled {
+            delivery.next_attempt_at = Some(plus(now, PAUSED_WAIT));
+            return self.store.update_delivery(&delivery, Some(due));
+        }
+
+        if delivery.requests.is_none() {
+            match self.evaluate(&webhook, &mut delivery).await? {
+                Some(requests) => {
+                    delivery.requests = Some(requests);
+                    // Keep the built bytes before sending: a crash now resends them as they are.
+                    self.store.update_delivery(&delivery, None)?;
+                }
+                None => return self.store.update_delivery(&delivery, Some(due)),
+            }
+        }
+
+        self.send_round(&webhook, &mut delivery).await;
+        self.store.update_delivery(&delivery, Some(due))
+    }
+
+    /// Runs the plugin on the delivery's event. Returns the built requests, or `None` when the
+    /// delivery ended here (skipped or failed; its status says which).
+    async fn evaluate(
+        &self,
+        webhook: &Webhook,
+        delivery: &mut Delivery,
+    ) -> Result<Option<Vec<OutboundRequest>>, StoreError> {
+        let Some(event) = self.store.event(&delivery.event_id)? else {
+            finish(
+                delivery,
+                DeliveryStatus::Failed,
+                "the event is missing".into(),
+            );
+            return Ok(None);
+        };
+        let runtime = self.runtime.clone();
+        let store = self.store.clone();
+        let module = webhook.module_id.clone();
+        let plugin = match runtime.load(&module, || {
+            store
+                .module_bytes(&module)
+                .ok()
+                .flatten()
+                .map(|b| b.to_vec())
+        }) {
+            Ok(plugin) => plugin,
+            Err(e) => {
+                finish(
+                    delivery,
+                    DeliveryStatus::Failed,
+                    format!("loading module {module}: {e}"),
+                );
+                return Ok(None);
+            }
+        };
+        let ctx = self.plugin_context(webhook);
+        let call = Call::Event(to_wit_event(&event));
+        let evaluation = tokio::task::spawn_blocking(move || runtime.evaluate(&plugin, ctx, call))
+            .instrument(tracing::info_span!("wasmhooks.plugin", module = %webhook.module_id))
+            .await
+            .expect("plugin evaluation does not panic");
+        delivery.logs = evaluation.logs;
+        match evaluation.result {
+            Err(e) => {
+                finish(delivery, DeliveryStatus::Failed, e.to_string());
+                Ok(None)
+            }
+            Ok(Answer::Verdict(_)) => {
+                finish(
+                    delivery,
+                    DeliveryStatus::Failed,
+                    "plugin answered a verdict to an event".into(),
+                );
+                Ok(None)
+            }
+            Ok(Answer::Decision(wit::Decision::Skip(reason))) => {
+                delivery.skip_reason = Some(reason);
+                delivery.status = DeliveryStatus::Skipped;
+                delivery.next_attempt_at = None;
+                Ok(None)
+            }
+            Ok(Answer::Decision(wit::Decision::Send(requests))) => {
+                if requests.is_empty() {
+                    delivery.skip_reason = Some("the plugin sent no requests".into());
+                    delivery.status = DeliveryStatus::Skipped;
+                    delivery.next_attempt_at = None;
+                    return Ok(None);
+                }
+                let built: Result<Vec<_>, String> = requests
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| request::build(webhook, &delivery.id, i, r))
+                    .collect();
+                match built {
+                    Ok(built) => Ok(Some(built)),
+                    Err(e) => {
+                        finish(delivery, DeliveryStatus::Failed, e);
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+
+    fn plugin_context(&self, webhook: &Webhook) -> PluginContext {
+        PluginContext {
+            config: Arc::from(webhook.config.to_string()),
+            state: Arc::new(StoredState {
+                store: self.store.clone(),
+                webhook: webhook.id.clone(),
+            }),
+        }
+    }
+
+    /// Sends every request not yet accepted and decides the delivery's next state.
+    async fn send_round(&self, webhook: &Webhook, delivery: &mut Delivery) {
+        delivery.rounds += 1;
+        let round = delivery.rounds;
+        let hook = self
+            .runtime
+            .load(&webhook.module_id, || None)
+            .ok()
+            .filter(|p| p.has_response_hook());
+        let mut requests = delivery.requests.take().unwrap_or_default();
+        let mut failed_for_good = None;
+        let mut last_failure = None;
+        for (index, request) in requests.iter_mut().enumerate() {
+            if request.delivered {
+                continue;
+            }
+            let started_at = self.now();
+            let timestamp = (started_at.as_i64() / 1000).to_string();
+            let result = self
+                .sender
+                .send(request, &[("webhook-timestamp", timestamp.as_str())])
+                .await;
+            let mut outcome = match result.status {
+                Some(s) if (200..300).contains(&s) && result.error.is_none() => {
+                    AttemptOutcome::Success
+                }
+                _ => AttemptOutcome::Retry,
+            };
+            let mut note = match (result.status, &result.error) {
+                (_, Some(e)) => e.clone(),
+                (Some(s), None) => format!("receiver answered {s}"),
+                (None, None) => "no response".into(),
+            };
+            if let (Some(plugin), Some(status)) = (&hook, result.status) {
+                let response = wit::Response {
+                    request_index: index as u32,
+                    status,
+                    headers: result.headers.clone(),
+                    body: result.body.clone(),
+                };
+                let runtime = self.runtime.clone();
+                let plugin = plugin.clone();
+                let ctx = self.plugin_context(webhook);
+                let evaluation = tokio::task::spawn_blocking(move || {
+                    runtime.evaluate(&plugin, ctx, Call::Response(response))
+                })
+                .await
+                .expect("plugin evaluation does not panic");
+                delivery.logs.extend(evaluation.logs);
+                match evaluation.result {
+                    Ok(Answer::Verdict(wit::Verdict::UseDefault)) => {}
+                    Ok(Answer::Verdict(wit::Verdict::Success(value))) => {
+                        outcome = AttemptOutcome::Success;
+                        delivery.extracted_value = value;
+                    }
+                    Ok(Answer::Verdict(wit::Verdict::Retry(why))) => {
+                        outcome = AttemptOutcome::Retry;
+                        note = format!("response hook asked to retry: {why}");
+                    }
+                    Ok(Answer::Verdict(wit::Verdict::Fail(why))) => {
+                        outcome = AttemptOutcome::Fail;
+                        note = format!("response hook failed the delivery: {why}");
+                    }
+                    Ok(Answer::Decision(_)) => {}
+                    Err(e) => {
+                        outcome = AttemptOutcome::Retry;
+                        note = format!("response hook: {e}");
+                    }
+                }
+            }
+            delivery.attempts.push(Attempt {
+                number: round,
+                request_index: index as u32,
+                started_at,
+                duration_ms: result.duration.as_millis() as u64,
+                status: result.status,
+                error: result.error,
+                response_headers: result.headers,
+                response_body: String::from_utf8_lossy(&result.body).into_owned(),
+                outcome,
+            });
+            match outcome {
+                AttemptOutcome::Success => request.delivered = true,
+                AttemptOutcome::Retry => last_failure = Some(note),
+                AttemptOutcome::Fail => failed_for_good = Some(note),
+            }
+        }
+        let all_delivered = requests.iter().all(|r| r.delivered);
+        delivery.requests = Some(requests);
+
+        let now = self.now();
+        if all_delivered {
+            delivery.status = DeliveryStatus::Delivered;
+            delivery.next_attempt_at = None;
+            delivery.error = None;
+        } else if let Some(why) = failed_for_good {
+            finish(delivery, DeliveryStatus::Failed, why);
+        } else {
+            let why = last_failure.unwrap_or_default();
+            let schedule = &self.config.delivery.retry_schedule;
+            match retry::next_delay(schedule, self.config.delivery.jitter, round + 1) {
+                Some(wait) => {
+                    delivery.status = DeliveryStatus::Pending;
+                    delivery.next_attempt_at = Some(plus(now, wait));
+                    delivery.error = Some(why);
+                }
+                None => finish(
+                    delivery,
+                    DeliveryStatus::Dead,
+                    format!("gave up after {round} attempts; last: {why}"),
+                ),
+            }
+        }
+        delivery.updated_at = now;
+    }
+}
+
+fn finish(delivery: &mut Delivery, status: DeliveryStatus, error: String) {
+    delivery.status = status;
+    delivery.error = Some(error);
+    delivery.next_attempt_at = None;
+}

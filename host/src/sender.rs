@@ -1,0 +1,134 @@
+//! HTTP sending: one keep-alive connection pool for every delivery, per-request timeouts, no
+//! redirects followed, response bodies read only up to the kept size.
+
+use std::time::{Duration, Instant};
+
+use crate::model::{Method, OutboundRequest};
+
+/// What came back from one request.
+#[derive(Debug, Clone)]
+pub struct SendResult {
+    /// Status, when a response came.
+    pub status: Option<u16>,
+    /// Transport error, when none came.
+    pub error: Option<String>,
+    /// Response headers (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// Response body, cut to the limit.
+    pub body: Vec<u8>,
+    /// Time to the response (or error).
+    pub duration: Duration,
+}
+
+/// The HTTP client shared by all deliveries.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    body_limit: usize,
+}
+
+impl Sender {
+    /// A sender whose requests time out after `timeout` and whose response bodies are kept
+    /// up to `body_limit` bytes.
+    ///
+    /// # Errors
+    /// When the TLS backend cannot be initialised.
+    pub fn new(timeout: Duration, body_limit: usize) -> Result<Sender, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("wasmhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Sender { client, body_limit })
+    }
+
+    /// Sends one request with `extra` headers (set per attempt, such as the timestamp).
+    /// Never fails: transport errors are part of the result.
+    pub async fn send(&self, request: &OutboundRequest, extra: &[(&str, &str)]) -> SendResult {
+        let started = Instant::now();
+        let method = match request.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Patch => reqwest::Method::PATCH,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let mut builder = self.client.request(method, &request.url);
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        for (name, value) in extra {
+            builder = builder.header(*name, *value);
+        }
+        let response = builder.body(request.body.clone()).send().await;
+        let mut response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                return SendResult {
+                    status: None,
+                    error: Some(describe(&e)),
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    duration: started.elapsed(),
+                }
+            }
+        };
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let mut body = Vec::new();
+        let mut error = None;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = self.body_limit.saturating_sub(body.len());
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() >= self.body_limit {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(format!("reading response body: {}", describe(&e)));
+                    break;
+                }
+            }
+        }
+        SendResult {
+            status: Some(status),
+            error,
+            headers,
+            body,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+fn describe(err: &reqwest::Error) -> String {
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut text = kind.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}

@@ -1,0 +1,514 @@
+//! Durable storage in sled: modules, webhooks, events, deliveries, the due-time queue and
+//! plugin state.
+//!
+//! Values are JSON. The queue tree is keyed by `due time (u64 big-endian ms) ++ delivery id`,
+//! so iterating it walks deliveries in due order and a million pending deliveries cost disk,
+//! not memory. Changes that must be atomic (an event with its deliveries; a delivery's new
+//! state with its queue entry) are sled transactions. [`Store::commit`] makes everything
+//! written so far durable, coalescing concurrent callers into one flush (group commit).
+
+mod commit;
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use crate::model::{
+    Delivery, DeliveryId, Event, EventId, Millis, ModuleId, ModuleInfo, Webhook, WebhookId,
+};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value did not decode.
+    #[error("corrupt record in {tree}: {source}")]
+    Corrupt {
+        /// The tree.
+        tree: &'static str,
+        /// The decode error.
+        source: serde_json::Error,
+    },
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(err: TransactionError<StoreError>) -> Self {
+        match err {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+/// Result of [`Store::insert_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The event is new; its deliveries were queued.
+    New,
+    /// An event with this id was already stored; nothing changed.
+    Duplicate,
+}
+
+/// The host's sled database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    modules: sled::Tree,
+    module_info: sled::Tree,
+    webhooks: sled::Tree,
+    events: sled::Tree,
+    deliveries: sled::Tree,
+    queue: sled::Tree,
+    plugin_state: sled::Tree,
+    committer: commit::Committer,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("model types serialise")
+}
+
+fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { tree, source })
+}
+
+/// The queue key of a delivery due at `due`.
+pub fn queue_key(due: Millis, id: &DeliveryId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + id.as_str().len());
+    key.extend_from_slice(&(due.as_i64().max(0) as u64).to_be_bytes());
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+/// Splits a queue key into due time and delivery id.
+pub fn parse_queue_key(key: &[u8]) -> Option<(Millis, DeliveryId)> {
+    let (due, id) = key.split_at_checked(8)?;
+    let due = u64::from_be_bytes(due.try_into().ok()?);
+    let id = DeliveryId::parse(std::str::from_utf8(id).ok()?).ok()?;
+    Some((Millis(due as i64), id))
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    ///
+    /// # Errors
+    /// When sled cannot open the directory (missing permissions, another process holds it).
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(500))
+            .open()?;
+        Ok(Store {
+            modules: db.open_tree("modules")?,
+            module_info: db.open_tree("module_info")?,
+            webhooks: db.open_tree("webhooks")?,
+            events: db.open_tree("events")?,
+            deliveries: db.open_tree("deliveries")?,
+            queue: db.open_tree("queue")?,
+            plugin_state: db.open_tree("plugin_state")?,
+            committer: commit::Committer::start(db.clone()),
+            db,
+        })
+    }
+
+    /// Makes everything written so far durable. Concurrent callers share one flush.
+    ///
+    /// # Errors
+    /// When the flush fails.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.committer.commit().await
+    }
+
+    /// Flushes synchronously (shutdown, tests).
+    ///
+    /// # Errors
+    /// When the flush fails.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    // ----- modules -----
+
+    /// Stores a module's bytes and description (overwriting the description).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_module(&self, info: &ModuleInfo, bytes: &[u8]) -> Result<(), StoreError> {
+        (&self.modules, &self.module_info).transaction(|(modules, infos)| {
+            modules.insert(info.id.as_str().as_bytes(), bytes)?;
+            infos.insert(info.id.as_str().as_bytes(), encode(info))?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// A module's description.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn module_info(&self, id: &ModuleId) -> Result<Option<ModuleInfo>, StoreError> {
+        self.module_info
+            .get(id.as_str())?
+            .map(|v| decode("module_info", &v))
+            .transpose()
+    }
+
+    /// A module's component bytes.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn module_bytes(&self, id: &ModuleId) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.modules.get(id.as_str())?)
+    }
+
+    /// Every module's description, in id order.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn modules(&self) -> Result<Vec<ModuleInfo>, StoreError> {
+        self.module_info
+            .iter()
+            .values()
+            .map(|v| decode("module_info", &v?))
+            .collect()
+    }
+
+    // ----- webhooks -----
+
+    /// Stores a webhook (create or replace).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        self.webhooks.insert(webhook.id.as_str(), encode(webhook))?;
+        Ok(())
+    }
+
+    /// One webhook.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn webhook(&self, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
+        self.webhooks
+            .get(id.as_str())?
+            .map(|v| decode("webhooks", &v))
+            .transpose()
+    }
+
+    /// Every webhook, oldest first.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
+        self.webhooks
+            .iter()
+            .values()
+            .map(|v| decode("webhooks", &v?))
+            .collect()
+    }
+
+    // ----- events and deliveries -----
+
+    /// Stores a new event and queues its deliveries in one transaction; an event whose id is
+    /// already stored changes nothing. Not durable until [`Store::commit`].
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn insert_event(
+        &self,
+        event: &Event,
+        deliveries: &[Delivery],
+    ) -> Result<Inserted, StoreError> {
+        let event_bytes = encode(event);
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = deliveries
+            .iter()
+            .map(|d| {
+                let due = d.next_attempt_at.unwrap_or(d.created_at);
+                (queue_key(due, &d.id), encode(d))
+            })
+            .collect();
+        let result = (&self.events, &self.deliveries, &self.queue).transaction(
+            |(events, dtree, queue)| {
+                if events.get(event.id.as_str())?.is_some() {
+                    return Ok(Inserted::Duplicate);
+                }
+                events.insert(event.id.as_str().as_bytes(), event_bytes.as_slice())?;
+                for (delivery, (key, bytes)) in deliveries.iter().zip(&encoded) {
+                    dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
+                    queue.insert(key.as_slice(), &[] as &[u8])?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(Inserted::New)
+            },
+        )?;
+        Ok(result)
+    }
+
+    /// One event.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn event(&self, id: &EventId) -> Result<Option<Event>, StoreError> {
+        self.events
+            .get(id.as_str())?
+            .map(|v| decode("events", &v))
+            .transpose()
+    }
+
+    /// One delivery.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError> {
+        self.deliveries
+            .get(id.as_str())?
+            .map(|v| decode("deliveries", &v))
+            .transpose()
+    }
+
+    /// Deliveries newest first, keeping those `keep` accepts, at most `limit`, starting after
+    /// the id `before` (cursor) when given.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn deliveries(
+        &self,
+        before: Option<&DeliveryId>,
+        limit: usize,
+        mut keep: impl FnMut(&Delivery) -> bool,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let iter = match before {
+            Some(id) => self.deliveries.range(..id.as_str().as_bytes()),
+            None => self.deliveries.iter(),
+        };
+        let mut out = Vec::new();
+        for item in iter.rev() {
+            let (_, value) = item?;
+            let delivery: Delivery = decode("deliveries", &value)?;
+            if keep(&delivery) {
+                out.push(delivery);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a delivery's new state and moves its queue entry from `old_due` to its
+    /// `next_attempt_at` (removed when the delivery is final), in one transaction.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn update_delivery(
+        &self,
+        delivery: &Delivery,
+        old_due: Option<Millis>,
+    ) -> Result<(), StoreError> {
+        let bytes = encode(delivery);
+        let old_key = old_due.map(|due| queue_key(due, &delivery.id));
+        let new_key = match (delivery.status.is_final(), delivery.next_attempt_at) {
+            (false, Some(due)) => Some(queue_key(due, &delivery.id)),
+            _ => None,
+        };
+        (&self.deliveries, &self.queue).transaction(|(dtree, queue)| {
+            dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
+            if let Some(key) = &old_key {
+                queue.remove(key.as_slice())?;
+            }
+            if let Some(key) = &new_key {
+                queue.insert(key.as_slice(), &[] as &[u8])?;
+            }
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// Queue entries in due order, up to `limit`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn due_entries(&self, limit: usize) -> Result<Vec<(Millis, DeliveryId)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.queue.iter().keys().take(limit) {
+            let key = item?;
+            match parse_queue_key(&key) {
+                Some(entry) => out.push(entry),
+                None => {
+                    tracing::warn!(key = ?key, "dropping malformed queue key");
+                    self.queue.remove(key)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a queue entry (for deliveries that vanished).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn remove_queue_entry(&self, due: Millis, id: &DeliveryId) -> Result<(), StoreError> {
+        self.queue.remove(queue_key(due, id))?;
+        Ok(())
+    }
+
+    /// Number of queue entries.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    // ----- plugin state -----
+
+    fn state_key(webhook: &WebhookId, key: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(webhook.as_str().len() + 1 + key.len());
+        k.extend_from_slice(webhook.as_str().as_bytes());
+        k.push(0);
+        k.extend_from_slice(key.as_bytes());
+        k
+    }
+
+    /// A plugin state value of a webhook.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn state_get(&self, webhook: &WebhookId, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .plugin_state
+            .get(Self::state_key(webhook, key))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Bytes (keys plus values) a webhook's plugin state holds.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn state_size(&self, webhook: &WebhookId) -> Result<usize, StoreError> {
+        let mut prefix = webhook.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut total = 0;
+        for item in self.plugin_state.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            total += k.len() - prefix.len() + v.len();
+        }
+        Ok(total)
+    }
+
+    /// Sets a plugin state value.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn state_set(
+        &self,
+        webhook: &WebhookId,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        self.plugin_state
+            .insert(Self::state_key(webhook, key), value)?;
+        Ok(())
+    }
+
+    /// Removes a plugin state value.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn state_remove(&self, webhook: &WebhookId, key: &str) -> Result<(), StoreError> {
+        self.plugin_state.remove(Self::state_key(webhook, key))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeliveryStatus, Method};
+
+    fn event(id: &str) -> Event {
+        Event {
+            id: EventId::parse(id).unwrap(),
+            kind: "order.created".into(),
+            tenant: None,
+            occurred_at: Millis(1),
+            received_at: Millis(2),
+            attributes: vec![],
+            payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        }
+    }
+
+    fn delivery(event: &Event, due: i64) -> Delivery {
+        Delivery {
+            id: DeliveryId::generate(),
+            webhook_id: WebhookId::generate(),
+            event_id: event.id.clone(),
+            status: DeliveryStatus::Pending,
+            created_at: Millis(due),
+            updated_at: Millis(due),
+            next_attempt_at: Some(Millis(due)),
+            requests: None,
+            rounds: 0,
+            attempts: vec![],
+            logs: vec![],
+            skip_reason: None,
+            error: None,
+            extracted_value: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_dedupe_and_queue_orders_by_due_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let e = event("e1");
+        let late = delivery(&e, 2000);
+        let early = delivery(&e, 1000);
+        assert_eq!(
+            store
+                .insert_event(&e, &[late.clone(), early.clone()])
+                .unwrap(),
+            Inserted::New
+        );
+        assert_eq!(
+            store.insert_event(&e, &[delivery(&e, 5)]).unwrap(),
+            Inserted::Duplicate
+        );
+        store.commit().await.unwrap();
+        let due = store.due_entries(10).unwrap();
+        assert_eq!(
+            due,
+            vec![
+                (Millis(1000), early.id.clone()),
+                (Millis(2000), late.id.clone())
+            ]
+        );
+
+        let mut done = early.clone();
+        done.status = DeliveryStatus::Delivered;
+        done.next_attempt_at = None;
+        store.update_delivery(&done, Some(Millis(1000))).unwrap();
+        assert_eq!(
+            store.due_entries(10).unwrap(),
+            vec![(Millis(2000), late.id.clone())]
+        );
+        assert_eq!(
+            store.delivery(&early.id).unwrap().unwrap().status,
+            DeliveryStatus::Delivered
+        );
+        let _ = Method::Post;
+    }
+
+    #[test]
+    fn plugin_state_is_scoped_per_webhook() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (WebhookId::generate(), WebhookId::generate());
+        store.state_set(&a, "k", b"1").unwrap();
+        assert_eq!(store.state_get(&a, "k").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.state_get(&b, "k").unwrap(), None);
+        assert_eq!(store.state_size(&a).unwrap(), 2);
+        store.state_remove(&a, "k").unwrap();
+        assert_eq!(store.state_get(&a, "k").unwrap(), None);
+    }
+}
