@@ -262,12 +262,18 @@ fn merge(base: &mut toml::Table, layer: toml::Table) {
     }
 }
 
+/// `WASMHOOKS_*` variables that belong to the command line, not to the settings.
+pub const RESERVED_ENV: &[&str] = &["WASMHOOKS_SERVER"];
+
 fn env_table(env: impl IntoIterator<Item = (String, String)>) -> Result<toml::Table, ConfigError> {
     let mut root = toml::Table::new();
     for (name, raw) in env {
         let Some(path) = name.strip_prefix("WASMHOOKS_") else {
             continue;
         };
+        if RESERVED_ENV.contains(&name.as_str()) {
+            continue;
+        }
         let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
         if keys.iter().any(String::is_empty) {
             return Err(ConfigError::Parse {
@@ -401,6 +407,7 @@ mod tests {
                 ("WASMHOOKS_DELIVERY__RETRY_SCHEDULE", "[\"100ms\", \"1s\"]"),
                 ("WASMHOOKS_DATA_DIR", "/tmp/x"),
                 ("OTHER", "ignored"),
+                ("WASMHOOKS_SERVER", "http://used-by-emit"),
             ]),
         )
         .unwrap();

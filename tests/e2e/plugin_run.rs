@@ -1,0 +1,111 @@
+//! `wasmhooks plugin run`: the plugin author's local runner, with no server.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn plugin_run(dir: &Path, wasm: &[u8], event: &str, config: Option<&str>) -> (bool, Value, String) {
+    let wasm_path = dir.join("plugin.wasm");
+    std::fs::write(&wasm_path, wasm).unwrap();
+    let event_path = dir.join("event.json");
+    std::fs::write(&event_path, event).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmhooks"));
+    command
+        .args(["plugin", "run", "--json", "--url", "https://rcv.test/in"])
+        .arg(&wasm_path)
+        .arg("--event")
+        .arg(&event_path);
+    if let Some(config) = config {
+        let config_path = dir.join("config.json");
+        std::fs::write(&config_path, config).unwrap();
+        command.arg("--config").arg(config_path);
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let report = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (output.status.success(), report, stderr)
+}
+
+#[test]
+fn runs_forward_and_shows_the_exact_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, report, stderr) = plugin_run(
+        dir.path(),
+        wasmhooks::examples::FORWARD,
+        r#"{"kind": "order.created", "payload": {"id": "A-1"}}"#,
+        None,
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(report["decision"], "send");
+    let request = &report["requests"][0];
+    assert_eq!(request["method"], "POST");
+    assert_eq!(request["url"], "https://rcv.test/in");
+    assert_eq!(request["body"]["text"], r#"{"id": "A-1"}"#);
+    assert!(report["cost"]["wall_us"].as_u64().unwrap() > 0);
+    assert_eq!(report["logs"][0]["level"], "debug");
+}
+
+#[test]
+fn runs_order_threshold_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = r#"{"id": "e1", "kind": "order.created", "payload": {"id": "A-9", "amount": 120}}"#;
+    let (ok, report, stderr) = plugin_run(
+        dir.path(),
+        wasmhooks::examples::ORDER_THRESHOLD,
+        event,
+        Some(r#"{"threshold": 1000}"#),
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(report["decision"], "skip");
+    assert_eq!(report["reason"], "amount 120 is below the threshold 1000");
+
+    let (ok, report, _) = plugin_run(
+        dir.path(),
+        wasmhooks::examples::ORDER_THRESHOLD,
+        event,
+        Some(r#"{"threshold": 50}"#),
+    );
+    assert!(ok);
+    assert_eq!(report["decision"], "send");
+    let body: Value =
+        serde_json::from_str(report["requests"][0]["body"]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(body["order_id"], "A-9");
+    assert_eq!(body["amount"], 120.0);
+}
+
+#[test]
+fn refuses_what_is_not_a_plugin_and_reports_plugin_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = r#"{"kind": "order.created", "payload": {}}"#;
+    let (ok, _, stderr) = plugin_run(dir.path(), b"not wasm at all", event, None);
+    assert!(!ok);
+    assert!(stderr.contains("not a WebAssembly component"), "{stderr}");
+
+    // order-threshold on a payload without an amount: a plugin error, reported, exit 1.
+    let (ok, report, _) = plugin_run(
+        dir.path(),
+        wasmhooks::examples::ORDER_THRESHOLD,
+        event,
+        None,
+    );
+    assert!(!ok);
+    assert_eq!(report["decision"], "error");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `id`"),
+        "{report}"
+    );
+
+    let (ok, _, stderr) = plugin_run(
+        dir.path(),
+        wasmhooks::examples::FORWARD,
+        r#"{"payload": 1}"#,
+        None,
+    );
+    assert!(!ok);
+    assert!(stderr.contains("missing field `kind`"), "{stderr}");
+}

@@ -1,0 +1,290 @@
+//! Harness for the end-to-end tests: the real `wasmhooks` binary on a temp data dir and port 0,
+//! a real HTTP receiver that records what it gets, and condition waits with generous
+//! deadlines (never fixed sleeps).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{watch, Notify};
+
+/// How long any condition may take before a test fails. Generous: CI machines are shared.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The test-only plugins' build folder (from build.rs).
+pub fn test_plugin(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("PLUGIN_WASM_DIR")).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Polls `check` until it returns `Some`, or panics after [`DEADLINE`] with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running `wasmhooks serve`.
+pub struct Server {
+    child: Child,
+    /// Base URL of its API.
+    pub url: String,
+    client: reqwest::Client,
+}
+
+impl Server {
+    /// Starts the binary on `data_dir` with extra `WASMHOOKS_*` settings.
+    pub async fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmhooks"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        // Hermetic: only the settings this test chooses.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("WASMHOOKS_")) {
+            command.env_remove(key);
+        }
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start wasmhooks");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .expect("server printed its address in time")
+            .expect("read stdout")
+            .expect("server printed a line");
+        let url = first
+            .strip_prefix("wasmhooks listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .to_string();
+        // Keep draining stdout so the pipe never fills.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server {
+            child,
+            url,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Kills the process with SIGKILL (no shutdown, no flush) and waits for it to die.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("wait for the killed server");
+    }
+
+    /// Sends a request and returns status and JSON body.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("request to wasmhooks");
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("non-JSON response ({status}): {text}"));
+        (status, body)
+    }
+
+    /// GET a path.
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.client.get(format!("{}{path}", self.url)))
+            .await
+    }
+
+    /// POST JSON to a path.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.client.post(format!("{}{path}", self.url)).json(body))
+            .await
+    }
+
+    /// POST raw bytes with a content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        self.send(
+            self.client
+                .post(format!("{}{path}", self.url))
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    /// Uploads a module and returns its id.
+    pub async fn upload(&self, name: &str, bytes: &[u8]) -> String {
+        let (status, body) = self
+            .post_raw(
+                &format!("/v1/modules?name={name}&version=1.0.0"),
+                "application/wasm",
+                bytes.to_vec(),
+            )
+            .await;
+        assert!(status.is_success(), "upload {name}: {status} {body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Creates a webhook and returns its JSON.
+    pub async fn create_webhook(&self, definition: Value) -> Value {
+        let (status, body) = self.post_json("/v1/webhooks", &definition).await;
+        assert_eq!(status, StatusCode::CREATED, "create webhook: {body}");
+        body
+    }
+
+    /// Emits (one event object or an array) and expects 202.
+    pub async fn emit(&self, events: Value) -> Value {
+        let (status, body) = self.post_json("/v1/events", &events).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "emit: {body}");
+        body
+    }
+
+    /// Waits until a delivery reaches a final status and returns it.
+    pub async fn final_delivery(&self, id: &str) -> Value {
+        eventually(&format!("delivery {id} to finish"), || async {
+            let (status, body) = self.get(&format!("/v1/deliveries/{id}")).await;
+            (status == StatusCode::OK && body["status"] != "pending").then_some(body)
+        })
+        .await
+    }
+
+    /// The deliveries of one event.
+    pub async fn deliveries_of(&self, event_id: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get(&format!("/v1/deliveries?event_id={event_id}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"].as_array().unwrap().clone()
+    }
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+impl Received {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<u16>>,
+    notify: Notify,
+}
+
+/// A local HTTP receiver: answers from a script of statuses (then 200), records every request
+/// it answered, and can hold requests until released.
+pub struct Receiver {
+    /// Base URL.
+    pub url: String,
+    state: Arc<ReceiverState>,
+    gate: watch::Sender<bool>,
+}
+
+impl Receiver {
+    /// Starts a receiver on 127.0.0.1:0.
+    pub async fn start() -> Receiver {
+        let state = Arc::new(ReceiverState::default());
+        let (gate, gate_rx) = watch::channel(true);
+        let handler_state = state.clone();
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let state = handler_state.clone();
+                let mut gate = gate_rx.clone();
+                async move {
+                    let _ = gate.wait_for(|open| *open).await;
+                    let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
+                    state.received.lock().unwrap().push(Received {
+                        method: method.to_string(),
+                        path: uri
+                            .path_and_query()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default(),
+                        headers,
+                        body,
+                    });
+                    state.notify.notify_waiters();
+                    (
+                        StatusCode::from_u16(status).unwrap(),
+                        format!("answered {status}"),
+                    )
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, state, gate }
+    }
+
+    /// The next answers, in order (200 after they run out).
+    pub fn answer_with(&self, statuses: &[u16]) {
+        self.state.script.lock().unwrap().extend(statuses);
+    }
+
+    /// Holds every request until [`Receiver::release`].
+    pub fn hold(&self) {
+        self.gate.send_replace(false);
+    }
+
+    /// Lets held and later requests through.
+    pub fn release(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// Everything answered so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests were answered.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        eventually(&format!("{n} requests at the receiver"), || async {
+            let got = self.received();
+            (got.len() >= n).then_some(got)
+        })
+        .await
+    }
+}
+
+/// A fresh temp dir for a test's data.
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    (dir, path)
+}
