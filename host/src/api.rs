@@ -9,7 +9,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -47,6 +47,7 @@ impl From<Error> for ApiError {
             Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "validation_error"),
             Error::Json(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Error::Module(ValidationError::NotWasm | ValidationError::CoreModule) => {
                 (StatusCode::BAD_REQUEST, "invalid_module")
@@ -105,13 +106,22 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
                 .post(upload_module)
                 .layer(DefaultBodyLimit::max(module_limit)),
         )
-        .route("/v1/modules/{id}", get(get_module))
+        .route("/v1/modules/{id}", get(get_module).delete(delete_module))
         .route("/v1/webhooks", get(list_webhooks).post(create_webhook))
-        .route("/v1/webhooks/{id}", get(get_webhook))
-        .route("/v1/events", axum::routing::post(emit_events))
+        .route(
+            "/v1/webhooks/{id}",
+            get(get_webhook)
+                .patch(update_webhook)
+                .delete(delete_webhook),
+        )
+        .route("/v1/webhooks/{id}/enable", post(enable_webhook))
+        .route("/v1/webhooks/{id}/disable", post(disable_webhook))
+        .route("/v1/webhooks/{id}/test", post(test_webhook))
+        .route("/v1/events", post(emit_events))
         .route("/v1/events/{id}", get(get_event))
         .route("/v1/deliveries", get(list_deliveries))
         .route("/v1/deliveries/{id}", get(get_delivery))
+        .route("/v1/deliveries/{id}/replay", post(replay_delivery))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -199,6 +209,10 @@ async fn upload_module(
     Ok((status, Json(info)).into_response())
 }
 
+async fn delete_module(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(p.delete_module(&id)?).into_response())
+}
+
 async fn list_modules(State(p): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     Ok(Json(json!({ "data": p.modules()? })))
 }
@@ -215,6 +229,52 @@ async fn create_webhook(
     let input: WebhookInput = parse_json(&headers, &body?)?;
     let webhook = p.create_webhook(input)?;
     Ok((StatusCode::CREATED, Json(webhook)).into_response())
+}
+
+async fn update_webhook(
+    State(p): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let input: WebhookInput = parse_json(&headers, &body?)?;
+    Ok(Json(p.update_webhook(&id, input)?).into_response())
+}
+
+async fn delete_webhook(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(p.delete_webhook(&id)?).into_response())
+}
+
+async fn enable_webhook(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    set_enabled(&p, &id, true)
+}
+
+async fn disable_webhook(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    set_enabled(&p, &id, false)
+}
+
+fn set_enabled(p: &Pipeline, id: &str, enabled: bool) -> ApiResult<Response> {
+    let input = WebhookInput {
+        enabled: Some(enabled),
+        ..WebhookInput::default()
+    };
+    Ok(Json(p.update_webhook(id, input)?).into_response())
+}
+
+async fn test_webhook(
+    State(p): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let input: EventInput = parse_json(&headers, &body?)?;
+    let pipeline = p.clone();
+    let run = tokio::task::spawn_blocking(move || pipeline.dry_run(&id, input))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    Ok(Json(run).into_response())
 }
 
 async fn list_webhooks(State(p): State<AppState>) -> Json<serde_json::Value> {
@@ -309,6 +369,11 @@ async fn list_deliveries(
         .then(|| page.last().map(|d| d.id.clone()))
         .flatten();
     Ok(Json(json!({ "data": page, "next_cursor": next })))
+}
+
+async fn replay_delivery(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let replay = p.replay(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(replay)).into_response())
 }
 
 async fn get_delivery(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {

@@ -244,6 +244,9 @@ pub struct Delivery {
     /// Value extracted from the response (response hook).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extracted_value: Option<String>,
+    /// The delivery this one replays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<DeliveryId>,
 }
 
 /// Bodies are kept as text when they are UTF-8 (readable in the API) and as base64 otherwise.

@@ -4,9 +4,11 @@
 //! change what exists (modules, webhooks) live in `registry`; emitting events in `ingest`;
 //! the scheduler and the state machine of a delivery in `worker`.
 
+pub mod dry_run;
 mod error;
 mod ingest;
 mod registry;
+mod replay;
 pub mod request;
 pub mod retry;
 mod worker;
@@ -85,6 +87,13 @@ impl Pipeline {
     /// Now, by the pipeline's clock.
     pub fn now(&self) -> Millis {
         self.clock.now()
+    }
+
+    fn stored_state(&self, webhook: &Webhook) -> Arc<dyn PluginState> {
+        Arc::new(StoredState {
+            store: self.store.clone(),
+            webhook: webhook.id.clone(),
+        })
     }
 
     fn webhook_cached(&self, id: &WebhookId) -> Option<Arc<Webhook>> {

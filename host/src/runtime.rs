@@ -296,6 +296,11 @@ impl Runtime {
         plugin
     }
 
+    /// Drops a module from the cache (after it was deleted).
+    pub fn forget(&self, id: &ModuleId) {
+        self.loaded.lock().unwrap().remove(id);
+    }
+
     fn features(&self, plugin: &LoadedPlugin) -> Result<Vec<String>, PluginError> {
         let ctx = PluginContext {
             config: Arc::from("{}"),

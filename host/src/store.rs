@@ -146,6 +146,19 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes a module's bytes and description.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn delete_module(&self, id: &ModuleId) -> Result<(), StoreError> {
+        (&self.modules, &self.module_info).transaction(|(modules, infos)| {
+            modules.remove(id.as_str().as_bytes())?;
+            infos.remove(id.as_str().as_bytes())?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
     /// A module's description.
     ///
     /// # Errors
@@ -185,6 +198,20 @@ impl Store {
     /// On storage failure.
     pub fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
         self.webhooks.insert(webhook.id.as_str(), encode(webhook))?;
+        Ok(())
+    }
+
+    /// Deletes a webhook and its plugin state.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn delete_webhook(&self, id: &WebhookId) -> Result<(), StoreError> {
+        self.webhooks.remove(id.as_str())?;
+        let mut prefix = id.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        for key in self.plugin_state.scan_prefix(&prefix).keys() {
+            self.plugin_state.remove(key?)?;
+        }
         Ok(())
     }
 
@@ -454,6 +481,7 @@ mod tests {
             skip_reason: None,
             error: None,
             extracted_value: None,
+            replay_of: None,
         }
     }
 

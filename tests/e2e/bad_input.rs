@@ -188,8 +188,14 @@ async fn bad_webhooks_are_refused_naming_the_field() {
         (
             json!({ "name": "no url", "event_kinds": ["a"], "module_id": module }),
             400,
+            "validation_error",
+            "url: is required",
+        ),
+        (
+            json!({ "name": "x", "event_kinds": "a.b", "module_id": module, "url": "http://h/" }),
+            400,
             "invalid_json",
-            "missing field `url`",
+            "invalid type",
         ),
     ];
     for (body, status, code, message) in cases {

@@ -185,3 +185,48 @@ async fn a_delivery_is_dead_once_the_schedule_is_exhausted() {
     let (_, dead) = server.get("/v1/deliveries?status=dead").await;
     assert_eq!(dead["data"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn the_emit_command_delivers_through_a_running_server() {
+    let (_tmp, dir) = data_dir();
+    let receiver = Receiver::start().await;
+    let server = Server::start(&dir, &[]).await;
+    let module = server.upload("forward", wasmhooks::examples::FORWARD).await;
+    server
+        .create_webhook(json!({ "name": "cli", "event_kinds": ["order.created"], "module_id": module, "url": receiver.url }))
+        .await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+        .args([
+            "emit",
+            "--server",
+            &server.url,
+            "--kind",
+            "order.created",
+            "--id",
+            "cli-1",
+        ])
+        .args(["--attr", "store_id=7", "--payload", r#"{"id":"A-7"}"#])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ack: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(ack["id"], "cli-1");
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].body.as_ref(), br#"{"id":"A-7"}"#);
+    let (_, event) = server.get("/v1/events/cli-1").await;
+    assert_eq!(event["attributes"], json!([["store_id", "7"]]));
+
+    // A refused emit exits non-zero and shows the server's error.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+        .args(["emit", "--server", &server.url, "--kind", "bad kind"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("validation_error"));
+}

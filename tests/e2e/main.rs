@@ -4,6 +4,7 @@
 mod bad_input;
 mod crash;
 mod delivery;
+mod operator;
 mod plugin_run;
 mod sandbox;
 mod support;

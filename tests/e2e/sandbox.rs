@@ -9,12 +9,12 @@ use crate::support::{data_dir, test_plugin, Receiver, Server};
 async fn misbehaving_plugins_are_stopped_and_recorded_while_others_deliver() {
     let (_tmp, dir) = data_dir();
     let receiver = Receiver::start().await;
-    let server = Server::start(&dir, &[]).await;
+    let server = Server::start(&dir, &[("WASMHOOKS_PLUGIN__TIME_LIMIT", "300ms")]).await;
     let bad = server.upload("misbehave", &test_plugin("misbehave")).await;
     let good = server.upload("forward", wasmhooks::examples::FORWARD).await;
 
     let cases = [
-        ("loop", "failed", "plugin exceeded its 50 ms time limit"),
+        ("loop", "failed", "plugin exceeded its 300 ms time limit"),
         (
             "memory",
             "failed",

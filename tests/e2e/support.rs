@@ -66,6 +66,9 @@ impl Server {
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("WASMHOOKS_")) {
             command.env_remove(key);
         }
+        // The time limit is wall-clock: on a loaded CI machine a well-behaved plugin must not
+        // hit it by being descheduled. Tests about the limit set their own.
+        command.env("WASMHOOKS_PLUGIN__TIME_LIMIT", "10s");
         for (key, value) in env {
             command.env(key, value);
         }

@@ -2,46 +2,18 @@
 //! upload would, evaluates it once on an event with a config, and shows the decision, the
 //! exact requests, the logs and the cost — no server, no storage.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::json;
 
 use crate::config::PluginLimits;
-use crate::model::{DeliveryId, Method, Millis, ModuleId, Webhook, WebhookId};
-use crate::pipeline::{request, to_wit_event, EventInput};
-use crate::runtime::{wit, Answer, Call, PluginContext, PluginState, Runtime};
-
-/// In-memory plugin state for one run.
-#[derive(Default)]
-struct MemoryState(Mutex<HashMap<String, Vec<u8>>>);
-
-impl PluginState for MemoryState {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.0.lock().unwrap().get(key).cloned()
-    }
-    fn size(&self) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum()
-    }
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        self.0
-            .lock()
-            .unwrap()
-            .insert(key.to_string(), value.to_vec());
-        Ok(())
-    }
-    fn remove(&self, key: &str) {
-        self.0.lock().unwrap().remove(key);
-    }
-}
+use crate::model::{Method, Millis, ModuleId, Webhook, WebhookId};
+use crate::pipeline::dry_run::{self, ScratchState};
+use crate::pipeline::EventInput;
+use crate::runtime::Runtime;
 
 pub(super) fn run(
     wasm: &Path,
@@ -73,13 +45,7 @@ pub(super) fn run(
     let plugin = runtime
         .validate(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
-    let ctx = PluginContext {
-        config: Arc::from(config_value.to_string()),
-        state: Arc::new(MemoryState::default()),
-    };
-    let evaluation = runtime.evaluate(&plugin, ctx, Call::Event(to_wit_event(&event)));
-
-    // Build the requests exactly as the host would, against a stand-in webhook.
+    // A stand-in webhook, so the requests are built exactly as the host would build them.
     let webhook = Webhook {
         id: WebhookId::generate(),
         name: "plugin run".into(),
@@ -93,47 +59,15 @@ pub(super) fn run(
         created_at: now,
         updated_at: now,
     };
-    let delivery = DeliveryId::generate();
-    let mut report = json!({
-        "features": plugin.features,
-        "logs": evaluation.logs,
-        "cost": { "wall_us": evaluation.elapsed.as_micros() as u64 },
-    });
-    let code = match evaluation.result {
-        Ok(Answer::Decision(wit::Decision::Skip(reason))) => {
-            report["decision"] = json!("skip");
-            report["reason"] = json!(reason);
-            ExitCode::SUCCESS
-        }
-        Ok(Answer::Decision(wit::Decision::Send(requests))) => {
-            let mut built = Vec::new();
-            let mut error = None;
-            for (i, r) in requests.into_iter().enumerate() {
-                match request::build(&webhook, &delivery, i, r) {
-                    Ok(b) => built.push(b),
-                    Err(e) => {
-                        error = Some(e);
-                        break;
-                    }
-                }
-            }
-            report["decision"] = json!("send");
-            report["requests"] = serde_json::to_value(&built)?;
-            match error {
-                Some(e) => {
-                    report["error"] = json!(e);
-                    ExitCode::FAILURE
-                }
-                None => ExitCode::SUCCESS,
-            }
-        }
-        Ok(Answer::Verdict(_)) => unreachable!("an event call answers with a decision"),
-        Err(e) => {
-            report["decision"] = json!("error");
-            report["error"] = json!(e.to_string());
-            ExitCode::FAILURE
-        }
+    let state = Arc::new(ScratchState::new(None));
+    let run = dry_run::evaluate(&runtime, &plugin, &webhook, &event, state);
+    let code = if run.decision == "error" {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     };
+    let mut report = serde_json::to_value(&run)?;
+    report["features"] = json!(plugin.features);
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

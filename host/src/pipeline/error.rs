@@ -25,6 +25,9 @@ pub enum Error {
         /// The id.
         id: String,
     },
+    /// The request conflicts with the current state (e.g. deleting a module in use).
+    #[error("{0}")]
+    Conflict(String),
     /// Too large.
     #[error("{what} is {size} bytes; the limit is {limit}")]
     TooLarge {

@@ -162,6 +162,7 @@ impl Pipeline {
                 skip_reason: None,
                 error: None,
                 extracted_value: None,
+                replay_of: None,
             })
             .collect()
     }

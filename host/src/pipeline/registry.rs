@@ -12,30 +12,35 @@ use crate::model::{
 };
 use crate::runtime::WORLD;
 
-/// A webhook definition as the API and CLI take it.
-#[derive(Debug, Deserialize)]
+/// A webhook definition as the API and CLI take it: the whole definition on create, only
+/// the fields to change on update (`PATCH`).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookInput {
-    /// Human name.
-    pub name: String,
+    /// Human name (required on create).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Whether it takes events (default true).
     #[serde(default)]
     pub enabled: Option<bool>,
-    /// Event kinds: exact, `prefix.*` or `*`.
-    pub event_kinds: Vec<String>,
-    /// The plugin module.
-    pub module_id: String,
+    /// Event kinds: exact, `prefix.*` or `*` (required on create).
+    #[serde(default)]
+    pub event_kinds: Option<Vec<String>>,
+    /// The plugin module (required on create).
+    #[serde(default)]
+    pub module_id: Option<String>,
     /// Plugin configuration: a JSON object (default `{}`).
     #[serde(default)]
     pub config: Option<serde_json::Value>,
-    /// Destination URL.
-    pub url: String,
+    /// Destination URL (required on create).
+    #[serde(default)]
+    pub url: Option<String>,
     /// GET, POST (default), PUT, PATCH or DELETE.
     #[serde(default)]
     pub method: Option<String>,
-    /// Extra headers.
+    /// Extra headers (replace the existing set on update).
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 /// Filters for listing deliveries.
@@ -125,6 +130,31 @@ impl Pipeline {
         self.store.module_info(&id)?.ok_or_else(not_found)
     }
 
+    /// Deletes a module, refused while a webhook uses it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Conflict`] naming the webhooks that use it, or a storage
+    /// error.
+    pub fn delete_module(&self, id: &str) -> Result<ModuleInfo, Error> {
+        let info = self.module(id)?;
+        let users: Vec<String> = self
+            .webhooks()
+            .into_iter()
+            .filter(|w| w.module_id == info.id)
+            .map(|w| w.id.to_string())
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "module {} is used by webhook(s) {}; point them at another module first",
+                info.id,
+                users.join(", ")
+            )));
+        }
+        self.store.delete_module(&info.id)?;
+        self.runtime.forget(&info.id);
+        Ok(info)
+    }
+
     /// Every module.
     ///
     /// # Errors
@@ -136,66 +166,140 @@ impl Pipeline {
     /// Creates a webhook after checking every field.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming the first bad field, [`Error::NotFound`] for an unknown
-    /// module, or a storage error. Nothing is stored on error.
+    /// [`Error::Invalid`] naming the first bad or missing field, [`Error::NotFound`] for an
+    /// unknown module, or a storage error. Nothing is stored on error.
     pub fn create_webhook(&self, input: WebhookInput) -> Result<Webhook, Error> {
-        let api = &self.config.api;
-        check_label("name", &input.name, api.max_name_len)?;
-        if input.event_kinds.is_empty() {
-            return Err(Error::invalid(
-                "event_kinds",
-                "at least one event kind is required",
-            ));
-        }
-        for (i, kind) in input.event_kinds.iter().enumerate() {
-            validate_kind(kind, true)
-                .map_err(|m| Error::invalid(format!("event_kinds[{i}]"), m))?;
-        }
-        let module_id = ModuleId::parse(&input.module_id)
-            .map_err(|e| Error::invalid("module_id", e.to_string()))?;
-        if self.store.module_info(&module_id)?.is_none() {
-            return Err(Error::NotFound {
-                kind: "module",
-                id: input.module_id,
-            });
-        }
-        check_url(&input.url, api.max_url_len)?;
-        let method = match &input.method {
-            Some(m) => parse_method(m).map_err(|e| Error::invalid("method", e))?,
-            None => Method::Post,
-        };
-        let config = input
-            .config
-            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-        if !config.is_object() {
-            return Err(Error::invalid("config", "must be a JSON object"));
-        }
-        let mut headers = Vec::with_capacity(input.headers.len());
-        for (name, value) in input.headers {
-            check_header(&name, &value)
-                .map_err(|e| Error::invalid(format!("headers.{name}"), e))?;
-            headers.push((name, value));
-        }
-        let now = self.now();
-        let webhook = Webhook {
-            id: WebhookId::generate(),
-            name: input.name,
-            enabled: input.enabled.unwrap_or(true),
-            event_kinds: input.event_kinds,
-            module_id,
-            config,
-            url: input.url,
-            method,
-            headers,
-            created_at: now,
-            updated_at: now,
-        };
+        let webhook = self.merge_webhook(None, input)?;
+        self.save_webhook(webhook)
+    }
+
+    /// Changes the fields given in `input`; the result is checked like a new webhook. Takes
+    /// effect on the next evaluation (module and config included), no restart.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown webhook or module, [`Error::Invalid`] naming the
+    /// first bad field, or a storage error. Nothing changes on error.
+    pub fn update_webhook(&self, id: &str, input: WebhookInput) -> Result<Webhook, Error> {
+        let existing = self.webhook(id)?;
+        let webhook = self.merge_webhook(Some(&existing), input)?;
+        self.save_webhook(webhook)
+    }
+
+    /// Deletes a webhook. Its pending deliveries end as failed ("the webhook was deleted");
+    /// its history stays readable.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or a storage error.
+    pub fn delete_webhook(&self, id: &str) -> Result<Webhook, Error> {
+        let existing = self.webhook(id)?;
+        self.store.delete_webhook(&existing.id)?;
+        self.webhooks.write().unwrap().remove(&existing.id);
+        self.wake.notify_one();
+        Ok(existing)
+    }
+
+    fn save_webhook(&self, webhook: Webhook) -> Result<Webhook, Error> {
         self.store.put_webhook(&webhook)?;
         self.webhooks
             .write()
             .unwrap()
             .insert(webhook.id.clone(), std::sync::Arc::new(webhook.clone()));
         Ok(webhook)
+    }
+
+    /// Applies `input` over `existing` (or over nothing, for a create) and checks the result.
+    fn merge_webhook(
+        &self,
+        existing: Option<&Webhook>,
+        input: WebhookInput,
+    ) -> Result<Webhook, Error> {
+        let api = &self.config.api;
+        let required = |field: &str| Error::invalid(field, "is required");
+        let name = match (input.name, existing) {
+            (Some(name), _) => name,
+            (None, Some(w)) => w.name.clone(),
+            (None, None) => return Err(required("name")),
+        };
+        check_label("name", &name, api.max_name_len)?;
+        let event_kinds = match (input.event_kinds, existing) {
+            (Some(kinds), _) => kinds,
+            (None, Some(w)) => w.event_kinds.clone(),
+            (None, None) => return Err(required("event_kinds")),
+        };
+        if event_kinds.is_empty() {
+            return Err(Error::invalid(
+                "event_kinds",
+                "at least one event kind is required",
+            ));
+        }
+        for (i, kind) in event_kinds.iter().enumerate() {
+            validate_kind(kind, true)
+                .map_err(|m| Error::invalid(format!("event_kinds[{i}]"), m))?;
+        }
+        let module_id = match (input.module_id, existing) {
+            (Some(raw), _) => {
+                let id = ModuleId::parse(&raw)
+                    .map_err(|e| Error::invalid("module_id", e.to_string()))?;
+                if self.store.module_info(&id)?.is_none() {
+                    return Err(Error::NotFound {
+                        kind: "module",
+                        id: raw,
+                    });
+                }
+                id
+            }
+            (None, Some(w)) => w.module_id.clone(),
+            (None, None) => return Err(required("module_id")),
+        };
+        let url = match (input.url, existing) {
+            (Some(url), _) => url,
+            (None, Some(w)) => w.url.clone(),
+            (None, None) => return Err(required("url")),
+        };
+        check_url(&url, api.max_url_len)?;
+        let method = match (&input.method, existing) {
+            (Some(m), _) => parse_method(m).map_err(|e| Error::invalid("method", e))?,
+            (None, Some(w)) => w.method,
+            (None, None) => Method::Post,
+        };
+        let config = match (input.config, existing) {
+            (Some(config), _) => config,
+            (None, Some(w)) => w.config.clone(),
+            (None, None) => serde_json::Value::Object(Default::default()),
+        };
+        if !config.is_object() {
+            return Err(Error::invalid("config", "must be a JSON object"));
+        }
+        let headers = match (input.headers, existing) {
+            (Some(map), _) => {
+                let mut headers = Vec::with_capacity(map.len());
+                for (name, value) in map {
+                    check_header(&name, &value)
+                        .map_err(|e| Error::invalid(format!("headers.{name}"), e))?;
+                    headers.push((name, value));
+                }
+                headers
+            }
+            (None, Some(w)) => w.headers.clone(),
+            (None, None) => Vec::new(),
+        };
+        let now = self.now();
+        Ok(Webhook {
+            id: existing.map_or_else(WebhookId::generate, |w| w.id.clone()),
+            name,
+            enabled: input
+                .enabled
+                .or(existing.map(|w| w.enabled))
+                .unwrap_or(true),
+            event_kinds,
+            module_id,
+            config,
+            url,
+            method,
+            headers,
+            created_at: existing.map_or(now, |w| w.created_at),
+            updated_at: now,
+        })
     }
 
     /// One webhook.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
-use super::{request, retry, to_wit_event, Pipeline, StoredState};
+use super::{request, retry, to_wit_event, Pipeline};
 use crate::model::{
     Attempt, AttemptOutcome, Delivery, DeliveryId, DeliveryStatus, Millis, OutboundRequest, Webhook,
 };
@@ -234,10 +234,7 @@ impl Pipeline {
     fn plugin_context(&self, webhook: &Webhook) -> PluginContext {
         PluginContext {
             config: Arc::from(webhook.config.to_string()),
-            state: Arc::new(StoredState {
-                store: self.store.clone(),
-                webhook: webhook.id.clone(),
-            }),
+            state: self.stored_state(webhook),
         }
     }
 
