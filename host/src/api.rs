@@ -1,23 +1,31 @@
 //! The REST API (axum). Handlers parse input, call the pipeline, and shape JSON; every error
 //! goes through [`ApiError`], the one place that picks the status and the
 //! `{"error":{"code","message"}}` body.
+//!
+//! Every route is one row of [`routes`]: method, path, who may call it, handler. The router is
+//! built from that table, and a test checks the table against `docs/openapi.json`, so the
+//! document cannot drift from what is served.
 
+mod auth;
+mod handlers;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::json;
-use serde_json::value::RawValue;
 
-use crate::model::{DeliveryId, DeliveryStatus, EventId, WebhookId};
-use crate::pipeline::{DeliveryFilter, Error, EventInput, Pipeline, WebhookInput};
+pub use auth::Access;
+
+use crate::config::ApiConfig;
+use crate::pipeline::{Error, ListQuery, Pipeline};
 use crate::runtime::ValidationError;
 
 type AppState = Arc<Pipeline>;
@@ -31,7 +39,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -93,38 +101,111 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// The OpenAPI document of this API, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// One route: method, path (axum syntax, as in the OpenAPI document), who may call it, and
+/// its handler.
+pub struct Route {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path template such as `/v1/webhooks/{id}`.
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    handler: MethodRouter<AppState>,
+}
+
+fn route<H, T>(method: &'static str, path: &'static str, access: Access, handler: H) -> Route
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = match method {
+        "GET" => MethodFilter::GET,
+        "POST" => MethodFilter::POST,
+        "PATCH" => MethodFilter::PATCH,
+        "PUT" => MethodFilter::PUT,
+        "DELETE" => MethodFilter::DELETE,
+        other => panic!("route table: unsupported method {other}"),
+    };
+    Route {
+        method,
+        path,
+        access,
+        handler: on(filter, handler),
+    }
+}
+
+/// Every route of the API.
+pub fn routes(api: &ApiConfig) -> Vec<Route> {
+    use handlers as h;
+    use Access::{Admin, Emitter, Public, Root};
+    let mut upload = route("POST", "/v1/modules", Root, h::upload_module);
+    upload.handler = upload
+        .handler
+        .layer(DefaultBodyLimit::max(api.max_module_bytes));
+    vec![
+        route("GET", "/healthz", Public, h::healthz),
+        route("GET", "/openapi.json", Public, h::openapi),
+        route("POST", "/v1/events", Emitter, h::emit_events),
+        route("GET", "/v1/events/{id}", Emitter, h::get_event),
+        upload,
+        route("GET", "/v1/modules", Admin, h::list_modules),
+        route("GET", "/v1/modules/{id}", Admin, h::get_module),
+        route("DELETE", "/v1/modules/{id}", Root, h::delete_module),
+        route("POST", "/v1/connections", Root, h::create_connection),
+        route("GET", "/v1/connections", Admin, h::list_connections),
+        route("GET", "/v1/connections/{id}", Admin, h::get_connection),
+        route("PATCH", "/v1/connections/{id}", Root, h::update_connection),
+        route("DELETE", "/v1/connections/{id}", Root, h::delete_connection),
+        route("POST", "/v1/webhooks", Admin, h::create_webhook),
+        route("GET", "/v1/webhooks", Admin, h::list_webhooks),
+        route("GET", "/v1/webhooks/{id}", Admin, h::get_webhook),
+        route("PATCH", "/v1/webhooks/{id}", Admin, h::update_webhook),
+        route("DELETE", "/v1/webhooks/{id}", Admin, h::delete_webhook),
+        route("POST", "/v1/webhooks/{id}/enable", Admin, h::enable_webhook),
+        route(
+            "POST",
+            "/v1/webhooks/{id}/disable",
+            Admin,
+            h::disable_webhook,
+        ),
+        route("POST", "/v1/webhooks/{id}/test", Admin, h::test_webhook),
+        route(
+            "POST",
+            "/v1/webhooks/{id}/recover",
+            Admin,
+            h::recover_webhook,
+        ),
+        route("GET", "/v1/deliveries", Admin, h::list_deliveries),
+        route("GET", "/v1/deliveries/{id}", Admin, h::get_delivery),
+        route(
+            "POST",
+            "/v1/deliveries/{id}/replay",
+            Admin,
+            h::replay_delivery,
+        ),
+        route("POST", "/v1/keys", Root, h::create_key),
+        route("GET", "/v1/keys", Root, h::list_keys),
+        route("GET", "/v1/keys/{id}", Root, h::get_key),
+        route("DELETE", "/v1/keys/{id}", Root, h::revoke_key),
+    ]
+}
+
 /// The API's routes over `pipeline`.
 pub fn router(pipeline: Arc<Pipeline>) -> Router {
-    let api = &pipeline.config().api;
-    let body_limit = api.max_body_bytes;
-    let module_limit = api.max_module_bytes;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route(
-            "/v1/modules",
-            get(list_modules)
-                .post(upload_module)
-                .layer(DefaultBodyLimit::max(module_limit)),
-        )
-        .route("/v1/modules/{id}", get(get_module).delete(delete_module))
-        .route("/v1/webhooks", get(list_webhooks).post(create_webhook))
-        .route(
-            "/v1/webhooks/{id}",
-            get(get_webhook)
-                .patch(update_webhook)
-                .delete(delete_webhook),
-        )
-        .route("/v1/webhooks/{id}/enable", post(enable_webhook))
-        .route("/v1/webhooks/{id}/disable", post(disable_webhook))
-        .route("/v1/webhooks/{id}/test", post(test_webhook))
-        .route("/v1/events", post(emit_events))
-        .route("/v1/events/{id}", get(get_event))
-        .route("/v1/deliveries", get(list_deliveries))
-        .route("/v1/deliveries/{id}", get(get_delivery))
-        .route("/v1/deliveries/{id}/replay", post(replay_delivery))
+    let api = pipeline.config().api.clone();
+    let mut router = Router::new();
+    for r in routes(&api) {
+        let guard =
+            axum::middleware::from_fn_with_state((pipeline.clone(), r.access), auth::require);
+        router = router.route(r.path, r.handler.route_layer(guard));
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(api.max_body_bytes))
         .with_state(pipeline)
 }
 
@@ -138,10 +219,6 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not take that method",
     )
-}
-
-async fn healthz(State(p): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "queue": p.store().queue_len() }))
 }
 
 /// Parses a JSON body, insisting on a JSON content type.
@@ -161,221 +238,93 @@ fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> ApiResul
     serde_json::from_slice(body).map_err(|e| Error::Json(e.to_string()).into())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UploadQuery {
-    name: Option<String>,
-    version: Option<String>,
+/// A list query from query parameters.
+fn list_query(
+    params: BTreeMap<String, String>,
+    orders: &[&str],
+    default_descending: bool,
+) -> ApiResult<ListQuery> {
+    Ok(ListQuery::parse(params, orders, default_descending)?)
 }
 
-async fn upload_module(
-    State(p): State<AppState>,
-    query: Result<Query<UploadQuery>, QueryRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    let Query(query) = query?;
-    let body = body?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !matches!(
-        content_type,
-        "application/wasm" | "application/octet-stream"
-    ) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("upload the component as application/wasm, got `{content_type}`"),
-        ));
+/// The `expand` parameter: a comma-separated subset of `allowed`.
+fn expand(params: &BTreeMap<String, String>, allowed: &[&str]) -> ApiResult<Vec<String>> {
+    for key in params.keys() {
+        if key != "expand" {
+            return Err(Error::invalid(
+                key.clone(),
+                "is not a parameter of this endpoint; it takes expand",
+            )
+            .into());
+        }
     }
-    let name = query
-        .name
-        .ok_or_else(|| Error::invalid("name", "the query parameter `name` is required"))?;
-    let version = query.version.unwrap_or_else(|| "0.0.0".to_string());
-    let pipeline = p.clone();
-    let (info, created) =
-        tokio::task::spawn_blocking(move || pipeline.upload_module(&name, &version, &body))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })??;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let Some(list) = params.get("expand") else {
+        return Ok(Vec::new());
     };
-    Ok((status, Json(info)).into_response())
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        if !allowed.contains(&item) {
+            return Err(Error::invalid(
+                "expand",
+                format!("cannot expand `{item}`; use {}", allowed.join(", ")),
+            )
+            .into());
+        }
+        out.push(item.to_string());
+    }
+    Ok(out)
 }
 
-async fn delete_module(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(p.delete_module(&id)?).into_response())
-}
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
 
-async fn list_modules(State(p): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(json!({ "data": p.modules()? })))
-}
+    use super::*;
 
-async fn get_module(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(p.module(&id)?).into_response())
-}
+    /// The OpenAPI document lists exactly the routes the router serves.
+    #[test]
+    fn openapi_document_matches_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                if ["get", "post", "patch", "put", "delete"].contains(&method.as_str()) {
+                    documented.insert(format!("{} {path}", method.to_uppercase()));
+                }
+            }
+        }
+        let served: BTreeSet<String> = routes(&ApiConfig::default())
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        let missing: Vec<_> = served.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            missing.is_empty(),
+            "routes missing from docs/openapi.json: {missing:?}"
+        );
+        assert!(
+            extra.is_empty(),
+            "docs/openapi.json lists routes that do not exist: {extra:?}"
+        );
+    }
 
-async fn create_webhook(
-    State(p): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    let input: WebhookInput = parse_json(&headers, &body?)?;
-    let webhook = p.create_webhook(input)?;
-    Ok((StatusCode::CREATED, Json(webhook)).into_response())
-}
-
-async fn update_webhook(
-    State(p): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    let input: WebhookInput = parse_json(&headers, &body?)?;
-    Ok(Json(p.update_webhook(&id, input)?).into_response())
-}
-
-async fn delete_webhook(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(p.delete_webhook(&id)?).into_response())
-}
-
-async fn enable_webhook(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    set_enabled(&p, &id, true)
-}
-
-async fn disable_webhook(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    set_enabled(&p, &id, false)
-}
-
-fn set_enabled(p: &Pipeline, id: &str, enabled: bool) -> ApiResult<Response> {
-    let input = WebhookInput {
-        enabled: Some(enabled),
-        ..WebhookInput::default()
-    };
-    Ok(Json(p.update_webhook(id, input)?).into_response())
-}
-
-async fn test_webhook(
-    State(p): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    let input: EventInput = parse_json(&headers, &body?)?;
-    let pipeline = p.clone();
-    let run = tokio::task::spawn_blocking(move || pipeline.dry_run(&id, input))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
-    Ok(Json(run).into_response())
-}
-
-async fn list_webhooks(State(p): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "data": p.webhooks() }))
-}
-
-async fn get_webhook(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(p.webhook(&id)?).into_response())
-}
-
-async fn emit_events(
-    State(p): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    // Parsed through raw values so every payload keeps the exact bytes the emitter sent.
-    let body: Box<RawValue> = parse_json(&headers, &body?)?;
-    let batch = body.get().starts_with('[');
-    let values: Vec<Box<RawValue>> = if batch {
-        serde_json::from_str(body.get()).map_err(|e| Error::Json(e.to_string()))?
-    } else {
-        vec![body]
-    };
-    let mut inputs = Vec::with_capacity(values.len());
-    for (i, value) in values.into_iter().enumerate() {
-        let input: EventInput = serde_json::from_str(value.get()).map_err(|e| {
-            let at = if batch {
-                format!("events[{i}]: ")
-            } else {
-                String::new()
+    /// Every documented operation says who may call it, and says it truly.
+    #[test]
+    fn openapi_security_matches_route_access() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        for r in routes(&ApiConfig::default()) {
+            let op = &doc["paths"][r.path][r.method.to_lowercase()];
+            let role = op["x-wasmhooks-access"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{} {} has no x-wasmhooks-access", r.method, r.path));
+            let expected = match r.access {
+                Access::Public => "public",
+                Access::Emitter => "emitter",
+                Access::Admin => "admin",
+                Access::Root => "root",
             };
-            Error::Json(format!("{at}{e}"))
-        })?;
-        inputs.push(input);
+            assert_eq!(role, expected, "{} {}", r.method, r.path);
+        }
     }
-    let results = p.emit(inputs).await?;
-    let body = if batch {
-        json!({ "data": results })
-    } else {
-        json!(results[0])
-    };
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-}
-
-async fn get_event(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(p.event(&id)?).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeliveryQuery {
-    webhook_id: Option<String>,
-    event_id: Option<String>,
-    status: Option<String>,
-    limit: Option<usize>,
-    before: Option<String>,
-}
-
-/// Largest page a list returns.
-const MAX_PAGE: usize = 250;
-
-async fn list_deliveries(
-    State(p): State<AppState>,
-    query: Result<Query<DeliveryQuery>, QueryRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let Query(q) = query?;
-    let limit = q.limit.unwrap_or(50);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(Error::invalid("limit", format!("must be 1 to {MAX_PAGE}")).into());
-    }
-    let filter = DeliveryFilter {
-        webhook_id: q
-            .webhook_id
-            .map(|w| WebhookId::parse(&w).map_err(|e| Error::invalid("webhook_id", e.to_string())))
-            .transpose()?,
-        event_id: q
-            .event_id
-            .map(|e| EventId::parse(&e).map_err(|m| Error::invalid("event_id", m)))
-            .transpose()?,
-        status: q
-            .status
-            .map(|s| DeliveryStatus::parse(&s).map_err(|m| Error::invalid("status", m)))
-            .transpose()?,
-        before: q
-            .before
-            .map(|b| DeliveryId::parse(&b).map_err(|e| Error::invalid("before", e.to_string())))
-            .transpose()?,
-        limit,
-    };
-    let page = p.deliveries(&filter)?;
-    let next = (page.len() == limit)
-        .then(|| page.last().map(|d| d.id.clone()))
-        .flatten();
-    Ok(Json(json!({ "data": page, "next_cursor": next })))
-}
-
-async fn replay_delivery(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let replay = p.replay(&id).await?;
-    Ok((StatusCode::ACCEPTED, Json(replay)).into_response())
-}
-
-async fn get_delivery(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(p.delivery(&id)?).into_response())
 }

@@ -1,6 +1,9 @@
-//! Command-line interface: `serve`, `emit`, `plugin run`, `demo`.
+//! Command-line interface: `serve` and `demo`; `plugin run` for authors; and the operator
+//! commands (`emit`, `module`, `connection`, `webhook`, `deliveries`, `replay`, `key`,
+//! `event`), which call a running server's API.
 
 mod plugin_run;
+mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +21,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// The server and key for commands that call the API.
+    #[command(flatten)]
+    pub remote: remote::Remote,
 }
 
 /// The subcommands.
@@ -37,13 +43,6 @@ pub enum Command {
     },
     /// Emit one event to a running server.
     Emit {
-        /// The server's base URL.
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:8080",
-            env = "WASMHOOKS_SERVER"
-        )]
-        server: String,
         /// Event kind, e.g. order.created.
         #[arg(long)]
         kind: String,
@@ -62,6 +61,47 @@ pub enum Command {
         /// File holding the payload JSON.
         #[arg(long)]
         payload_file: Option<PathBuf>,
+    },
+    /// Plugin modules: upload, list, get, delete.
+    Module {
+        /// The module command.
+        #[command(subcommand)]
+        command: remote::ModuleCommand,
+    },
+    /// Connections: shared destinations with auth and headers.
+    Connection {
+        /// The connection command.
+        #[command(subcommand)]
+        command: remote::ConnectionCommand,
+    },
+    /// Webhooks: create, list, get, update, delete, enable, disable, test, recover.
+    Webhook {
+        /// The webhook command.
+        #[command(subcommand)]
+        command: remote::WebhookCommand,
+    },
+    /// Deliveries: list and inspect.
+    Deliveries {
+        /// The delivery command.
+        #[command(subcommand)]
+        command: remote::DeliveryCommand,
+    },
+    /// Send a finished delivery again (as a new delivery).
+    Replay {
+        /// Delivery id.
+        id: String,
+    },
+    /// API keys: create, list, get, revoke.
+    Key {
+        /// The key command.
+        #[command(subcommand)]
+        command: remote::KeyCommand,
+    },
+    /// Stored events.
+    Event {
+        /// The event command.
+        #[command(subcommand)]
+        command: remote::EventCommand,
     },
     /// Tools for plugin authors.
     Plugin {
@@ -106,6 +146,7 @@ pub enum PluginCommand {
 /// # Errors
 /// Whatever the command failed on, with context.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let remote = &cli.remote;
     match cli.command {
         Command::Serve {
             config,
@@ -123,7 +164,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Emit {
-            server,
             kind,
             id,
             tenant,
@@ -154,24 +194,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(tenant) = tenant {
                 body["tenant"] = tenant.into();
             }
-            runtime()?.block_on(async {
-                let response = reqwest::Client::new()
-                    .post(format!("{}/v1/events", server.trim_end_matches('/')))
-                    .json(&body)
-                    .send()
-                    .await
-                    .with_context(|| format!("sending to {server}"))?;
-                let status = response.status();
-                let text = response.text().await?;
-                println!("{text}");
-                if status.is_success() {
-                    Ok(ExitCode::SUCCESS)
-                } else {
-                    eprintln!("server answered {status}");
-                    Ok(ExitCode::FAILURE)
-                }
-            })
+            remote::emit(remote, body)
         }
+        Command::Module { command } => remote::module(remote, command),
+        Command::Connection { command } => remote::connection(remote, command),
+        Command::Webhook { command } => remote::webhook(remote, command),
+        Command::Deliveries { command } => remote::deliveries(remote, command),
+        Command::Replay { id } => remote::replay(remote, &id),
+        Command::Key { command } => remote::key(remote, command),
+        Command::Event { command } => remote::event(remote, command),
         Command::Plugin {
             command:
                 PluginCommand::Run {
@@ -203,6 +234,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     host.start();
     // The first stdout line is the address: scripts and tests read it.
     println!("wasmhooks listening on http://{addr}");
+    if let Some(key) = host.take_first_admin_key() {
+        println!("first start: created an admin API key; it is shown only this once:");
+        println!("  {key}");
+        println!("use it as `Authorization: Bearer <key>` or WASMHOOKS_KEY for the CLI");
+    }
     tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
     host.serve(listener, shutdown_signal()).await?;
     tracing::info!("shutting down");

@@ -68,8 +68,10 @@ pub struct PluginLimits {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Longest webhook name, in characters.
+    /// Longest name (webhooks, connections, modules, keys), in characters.
     pub max_name_len: usize,
+    /// Longest description, in characters.
+    pub max_description_len: usize,
     /// Longest URL, in bytes.
     pub max_url_len: usize,
     /// Largest request body (events, webhooks), in bytes.
@@ -78,6 +80,10 @@ pub struct ApiConfig {
     pub max_module_bytes: usize,
     /// Most events in one `POST /v1/events`.
     pub max_batch_events: usize,
+    /// An admin key that is always valid (at least 16 characters). When absent, the first
+    /// start generates an admin key, stores its hash and prints it once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_key: Option<crate::model::Secret>,
 }
 
 impl Default for Config {
@@ -131,10 +137,12 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             max_name_len: 100,
+            max_description_len: 1000,
             max_url_len: 2048,
             max_body_bytes: 1 << 20,
             max_module_bytes: 64 << 20,
             max_batch_events: 1000,
+            admin_key: None,
         }
     }
 }
@@ -235,6 +243,14 @@ impl Config {
         if self.api.max_name_len == 0 || self.api.max_url_len < 16 {
             return invalid("api", "name and URL limits are too small");
         }
+        if self
+            .api
+            .admin_key
+            .as_ref()
+            .is_some_and(|k| k.expose().len() < 16)
+        {
+            return invalid("api.admin_key", "must be at least 16 characters");
+        }
         if self.api.max_batch_events == 0 {
             return invalid("api.max_batch_events", "must be at least 1");
         }
@@ -263,7 +279,7 @@ fn merge(base: &mut toml::Table, layer: toml::Table) {
 }
 
 /// `WASMHOOKS_*` variables that belong to the command line, not to the settings.
-pub const RESERVED_ENV: &[&str] = &["WASMHOOKS_SERVER"];
+pub const RESERVED_ENV: &[&str] = &["WASMHOOKS_SERVER", "WASMHOOKS_KEY"];
 
 fn env_table(env: impl IntoIterator<Item = (String, String)>) -> Result<toml::Table, ConfigError> {
     let mut root = toml::Table::new();
@@ -346,30 +362,83 @@ pub fn format_duration(d: Duration) -> String {
     format!("{ms}ms")
 }
 
-mod duration_text {
+/// Serde for a [`Duration`] as text such as `5s`.
+pub mod duration_text {
     use super::*;
 
+    #[allow(missing_docs)]
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format_duration(*d))
     }
 
+    #[allow(missing_docs)]
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
-mod duration_list {
+/// Serde for an optional [`Duration`] as text such as `5s`.
+pub mod opt_duration_text {
     use super::*;
 
+    #[allow(missing_docs)]
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[allow(missing_docs)]
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Serde for a list of [`Duration`]s as text such as `["5s", "5m"]`.
+pub mod duration_list {
+    use super::*;
+
+    #[allow(missing_docs)]
     pub fn serialize<S: serde::Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(list.iter().map(|d| format_duration(*d)))
     }
 
+    #[allow(missing_docs)]
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
         Vec::<String>::deserialize(d)?
             .iter()
             .map(|t| parse_duration(t).map_err(serde::de::Error::custom))
             .collect()
+    }
+}
+
+/// Serde for an optional list of [`Duration`]s as text.
+pub mod opt_duration_list {
+    use super::*;
+
+    #[allow(missing_docs)]
+    pub fn serialize<S: serde::Serializer>(
+        list: &Option<Vec<Duration>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match list {
+            Some(list) => s.collect_seq(list.iter().map(|d| format_duration(*d))),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[allow(missing_docs)]
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
+        Option::<Vec<String>>::deserialize(d)?
+            .map(|list| {
+                list.iter()
+                    .map(|t| parse_duration(t).map_err(serde::de::Error::custom))
+                    .collect()
+            })
+            .transpose()
     }
 }
 

@@ -32,6 +32,9 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
         ..Config::default()
     };
     config.delivery.retry_schedule = vec![Duration::from_secs(1), Duration::from_secs(2)];
+    // A one-off admin key for this demo's own API calls.
+    let (_, admin_key) = crate::model::generate_key();
+    config.api.admin_key = Some(crate::model::Secret::new(admin_key.clone()));
 
     // The built-in receiver: records and answers 200.
     let received: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -69,7 +72,12 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
     });
     println!("wasmhooks demo: API on {api}, receiver on {receiver_url}\n");
 
-    let client = reqwest::Client::new();
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {admin_key}").parse()?,
+    );
+    let client = reqwest::Client::builder().default_headers(auth).build()?;
     let mut module_ids = Vec::new();
     for (name, bytes) in [
         ("forward", crate::examples::FORWARD),
@@ -89,12 +97,22 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
         );
         module_ids.push(info["id"].as_str().unwrap_or_default().to_string());
     }
+    let connection = call(client.post(format!("{api}/v1/connections")).json(&json!({
+        "name": "Back office", "base_url": format!("{receiver_url}/back-office"),
+        "auth": { "type": "bearer", "token": "demo-token" }, "headers": { "x-shop": "demo" }
+    })))
+    .await?;
+    println!(
+        "created connection {} {:?} (bearer auth; the token is write-only)",
+        connection["id"].as_str().unwrap_or(""),
+        connection["name"].as_str().unwrap_or("")
+    );
     let webhooks = [
         json!({ "name": "Forward every order", "event_kinds": ["order.*"], "module_id": module_ids[0],
                 "url": format!("{receiver_url}/forward") }),
         json!({ "name": "Big orders to the back office", "event_kinds": ["order.created"],
                 "module_id": module_ids[1], "config": { "threshold": 100 },
-                "url": format!("{receiver_url}/big-orders"), "headers": { "x-shop": "demo" } }),
+                "connection_id": connection["id"], "url": "/big-orders" }),
     ];
     for webhook in webhooks {
         let created = call(client.post(format!("{api}/v1/webhooks")).json(&webhook)).await?;
@@ -153,7 +171,11 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
     for r in received.lock().unwrap().iter() {
         println!("  {} {}", r.method, r.uri);
         for (name, value) in &r.headers {
-            if name.as_str().starts_with("webhook-") || name == "content-type" || name == "x-shop" {
+            if name.as_str().starts_with("webhook-")
+                || name == "content-type"
+                || name == "x-shop"
+                || name == "authorization"
+            {
                 println!("    {name}: {}", value.to_str().unwrap_or("?"));
             }
         }

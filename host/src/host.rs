@@ -28,6 +28,7 @@ pub struct Host {
     pipeline: Arc<Pipeline>,
     shutdown: watch::Sender<bool>,
     scheduler: Option<JoinHandle<()>>,
+    first_admin_key: Option<String>,
 }
 
 impl Host {
@@ -49,12 +50,20 @@ impl Host {
         let store = Store::open(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("opening data dir {}: {e}", config.data_dir.display()))?;
         let pipeline = Arc::new(Pipeline::new(config, store, clock)?);
+        let first_admin_key = pipeline.bootstrap_admin_key()?;
         let (shutdown, _) = watch::channel(false);
         Ok(Host {
             pipeline,
             shutdown,
             scheduler: None,
+            first_admin_key,
         })
+    }
+
+    /// The admin key created on this first start, if one was (no keys stored and none
+    /// configured). Returned once: print it, it is not stored in clear anywhere.
+    pub fn take_first_admin_key(&mut self) -> Option<String> {
+        self.first_admin_key.take()
     }
 
     /// The pipeline: register modules and webhooks, emit events, read deliveries.

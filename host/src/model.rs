@@ -2,12 +2,19 @@
 //!
 //! These are what the store persists (as JSON) and what the API shows.
 
+mod connection;
 mod ids;
+mod key;
 mod time;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use ids::{DeliveryId, EventId, IdError, ModuleId, WebhookId};
+pub use connection::{Connection, ConnectionAuth, Secret};
+pub use ids::{ApiKeyId, ConnectionId, DeliveryId, EventId, IdError, ModuleId, WebhookId};
+pub use key::{constant_time_eq, generate_key, hash_key, key_id_of, ApiKey, Role};
 pub use time::Millis;
 
 /// One event emitted by a host application, as stored.
@@ -25,7 +32,7 @@ pub struct Event {
     /// When the host acknowledged it.
     pub received_at: Millis,
     /// Routing keys such as `store_id`.
-    #[serde(default)]
+    #[serde(default, with = "string_map")]
     pub attributes: Vec<(String, String)>,
     /// The payload as JSON text.
     pub payload: Box<serde_json::value::RawValue>,
@@ -68,24 +75,88 @@ pub struct Webhook {
     pub id: WebhookId,
     /// Human name (≤ 100 characters by default).
     pub name: String,
+    /// What it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Paused webhooks keep their deliveries pending.
     pub enabled: bool,
+    /// When set, only this tenant's events reach the webhook; otherwise every tenant's do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Event kinds it takes: exact (`order.created`), prefix wildcards (`order.*`) or `*`.
     pub event_kinds: Vec<String>,
+    /// Scope on event attributes: the event must carry each named attribute with one of the
+    /// listed values (e.g. `{"store_id": ["12"]}`: one store). Empty: every event.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scope: BTreeMap<String, Vec<String>>,
     /// The plugin module that decides and builds requests.
     pub module_id: ModuleId,
     /// Configuration handed to the plugin (a JSON object).
     pub config: serde_json::Value,
-    /// Destination URL (http or https).
-    pub url: String,
+    /// The connection requests go through (base URL, auth, headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<ConnectionId>,
+    /// Destination: an absolute http(s) URL, or, with a connection, a path relative to the
+    /// connection's base URL. Absent: the connection's base URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// Default method.
     pub method: Method,
-    /// Extra headers sent with every request, before the plugin's own.
+    /// Headers sent with every request, after the connection's and before the plugin's.
+    #[serde(with = "string_map")]
     pub headers: Vec<(String, String)>,
+    /// Response statuses that count as success; empty means any 2xx.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub success_statuses: Vec<u16>,
+    /// Request timeout; the host's default when absent.
+    #[serde(
+        default,
+        with = "crate::config::opt_duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Retry delays after each failed attempt; the host's schedule when absent.
+    #[serde(
+        default,
+        with = "crate::config::opt_duration_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_schedule: Option<Vec<Duration>>,
     /// Creation time.
     pub created_at: Millis,
     /// Last change.
     pub updated_at: Millis,
+}
+
+impl Webhook {
+    /// Whether this webhook takes `event`: enabled, the kind matches, the tenant fits and the
+    /// attributes are in scope.
+    pub fn takes(&self, event: &Event) -> bool {
+        self.enabled
+            && self
+                .event_kinds
+                .iter()
+                .any(|p| kind_matches(p, &event.kind))
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| event.tenant.as_ref() == Some(t))
+            && self.scope.iter().all(|(name, allowed)| {
+                event
+                    .attributes
+                    .iter()
+                    .any(|(k, v)| k == name && allowed.contains(v))
+            })
+    }
+
+    /// Whether `status` counts as success for this webhook.
+    pub fn is_success(&self, status: u16) -> bool {
+        if self.success_statuses.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            self.success_statuses.contains(&status)
+        }
+    }
 }
 
 /// A stored plugin module's description (the bytes are stored beside it).
@@ -103,6 +174,9 @@ pub struct ModuleInfo {
     pub world: String,
     /// Optional features the plugin reported (e.g. `response-hook`).
     pub features: Vec<String>,
+    /// The functions the component exports.
+    #[serde(default)]
+    pub exports: Vec<String>,
     /// Upload time.
     pub created_at: Millis,
 }
@@ -156,6 +230,9 @@ pub struct OutboundRequest {
     pub body: Vec<u8>,
     /// Whether the receiver already accepted it (later rounds skip it).
     pub delivered: bool,
+    /// The connection whose authentication is added when sending (never stored here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<ConnectionId>,
 }
 
 /// What one attempt concluded.
@@ -215,6 +292,9 @@ pub struct Delivery {
     pub webhook_id: WebhookId,
     /// The event.
     pub event_id: EventId,
+    /// The webhook's tenant when the delivery was created (tenant-bound keys see only theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Where it stands.
     pub status: DeliveryStatus,
     /// Creation time.
@@ -247,6 +327,96 @@ pub struct Delivery {
     /// The delivery this one replays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<DeliveryId>,
+}
+
+impl Delivery {
+    /// The delivery as lists show it: where it stands, without requests, attempts and logs
+    /// (the detail endpoint has those).
+    pub fn summary(&self) -> serde_json::Value {
+        let mut view = serde_json::json!({
+            "id": self.id,
+            "webhook_id": self.webhook_id,
+            "event_id": self.event_id,
+            "status": self.status,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "rounds": self.rounds,
+            "attempt_count": self.attempts.len(),
+        });
+        let optional = [
+            ("tenant", self.tenant.as_ref().map(|t| serde_json::json!(t))),
+            (
+                "next_attempt_at",
+                self.next_attempt_at.map(|t| serde_json::json!(t)),
+            ),
+            (
+                "last_status",
+                self.attempts
+                    .last()
+                    .and_then(|a| a.status)
+                    .map(|s| serde_json::json!(s)),
+            ),
+            (
+                "skip_reason",
+                self.skip_reason.as_ref().map(|r| serde_json::json!(r)),
+            ),
+            ("error", self.error.as_ref().map(|e| serde_json::json!(e))),
+            (
+                "extracted_value",
+                self.extracted_value.as_ref().map(|v| serde_json::json!(v)),
+            ),
+            (
+                "replay_of",
+                self.replay_of.as_ref().map(|r| serde_json::json!(r)),
+            ),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                view[key] = value;
+            }
+        }
+        view
+    }
+}
+
+/// Lists of string pairs (headers, attributes) shown as JSON objects (`{"x-shop": "7"}`), in
+/// their order.
+pub mod string_map {
+    use serde::de::{MapAccess, Visitor};
+    use serde::ser::SerializeMap;
+    use serde::{Deserializer, Serializer};
+
+    #[allow(missing_docs)]
+    pub fn serialize<S: Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(pairs.len()))?;
+        for (k, v) in pairs {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+
+    struct PairsVisitor;
+
+    impl<'de> Visitor<'de> for PairsVisitor {
+        type Value = Vec<(String, String)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of header names to values")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut pairs = Vec::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                pairs.push((k, v));
+            }
+            Ok(pairs)
+        }
+    }
+
+    #[allow(missing_docs)]
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+        d.deserialize_map(PairsVisitor)
+    }
 }
 
 /// Bodies are kept as text when they are UTF-8 (readable in the API) and as base64 otherwise.
@@ -364,6 +534,7 @@ mod tests {
             headers: vec![],
             body: vec![0xff, 0x00, 0x10],
             delivered: false,
+            connection_id: None,
         };
         let json = serde_json::to_string(&req).unwrap();
         assert!(json.contains("base64"));

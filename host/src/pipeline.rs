@@ -4,9 +4,12 @@
 //! change what exists (modules, webhooks) live in `registry`; emitting events in `ingest`;
 //! the scheduler and the state machine of a delivery in `worker`.
 
+mod connections;
 pub mod dry_run;
 mod error;
 mod ingest;
+mod keys;
+pub mod listing;
 mod registry;
 mod replay;
 pub mod request;
@@ -20,14 +23,18 @@ use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::model::{DeliveryId, Event, Millis, Webhook, WebhookId};
+use crate::model::{Connection, ConnectionId, DeliveryId, Event, Millis, Webhook, WebhookId};
 use crate::runtime::{wit, PluginState, Runtime};
 use crate::sender::Sender;
 use crate::store::Store;
 
+pub use connections::ConnectionInput;
 pub use error::Error;
 pub use ingest::{EmitResult, EventInput};
+pub use keys::{KeyInput, Principal};
+pub use listing::{ListQuery, Page};
 pub use registry::{DeliveryFilter, WebhookInput};
+pub use replay::{RecoverInput, Recovered};
 
 /// Everything the pipeline works with.
 pub struct Pipeline {
@@ -38,6 +45,8 @@ pub struct Pipeline {
     clock: Arc<dyn Clock>,
     /// Webhooks by id, kept in memory for routing (the store is the truth).
     webhooks: RwLock<HashMap<WebhookId, Arc<Webhook>>>,
+    /// Connections by id, kept in memory for sending (the store is the truth).
+    connections: RwLock<HashMap<ConnectionId, Arc<Connection>>>,
     /// Wakes the scheduler when work may be due.
     wake: Notify,
     /// Deliveries being worked on now, so the scheduler does not start them twice.
@@ -57,6 +66,11 @@ impl Pipeline {
             .into_iter()
             .map(|w| (w.id.clone(), Arc::new(w)))
             .collect();
+        let connections = store
+            .connections()?
+            .into_iter()
+            .map(|c| (c.id.clone(), Arc::new(c)))
+            .collect();
         Ok(Pipeline {
             config,
             store,
@@ -64,6 +78,7 @@ impl Pipeline {
             sender,
             clock,
             webhooks: RwLock::new(webhooks),
+            connections: RwLock::new(connections),
             wake: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
         })
@@ -98,6 +113,22 @@ impl Pipeline {
 
     fn webhook_cached(&self, id: &WebhookId) -> Option<Arc<Webhook>> {
         self.webhooks.read().unwrap().get(id).cloned()
+    }
+
+    fn connection_cached(&self, id: &ConnectionId) -> Option<Arc<Connection>> {
+        self.connections.read().unwrap().get(id).cloned()
+    }
+
+    /// Where `webhook`'s requests go now, through its connection.
+    ///
+    /// # Errors
+    /// When its connection is gone or the URL does not resolve.
+    pub fn target(&self, webhook: &Webhook) -> Result<request::Target, String> {
+        let connection = webhook
+            .connection_id
+            .as_ref()
+            .and_then(|id| self.connection_cached(id));
+        request::Target::resolve(webhook, connection.as_deref())
     }
 }
 

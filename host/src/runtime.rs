@@ -144,6 +144,8 @@ pub struct LoadedPlugin {
     pre: WebhookPre<StoreData>,
     /// Features the plugin reported at load.
     pub features: Vec<String>,
+    /// Names the component exports.
+    pub exports: Vec<String>,
 }
 
 impl LoadedPlugin {
@@ -258,9 +260,15 @@ impl Runtime {
             .map_err(|e| ValidationError::WrongWorld(format!("{e:#}")))?;
         let pre =
             WebhookPre::new(pre).map_err(|e| ValidationError::WrongWorld(format!("{e:#}")))?;
+        let exports = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         let mut plugin = LoadedPlugin {
             pre,
             features: Vec::new(),
+            exports,
         };
         plugin.features = self
             .features(&plugin)

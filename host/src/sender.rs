@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::model::{Method, OutboundRequest};
+use base64::Engine as _;
+
+use crate::model::{ConnectionAuth, Method, OutboundRequest};
 
 /// What came back from one request.
 #[derive(Debug, Clone)]
@@ -45,9 +47,16 @@ impl Sender {
         Ok(Sender { client, body_limit })
     }
 
-    /// Sends one request with `extra` headers (set per attempt, such as the timestamp).
-    /// Never fails: transport errors are part of the result.
-    pub async fn send(&self, request: &OutboundRequest, extra: &[(&str, &str)]) -> SendResult {
+    /// Sends one request with `extra` headers (set per attempt, such as the timestamp), the
+    /// connection's `auth` (unless the request already carries that header) and an optional
+    /// per-webhook `timeout`. Never fails: transport errors are part of the result.
+    pub async fn send(
+        &self,
+        request: &OutboundRequest,
+        extra: &[(&str, &str)],
+        auth: Option<&ConnectionAuth>,
+        timeout: Option<Duration>,
+    ) -> SendResult {
         let started = Instant::now();
         let method = match request.method {
             Method::Get => reqwest::Method::GET,
@@ -56,7 +65,43 @@ impl Sender {
             Method::Patch => reqwest::Method::PATCH,
             Method::Delete => reqwest::Method::DELETE,
         };
-        let mut builder = self.client.request(method, &request.url);
+        let has = |name: &str| {
+            request
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        };
+        let mut url = request.url.clone();
+        let mut auth_header: Option<(String, String)> = None;
+        match auth {
+            None | Some(ConnectionAuth::None) => {}
+            Some(ConnectionAuth::Basic { username, password }) => {
+                let pair = format!("{username}:{}", password.expose());
+                let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+                auth_header = Some(("authorization".into(), format!("Basic {encoded}")));
+            }
+            Some(ConnectionAuth::Bearer { token }) => {
+                auth_header = Some(("authorization".into(), format!("Bearer {}", token.expose())));
+            }
+            Some(ConnectionAuth::Header { name, value }) => {
+                auth_header = Some((name.clone(), value.expose().to_string()));
+            }
+            Some(ConnectionAuth::Query { name, value }) => {
+                if let Ok(mut parsed) = url::Url::parse(&url) {
+                    parsed.query_pairs_mut().append_pair(name, value.expose());
+                    url = parsed.to_string();
+                }
+            }
+        }
+        let mut builder = self.client.request(method, &url);
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
+        if let Some((name, value)) = &auth_header {
+            if !has(name) {
+                builder = builder.header(name, value);
+            }
+        }
         for (name, value) in &request.headers {
             builder = builder.header(name, value);
         }

@@ -16,7 +16,8 @@ use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::model::{
-    Delivery, DeliveryId, Event, EventId, Millis, ModuleId, ModuleInfo, Webhook, WebhookId,
+    ApiKey, ApiKeyId, Connection, ConnectionId, Delivery, DeliveryId, Event, EventId, Millis,
+    ModuleId, ModuleInfo, Webhook, WebhookId,
 };
 
 /// A storage failure.
@@ -60,6 +61,8 @@ pub struct Store {
     modules: sled::Tree,
     module_info: sled::Tree,
     webhooks: sled::Tree,
+    connections: sled::Tree,
+    api_keys: sled::Tree,
     events: sled::Tree,
     deliveries: sled::Tree,
     queue: sled::Tree,
@@ -105,6 +108,8 @@ impl Store {
             modules: db.open_tree("modules")?,
             module_info: db.open_tree("module_info")?,
             webhooks: db.open_tree("webhooks")?,
+            connections: db.open_tree("connections")?,
+            api_keys: db.open_tree("api_keys")?,
             events: db.open_tree("events")?,
             deliveries: db.open_tree("deliveries")?,
             queue: db.open_tree("queue")?,
@@ -238,6 +243,73 @@ impl Store {
             .collect()
     }
 
+    // ----- connections -----
+
+    /// Stores a connection (create or replace).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_connection(&self, connection: &Connection) -> Result<(), StoreError> {
+        self.connections
+            .insert(connection.id.as_str(), encode(connection))?;
+        Ok(())
+    }
+
+    /// Deletes a connection.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn delete_connection(&self, id: &ConnectionId) -> Result<(), StoreError> {
+        self.connections.remove(id.as_str())?;
+        Ok(())
+    }
+
+    /// Every connection, oldest first.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn connections(&self) -> Result<Vec<Connection>, StoreError> {
+        self.connections
+            .iter()
+            .values()
+            .map(|v| decode("connections", &v?))
+            .collect()
+    }
+
+    // ----- API keys -----
+
+    /// Stores an API key (create or replace).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        self.api_keys.insert(key.id.as_str(), encode(key))?;
+        Ok(())
+    }
+
+    /// One API key.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn api_key(&self, id: &ApiKeyId) -> Result<Option<ApiKey>, StoreError> {
+        self.api_keys
+            .get(id.as_str())?
+            .map(|v| decode("api_keys", &v))
+            .transpose()
+    }
+
+    /// Every API key, oldest first.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        self.api_keys
+            .iter()
+            .values()
+            .map(|v| decode("api_keys", &v?))
+            .collect()
+    }
+
     // ----- events and deliveries -----
 
     /// Stores a new event and queues its deliveries in one transaction; an event whose id is
@@ -313,6 +385,36 @@ impl Store {
         };
         let mut out = Vec::new();
         for item in iter.rev() {
+            let (_, value) = item?;
+            let delivery: Delivery = decode("deliveries", &value)?;
+            if keep(&delivery) {
+                out.push(delivery);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Walks deliveries in id (creation) order — newest first when `descending` — keeping
+    /// those `keep` accepts, until `limit` are kept.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn scan_deliveries(
+        &self,
+        descending: bool,
+        mut keep: impl FnMut(&Delivery) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
+            Box::new(self.deliveries.iter().rev())
+        } else {
+            Box::new(self.deliveries.iter())
+        };
+        let mut out = Vec::new();
+        for item in iter {
             let (_, value) = item?;
             let delivery: Delivery = decode("deliveries", &value)?;
             if keep(&delivery) {
@@ -470,6 +572,7 @@ mod tests {
             id: DeliveryId::generate(),
             webhook_id: WebhookId::generate(),
             event_id: event.id.clone(),
+            tenant: None,
             status: DeliveryStatus::Pending,
             created_at: Millis(due),
             updated_at: Millis(due),

@@ -123,7 +123,7 @@ async fn bad_webhooks_are_refused_naming_the_field() {
             with("url", json!("not a url")),
             400,
             "validation_error",
-            "url: `not a url` is not a valid URL",
+            "url: `not a url` is a relative URL; give an absolute http(s) URL or a connection",
         ),
         (
             with("url", json!(format!("http://h/{}", "x".repeat(2048)))),
@@ -189,7 +189,7 @@ async fn bad_webhooks_are_refused_naming_the_field() {
             json!({ "name": "no url", "event_kinds": ["a"], "module_id": module }),
             400,
             "validation_error",
-            "url: is required",
+            "url: a url or a connection is required",
         ),
         (
             json!({ "name": "x", "event_kinds": "a.b", "module_id": module, "url": "http://h/" }),

@@ -196,6 +196,7 @@ async fn the_emit_command_delivers_through_a_running_server() {
         .create_webhook(json!({ "name": "cli", "event_kinds": ["order.created"], "module_id": module, "url": receiver.url }))
         .await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+        .env("WASMHOOKS_KEY", crate::support::ADMIN_KEY)
         .args([
             "emit",
             "--server",
@@ -219,14 +220,20 @@ async fn the_emit_command_delivers_through_a_running_server() {
     let got = receiver.wait_for(1).await;
     assert_eq!(got[0].body.as_ref(), br#"{"id":"A-7"}"#);
     let (_, event) = server.get("/v1/events/cli-1").await;
-    assert_eq!(event["attributes"], json!([["store_id", "7"]]));
+    assert_eq!(event["attributes"], json!({ "store_id": "7" }));
 
     // A refused emit exits non-zero and shows the server's error.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+        .env("WASMHOOKS_KEY", crate::support::ADMIN_KEY)
         .args(["emit", "--server", &server.url, "--kind", "bad kind"])
         .output()
         .await
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stdout).contains("validation_error"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("kind: event kind `bad kind` is invalid")
+            && stderr.contains("validation_error"),
+        "{stderr}"
+    );
 }

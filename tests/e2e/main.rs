@@ -1,7 +1,9 @@
 //! End-to-end tests: the real `wasmhooks` binary, a real HTTP receiver, the real plugins
 //! built from `plugins/`.
 
+mod auth;
 mod bad_input;
+mod connections;
 mod crash;
 mod delivery;
 mod operator;

@@ -32,7 +32,9 @@ async fn webhooks_can_be_changed_paused_and_deleted_without_restart() {
     // A new config takes effect on the next evaluation.
     let (status, patched) = server
         .send(
-            reqwest::Client::new()
+            server
+                .client
+                .clone()
                 .patch(format!("{}/v1/webhooks/{id}", server.url))
                 .json(&json!({ "config": { "threshold": 100 } })),
         )
@@ -49,7 +51,9 @@ async fn webhooks_can_be_changed_paused_and_deleted_without_restart() {
     // So does a new module.
     let (status, _) = server
         .send(
-            reqwest::Client::new()
+            server
+                .client
+                .clone()
                 .patch(format!("{}/v1/webhooks/{id}", server.url))
                 .json(&json!({ "module_id": forward })),
         )
@@ -69,7 +73,9 @@ async fn webhooks_can_be_changed_paused_and_deleted_without_restart() {
     // A bad patch changes nothing.
     let (status, body) = server
         .send(
-            reqwest::Client::new()
+            server
+                .client
+                .clone()
                 .patch(format!("{}/v1/webhooks/{id}", server.url))
                 .json(&json!({ "url": "gopher://x", "name": "changed" })),
         )
@@ -101,24 +107,44 @@ async fn webhooks_can_be_changed_paused_and_deleted_without_restart() {
 
     // A module in use cannot be deleted; once unused it can.
     let (status, body) = server
-        .send(reqwest::Client::new().delete(format!("{}/v1/modules/{forward}", server.url)))
+        .send(
+            server
+                .client
+                .clone()
+                .delete(format!("{}/v1/modules/{forward}", server.url)),
+        )
         .await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains(id));
     let (status, _) = server
-        .send(reqwest::Client::new().delete(format!("{}/v1/modules/{threshold}", server.url)))
+        .send(
+            server
+                .client
+                .clone()
+                .delete(format!("{}/v1/modules/{threshold}", server.url)),
+        )
         .await;
     assert_eq!(status, 200, "the threshold module is no longer used");
 
     let (status, _) = server
-        .send(reqwest::Client::new().delete(format!("{}/v1/webhooks/{id}", server.url)))
+        .send(
+            server
+                .client
+                .clone()
+                .delete(format!("{}/v1/webhooks/{id}", server.url)),
+        )
         .await;
     assert_eq!(status, 200);
     let (status, _) = server.get(&format!("/v1/webhooks/{id}")).await;
     assert_eq!(status, 404);
     assert_eq!(server.emit(order(6)).await["deliveries"], json!([]));
     let (status, _) = server
-        .send(reqwest::Client::new().delete(format!("{}/v1/modules/{forward}", server.url)))
+        .send(
+            server
+                .client
+                .clone()
+                .delete(format!("{}/v1/modules/{forward}", server.url)),
+        )
         .await;
     assert_eq!(status, 200);
     let (_, modules) = server.get("/v1/modules").await;

@@ -43,12 +43,32 @@ where
     }
 }
 
+/// The admin key every test server is configured with.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+
 /// A running `wasmhooks serve`.
 pub struct Server {
     child: Child,
     /// Base URL of its API.
     pub url: String,
-    client: reqwest::Client,
+    /// A client that sends the admin key with every request.
+    pub client: reqwest::Client,
+    /// What the server printed on stdout after the address line.
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    drain: tokio::task::JoinHandle<()>,
+}
+
+/// A client sending `key` as a bearer token with every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 impl Server {
@@ -69,7 +89,12 @@ impl Server {
         // The time limit is wall-clock: on a loaded CI machine a well-behaved plugin must not
         // hit it by being descheduled. Tests about the limit set their own.
         command.env("WASMHOOKS_PLUGIN__TIME_LIMIT", "10s");
+        command.env("WASMHOOKS_API__ADMIN_KEY", ADMIN_KEY);
         for (key, value) in env {
+            if value.is_empty() {
+                command.env_remove(key);
+                continue;
+            }
             command.env(key, value);
         }
         let mut child = command.spawn().expect("start wasmhooks");
@@ -85,18 +110,30 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line: {first}"))
             .to_string();
         // Keep draining stdout so the pipe never fills.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let sink = stdout.clone();
+        let drain = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
         Server {
             child,
             url,
-            client: reqwest::Client::new(),
+            client: client_with_key(ADMIN_KEY),
+            stdout,
+            drain,
         }
     }
 
-    /// Kills the process with SIGKILL (no shutdown, no flush) and waits for it to die.
-    pub async fn kill(mut self) {
+    /// Kills the process with SIGKILL (no shutdown, no flush), waits for it to die, and
+    /// returns everything it printed on stdout after the address line.
+    pub async fn kill(mut self) -> Vec<String> {
         self.child.start_kill().expect("SIGKILL");
         self.child.wait().await.expect("wait for the killed server");
+        let _ = tokio::time::timeout(DEADLINE, self.drain).await;
+        let lines = self.stdout.lock().unwrap().clone();
+        lines
     }
 
     /// Sends a request and returns status and JSON body.
@@ -173,13 +210,32 @@ impl Server {
         .await
     }
 
-    /// The deliveries of one event.
+    /// The deliveries of one event, in full (the list gives summaries).
     pub async fn deliveries_of(&self, event_id: &str) -> Vec<Value> {
         let (status, body) = self
             .get(&format!("/v1/deliveries?event_id={event_id}"))
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        body["data"].as_array().unwrap().clone()
+        let mut full = Vec::new();
+        for summary in body["data"].as_array().unwrap() {
+            let id = summary["id"].as_str().unwrap();
+            let (status, detail) = self.get(&format!("/v1/deliveries/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "{detail}");
+            full.push(detail);
+        }
+        full
+    }
+
+    /// PATCH JSON to a path.
+    pub async fn patch_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.client.patch(format!("{}{path}", self.url)).json(body))
+            .await
+    }
+
+    /// DELETE a path.
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.client.delete(format!("{}{path}", self.url)))
+            .await
     }
 }
 

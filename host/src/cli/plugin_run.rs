@@ -10,8 +10,9 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::config::PluginLimits;
-use crate::model::{Method, Millis, ModuleId, Webhook, WebhookId};
+use crate::model::{Method, Millis};
 use crate::pipeline::dry_run::{self, ScratchState};
+use crate::pipeline::request::Target;
 use crate::pipeline::EventInput;
 use crate::runtime::Runtime;
 
@@ -45,22 +46,16 @@ pub(super) fn run(
     let plugin = runtime
         .validate(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
-    // A stand-in webhook, so the requests are built exactly as the host would build them.
-    let webhook = Webhook {
-        id: WebhookId::generate(),
-        name: "plugin run".into(),
-        enabled: true,
-        event_kinds: vec![event.kind.clone()],
-        module_id: ModuleId::for_bytes(&bytes),
-        config: config_value,
+    // The target a webhook with this URL would have, so the requests are built exactly as
+    // the host would build them.
+    let target = Target {
         url: url.to_string(),
         method: Method::Post,
         headers: Vec::new(),
-        created_at: now,
-        updated_at: now,
+        connection_id: None,
     };
     let state = Arc::new(ScratchState::new(None));
-    let run = dry_run::evaluate(&runtime, &plugin, &webhook, &event, state);
+    let run = dry_run::evaluate(&runtime, &plugin, &config_value, Ok(&target), &event, state);
     let code = if run.decision == "error" {
         ExitCode::FAILURE
     } else {

@@ -95,6 +95,14 @@ prefixed_id!(
     DeliveryId, "dlv", "delivery"
 );
 prefixed_id!(
+    /// Identifies a connection: a destination shared by webhooks.
+    ConnectionId, "con", "connection"
+);
+prefixed_id!(
+    /// Identifies an API key (the public half of the key; the secret is never stored).
+    ApiKeyId, "key", "API key"
+);
+prefixed_id!(
     /// Identifies a plugin module: `mod_` + the first 32 hex digits of its SHA-256.
     ModuleId, "mod", "module"
 );

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::{request, to_wit_event, Error, EventInput, Pipeline};
-use crate::model::{DeliveryId, Event, LogLine, OutboundRequest, Webhook};
+use super::request::{self, Target};
+use super::{to_wit_event, Error, EventInput, Pipeline};
+use crate::model::{DeliveryId, Event, LogLine, OutboundRequest};
 use crate::runtime::{wit, Answer, Call, LoadedPlugin, PluginContext, PluginState, Runtime};
 
 /// What a dry run found.
@@ -86,16 +87,18 @@ impl PluginState for ScratchState {
     }
 }
 
-/// Evaluates `plugin` for `webhook` on `event` and builds the requests, sending nothing.
+/// Evaluates `plugin` with `config` on `event` and builds the requests for `target`,
+/// sending nothing.
 pub fn evaluate(
     runtime: &Runtime,
     plugin: &LoadedPlugin,
-    webhook: &Webhook,
+    config: &serde_json::Value,
+    target: Result<&Target, &str>,
     event: &Event,
     state: Arc<dyn PluginState>,
 ) -> DryRun {
     let ctx = PluginContext {
-        config: Arc::from(webhook.config.to_string()),
+        config: Arc::from(config.to_string()),
         state,
     };
     let evaluation = runtime.evaluate(plugin, ctx, Call::Event(to_wit_event(event)));
@@ -117,8 +120,16 @@ pub fn evaluate(
         Ok(Answer::Decision(wit::Decision::Send(requests))) => {
             run.decision = "send";
             let id = DeliveryId::generate();
+            let target = match target {
+                Ok(target) => target,
+                Err(e) => {
+                    run.decision = "error";
+                    run.error = Some(e.to_string());
+                    return run;
+                }
+            };
             for (i, r) in requests.into_iter().enumerate() {
-                match request::build(webhook, &id, i, r) {
+                match request::build(target, &id, i, r) {
                     Ok(built) => run.requests.push(built),
                     Err(e) => {
                         run.decision = "error";
@@ -156,6 +167,14 @@ impl Pipeline {
             })
             .map_err(|e| Error::invalid("module_id", e))?;
         let state = Arc::new(ScratchState::new(Some(self.stored_state(&webhook))));
-        Ok(evaluate(&self.runtime, &plugin, &webhook, &event, state))
+        let target = self.target(&webhook);
+        Ok(evaluate(
+            &self.runtime,
+            &plugin,
+            &webhook.config,
+            target.as_ref().map_err(String::as_str),
+            &event,
+            state,
+        ))
     }
 }

@@ -5,9 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Error, Pipeline};
-use crate::model::{
-    kind_matches, validate_kind, Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis,
-};
+use crate::model::{validate_kind, Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis};
 use crate::store::Inserted;
 
 /// An event as emitters send it (API body, CLI, `plugin run` event files).
@@ -140,10 +138,7 @@ impl Pipeline {
     /// One pending delivery for every enabled webhook that takes this event.
     fn route(&self, event: &Event, now: Millis) -> Vec<Delivery> {
         let webhooks = self.webhooks.read().unwrap();
-        let mut matching: Vec<_> = webhooks
-            .values()
-            .filter(|w| w.enabled && w.event_kinds.iter().any(|p| kind_matches(p, &event.kind)))
-            .collect();
+        let mut matching: Vec<_> = webhooks.values().filter(|w| w.takes(event)).collect();
         matching.sort_by(|a, b| a.id.cmp(&b.id));
         matching
             .into_iter()
@@ -151,6 +146,7 @@ impl Pipeline {
                 id: DeliveryId::generate(),
                 webhook_id: w.id.clone(),
                 event_id: event.id.clone(),
+                tenant: w.tenant.clone(),
                 status: DeliveryStatus::Pending,
                 created_at: now,
                 updated_at: now,

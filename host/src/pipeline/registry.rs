@@ -1,47 +1,88 @@
 //! What operators register and look at: modules, webhooks, events and deliveries.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::request::check_header;
+use super::listing::{contains, ListQuery, Listed, Page, SortValue};
+use super::request::{check_header, destination, is_absolute};
 use super::{Error, Pipeline};
+use crate::config::parse_duration;
 use crate::model::{
-    validate_kind, Delivery, DeliveryId, DeliveryStatus, Event, EventId, Method, ModuleId,
-    ModuleInfo, Webhook, WebhookId,
+    kind_matches, validate_kind, ConnectionId, Delivery, DeliveryId, DeliveryStatus, Event,
+    EventId, Method, Millis, ModuleId, ModuleInfo, Webhook, WebhookId,
 };
 use crate::runtime::WORLD;
 
 /// A webhook definition as the API and CLI take it: the whole definition on create, only
-/// the fields to change on update (`PATCH`).
+/// the fields to change on update (`PATCH`; `null` clears an optional field).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookInput {
     /// Human name (required on create).
     #[serde(default)]
     pub name: Option<String>,
+    /// What it is for.
+    #[serde(default, deserialize_with = "nullable")]
+    pub description: Option<Option<String>>,
     /// Whether it takes events (default true).
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// Only this tenant's events.
+    #[serde(default, deserialize_with = "nullable")]
+    pub tenant: Option<Option<String>>,
     /// Event kinds: exact, `prefix.*` or `*` (required on create).
     #[serde(default)]
     pub event_kinds: Option<Vec<String>>,
+    /// Attribute scope: attribute name → accepted values.
+    #[serde(default)]
+    pub scope: Option<BTreeMap<String, Vec<String>>>,
     /// The plugin module (required on create).
     #[serde(default)]
     pub module_id: Option<String>,
     /// Plugin configuration: a JSON object (default `{}`).
     #[serde(default)]
     pub config: Option<serde_json::Value>,
-    /// Destination URL (required on create).
-    #[serde(default)]
-    pub url: Option<String>,
+    /// The connection requests go through.
+    #[serde(default, deserialize_with = "nullable")]
+    pub connection_id: Option<Option<String>>,
+    /// Destination URL, or a path relative to the connection (one of the two is required).
+    #[serde(default, deserialize_with = "nullable")]
+    pub url: Option<Option<String>>,
     /// GET, POST (default), PUT, PATCH or DELETE.
     #[serde(default)]
     pub method: Option<String>,
     /// Extra headers (replace the existing set on update).
     #[serde(default)]
     pub headers: Option<BTreeMap<String, String>>,
+    /// Statuses that count as success (empty: any 2xx).
+    #[serde(default)]
+    pub success_statuses: Option<Vec<u16>>,
+    /// Request timeout such as `10s`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub timeout: Option<Option<String>>,
+    /// Retry delays such as `["10s", "1m", "1h"]`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub retry_schedule: Option<Option<Vec<String>>>,
 }
+
+/// Deserialises a field that may be absent (outer `None`), `null` (`Some(None)`) or a value.
+pub fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Longest request timeout a webhook may set.
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most retry steps a webhook may set.
+const MAX_RETRY_STEPS: usize = 50;
+/// Longest single retry delay.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 86_400);
 
 /// Filters for listing deliveries.
 #[derive(Debug, Default, Clone)]
@@ -52,10 +93,27 @@ pub struct DeliveryFilter {
     pub event_id: Option<EventId>,
     /// Only in this status.
     pub status: Option<DeliveryStatus>,
-    /// Cursor: only deliveries older than this one.
-    pub before: Option<DeliveryId>,
-    /// Page size.
-    pub limit: usize,
+    /// Only created at or after this time.
+    pub created_after: Option<Millis>,
+    /// Only created before this time.
+    pub created_before: Option<Millis>,
+    /// Only of webhooks of this tenant (tenant-bound keys).
+    pub tenant: Option<String>,
+}
+
+impl DeliveryFilter {
+    /// Whether `d` passes.
+    pub fn keeps(&self, d: &Delivery) -> bool {
+        self.webhook_id.as_ref().is_none_or(|w| &d.webhook_id == w)
+            && self.event_id.as_ref().is_none_or(|e| &d.event_id == e)
+            && self.status.is_none_or(|s| d.status == s)
+            && self.created_after.is_none_or(|t| d.created_at >= t)
+            && self.created_before.is_none_or(|t| d.created_at < t)
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| d.tenant.as_ref() == Some(t))
+    }
 }
 
 /// Parses a method name, any case.
@@ -72,6 +130,34 @@ pub fn parse_method(text: &str) -> Result<Method, String> {
         _ => Err(format!(
             "`{text}` is not supported; use GET, POST, PUT, PATCH or DELETE"
         )),
+    }
+}
+
+impl Listed for ModuleInfo {
+    fn list_id(&self) -> &str {
+        self.id.as_str()
+    }
+
+    fn sort_value(&self, field: &str) -> SortValue {
+        match field {
+            "name" => SortValue::Text(self.name.to_lowercase()),
+            "size" => SortValue::Int(self.size as i64),
+            _ => SortValue::Int(self.created_at.as_i64()),
+        }
+    }
+}
+
+impl Listed for Webhook {
+    fn list_id(&self) -> &str {
+        self.id.as_str()
+    }
+
+    fn sort_value(&self, field: &str) -> SortValue {
+        match field {
+            "name" => SortValue::Text(self.name.to_lowercase()),
+            "updated_at" => SortValue::Int(self.updated_at.as_i64()),
+            _ => SortValue::Int(self.created_at.as_i64()),
+        }
     }
 }
 
@@ -110,6 +196,7 @@ impl Pipeline {
             size: bytes.len() as u64,
             world: WORLD.to_string(),
             features: plugin.features.clone(),
+            exports: plugin.exports.clone(),
             created_at: self.now(),
         };
         self.store.put_module(&info, bytes)?;
@@ -130,6 +217,20 @@ impl Pipeline {
         self.store.module_info(&id)?.ok_or_else(not_found)
     }
 
+    /// The webhooks that use a module, oldest first.
+    pub fn module_users(&self, id: &ModuleId) -> Vec<WebhookId> {
+        let mut users: Vec<WebhookId> = self
+            .webhooks
+            .read()
+            .unwrap()
+            .values()
+            .filter(|w| &w.module_id == id)
+            .map(|w| w.id.clone())
+            .collect();
+        users.sort();
+        users
+    }
+
     /// Deletes a module, refused while a webhook uses it.
     ///
     /// # Errors
@@ -137,13 +238,9 @@ impl Pipeline {
     /// error.
     pub fn delete_module(&self, id: &str) -> Result<ModuleInfo, Error> {
         let info = self.module(id)?;
-        let users: Vec<String> = self
-            .webhooks()
-            .into_iter()
-            .filter(|w| w.module_id == info.id)
-            .map(|w| w.id.to_string())
-            .collect();
+        let users = self.module_users(&info.id);
         if !users.is_empty() {
+            let users: Vec<String> = users.iter().map(ToString::to_string).collect();
             return Err(Error::Conflict(format!(
                 "module {} is used by webhook(s) {}; point them at another module first",
                 info.id,
@@ -155,7 +252,30 @@ impl Pipeline {
         Ok(info)
     }
 
-    /// Every module.
+    /// Modules matching the query's filters (`name`, `name_contains`, `version`), ordered
+    /// by `created_at`, `name` or `size`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad parameter, or a storage error.
+    pub fn list_modules(&self, mut query: ListQuery) -> Result<Page<ModuleInfo>, Error> {
+        let name = query.take("name");
+        let name_contains = query.take("name_contains");
+        let version = query.take("version");
+        query.finish()?;
+        let items = self
+            .store
+            .modules()?
+            .into_iter()
+            .filter(|m| {
+                name.as_ref().is_none_or(|n| &m.name == n)
+                    && name_contains.as_ref().is_none_or(|n| contains(&m.name, n))
+                    && version.as_ref().is_none_or(|v| &m.version == v)
+            })
+            .collect();
+        Ok(query.page(items))
+    }
+
+    /// Every module, oldest first.
     ///
     /// # Errors
     /// On storage failure.
@@ -167,7 +287,7 @@ impl Pipeline {
     ///
     /// # Errors
     /// [`Error::Invalid`] naming the first bad or missing field, [`Error::NotFound`] for an
-    /// unknown module, or a storage error. Nothing is stored on error.
+    /// unknown module or connection, or a storage error. Nothing is stored on error.
     pub fn create_webhook(&self, input: WebhookInput) -> Result<Webhook, Error> {
         let webhook = self.merge_webhook(None, input)?;
         self.save_webhook(webhook)
@@ -177,8 +297,8 @@ impl Pipeline {
     /// effect on the next evaluation (module and config included), no restart.
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown webhook or module, [`Error::Invalid`] naming the
-    /// first bad field, or a storage error. Nothing changes on error.
+    /// [`Error::NotFound`] for an unknown webhook, module or connection, [`Error::Invalid`]
+    /// naming the first bad field, or a storage error. Nothing changes on error.
     pub fn update_webhook(&self, id: &str, input: WebhookInput) -> Result<Webhook, Error> {
         let existing = self.webhook(id)?;
         let webhook = self.merge_webhook(Some(&existing), input)?;
@@ -203,7 +323,7 @@ impl Pipeline {
         self.webhooks
             .write()
             .unwrap()
-            .insert(webhook.id.clone(), std::sync::Arc::new(webhook.clone()));
+            .insert(webhook.id.clone(), Arc::new(webhook.clone()));
         Ok(webhook)
     }
 
@@ -215,12 +335,26 @@ impl Pipeline {
     ) -> Result<Webhook, Error> {
         let api = &self.config.api;
         let required = |field: &str| Error::invalid(field, "is required");
+        // `Some(x)` in the input wins; otherwise the existing value; otherwise the default.
+        fn pick<T: Clone>(given: Option<T>, existing: Option<&T>, default: T) -> T {
+            given.unwrap_or_else(|| existing.cloned().unwrap_or(default))
+        }
+
         let name = match (input.name, existing) {
             (Some(name), _) => name,
             (None, Some(w)) => w.name.clone(),
             (None, None) => return Err(required("name")),
         };
         check_label("name", &name, api.max_name_len)?;
+        let description = pick(input.description, existing.map(|w| &w.description), None);
+        if let Some(text) = &description {
+            check_text("description", text, api.max_description_len)?;
+        }
+        let tenant = pick(input.tenant, existing.map(|w| &w.tenant), None);
+        if let Some(tenant) = &tenant {
+            check_tenant("tenant", tenant)?;
+        }
+
         let event_kinds = match (input.event_kinds, existing) {
             (Some(kinds), _) => kinds,
             (None, Some(w)) => w.event_kinds.clone(),
@@ -236,6 +370,22 @@ impl Pipeline {
             validate_kind(kind, true)
                 .map_err(|m| Error::invalid(format!("event_kinds[{i}]"), m))?;
         }
+        let scope = pick(input.scope, existing.map(|w| &w.scope), BTreeMap::new());
+        for (attribute, values) in &scope {
+            if attribute.is_empty() || attribute.len() > 128 {
+                return Err(Error::invalid(
+                    "scope",
+                    format!("attribute name `{attribute}` must be 1 to 128 characters"),
+                ));
+            }
+            if values.is_empty() {
+                return Err(Error::invalid(
+                    format!("scope.{attribute}"),
+                    "list at least one accepted value (leave the attribute out for all values)",
+                ));
+            }
+        }
+
         let module_id = match (input.module_id, existing) {
             (Some(raw), _) => {
                 let id = ModuleId::parse(&raw)
@@ -251,52 +401,133 @@ impl Pipeline {
             (None, Some(w)) => w.module_id.clone(),
             (None, None) => return Err(required("module_id")),
         };
-        let url = match (input.url, existing) {
-            (Some(url), _) => url,
-            (None, Some(w)) => w.url.clone(),
-            (None, None) => return Err(required("url")),
+        let config = pick(
+            input.config,
+            existing.map(|w| &w.config),
+            serde_json::Value::Object(Default::default()),
+        );
+        if !config.is_object() {
+            return Err(Error::invalid("config", "must be a JSON object"));
+        }
+
+        let connection_id = match input.connection_id {
+            Some(Some(raw)) => {
+                let id = ConnectionId::parse(&raw)
+                    .map_err(|e| Error::invalid("connection_id", e.to_string()))?;
+                if self.connection_cached(&id).is_none() {
+                    return Err(Error::NotFound {
+                        kind: "connection",
+                        id: raw,
+                    });
+                }
+                Some(id)
+            }
+            Some(None) => None,
+            None => existing.and_then(|w| w.connection_id.clone()),
         };
-        check_url(&url, api.max_url_len)?;
+        let url = pick(input.url, existing.map(|w| &w.url), None);
+        if let Some(url) = &url {
+            if url.len() > api.max_url_len {
+                return Err(Error::invalid(
+                    "url",
+                    format!("is {} bytes; the limit is {}", url.len(), api.max_url_len),
+                ));
+            }
+            if is_absolute(url) {
+                check_url(url, api.max_url_len)?;
+            } else if url.contains("://") || url.starts_with("//") {
+                return Err(Error::invalid("url", format!("`{url}` is not a valid URL")));
+            }
+        }
+        let base = connection_id
+            .as_ref()
+            .and_then(|id| self.connection_cached(id))
+            .map(|c| c.base_url.clone());
+        let resolved =
+            destination(url.as_deref(), base.as_deref()).map_err(|m| Error::invalid("url", m))?;
+        check_url(&resolved, api.max_url_len)?;
+
         let method = match (&input.method, existing) {
             (Some(m), _) => parse_method(m).map_err(|e| Error::invalid("method", e))?,
             (None, Some(w)) => w.method,
             (None, None) => Method::Post,
         };
-        let config = match (input.config, existing) {
-            (Some(config), _) => config,
-            (None, Some(w)) => w.config.clone(),
-            (None, None) => serde_json::Value::Object(Default::default()),
-        };
-        if !config.is_object() {
-            return Err(Error::invalid("config", "must be a JSON object"));
-        }
         let headers = match (input.headers, existing) {
-            (Some(map), _) => {
-                let mut headers = Vec::with_capacity(map.len());
-                for (name, value) in map {
-                    check_header(&name, &value)
-                        .map_err(|e| Error::invalid(format!("headers.{name}"), e))?;
-                    headers.push((name, value));
-                }
-                headers
-            }
+            (Some(map), _) => check_headers("headers", map)?,
             (None, Some(w)) => w.headers.clone(),
             (None, None) => Vec::new(),
         };
+        let success_statuses = pick(
+            input.success_statuses,
+            existing.map(|w| &w.success_statuses),
+            Vec::new(),
+        );
+        for (i, status) in success_statuses.iter().enumerate() {
+            if !(100..=599).contains(status) {
+                return Err(Error::invalid(
+                    format!("success_statuses[{i}]"),
+                    format!("{status} is not an HTTP status (100 to 599)"),
+                ));
+            }
+        }
+        let timeout = match input.timeout {
+            Some(Some(text)) => {
+                let d = parse_duration(&text).map_err(|m| Error::invalid("timeout", m))?;
+                if d.is_zero() || d > MAX_TIMEOUT {
+                    return Err(Error::invalid(
+                        "timeout",
+                        format!("must be more than 0 and at most {}s", MAX_TIMEOUT.as_secs()),
+                    ));
+                }
+                Some(d)
+            }
+            Some(None) => None,
+            None => existing.and_then(|w| w.timeout),
+        };
+        let retry_schedule = match input.retry_schedule {
+            Some(Some(list)) => {
+                if list.len() > MAX_RETRY_STEPS {
+                    return Err(Error::invalid(
+                        "retry_schedule",
+                        format!("has {} steps; the limit is {MAX_RETRY_STEPS}", list.len()),
+                    ));
+                }
+                let mut schedule = Vec::with_capacity(list.len());
+                for (i, text) in list.iter().enumerate() {
+                    let field = format!("retry_schedule[{i}]");
+                    let d = parse_duration(text).map_err(|m| Error::invalid(&field, m))?;
+                    if d > MAX_RETRY_DELAY {
+                        return Err(Error::invalid(field, "must be at most 7d"));
+                    }
+                    schedule.push(d);
+                }
+                Some(schedule)
+            }
+            Some(None) => None,
+            None => existing.and_then(|w| w.retry_schedule.clone()),
+        };
+
         let now = self.now();
         Ok(Webhook {
             id: existing.map_or_else(WebhookId::generate, |w| w.id.clone()),
             name,
+            description,
             enabled: input
                 .enabled
                 .or(existing.map(|w| w.enabled))
                 .unwrap_or(true),
+            tenant,
             event_kinds,
+            scope,
             module_id,
             config,
+            connection_id,
             url,
             method,
             headers,
+            success_statuses,
+            timeout,
+            retry_schedule,
             created_at: existing.map_or(now, |w| w.created_at),
             updated_at: now,
         })
@@ -330,6 +561,45 @@ impl Pipeline {
         all
     }
 
+    /// Webhooks matching the query's filters (`name`, `name_contains`,
+    /// `description_contains`, `enabled`, `tenant`, `module_id`, `connection_id`,
+    /// `event_kind`: takes this kind), ordered by `created_at`, `updated_at` or `name`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad parameter.
+    pub fn list_webhooks(&self, mut query: ListQuery) -> Result<Page<Webhook>, Error> {
+        let name = query.take("name");
+        let name_contains = query.take("name_contains");
+        let description_contains = query.take("description_contains");
+        let enabled = query.take_bool("enabled")?;
+        let tenant = query.take("tenant");
+        let module_id = query.take("module_id");
+        let connection_id = query.take("connection_id");
+        let event_kind = query.take("event_kind");
+        query.finish()?;
+        let items = self
+            .webhooks()
+            .into_iter()
+            .filter(|w| {
+                name.as_ref().is_none_or(|n| &w.name == n)
+                    && name_contains.as_ref().is_none_or(|n| contains(&w.name, n))
+                    && description_contains
+                        .as_ref()
+                        .is_none_or(|n| w.description.as_ref().is_some_and(|d| contains(d, n)))
+                    && enabled.is_none_or(|e| w.enabled == e)
+                    && tenant.as_ref().is_none_or(|t| w.tenant.as_ref() == Some(t))
+                    && module_id.as_ref().is_none_or(|m| w.module_id.as_str() == m)
+                    && connection_id
+                        .as_ref()
+                        .is_none_or(|c| w.connection_id.as_ref().is_some_and(|id| id.as_str() == c))
+                    && event_kind
+                        .as_ref()
+                        .is_none_or(|k| w.event_kinds.iter().any(|p| kind_matches(p, k)))
+            })
+            .collect();
+        Ok(query.page(items))
+    }
+
     /// One event.
     ///
     /// # Errors
@@ -356,25 +626,112 @@ impl Pipeline {
         self.store.delivery(&id)?.ok_or_else(not_found)
     }
 
-    /// Deliveries matching `filter`, newest first.
+    /// Deliveries matching `filter`, newest first, at most `limit`.
     ///
     /// # Errors
     /// On storage failure.
-    pub fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, Error> {
-        Ok(self
-            .store
-            .deliveries(filter.before.as_ref(), filter.limit, |d| {
-                filter
-                    .webhook_id
-                    .as_ref()
-                    .is_none_or(|w| &d.webhook_id == w)
-                    && filter.event_id.as_ref().is_none_or(|e| &d.event_id == e)
-                    && filter.status.is_none_or(|s| d.status == s)
-            })?)
+    pub fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, Error> {
+        Ok(self.store.deliveries(None, limit, |d| filter.keeps(d))?)
+    }
+
+    /// Deliveries matching the query's filters (`webhook_id`, `event_id`, `status`,
+    /// `created_after`, `created_before` as RFC 3339), ordered by `created_at` (newest first
+    /// by default). `tenant` restricts to one tenant's webhooks (tenant-bound keys).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad parameter, or a storage error.
+    pub fn list_deliveries(
+        &self,
+        mut query: ListQuery,
+        tenant: Option<&str>,
+    ) -> Result<Page<Delivery>, Error> {
+        let filter = DeliveryFilter {
+            webhook_id: query.take_parsed("webhook_id", |t| {
+                WebhookId::parse(t).map_err(|e| e.to_string())
+            })?,
+            event_id: query.take_parsed("event_id", EventId::parse)?,
+            status: query.take_parsed("status", DeliveryStatus::parse)?,
+            created_after: query.take_parsed("created_after", Millis::parse)?,
+            created_before: query.take_parsed("created_before", Millis::parse)?,
+            tenant: tenant.map(str::to_string),
+        };
+        query.finish()?;
+        // Ids sort by creation time, so creation order is id order: the tree is walked in that
+        // order and stops at a full page (plus one, to know whether there is a next page).
+        let limit = query.limit;
+        let position = |d: &Delivery| SortValue::Text(d.id.to_string());
+        let mut data = self.store.scan_deliveries(
+            query.descending,
+            |d| filter.keeps(d) && query.is_after_cursor(&position(d), d.id.as_str()),
+            limit + 1,
+        )?;
+        let more = data.len() > limit;
+        data.truncate(limit);
+        let next_cursor = more
+            .then(|| data.last())
+            .flatten()
+            .map(|d| query.cursor_for(&position(d), d.id.as_str()));
+        Ok(Page { data, next_cursor })
     }
 }
 
-fn check_label(field: &str, value: &str, max: usize) -> Result<(), Error> {
+/// Checks a map of headers and keeps it in order.
+///
+/// # Errors
+/// [`Error::Invalid`] on `field.name` for a malformed or reserved header.
+pub fn check_headers(
+    field: &str,
+    map: BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut headers = Vec::with_capacity(map.len());
+    for (name, value) in map {
+        check_header(&name, &value).map_err(|e| Error::invalid(format!("{field}.{name}"), e))?;
+        headers.push((name, value));
+    }
+    Ok(headers)
+}
+
+/// Checks free text (descriptions): within `max` characters, no control characters but
+/// newlines and tabs.
+///
+/// # Errors
+/// [`Error::Invalid`] on `field`.
+pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), Error> {
+    let len = value.chars().count();
+    if len > max {
+        return Err(Error::invalid(
+            field,
+            format!("is {len} characters; the limit is {max}"),
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks a tenant name: 1 to 128 characters, no control characters.
+///
+/// # Errors
+/// [`Error::Invalid`] on `field`.
+pub fn check_tenant(field: &str, tenant: &str) -> Result<(), Error> {
+    if tenant.is_empty() || tenant.chars().count() > 128 || tenant.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            field,
+            "must be 1 to 128 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_label(field: &str, value: &str, max: usize) -> Result<(), Error> {
     let len = value.chars().count();
     if value.trim().is_empty() {
         return Err(Error::invalid(field, "must not be empty"));

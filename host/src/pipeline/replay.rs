@@ -3,8 +3,33 @@
 //! `webhook-id` (receivers that already processed it can dedupe); otherwise (skipped, or a
 //! plugin error) the webhook's current plugin evaluates the event afresh.
 
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
 use super::{Error, Pipeline};
-use crate::model::{Delivery, DeliveryId, DeliveryStatus};
+use crate::model::{Delivery, DeliveryId, DeliveryStatus, Millis};
+
+/// Which deliveries `recover` replays: the failed and dead ones created in `[since, until)`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverInput {
+    /// Start of the range (RFC 3339).
+    pub since: Millis,
+    /// End of the range (RFC 3339); now when absent.
+    #[serde(default)]
+    pub until: Option<Millis>,
+}
+
+/// What `recover` did.
+#[derive(Debug, Serialize)]
+pub struct Recovered {
+    /// The new deliveries, one per replayed original.
+    pub replayed: Vec<Delivery>,
+}
+
+/// Most deliveries one `recover` call replays.
+pub const MAX_RECOVER: usize = 10_000;
 
 impl Pipeline {
     /// Queues a replay of a finished delivery and returns the new delivery.
@@ -14,6 +39,53 @@ impl Pipeline {
     /// or its webhook was deleted, or a storage error.
     pub async fn replay(&self, id: &str) -> Result<Delivery, Error> {
         let original = self.delivery(id)?;
+        let replay = self.queue_replay(original)?;
+        self.store.commit().await?;
+        self.wake.notify_one();
+        Ok(replay)
+    }
+
+    /// Replays every failed or dead delivery of a webhook created in the range, except those
+    /// already replayed, oldest first (at most [`MAX_RECOVER`] per call).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown webhook, [`Error::Invalid`] for an empty range, or
+    /// a storage error.
+    pub async fn recover(&self, webhook_id: &str, input: RecoverInput) -> Result<Recovered, Error> {
+        let webhook = self.webhook(webhook_id)?;
+        let until = input.until.unwrap_or_else(|| self.now());
+        if until <= input.since {
+            return Err(Error::invalid("until", "must be after `since`"));
+        }
+        let mine = |d: &Delivery| d.webhook_id == webhook.id;
+        let all = self.store.scan_deliveries(false, mine, usize::MAX)?;
+        let replayed: HashSet<&DeliveryId> =
+            all.iter().filter_map(|d| d.replay_of.as_ref()).collect();
+        let originals: Vec<Delivery> = all
+            .iter()
+            .filter(|d| {
+                matches!(d.status, DeliveryStatus::Failed | DeliveryStatus::Dead)
+                    && d.created_at >= input.since
+                    && d.created_at < until
+                    && !replayed.contains(&d.id)
+            })
+            .take(MAX_RECOVER)
+            .cloned()
+            .collect();
+        let mut out = Vec::with_capacity(originals.len());
+        for original in originals {
+            out.push(self.queue_replay(original)?);
+        }
+        self.store.commit().await?;
+        if !out.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(Recovered { replayed: out })
+    }
+
+    /// Stores the replay of `original` (not yet durable).
+    fn queue_replay(&self, original: Delivery) -> Result<Delivery, Error> {
+        let id = original.id.to_string();
         if original.status == DeliveryStatus::Pending {
             return Err(Error::Conflict(format!(
                 "delivery {id} is still pending; replay it once it has finished"
@@ -36,6 +108,7 @@ impl Pipeline {
             id: DeliveryId::generate(),
             webhook_id: original.webhook_id,
             event_id: original.event_id,
+            tenant: original.tenant,
             status: DeliveryStatus::Pending,
             created_at: now,
             updated_at: now,
@@ -54,8 +127,6 @@ impl Pipeline {
             replay_of: Some(original.id),
         };
         self.store.update_delivery(&replay, None)?;
-        self.store.commit().await?;
-        self.wake.notify_one();
         Ok(replay)
     }
 }

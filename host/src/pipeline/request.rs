@@ -1,7 +1,80 @@
 //! Turning a plugin's request into the exact HTTP request that will be sent (and re-sent).
 
-use crate::model::{DeliveryId, Method, OutboundRequest, Webhook};
+use crate::model::{Connection, ConnectionId, DeliveryId, Method, OutboundRequest, Webhook};
 use crate::runtime::wit;
+
+/// Where a webhook's requests go, resolved from the webhook and its connection: the
+/// destination URL and the headers in order (the connection's, then the webhook's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Absolute destination URL.
+    pub url: String,
+    /// Default method.
+    pub method: Method,
+    /// Connection headers, then webhook headers (a later name replaces an earlier one).
+    pub headers: Vec<(String, String)>,
+    /// The connection whose auth is added when sending.
+    pub connection_id: Option<ConnectionId>,
+}
+
+impl Target {
+    /// Resolves `webhook` through `connection` (which must be the webhook's connection).
+    ///
+    /// # Errors
+    /// When the webhook names a connection that is not given, or the URL does not resolve.
+    pub fn resolve(webhook: &Webhook, connection: Option<&Connection>) -> Result<Target, String> {
+        let url = match (&webhook.connection_id, connection) {
+            (Some(id), None) => return Err(format!("connection {id} does not exist")),
+            (_, conn) => destination(webhook.url.as_deref(), conn.map(|c| c.base_url.as_str()))?,
+        };
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let pairs = connection
+            .map(|c| c.headers.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .chain(&webhook.headers);
+        for (name, value) in pairs {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            headers.push((name.clone(), value.clone()));
+        }
+        Ok(Target {
+            url,
+            method: webhook.method,
+            headers,
+            connection_id: webhook.connection_id.clone(),
+        })
+    }
+}
+
+/// Whether `url` is absolute (has a scheme) rather than a path for a connection.
+pub fn is_absolute(url: &str) -> bool {
+    url::Url::parse(url).is_ok()
+}
+
+/// The destination of a webhook URL (absolute, relative to `base`, or absent: `base`).
+///
+/// # Errors
+/// A relative URL without a base, or a result that is not a valid URL.
+pub fn destination(url: Option<&str>, base: Option<&str>) -> Result<String, String> {
+    match (url, base) {
+        (Some(url), _) if is_absolute(url) => Ok(url.to_string()),
+        (Some(path), Some(base)) => {
+            let joined = format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            );
+            url::Url::parse(&joined)
+                .map(|_| joined.clone())
+                .map_err(|e| format!("`{joined}` is not a valid URL: {e}"))
+        }
+        (None, Some(base)) => Ok(base.to_string()),
+        (Some(path), None) => Err(format!(
+            "`{path}` is a relative URL; give an absolute http(s) URL or a connection"
+        )),
+        (None, None) => Err("a url or a connection is required".into()),
+    }
+}
 
 /// Headers nobody but the host may set: hop-by-hop headers, framing, and the Standard
 /// Webhooks headers.
@@ -95,21 +168,21 @@ pub fn join_url(base: &str, path: Option<&str>) -> Result<String, String> {
 /// # Errors
 /// A message saying which header or path the plugin got wrong.
 pub fn build(
-    webhook: &Webhook,
+    target: &Target,
     delivery: &DeliveryId,
     index: usize,
     request: wit::Request,
 ) -> Result<OutboundRequest, String> {
     let method = match request.method {
-        None => webhook.method,
+        None => target.method,
         Some(wit::Method::Get) => Method::Get,
         Some(wit::Method::Post) => Method::Post,
         Some(wit::Method::Put) => Method::Put,
         Some(wit::Method::Patch) => Method::Patch,
         Some(wit::Method::Delete) => Method::Delete,
     };
-    let url = join_url(&webhook.url, request.path.as_deref())?;
-    let mut headers: Vec<(String, String)> = webhook.headers.clone();
+    let url = join_url(&target.url, request.path.as_deref())?;
+    let mut headers: Vec<(String, String)> = target.headers.clone();
     let mut set = |name: String, value: String| {
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
         headers.push((name, value));
@@ -130,6 +203,7 @@ pub fn build(
         headers,
         body: request.body.unwrap_or_default(),
         delivered: false,
+        connection_id: target.connection_id.clone(),
     })
 }
 
@@ -155,6 +229,22 @@ mod tests {
         );
         assert!(join_url(base, Some("http://evil.test/")).is_err());
         assert!(join_url(base, Some("//evil.test/")).is_err());
+    }
+
+    #[test]
+    fn destinations_resolve_against_the_connection() {
+        let base = Some("https://erp.example/api/");
+        assert_eq!(
+            destination(Some("/orders?x=1"), base).unwrap(),
+            "https://erp.example/api/orders?x=1"
+        );
+        assert_eq!(destination(None, base).unwrap(), "https://erp.example/api/");
+        assert_eq!(
+            destination(Some("http://other.example/x"), base).unwrap(),
+            "http://other.example/x"
+        );
+        assert!(destination(Some("/orders"), None).is_err());
+        assert!(destination(None, None).is_err());
     }
 
     #[test]

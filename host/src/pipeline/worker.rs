@@ -215,11 +215,13 @@ impl Pipeline {
                     delivery.next_attempt_at = None;
                     return Ok(None);
                 }
-                let built: Result<Vec<_>, String> = requests
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, r)| request::build(webhook, &delivery.id, i, r))
-                    .collect();
+                let built: Result<Vec<_>, String> = self.target(webhook).and_then(|target| {
+                    requests
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, r)| request::build(&target, &delivery.id, i, r))
+                        .collect()
+                });
                 match built {
                     Ok(built) => Ok(Some(built)),
                     Err(e) => {
@@ -256,12 +258,21 @@ impl Pipeline {
             }
             let started_at = self.now();
             let timestamp = (started_at.as_i64() / 1000).to_string();
+            let connection = request
+                .connection_id
+                .as_ref()
+                .and_then(|id| self.connection_cached(id));
             let result = self
                 .sender
-                .send(request, &[("webhook-timestamp", timestamp.as_str())])
+                .send(
+                    request,
+                    &[("webhook-timestamp", timestamp.as_str())],
+                    connection.as_ref().map(|c| &c.auth),
+                    webhook.timeout,
+                )
                 .await;
             let mut outcome = match result.status {
-                Some(s) if (200..300).contains(&s) && result.error.is_none() => {
+                Some(s) if webhook.is_success(s) && result.error.is_none() => {
                     AttemptOutcome::Success
                 }
                 _ => AttemptOutcome::Retry,
@@ -337,7 +348,10 @@ impl Pipeline {
             finish(delivery, DeliveryStatus::Failed, why);
         } else {
             let why = last_failure.unwrap_or_default();
-            let schedule = &self.config.delivery.retry_schedule;
+            let schedule = webhook
+                .retry_schedule
+                .as_ref()
+                .unwrap_or(&self.config.delivery.retry_schedule);
             match retry::next_delay(schedule, self.config.delivery.jitter, round + 1) {
                 Some(wait) => {
                     delivery.status = DeliveryStatus::Pending;

@@ -1,0 +1,899 @@
+//! The operator commands: a thin client of a running server's REST API. Each command is one
+//! API call (lists may follow cursors); the CLI adds no behaviour of its own, so the CLI and
+//! the API cannot disagree.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+
+/// Where the API is and which key to use.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// The server's base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "WASMHOOKS_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// API key (admin, or emitter for `emit` and `event get`).
+    #[arg(long, global = true, env = "WASMHOOKS_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+}
+
+/// Paging and filtering of a list.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Filter as NAME=VALUE, e.g. `name_contains=erp` (repeatable).
+    #[arg(long = "filter", value_name = "NAME=VALUE")]
+    pub filters: Vec<String>,
+    /// Page size (1 to 250).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Order field, e.g. created_at or name.
+    #[arg(long)]
+    pub order_by: Option<String>,
+    /// asc or desc.
+    #[arg(long)]
+    pub direction: Option<String>,
+    /// Continue after this cursor (from a previous page).
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Follow cursors and show every page.
+    #[arg(long)]
+    pub all: bool,
+    /// Print the JSON pages instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Module commands.
+#[derive(Debug, Subcommand)]
+pub enum ModuleCommand {
+    /// Upload a component (.wasm); uploading the same bytes again is a no-op.
+    Upload {
+        /// The component file.
+        file: PathBuf,
+        /// Module name.
+        #[arg(long)]
+        name: String,
+        /// Module version.
+        #[arg(long, default_value = "0.0.0")]
+        version: String,
+    },
+    /// List modules (filters: name, name_contains, version).
+    List(ListArgs),
+    /// Show one module and the webhooks that use it.
+    Get {
+        /// Module id.
+        id: String,
+        /// Related objects to include: webhooks.
+        #[arg(long)]
+        expand: Option<String>,
+    },
+    /// Delete a module (refused while a webhook uses it).
+    Delete {
+        /// Module id.
+        id: String,
+    },
+}
+
+/// Connection fields as flags; they override `--data`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionFields {
+    /// The whole definition as JSON, or @file.json.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Base URL.
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Auth as JSON, e.g. '{"type":"bearer","token":"…"}'.
+    #[arg(long)]
+    pub auth: Option<String>,
+    /// Default header as NAME=VALUE (repeatable; replaces the set).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// Signing secret (whsec_…).
+    #[arg(long)]
+    pub signing_secret: Option<String>,
+}
+
+/// Connection commands.
+#[derive(Debug, Subcommand)]
+pub enum ConnectionCommand {
+    /// Create a connection.
+    Create(ConnectionFields),
+    /// List connections (filters: name, name_contains, description_contains).
+    List(ListArgs),
+    /// Show one connection (secrets are never shown).
+    Get {
+        /// Connection id.
+        id: String,
+        /// Related objects to include: webhooks.
+        #[arg(long)]
+        expand: Option<String>,
+    },
+    /// Change a connection's given fields.
+    Update {
+        /// Connection id.
+        id: String,
+        /// The fields.
+        #[command(flatten)]
+        fields: ConnectionFields,
+    },
+    /// Delete a connection (refused while a webhook uses it).
+    Delete {
+        /// Connection id.
+        id: String,
+    },
+}
+
+/// Webhook fields as flags; they override `--data`.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookFields {
+    /// The whole definition as JSON, or @file.json.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Event kind or pattern such as order.* (repeatable; replaces the set).
+    #[arg(long = "kind")]
+    pub kinds: Vec<String>,
+    /// Module id.
+    #[arg(long)]
+    pub module: Option<String>,
+    /// Plugin config as JSON, or @file.json.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Connection id.
+    #[arg(long)]
+    pub connection: Option<String>,
+    /// URL, or a path relative to the connection.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Method: GET, POST, PUT, PATCH or DELETE.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Header as NAME=VALUE (repeatable; replaces the set).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// Tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Scope as ATTRIBUTE=V1,V2 (repeatable; replaces the scope).
+    #[arg(long = "scope", value_name = "ATTRIBUTE=VALUES")]
+    pub scope: Vec<String>,
+    /// A status that counts as success (repeatable; default any 2xx).
+    #[arg(long = "success-status")]
+    pub success_statuses: Vec<u16>,
+    /// Request timeout such as 10s.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Retry delays such as 10s,1m,1h.
+    #[arg(long)]
+    pub retry: Option<String>,
+}
+
+/// Webhook commands.
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Create a webhook.
+    Create(WebhookFields),
+    /// List webhooks (filters: name, name_contains, description_contains, enabled, tenant,
+    /// module_id, connection_id, event_kind).
+    List(ListArgs),
+    /// Show one webhook.
+    Get {
+        /// Webhook id.
+        id: String,
+        /// Related objects to include: module, connection.
+        #[arg(long)]
+        expand: Option<String>,
+    },
+    /// Change a webhook's given fields.
+    Update {
+        /// Webhook id.
+        id: String,
+        /// The fields.
+        #[command(flatten)]
+        fields: WebhookFields,
+    },
+    /// Delete a webhook.
+    Delete {
+        /// Webhook id.
+        id: String,
+    },
+    /// Resume taking events.
+    Enable {
+        /// Webhook id.
+        id: String,
+    },
+    /// Pause: events are not routed to it and pending deliveries wait.
+    Disable {
+        /// Webhook id.
+        id: String,
+    },
+    /// Dry run on a sample event: the decision, logs and exact requests; nothing is sent.
+    Test {
+        /// Webhook id.
+        id: String,
+        /// Event JSON file ({"kind": …, "payload": …}).
+        #[arg(long)]
+        event: PathBuf,
+    },
+    /// Replay every failed or dead delivery of the webhook in a time range.
+    Recover {
+        /// Webhook id.
+        id: String,
+        /// Start (RFC 3339).
+        #[arg(long)]
+        since: String,
+        /// End (RFC 3339; now when absent).
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+/// Delivery commands.
+#[derive(Debug, Subcommand)]
+pub enum DeliveryCommand {
+    /// List deliveries, newest first.
+    List {
+        /// Only this webhook's.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Only this event's.
+        #[arg(long)]
+        event: Option<String>,
+        /// Only in this status: pending, delivered, failed, dead, skipped.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only created at or after (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only created before (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Paging and other filters.
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Show one delivery: requests, attempts, logs.
+    Get {
+        /// Delivery id.
+        id: String,
+        /// Related objects to include: event, webhook.
+        #[arg(long)]
+        expand: Option<String>,
+    },
+}
+
+/// API key commands.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key; its text is printed once.
+    Create {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// admin or emitter.
+        #[arg(long)]
+        role: String,
+        /// Bind the key to a tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List keys (filters: name_contains, role, tenant, revoked).
+    List(ListArgs),
+    /// Show one key.
+    Get {
+        /// Key id.
+        id: String,
+    },
+    /// Revoke a key.
+    Revoke {
+        /// Key id.
+        id: String,
+    },
+}
+
+/// Event commands.
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Show one stored event.
+    Get {
+        /// Event id.
+        id: String,
+    },
+}
+
+/// An API client for one command.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// What a call answered.
+pub struct Answer {
+    status: reqwest::StatusCode,
+    body: Value,
+}
+
+impl Client {
+    /// A client of `remote`.
+    ///
+    /// # Errors
+    /// When the key is not a valid header value or the runtime cannot start.
+    pub fn new(remote: &Remote) -> anyhow::Result<Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = &remote.key {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {key}")
+                    .parse()
+                    .context("the API key has characters that cannot be sent")?,
+            );
+        }
+        Ok(Client {
+            base: remote.server.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()?,
+            runtime: super::runtime()?,
+        })
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<Body>,
+    ) -> anyhow::Result<Answer> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url).query(query);
+        request = match body {
+            None => request,
+            Some(Body::Json(value)) => request.json(&value),
+            Some(Body::Wasm(bytes)) => request
+                .header("content-type", "application/wasm")
+                .body(bytes),
+        };
+        self.runtime.block_on(async {
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("calling {url}"))?;
+            let status = response.status();
+            let text = response.text().await?;
+            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            Ok(Answer { status, body })
+        })
+    }
+}
+
+enum Body {
+    Json(Value),
+    Wasm(Vec<u8>),
+}
+
+/// Prints an answer: the error on stderr (exit 1), or the body as pretty JSON.
+fn show(answer: Answer) -> anyhow::Result<ExitCode> {
+    if !answer.status.is_success() {
+        return Ok(fail(&answer));
+    }
+    println!("{}", serde_json::to_string_pretty(&answer.body)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fail(answer: &Answer) -> ExitCode {
+    let error = &answer.body["error"];
+    match (error["code"].as_str(), error["message"].as_str()) {
+        (Some(code), Some(message)) => {
+            eprintln!("error: {message} ({} {code})", answer.status.as_u16())
+        }
+        _ => eprintln!(
+            "error: the server answered {}: {}",
+            answer.status, answer.body
+        ),
+    }
+    ExitCode::FAILURE
+}
+
+/// Columns of a table: header and the JSON field shown under it.
+type Columns = &'static [(&'static str, &'static str)];
+
+/// Runs a list call (following cursors with `--all`) and prints a table or JSON.
+fn list(
+    client: &Client,
+    path: &str,
+    args: &ListArgs,
+    mut query: Vec<(String, String)>,
+    columns: Columns,
+) -> anyhow::Result<ExitCode> {
+    for filter in &args.filters {
+        let (k, v) = split_pair(filter, "--filter")?;
+        query.push((k, v));
+    }
+    for (name, value) in [
+        ("limit", args.limit.map(|l| l.to_string())),
+        ("order_by", args.order_by.clone()),
+        ("direction", args.direction.clone()),
+    ] {
+        if let Some(value) = value {
+            query.push((name.to_string(), value));
+        }
+    }
+    let mut cursor = args.cursor.clone();
+    let mut rows = Vec::new();
+    loop {
+        let mut q = query.clone();
+        if let Some(c) = &cursor {
+            q.push(("cursor".into(), c.clone()));
+        }
+        let answer = client.call(reqwest::Method::GET, path, &q, None)?;
+        if !answer.status.is_success() {
+            return Ok(fail(&answer));
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&answer.body)?);
+        } else {
+            rows.extend(answer.body["data"].as_array().cloned().unwrap_or_default());
+        }
+        cursor = answer.body["next_cursor"].as_str().map(str::to_string);
+        if !args.all || cursor.is_none() {
+            break;
+        }
+    }
+    if !args.json {
+        print_table(columns, &rows);
+        if let Some(c) = cursor {
+            println!("(more: --cursor {c})");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(columns: Columns, rows: &[Value]) {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            columns
+                .iter()
+                .map(|(_, pointer)| cell(row.pointer(pointer).unwrap_or(&Value::Null)))
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (header, _))| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([header.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<&str>| {
+        let padded: Vec<String> = values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(columns.iter().map(|(h, _)| *h).collect());
+    for row in &cells {
+        line(row.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}
+
+fn split_pair(text: &str, flag: &str) -> anyhow::Result<(String, String)> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => bail!("{flag} `{text}` must be NAME=VALUE"),
+    }
+}
+
+/// JSON given inline or as `@file`.
+fn json_arg(text: &str, what: &str) -> anyhow::Result<Value> {
+    let (source, content) = match text.strip_prefix('@') {
+        Some(path) => (
+            path.to_string(),
+            std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        ),
+        None => (what.to_string(), text.to_string()),
+    };
+    serde_json::from_str(&content).with_context(|| format!("{source} is not valid JSON"))
+}
+
+fn base_object(data: Option<&str>) -> anyhow::Result<Map<String, Value>> {
+    match data {
+        None => Ok(Map::new()),
+        Some(text) => match json_arg(text, "--data")? {
+            Value::Object(map) => Ok(map),
+            _ => bail!("--data must be a JSON object"),
+        },
+    }
+}
+
+fn header_map(pairs: &[String]) -> anyhow::Result<Value> {
+    let mut map = Map::new();
+    for pair in pairs {
+        let (k, v) = split_pair(pair, "--header")?;
+        map.insert(k, v.into());
+    }
+    Ok(Value::Object(map))
+}
+
+impl ConnectionFields {
+    fn to_json(&self) -> anyhow::Result<Value> {
+        let mut body = base_object(self.data.as_deref())?;
+        let mut set = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                body.insert(k.to_string(), v);
+            }
+        };
+        set("name", self.name.clone().map(Value::from));
+        set("description", self.description.clone().map(Value::from));
+        set("base_url", self.base_url.clone().map(Value::from));
+        set(
+            "auth",
+            self.auth
+                .as_deref()
+                .map(|a| json_arg(a, "--auth"))
+                .transpose()?,
+        );
+        set(
+            "headers",
+            (!self.headers.is_empty())
+                .then(|| header_map(&self.headers))
+                .transpose()?,
+        );
+        set(
+            "signing_secret",
+            self.signing_secret.clone().map(Value::from),
+        );
+        Ok(Value::Object(body))
+    }
+}
+
+impl WebhookFields {
+    fn to_json(&self) -> anyhow::Result<Value> {
+        let mut body = base_object(self.data.as_deref())?;
+        let mut set = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                body.insert(k.to_string(), v);
+            }
+        };
+        set("name", self.name.clone().map(Value::from));
+        set("description", self.description.clone().map(Value::from));
+        set(
+            "event_kinds",
+            (!self.kinds.is_empty()).then(|| json!(self.kinds)),
+        );
+        set("module_id", self.module.clone().map(Value::from));
+        set(
+            "config",
+            self.config
+                .as_deref()
+                .map(|c| json_arg(c, "--config"))
+                .transpose()?,
+        );
+        set("connection_id", self.connection.clone().map(Value::from));
+        set("url", self.url.clone().map(Value::from));
+        set("method", self.method.clone().map(Value::from));
+        set(
+            "headers",
+            (!self.headers.is_empty())
+                .then(|| header_map(&self.headers))
+                .transpose()?,
+        );
+        set("tenant", self.tenant.clone().map(Value::from));
+        if !self.scope.is_empty() {
+            let mut scope = BTreeMap::new();
+            for pair in &self.scope {
+                let (k, v) = split_pair(pair, "--scope")?;
+                scope.insert(k, v.split(',').map(str::to_string).collect::<Vec<_>>());
+            }
+            set("scope", Some(json!(scope)));
+        }
+        set(
+            "success_statuses",
+            (!self.success_statuses.is_empty()).then(|| json!(self.success_statuses)),
+        );
+        set("timeout", self.timeout.clone().map(Value::from));
+        set(
+            "retry_schedule",
+            self.retry
+                .as_ref()
+                .map(|r| json!(r.split(',').map(str::trim).collect::<Vec<_>>())),
+        );
+        Ok(Value::Object(body))
+    }
+}
+
+fn expand_query(expand: Option<&String>) -> Vec<(String, String)> {
+    expand
+        .map(|e| vec![("expand".to_string(), e.clone())])
+        .unwrap_or_default()
+}
+
+const MODULE_COLUMNS: Columns = &[
+    ("ID", "/id"),
+    ("NAME", "/name"),
+    ("VERSION", "/version"),
+    ("SIZE", "/size"),
+    ("FEATURES", "/features"),
+];
+const CONNECTION_COLUMNS: Columns = &[
+    ("ID", "/id"),
+    ("NAME", "/name"),
+    ("BASE URL", "/base_url"),
+    ("AUTH", "/auth/type"),
+];
+const WEBHOOK_COLUMNS: Columns = &[
+    ("ID", "/id"),
+    ("NAME", "/name"),
+    ("ENABLED", "/enabled"),
+    ("KINDS", "/event_kinds"),
+    ("CONNECTION", "/connection_id"),
+    ("URL", "/url"),
+];
+const DELIVERY_COLUMNS: Columns = &[
+    ("ID", "/id"),
+    ("STATUS", "/status"),
+    ("WEBHOOK", "/webhook_id"),
+    ("EVENT", "/event_id"),
+    ("CREATED", "/created_at"),
+    ("ATTEMPTS", "/attempt_count"),
+    ("LAST", "/last_status"),
+];
+const KEY_COLUMNS: Columns = &[
+    ("ID", "/id"),
+    ("NAME", "/name"),
+    ("ROLE", "/role"),
+    ("TENANT", "/tenant"),
+    ("REVOKED", "/revoked"),
+];
+
+use reqwest::Method as M;
+
+/// Runs a module command.
+///
+/// # Errors
+/// When the server cannot be reached or a file cannot be read.
+pub fn module(remote: &Remote, command: ModuleCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::new(remote)?;
+    match command {
+        ModuleCommand::Upload {
+            file,
+            name,
+            version,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let query = vec![("name".into(), name), ("version".into(), version)];
+            show(c.call(M::POST, "/v1/modules", &query, Some(Body::Wasm(bytes)))?)
+        }
+        ModuleCommand::List(args) => list(&c, "/v1/modules", &args, Vec::new(), MODULE_COLUMNS),
+        ModuleCommand::Get { id, expand } => show(c.call(
+            M::GET,
+            &format!("/v1/modules/{id}"),
+            &expand_query(expand.as_ref()),
+            None,
+        )?),
+        ModuleCommand::Delete { id } => {
+            show(c.call(M::DELETE, &format!("/v1/modules/{id}"), &[], None)?)
+        }
+    }
+}
+
+/// Runs a connection command.
+///
+/// # Errors
+/// When the server cannot be reached or an argument is malformed.
+pub fn connection(remote: &Remote, command: ConnectionCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::new(remote)?;
+    match command {
+        ConnectionCommand::Create(fields) => show(c.call(
+            M::POST,
+            "/v1/connections",
+            &[],
+            Some(Body::Json(fields.to_json()?)),
+        )?),
+        ConnectionCommand::List(args) => {
+            list(&c, "/v1/connections", &args, Vec::new(), CONNECTION_COLUMNS)
+        }
+        ConnectionCommand::Get { id, expand } => show(c.call(
+            M::GET,
+            &format!("/v1/connections/{id}"),
+            &expand_query(expand.as_ref()),
+            None,
+        )?),
+        ConnectionCommand::Update { id, fields } => show(c.call(
+            M::PATCH,
+            &format!("/v1/connections/{id}"),
+            &[],
+            Some(Body::Json(fields.to_json()?)),
+        )?),
+        ConnectionCommand::Delete { id } => {
+            show(c.call(M::DELETE, &format!("/v1/connections/{id}"), &[], None)?)
+        }
+    }
+}
+
+/// Runs a webhook command.
+///
+/// # Errors
+/// When the server cannot be reached or an argument is malformed.
+pub fn webhook(remote: &Remote, command: WebhookCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::new(remote)?;
+    let path = |id: &str, action: &str| format!("/v1/webhooks/{id}{action}");
+    match command {
+        WebhookCommand::Create(fields) => show(c.call(
+            M::POST,
+            "/v1/webhooks",
+            &[],
+            Some(Body::Json(fields.to_json()?)),
+        )?),
+        WebhookCommand::List(args) => list(&c, "/v1/webhooks", &args, Vec::new(), WEBHOOK_COLUMNS),
+        WebhookCommand::Get { id, expand } => {
+            show(c.call(M::GET, &path(&id, ""), &expand_query(expand.as_ref()), None)?)
+        }
+        WebhookCommand::Update { id, fields } => show(c.call(
+            M::PATCH,
+            &path(&id, ""),
+            &[],
+            Some(Body::Json(fields.to_json()?)),
+        )?),
+        WebhookCommand::Delete { id } => show(c.call(M::DELETE, &path(&id, ""), &[], None)?),
+        WebhookCommand::Enable { id } => show(c.call(M::POST, &path(&id, "/enable"), &[], None)?),
+        WebhookCommand::Disable { id } => {
+            show(c.call(M::POST, &path(&id, "/disable"), &[], None)?)
+        }
+        WebhookCommand::Test { id, event } => {
+            let event = read_json_file(&event)?;
+            show(c.call(M::POST, &path(&id, "/test"), &[], Some(Body::Json(event)))?)
+        }
+        WebhookCommand::Recover { id, since, until } => {
+            let mut body = json!({ "since": since });
+            if let Some(until) = until {
+                body["until"] = until.into();
+            }
+            show(c.call(M::POST, &path(&id, "/recover"), &[], Some(Body::Json(body)))?)
+        }
+    }
+}
+
+/// Runs a delivery command.
+///
+/// # Errors
+/// When the server cannot be reached or an argument is malformed.
+pub fn deliveries(remote: &Remote, command: DeliveryCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::new(remote)?;
+    match command {
+        DeliveryCommand::List {
+            webhook,
+            event,
+            status,
+            since,
+            until,
+            list: args,
+        } => {
+            let query: Vec<(String, String)> = [
+                ("webhook_id", webhook),
+                ("event_id", event),
+                ("status", status),
+                ("created_after", since),
+                ("created_before", until),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+            .collect();
+            list(&c, "/v1/deliveries", &args, query, DELIVERY_COLUMNS)
+        }
+        DeliveryCommand::Get { id, expand } => show(c.call(
+            M::GET,
+            &format!("/v1/deliveries/{id}"),
+            &expand_query(expand.as_ref()),
+            None,
+        )?),
+    }
+}
+
+/// Replays one delivery.
+///
+/// # Errors
+/// When the server cannot be reached.
+pub fn replay(remote: &Remote, id: &str) -> anyhow::Result<ExitCode> {
+    let c = Client::new(remote)?;
+    show(c.call(M::POST, &format!("/v1/deliveries/{id}/replay"), &[], None)?)
+}
+
+/// Runs an API key command.
+///
+/// # Errors
+/// When the server cannot be reached.
+pub fn key(remote: &Remote, command: KeyCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::new(remote)?;
+    match command {
+        KeyCommand::Create { name, role, tenant } => {
+            let mut body = json!({ "name": name, "role": role });
+            if let Some(tenant) = tenant {
+                body["tenant"] = tenant.into();
+            }
+            let answer = c.call(M::POST, "/v1/keys", &[], Some(Body::Json(body)))?;
+            if answer.status.is_success() {
+                eprintln!("the key is shown only this once; store it now");
+            }
+            show(answer)
+        }
+        KeyCommand::List(args) => list(&c, "/v1/keys", &args, Vec::new(), KEY_COLUMNS),
+        KeyCommand::Get { id } => show(c.call(M::GET, &format!("/v1/keys/{id}"), &[], None)?),
+        KeyCommand::Revoke { id } => {
+            show(c.call(M::DELETE, &format!("/v1/keys/{id}"), &[], None)?)
+        }
+    }
+}
+
+/// Runs an event command.
+///
+/// # Errors
+/// When the server cannot be reached.
+pub fn event(remote: &Remote, command: EventCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::new(remote)?;
+    match command {
+        EventCommand::Get { id } => show(c.call(M::GET, &format!("/v1/events/{id}"), &[], None)?),
+    }
+}
+
+/// Emits one event.
+///
+/// # Errors
+/// When the server cannot be reached.
+pub fn emit(remote: &Remote, body: Value) -> anyhow::Result<ExitCode> {
+    let c = Client::new(remote)?;
+    let answer = c.call(M::POST, "/v1/events", &[], Some(Body::Json(body)))?;
+    if !answer.status.is_success() {
+        return Ok(fail(&answer));
+    }
+    println!("{}", answer.body);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_json_file(path: &Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}

@@ -1,0 +1,172 @@
+//! Connections: a destination many webhooks share — base URL, authentication, default
+//! headers and a signing secret. Secrets are write-only: they are stored, used when sending,
+//! and never shown (see [`Connection::public`]).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConnectionId, Millis};
+
+/// A secret value: kept for sending, masked in `Debug` so it never reaches a log line.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(********)")
+    }
+}
+
+/// How requests through a connection authenticate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ConnectionAuth {
+    /// No authentication.
+    #[default]
+    None,
+    /// `Authorization: Basic base64(username:password)`.
+    Basic {
+        /// User name (shown).
+        username: String,
+        /// Password (write-only).
+        password: Secret,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token (write-only).
+        token: Secret,
+    },
+    /// An API key in a header of the given name.
+    Header {
+        /// Header name (shown).
+        name: String,
+        /// Header value (write-only).
+        value: Secret,
+    },
+    /// An API key in a query parameter of the given name.
+    Query {
+        /// Parameter name (shown).
+        name: String,
+        /// Parameter value (write-only).
+        value: Secret,
+    },
+}
+
+impl ConnectionAuth {
+    /// The auth with its secrets left out, as the API shows it.
+    pub fn public(&self) -> serde_json::Value {
+        match self {
+            ConnectionAuth::None => serde_json::json!({ "type": "none" }),
+            ConnectionAuth::Basic { username, .. } => {
+                serde_json::json!({ "type": "basic", "username": username })
+            }
+            ConnectionAuth::Bearer { .. } => serde_json::json!({ "type": "bearer" }),
+            ConnectionAuth::Header { name, .. } => {
+                serde_json::json!({ "type": "header", "name": name })
+            }
+            ConnectionAuth::Query { name, .. } => {
+                serde_json::json!({ "type": "query", "name": name })
+            }
+        }
+    }
+}
+
+/// A destination shared by webhooks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    /// Id (`con_…`).
+    pub id: ConnectionId,
+    /// Human name.
+    pub name: String,
+    /// What it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Base URL (http or https); webhooks may give a path relative to it.
+    pub base_url: String,
+    /// Authentication added to every request.
+    #[serde(default)]
+    pub auth: ConnectionAuth,
+    /// Headers sent first, before the webhook's and the plugin's.
+    #[serde(default, with = "super::string_map")]
+    pub headers: Vec<(String, String)>,
+    /// Secret used to sign requests (write-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<Secret>,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+impl Connection {
+    /// The connection as the API shows it: no secret values, only whether they are set.
+    pub fn public(&self) -> serde_json::Value {
+        let headers: serde_json::Map<String, serde_json::Value> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let mut view = serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "base_url": self.base_url,
+            "auth": self.auth.public(),
+            "headers": headers,
+            "signing_secret_set": self.signing_secret.is_some(),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        });
+        if let Some(description) = &self.description {
+            view["description"] = description.clone().into();
+        }
+        view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug_or_public_views() {
+        let connection = Connection {
+            id: ConnectionId::generate(),
+            name: "erp".into(),
+            description: None,
+            base_url: "https://erp.example/api".into(),
+            auth: ConnectionAuth::Basic {
+                username: "shop".into(),
+                password: Secret::new("hunter2-password"),
+            },
+            headers: vec![("x-shop".into(), "1".into())],
+            signing_secret: Some(Secret::new("whsec_signing-secret")),
+            created_at: Millis(1),
+            updated_at: Millis(1),
+        };
+        let debug = format!("{connection:?}");
+        let public = connection.public().to_string();
+        for text in [&debug, &public] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(!text.contains("signing-secret"), "{text}");
+        }
+        assert!(public.contains("\"username\":\"shop\""));
+        assert!(public.contains("\"signing_secret_set\":true"));
+        // The store keeps them.
+        let stored = serde_json::to_string(&connection).unwrap();
+        assert!(stored.contains("hunter2-password"));
+    }
+}

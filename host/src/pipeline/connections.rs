@@ -1,0 +1,279 @@
+//! Connections: create, change, delete and list the destinations webhooks share.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use super::listing::{contains, ListQuery, Listed, Page, SortValue};
+use super::registry::{check_headers, check_label, check_text, check_url, nullable};
+use super::request::check_header;
+use super::{Error, Pipeline};
+use crate::model::{Connection, ConnectionAuth, ConnectionId, Secret};
+
+/// A connection as the API and CLI take it: everything on create, the fields to change on
+/// update (`null` clears an optional field). Secrets are given here and never shown again.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionInput {
+    /// Human name (required on create).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What it is for.
+    #[serde(default, deserialize_with = "nullable")]
+    pub description: Option<Option<String>>,
+    /// Base URL, http or https (required on create).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Authentication: `{"type": "none" | "basic" | "bearer" | "header" | "query", …}`.
+    #[serde(default)]
+    pub auth: Option<ConnectionAuth>,
+    /// Default headers (replace the existing set on update).
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Signing secret: `whsec_` followed by base64 of 24 to 64 bytes.
+    #[serde(default, deserialize_with = "nullable")]
+    pub signing_secret: Option<Option<Secret>>,
+}
+
+impl Listed for Connection {
+    fn list_id(&self) -> &str {
+        self.id.as_str()
+    }
+
+    fn sort_value(&self, field: &str) -> SortValue {
+        match field {
+            "name" => SortValue::Text(self.name.to_lowercase()),
+            "updated_at" => SortValue::Int(self.updated_at.as_i64()),
+            _ => SortValue::Int(self.created_at.as_i64()),
+        }
+    }
+}
+
+/// Longest secret value.
+const MAX_SECRET_LEN: usize = 4096;
+
+fn check_secret(field: &str, secret: &Secret) -> Result<(), Error> {
+    let value = secret.expose();
+    if value.is_empty() || value.len() > MAX_SECRET_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("must be 1 to {MAX_SECRET_LEN} bytes"),
+        ));
+    }
+    if http::HeaderValue::from_str(value).is_err() {
+        return Err(Error::invalid(
+            field,
+            "has characters that cannot be sent in a header",
+        ));
+    }
+    Ok(())
+}
+
+fn check_auth(auth: &ConnectionAuth) -> Result<(), Error> {
+    match auth {
+        ConnectionAuth::None => Ok(()),
+        ConnectionAuth::Basic { username, password } => {
+            if username.is_empty() || username.contains(':') || username.len() > 256 {
+                return Err(Error::invalid(
+                    "auth.username",
+                    "must be 1 to 256 characters without `:`",
+                ));
+            }
+            check_secret("auth.password", password)
+        }
+        ConnectionAuth::Bearer { token } => check_secret("auth.token", token),
+        ConnectionAuth::Header { name, value } => {
+            check_header(name, "x").map_err(|m| Error::invalid("auth.name", m))?;
+            check_secret("auth.value", value)
+        }
+        ConnectionAuth::Query { name, value } => {
+            if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    "auth.name",
+                    "must be 1 to 128 characters without control characters",
+                ));
+            }
+            check_secret("auth.value", value)
+        }
+    }
+}
+
+/// Checks a Standard Webhooks signing secret: `whsec_` + base64 of 24 to 64 bytes.
+///
+/// # Errors
+/// [`Error::Invalid`] on `signing_secret`.
+pub fn check_signing_secret(secret: &Secret) -> Result<(), Error> {
+    let bad = || {
+        Error::invalid(
+            "signing_secret",
+            "must be `whsec_` followed by base64 of 24 to 64 random bytes",
+        )
+    };
+    let encoded = secret.expose().strip_prefix("whsec_").ok_or_else(bad)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| bad())?;
+    if !(24..=64).contains(&bytes.len()) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+impl Pipeline {
+    /// Creates a connection after checking every field.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the first bad or missing field, or a storage error.
+    pub fn create_connection(&self, input: ConnectionInput) -> Result<Connection, Error> {
+        let connection = self.merge_connection(None, input)?;
+        self.save_connection(connection)
+    }
+
+    /// Changes the given fields of a connection; webhooks using it see the change on their
+    /// next delivery.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Invalid`] naming the first bad field, or a storage error.
+    pub fn update_connection(&self, id: &str, input: ConnectionInput) -> Result<Connection, Error> {
+        let existing = self.connection(id)?;
+        let connection = self.merge_connection(Some(&existing), input)?;
+        self.save_connection(connection)
+    }
+
+    /// Deletes a connection, refused while a webhook uses it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Conflict`] naming the webhooks, or a storage error.
+    pub fn delete_connection(&self, id: &str) -> Result<Connection, Error> {
+        let existing = self.connection(id)?;
+        let users: Vec<String> = self
+            .webhooks()
+            .into_iter()
+            .filter(|w| w.connection_id.as_ref() == Some(&existing.id))
+            .map(|w| w.id.to_string())
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "connection {} is used by webhook(s) {}; point them elsewhere first",
+                existing.id,
+                users.join(", ")
+            )));
+        }
+        self.store.delete_connection(&existing.id)?;
+        self.connections.write().unwrap().remove(&existing.id);
+        Ok(existing)
+    }
+
+    /// One connection.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`].
+    pub fn connection(&self, id: &str) -> Result<Connection, Error> {
+        ConnectionId::parse(id)
+            .ok()
+            .and_then(|id| self.connection_cached(&id))
+            .map(|c| (*c).clone())
+            .ok_or_else(|| Error::NotFound {
+                kind: "connection",
+                id: id.to_string(),
+            })
+    }
+
+    /// Connections matching the query's filters (`name`, `name_contains`,
+    /// `description_contains`), ordered by `created_at`, `updated_at` or `name`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad parameter.
+    pub fn list_connections(&self, mut query: ListQuery) -> Result<Page<Connection>, Error> {
+        let name = query.take("name");
+        let name_contains = query.take("name_contains");
+        let description_contains = query.take("description_contains");
+        query.finish()?;
+        let items = self
+            .connections
+            .read()
+            .unwrap()
+            .values()
+            .filter(|c| {
+                name.as_ref().is_none_or(|n| &c.name == n)
+                    && name_contains.as_ref().is_none_or(|n| contains(&c.name, n))
+                    && description_contains
+                        .as_ref()
+                        .is_none_or(|n| c.description.as_ref().is_some_and(|d| contains(d, n)))
+            })
+            .map(|c| (**c).clone())
+            .collect();
+        Ok(query.page(items))
+    }
+
+    fn save_connection(&self, connection: Connection) -> Result<Connection, Error> {
+        self.store.put_connection(&connection)?;
+        self.connections
+            .write()
+            .unwrap()
+            .insert(connection.id.clone(), Arc::new(connection.clone()));
+        Ok(connection)
+    }
+
+    fn merge_connection(
+        &self,
+        existing: Option<&Connection>,
+        input: ConnectionInput,
+    ) -> Result<Connection, Error> {
+        let api = &self.config.api;
+        let name = match (input.name, existing) {
+            (Some(name), _) => name,
+            (None, Some(c)) => c.name.clone(),
+            (None, None) => return Err(Error::invalid("name", "is required")),
+        };
+        check_label("name", &name, api.max_name_len)?;
+        let description = match input.description {
+            Some(d) => d,
+            None => existing.and_then(|c| c.description.clone()),
+        };
+        if let Some(text) = &description {
+            check_text("description", text, api.max_description_len)?;
+        }
+        let base_url = match (input.base_url, existing) {
+            (Some(url), _) => url,
+            (None, Some(c)) => c.base_url.clone(),
+            (None, None) => return Err(Error::invalid("base_url", "is required")),
+        };
+        check_url(&base_url, api.max_url_len).map_err(|e| match e {
+            Error::Invalid { message, .. } => Error::invalid("base_url", message),
+            other => other,
+        })?;
+        let auth = match (input.auth, existing) {
+            (Some(auth), _) => auth,
+            (None, Some(c)) => c.auth.clone(),
+            (None, None) => ConnectionAuth::None,
+        };
+        check_auth(&auth)?;
+        let headers = match (input.headers, existing) {
+            (Some(map), _) => check_headers("headers", map)?,
+            (None, Some(c)) => c.headers.clone(),
+            (None, None) => Vec::new(),
+        };
+        let signing_secret = match input.signing_secret {
+            Some(secret) => secret,
+            None => existing.and_then(|c| c.signing_secret.clone()),
+        };
+        if let Some(secret) = &signing_secret {
+            check_signing_secret(secret)?;
+        }
+        let now = self.now();
+        Ok(Connection {
+            id: existing.map_or_else(ConnectionId::generate, |c| c.id.clone()),
+            name,
+            description,
+            base_url,
+            auth,
+            headers,
+            signing_secret,
+            created_at: existing.map_or(now, |c| c.created_at),
+            updated_at: now,
+        })
+    }
+}
