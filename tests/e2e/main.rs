@@ -3,9 +3,12 @@
 
 mod auth;
 mod bad_input;
+mod cli;
 mod connections;
 mod crash;
+mod definitions;
 mod delivery;
+mod lists;
 mod operator;
 mod plugin_run;
 mod sandbox;

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 const CROCKFORD: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
+/// The last value handed out, so ids made in one process are strictly increasing even
+/// within one millisecond (a monotonic ULID).
+static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
+
 /// A new 26-character time-ordered suffix.
 fn ulid_suffix() -> String {
     let millis = std::time::SystemTime::now()
@@ -21,6 +25,14 @@ fn ulid_suffix() -> String {
     let mut value: u128 = (u128::from(millis & 0xffff_ffff_ffff)) << 80;
     for (i, byte) in random.iter().enumerate() {
         value |= u128::from(*byte) << (72 - 8 * i);
+    }
+    {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        // Same (or an earlier) millisecond: one more than the last id.
+        if value <= *last {
+            value = *last + 1;
+        }
+        *last = value;
     }
     (0..26)
         .rev()
@@ -179,6 +191,12 @@ mod tests {
         assert_eq!(a.as_str().len(), 3 + 26);
         assert!(a < b, "{a} should sort before {b}");
         assert_eq!(WebhookId::parse(a.as_str()), Ok(a));
+    }
+
+    #[test]
+    fn ids_made_in_the_same_millisecond_still_increase() {
+        let ids: Vec<DeliveryId> = (0..1000).map(|_| DeliveryId::generate()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -361,7 +361,10 @@ impl Pipeline {
                 None => finish(
                     delivery,
                     DeliveryStatus::Dead,
-                    format!("gave up after {round} attempts; last: {why}"),
+                    format!(
+                        "gave up after {round} attempt{}; last: {why}",
+                        if round == 1 { "" } else { "s" }
+                    ),
                 ),
             }
         }
