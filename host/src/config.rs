@@ -43,6 +43,16 @@ pub struct DeliveryConfig {
     pub max_in_flight: usize,
     /// How much of a response body is kept on the attempt log.
     pub response_body_limit: usize,
+    /// The longest `Retry-After` honoured; a receiver asking for more waits this long.
+    #[serde(with = "duration_text")]
+    pub max_retry_after: Duration,
+    /// The least wait after a receiver says to slow down (429, 502, 503, 504) or times out.
+    #[serde(with = "duration_text")]
+    pub slow_down_wait: Duration,
+    /// A webhook whose deliveries have failed without a single success for this long is
+    /// disabled when another delivery dies (a `webhook.disabled` event is emitted).
+    #[serde(with = "duration_text")]
+    pub auto_disable_after: Duration,
 }
 
 /// Limits applied to every plugin evaluation.
@@ -116,6 +126,9 @@ impl Default for DeliveryConfig {
             timeout: secs(30),
             max_in_flight: 256,
             response_body_limit: 20_000,
+            max_retry_after: secs(3600),
+            slow_down_wait: secs(60),
+            auto_disable_after: secs(5 * 86_400),
         }
     }
 }

@@ -122,6 +122,12 @@ pub struct Webhook {
         skip_serializing_if = "Option::is_none"
     )]
     pub retry_schedule: Option<Vec<Duration>>,
+    /// Since when every attempt has failed (cleared by any success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<Millis>,
+    /// Why the host disabled it (410 Gone, or failing too long); cleared when re-enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
     /// Creation time.
     pub created_at: Millis,
     /// Last change.

@@ -49,6 +49,8 @@ pub struct Pipeline {
     connections: RwLock<HashMap<ConnectionId, Arc<Connection>>>,
     /// Wakes the scheduler when work may be due.
     wake: Notify,
+    /// Held while a webhook is read, changed and written (API updates and host changes).
+    webhook_writes: Mutex<()>,
     /// Deliveries being worked on now, so the scheduler does not start them twice.
     in_flight: Mutex<HashSet<DeliveryId>>,
 }
@@ -80,6 +82,7 @@ impl Pipeline {
             webhooks: RwLock::new(webhooks),
             connections: RwLock::new(connections),
             wake: Notify::new(),
+            webhook_writes: Mutex::new(()),
             in_flight: Mutex::new(HashSet::new()),
         })
     }

@@ -12,6 +12,8 @@ const FAST_RETRIES: &[(&str, &str)] = &[
         r#"["100ms", "100ms"]"#,
     ),
     ("WASMHOOKS_DELIVERY__JITTER", "0"),
+    // 503 asks to slow down; these tests are about the schedule itself.
+    ("WASMHOOKS_DELIVERY__SLOW_DOWN_WAIT", "0s"),
 ];
 
 #[tokio::test]

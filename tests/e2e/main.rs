@@ -11,5 +11,6 @@ mod delivery;
 mod lists;
 mod operator;
 mod plugin_run;
+mod retries;
 mod sandbox;
 mod support;

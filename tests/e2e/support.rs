@@ -262,7 +262,7 @@ impl Received {
 #[derive(Default)]
 struct ReceiverState {
     received: Mutex<Vec<Received>>,
-    script: Mutex<VecDeque<u16>>,
+    script: Mutex<VecDeque<(u16, Option<String>)>>,
     notify: Notify,
 }
 
@@ -287,7 +287,12 @@ impl Receiver {
                 let mut gate = gate_rx.clone();
                 async move {
                     let _ = gate.wait_for(|open| *open).await;
-                    let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
+                    let (status, retry_after) = state
+                        .script
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .unwrap_or((200, None));
                     state.received.lock().unwrap().push(Received {
                         method: method.to_string(),
                         path: uri
@@ -298,8 +303,13 @@ impl Receiver {
                         body,
                     });
                     state.notify.notify_waiters();
+                    let mut headers = HeaderMap::new();
+                    if let Some(value) = retry_after {
+                        headers.insert("retry-after", value.parse().unwrap());
+                    }
                     (
                         StatusCode::from_u16(status).unwrap(),
+                        headers,
                         format!("answered {status}"),
                     )
                 }
@@ -313,7 +323,20 @@ impl Receiver {
 
     /// The next answers, in order (200 after they run out).
     pub fn answer_with(&self, statuses: &[u16]) {
-        self.state.script.lock().unwrap().extend(statuses);
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .extend(statuses.iter().map(|s| (*s, None)));
+    }
+
+    /// The next answer: `status` with a `Retry-After` header.
+    pub fn answer_with_retry_after(&self, status: u16, retry_after: &str) {
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .push_back((status, Some(retry_after.to_string())));
     }
 
     /// Holds every request until [`Receiver::release`].

@@ -300,6 +300,7 @@ impl Pipeline {
     /// [`Error::NotFound`] for an unknown webhook, module or connection, [`Error::Invalid`]
     /// naming the first bad field, or a storage error. Nothing changes on error.
     pub fn update_webhook(&self, id: &str, input: WebhookInput) -> Result<Webhook, Error> {
+        let _writing = self.webhook_writes.lock().unwrap();
         let existing = self.webhook(id)?;
         let webhook = self.merge_webhook(Some(&existing), input)?;
         self.save_webhook(webhook)
@@ -311,11 +312,33 @@ impl Pipeline {
     /// # Errors
     /// [`Error::NotFound`] or a storage error.
     pub fn delete_webhook(&self, id: &str) -> Result<Webhook, Error> {
+        let _writing = self.webhook_writes.lock().unwrap();
         let existing = self.webhook(id)?;
         self.store.delete_webhook(&existing.id)?;
         self.webhooks.write().unwrap().remove(&existing.id);
         self.wake.notify_one();
         Ok(existing)
+    }
+
+    /// Changes a stored webhook from inside the host (failure streaks, auto-disable), under
+    /// the same lock as API updates so neither overwrites the other. Returns the new webhook,
+    /// or `None` when it no longer exists or `change` left it as it was.
+    pub(super) fn change_webhook(
+        &self,
+        id: &WebhookId,
+        change: impl FnOnce(&mut Webhook),
+    ) -> Result<Option<Webhook>, Error> {
+        let _writing = self.webhook_writes.lock().unwrap();
+        let Some(current) = self.webhook_cached(id) else {
+            return Ok(None);
+        };
+        let mut changed = (*current).clone();
+        change(&mut changed);
+        if changed == *current {
+            return Ok(None);
+        }
+        changed.updated_at = self.now();
+        self.save_webhook(changed).map(Some)
     }
 
     fn save_webhook(&self, webhook: Webhook) -> Result<Webhook, Error> {
@@ -508,14 +531,22 @@ impl Pipeline {
         };
 
         let now = self.now();
+        let enabled = input
+            .enabled
+            .or(existing.map(|w| w.enabled))
+            .unwrap_or(true);
+        // Enabling again starts a fresh failure streak.
+        let (failing_since, disabled_reason) = match existing {
+            Some(w) if input.enabled != Some(true) || w.enabled => {
+                (w.failing_since, w.disabled_reason.clone())
+            }
+            _ => (None, None),
+        };
         Ok(Webhook {
             id: existing.map_or_else(WebhookId::generate, |w| w.id.clone()),
             name,
             description,
-            enabled: input
-                .enabled
-                .or(existing.map(|w| w.enabled))
-                .unwrap_or(true),
+            enabled,
             tenant,
             event_kinds,
             scope,
@@ -528,6 +559,8 @@ impl Pipeline {
             success_statuses,
             timeout,
             retry_schedule,
+            failing_since,
+            disabled_reason,
             created_at: existing.map_or(now, |w| w.created_at),
             updated_at: now,
         })

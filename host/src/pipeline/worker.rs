@@ -143,8 +143,78 @@ impl Pipeline {
             }
         }
 
-        self.send_round(&webhook, &mut delivery).await;
-        self.store.update_delivery(&delivery, Some(due))
+        let round = self.send_round(&webhook, &mut delivery).await;
+        self.store.update_delivery(&delivery, Some(due))?;
+        self.after_round(&webhook, &delivery, &round).await;
+        Ok(())
+    }
+
+    /// What a round means for its webhook: a success ends a failure streak; the first
+    /// failure starts one; 410 Gone, or a delivery dying after failing for longer than
+    /// `auto_disable_after`, disables the webhook and emits `webhook.disabled`.
+    async fn after_round(&self, webhook: &Webhook, delivery: &Delivery, round: &Round) {
+        let now = self.now();
+        let limit = self.config.delivery.auto_disable_after;
+        let disable = if round.gone {
+            Some("the receiver answered 410 Gone".to_string())
+        } else {
+            let streak = if round.any_success {
+                None
+            } else {
+                webhook.failing_since
+            };
+            streak
+                .filter(|since| {
+                    delivery.status == DeliveryStatus::Dead
+                        && now.as_i64() - since.as_i64() >= limit.as_millis() as i64
+                })
+                .map(|since| format!("every delivery has failed since {since}"))
+        };
+        let result = self.change_webhook(&webhook.id, |w| {
+            if round.any_success {
+                w.failing_since = None;
+            } else if round.any_failure && w.failing_since.is_none() {
+                w.failing_since = Some(now);
+            }
+            if let Some(reason) = &disable {
+                if w.enabled {
+                    w.enabled = false;
+                    w.disabled_reason = Some(reason.clone());
+                }
+            }
+        });
+        match result {
+            Ok(Some(changed)) if !changed.enabled && webhook.enabled => {
+                let reason = changed.disabled_reason.clone().unwrap_or_default();
+                tracing::warn!(webhook = %changed.id, "disabled: {reason}");
+                self.emit_webhook_disabled(&changed, &reason).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(webhook = %webhook.id, "recording the failure streak: {e}"),
+        }
+    }
+
+    /// Emits `webhook.disabled` (attribute `webhook_id`; payload id, name, reason) so host
+    /// applications and other webhooks can react.
+    async fn emit_webhook_disabled(&self, webhook: &Webhook, reason: &str) {
+        let payload = serde_json::json!({
+            "webhook_id": webhook.id,
+            "name": webhook.name,
+            "reason": reason,
+        });
+        let input = super::EventInput {
+            id: None,
+            kind: "webhook.disabled".into(),
+            tenant: webhook.tenant.clone(),
+            occurred_at: None,
+            attributes: [("webhook_id".to_string(), webhook.id.to_string().into())]
+                .into_iter()
+                .collect(),
+            payload: serde_json::value::to_raw_value(&payload).expect("payload serialises"),
+        };
+        if let Err(e) = self.emit(vec![input]).await {
+            tracing::error!(webhook = %webhook.id, "emitting webhook.disabled: {e}");
+        }
     }
 
     /// Runs the plugin on the delivery's event. Returns the built requests, or `None` when the
@@ -241,7 +311,11 @@ impl Pipeline {
     }
 
     /// Sends every request not yet accepted and decides the delivery's next state.
-    async fn send_round(&self, webhook: &Webhook, delivery: &mut Delivery) {
+    async fn send_round(&self, webhook: &Webhook, delivery: &mut Delivery) -> Round {
+        let mut report = Round::default();
+        // The longest wait a failing receiver asked for, and whether it asked to slow down.
+        let mut retry_after: Option<Duration> = None;
+        let mut slow_down = false;
         delivery.rounds += 1;
         let round = delivery.rounds;
         let hook = self
@@ -282,6 +356,12 @@ impl Pipeline {
                 (Some(s), None) => format!("receiver answered {s}"),
                 (None, None) => "no response".into(),
             };
+            if result.status == Some(410) && outcome != AttemptOutcome::Success {
+                // Gone: the receiver asks us to stop (Standard Webhooks).
+                outcome = AttemptOutcome::Fail;
+                note = "receiver answered 410 Gone; the webhook was disabled".into();
+                report.gone = true;
+            }
             if let (Some(plugin), Some(status)) = (&hook, result.status) {
                 let response = wit::Response {
                     request_index: index as u32,
@@ -330,10 +410,33 @@ impl Pipeline {
                 response_body: String::from_utf8_lossy(&result.body).into_owned(),
                 outcome,
             });
+            if outcome == AttemptOutcome::Retry {
+                let attempt = delivery.attempts.last().expect("just pushed");
+                if matches!(attempt.status, Some(429 | 502 | 503 | 504))
+                    || attempt
+                        .error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("timed out"))
+                {
+                    slow_down = true;
+                }
+                if let Some(wait) = retry_after_of(&attempt.response_headers, self.now()) {
+                    retry_after = Some(retry_after.map_or(wait, |w| w.max(wait)));
+                }
+            }
             match outcome {
-                AttemptOutcome::Success => request.delivered = true,
-                AttemptOutcome::Retry => last_failure = Some(note),
-                AttemptOutcome::Fail => failed_for_good = Some(note),
+                AttemptOutcome::Success => {
+                    request.delivered = true;
+                    report.any_success = true;
+                }
+                AttemptOutcome::Retry => {
+                    last_failure = Some(note);
+                    report.any_failure = true;
+                }
+                AttemptOutcome::Fail => {
+                    failed_for_good = Some(note);
+                    report.any_failure = true;
+                }
             }
         }
         let all_delivered = requests.iter().all(|r| r.delivered);
@@ -352,7 +455,19 @@ impl Pipeline {
                 .retry_schedule
                 .as_ref()
                 .unwrap_or(&self.config.delivery.retry_schedule);
-            match retry::next_delay(schedule, self.config.delivery.jitter, round + 1) {
+            let delivery_config = &self.config.delivery;
+            let next = retry::next_delay(schedule, delivery_config.jitter, round + 1).map(|wait| {
+                let wait = if slow_down {
+                    wait.max(delivery_config.slow_down_wait)
+                } else {
+                    wait
+                };
+                match retry_after {
+                    Some(asked) => wait.max(asked.min(delivery_config.max_retry_after)),
+                    None => wait,
+                }
+            });
+            match next {
                 Some(wait) => {
                     delivery.status = DeliveryStatus::Pending;
                     delivery.next_attempt_at = Some(plus(now, wait));
@@ -369,11 +484,63 @@ impl Pipeline {
             }
         }
         delivery.updated_at = now;
+        report
     }
+}
+
+/// What one send round showed about the receiver.
+#[derive(Debug, Default)]
+struct Round {
+    /// Some request was accepted.
+    any_success: bool,
+    /// Some request failed.
+    any_failure: bool,
+    /// The receiver answered 410 Gone.
+    gone: bool,
+}
+
+/// The wait a `Retry-After` header asks for: seconds, or an HTTP date.
+fn retry_after_of(headers: &[(String, String)], now: Millis) -> Option<Duration> {
+    let value = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))?
+        .1
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let ms = at.as_millisecond() - now.as_i64();
+    Some(Duration::from_millis(ms.max(0) as u64))
 }
 
 fn finish(delivery: &mut Delivery, status: DeliveryStatus, error: String) {
     delivery.status = status;
     delivery.error = Some(error);
     delivery.next_attempt_at = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let header = |v: &str| vec![("Retry-After".to_string(), v.to_string())];
+        let now = Millis(1_445_412_480_000); // 2015-10-21T07:28:00Z
+        assert_eq!(
+            retry_after_of(&header("120"), now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_after_of(&header("Wed, 21 Oct 2015 07:30:00 GMT"), now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_after_of(&header("Wed, 21 Oct 2015 07:00:00 GMT"), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after_of(&header("soon"), now), None);
+        assert_eq!(retry_after_of(&[], now), None);
+    }
 }
