@@ -5,6 +5,7 @@
 mod connection;
 mod ids;
 mod key;
+mod schedule;
 mod time;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use connection::{Connection, ConnectionAuth, Secret};
 pub use ids::{ApiKeyId, ConnectionId, DeliveryId, EventId, IdError, ModuleId, WebhookId};
 pub use key::{constant_time_eq, generate_key, hash_key, key_id_of, ApiKey, Role};
+pub use schedule::{CheckedSchedule, Schedule, Window};
 pub use time::Millis;
 
 /// One event emitted by a host application, as stored.
@@ -122,6 +124,16 @@ pub struct Webhook {
         skip_serializing_if = "Option::is_none"
     )]
     pub retry_schedule: Option<Vec<Duration>>,
+    /// Wait this long after the event before the delivery is due.
+    #[serde(
+        default,
+        with = "crate::config::opt_duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delay: Option<Duration>,
+    /// Operating windows: deliveries due outside them wait for the next opening.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
     /// Since when every attempt has failed (cleared by any success).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing_since: Option<Millis>,

@@ -14,3 +14,4 @@ mod plugin_run;
 mod retries;
 mod sandbox;
 mod support;
+mod timing;

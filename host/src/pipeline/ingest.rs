@@ -142,7 +142,17 @@ impl Pipeline {
         matching.sort_by(|a, b| a.id.cmp(&b.id));
         matching
             .into_iter()
-            .map(|w| Delivery {
+            .map(|w| {
+                // A delay counts from when the event happened, never into the past.
+                let due = match w.delay {
+                    Some(delay) => Millis(
+                        (event.occurred_at.as_i64() + delay.as_millis() as i64).max(now.as_i64()),
+                    ),
+                    None => now,
+                };
+                (w, due)
+            })
+            .map(|(w, due)| Delivery {
                 id: DeliveryId::generate(),
                 webhook_id: w.id.clone(),
                 event_id: event.id.clone(),
@@ -150,7 +160,7 @@ impl Pipeline {
                 status: DeliveryStatus::Pending,
                 created_at: now,
                 updated_at: now,
-                next_attempt_at: Some(now),
+                next_attempt_at: Some(due),
                 requests: None,
                 rounds: 0,
                 attempts: Vec::new(),

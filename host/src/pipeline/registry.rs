@@ -12,7 +12,7 @@ use super::{Error, Pipeline};
 use crate::config::parse_duration;
 use crate::model::{
     kind_matches, validate_kind, ConnectionId, Delivery, DeliveryId, DeliveryStatus, Event,
-    EventId, Method, Millis, ModuleId, ModuleInfo, Webhook, WebhookId,
+    EventId, Method, Millis, ModuleId, ModuleInfo, Schedule, Webhook, WebhookId,
 };
 use crate::runtime::WORLD;
 
@@ -66,6 +66,12 @@ pub struct WebhookInput {
     /// Retry delays such as `["10s", "1m", "1h"]`.
     #[serde(default, deserialize_with = "nullable")]
     pub retry_schedule: Option<Option<Vec<String>>>,
+    /// Delay after the event such as `5m`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub delay: Option<Option<String>>,
+    /// Operating windows.
+    #[serde(default, deserialize_with = "nullable")]
+    pub schedule: Option<Option<Schedule>>,
 }
 
 /// Deserialises a field that may be absent (outer `None`), `null` (`Some(None)`) or a value.
@@ -79,6 +85,8 @@ where
 
 /// Longest request timeout a webhook may set.
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest delay a webhook may set.
+const MAX_DELAY: Duration = Duration::from_secs(30 * 86_400);
 /// Most retry steps a webhook may set.
 const MAX_RETRY_STEPS: usize = 50;
 /// Longest single retry delay.
@@ -530,6 +538,24 @@ impl Pipeline {
             None => existing.and_then(|w| w.retry_schedule.clone()),
         };
 
+        let delay = match input.delay {
+            Some(Some(text)) => {
+                let d = parse_duration(&text).map_err(|m| Error::invalid("delay", m))?;
+                if d > MAX_DELAY {
+                    return Err(Error::invalid("delay", "must be at most 30d"));
+                }
+                Some(d)
+            }
+            Some(None) => None,
+            None => existing.and_then(|w| w.delay),
+        };
+        let schedule = pick(input.schedule, existing.map(|w| &w.schedule), None);
+        if let Some(schedule) = &schedule {
+            schedule
+                .check()
+                .map_err(|(field, message)| Error::invalid(field, message))?;
+        }
+
         let now = self.now();
         let enabled = input
             .enabled
@@ -559,6 +585,8 @@ impl Pipeline {
             success_statuses,
             timeout,
             retry_schedule,
+            delay,
+            schedule,
             failing_since,
             disabled_reason,
             created_at: existing.map_or(now, |w| w.created_at),

@@ -131,6 +131,14 @@ impl Pipeline {
             delivery.next_attempt_at = Some(plus(now, PAUSED_WAIT));
             return self.store.update_delivery(&delivery, Some(due));
         }
+        if let Some(schedule) = &webhook.schedule {
+            // Checked when the webhook was saved; a zone that no longer resolves sends now.
+            let opening = schedule.check().ok().and_then(|s| s.next_opening(now));
+            if let Some(opening) = opening {
+                delivery.next_attempt_at = Some(opening);
+                return self.store.update_delivery(&delivery, Some(due));
+            }
+        }
 
         if delivery.requests.is_none() {
             match self.evaluate(&webhook, &mut delivery).await? {
