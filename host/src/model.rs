@@ -131,6 +131,11 @@ pub struct Webhook {
         skip_serializing_if = "Option::is_none"
     )]
     pub delay: Option<Duration>,
+    /// JSON pointer into the payload naming the entity (e.g. `/sku`): while a delivery for
+    /// an entity waits, a newer event for it replaces the waiting one's event and restarts
+    /// the delay (debounce), so the plugin decides on the latest state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_key: Option<String>,
     /// Operating windows: deliveries due outside them wait for the next opening.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
@@ -345,9 +350,44 @@ pub struct Delivery {
     /// The delivery this one replays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<DeliveryId>,
+    /// The entity this delivery stands for (the webhook's `entity_key` read from the
+    /// payload): a newer event for the same entity replaces its event while it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
+    /// How many events a newer one replaced while this delivery waited.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replaced: u32,
+    /// The most recent replaced events, oldest first (at most [`Delivery::REPLACED_KEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced_events: Vec<EventId>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Delivery {
+    /// How many replaced event ids a delivery keeps.
+    pub const REPLACED_KEPT: usize = 20;
+
+    /// Whether a newer event may still replace this delivery's event: pending and not yet
+    /// evaluated.
+    pub fn replaceable(&self) -> bool {
+        self.status == DeliveryStatus::Pending && self.requests.is_none()
+    }
+
+    /// Makes `event` the one this delivery will evaluate, due at `due`.
+    pub fn replace_event(&mut self, event: EventId, due: Millis, now: Millis) {
+        let old = std::mem::replace(&mut self.event_id, event);
+        self.replaced += 1;
+        self.replaced_events.push(old);
+        if self.replaced_events.len() > Self::REPLACED_KEPT {
+            self.replaced_events.remove(0);
+        }
+        self.next_attempt_at = Some(due);
+        self.updated_at = now;
+    }
+
     /// The delivery as lists show it: where it stands, without requests, attempts and logs
     /// (the detail endpoint has those).
     pub fn summary(&self) -> serde_json::Value {
@@ -386,6 +426,11 @@ impl Delivery {
             (
                 "replay_of",
                 self.replay_of.as_ref().map(|r| serde_json::json!(r)),
+            ),
+            ("entity", self.entity.as_ref().map(|e| serde_json::json!(e))),
+            (
+                "replaced",
+                (self.replaced > 0).then(|| serde_json::json!(self.replaced)),
             ),
         ];
         for (key, value) in optional {

@@ -46,12 +46,26 @@ impl From<TransactionError<StoreError>> for StoreError {
 }
 
 /// Result of [`Store::insert_event`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
-    /// The event is new; its deliveries were queued.
-    New,
+    /// The event is new; these deliveries carry it (new ones, or waiting ones of the same
+    /// entity whose event it replaced).
+    New(Vec<DeliveryId>),
     /// An event with this id was already stored; nothing changed.
     Duplicate,
+}
+
+/// The key of the debounce index: webhook id, a zero byte, the entity.
+fn debounce_key(webhook: &WebhookId, entity: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(webhook.as_str().len() + 1 + entity.len());
+    key.extend_from_slice(webhook.as_str().as_bytes());
+    key.push(0);
+    key.extend_from_slice(entity.as_bytes());
+    key
+}
+
+fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(err)
 }
 
 /// The host's sled database.
@@ -66,6 +80,7 @@ pub struct Store {
     events: sled::Tree,
     deliveries: sled::Tree,
     queue: sled::Tree,
+    debounce: sled::Tree,
     plugin_state: sled::Tree,
     committer: commit::Committer,
 }
@@ -113,6 +128,7 @@ impl Store {
             events: db.open_tree("events")?,
             deliveries: db.open_tree("deliveries")?,
             queue: db.open_tree("queue")?,
+            debounce: db.open_tree("debounce")?,
             plugin_state: db.open_tree("plugin_state")?,
             committer: commit::Committer::start(db.clone()),
             db,
@@ -313,7 +329,9 @@ impl Store {
     // ----- events and deliveries -----
 
     /// Stores a new event and queues its deliveries in one transaction; an event whose id is
-    /// already stored changes nothing. Not durable until [`Store::commit`].
+    /// already stored changes nothing. A delivery with an entity whose webhook already has a
+    /// replaceable delivery waiting for that entity is not added: the waiting one takes this
+    /// event and the new due time instead (debounce). Not durable until [`Store::commit`].
     ///
     /// # Errors
     /// On storage failure.
@@ -330,20 +348,79 @@ impl Store {
                 (queue_key(due, &d.id), encode(d))
             })
             .collect();
-        let result = (&self.events, &self.deliveries, &self.queue).transaction(
-            |(events, dtree, queue)| {
+        let result = (&self.events, &self.deliveries, &self.queue, &self.debounce).transaction(
+            |(events, dtree, queue, debounce)| {
                 if events.get(event.id.as_str())?.is_some() {
                     return Ok(Inserted::Duplicate);
                 }
                 events.insert(event.id.as_str().as_bytes(), event_bytes.as_slice())?;
+                let mut carried = Vec::with_capacity(deliveries.len());
                 for (delivery, (key, bytes)) in deliveries.iter().zip(&encoded) {
+                    if let Some(entity) = &delivery.entity {
+                        let index = debounce_key(&delivery.webhook_id, entity);
+                        let waiting = match debounce.get(&index)? {
+                            Some(id) => dtree.get(&id)?,
+                            None => None,
+                        };
+                        if let Some(raw) = waiting {
+                            let mut waiting: Delivery =
+                                decode("deliveries", &raw).map_err(abort)?;
+                            if waiting.replaceable() {
+                                if let Some(old) = waiting.next_attempt_at {
+                                    queue.remove(queue_key(old, &waiting.id))?;
+                                }
+                                let due = delivery.next_attempt_at.unwrap_or(delivery.created_at);
+                                waiting.replace_event(event.id.clone(), due, delivery.created_at);
+                                queue.insert(queue_key(due, &waiting.id), &[] as &[u8])?;
+                                dtree.insert(waiting.id.as_str().as_bytes(), encode(&waiting))?;
+                                carried.push(waiting.id);
+                                continue;
+                            }
+                        }
+                        debounce.insert(index, delivery.id.as_str().as_bytes())?;
+                    }
                     dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
                     queue.insert(key.as_slice(), &[] as &[u8])?;
+                    carried.push(delivery.id.clone());
                 }
-                Ok::<_, ConflictableTransactionError<StoreError>>(Inserted::New)
+                Ok::<_, ConflictableTransactionError<StoreError>>(Inserted::New(carried))
             },
         )?;
         Ok(result)
+    }
+
+    /// Before a debounced delivery is evaluated: checks that it is still as the worker read
+    /// it (due at `due`, carrying `event`) and takes it out of the debounce index, so no
+    /// newer event can replace its event any more. `false` means it changed meanwhile.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn claim_debounced(
+        &self,
+        id: &DeliveryId,
+        due: Millis,
+        event: &EventId,
+    ) -> Result<bool, StoreError> {
+        let claimed = (&self.deliveries, &self.debounce).transaction(|(dtree, debounce)| {
+            let Some(raw) = dtree.get(id.as_str())? else {
+                return Ok(false);
+            };
+            let current: Delivery = decode("deliveries", &raw).map_err(abort)?;
+            if current.next_attempt_at != Some(due)
+                || &current.event_id != event
+                || !current.replaceable()
+            {
+                return Ok(false);
+            }
+            if let Some(entity) = &current.entity {
+                let index = debounce_key(&current.webhook_id, entity);
+                if debounce.get(&index)?.as_deref() == Some(id.as_str().as_bytes()) {
+                    debounce.remove(index)?;
+                }
+            }
+            Ok::<_, ConflictableTransactionError<StoreError>>(true)
+        })?;
+        Ok(claimed)
     }
 
     /// One event.
@@ -585,6 +662,9 @@ mod tests {
             error: None,
             extracted_value: None,
             replay_of: None,
+            entity: None,
+            replaced: 0,
+            replaced_events: vec![],
         }
     }
 
@@ -599,7 +679,7 @@ mod tests {
             store
                 .insert_event(&e, &[late.clone(), early.clone()])
                 .unwrap(),
-            Inserted::New
+            Inserted::New(vec![late.id.clone(), early.id.clone()])
         );
         assert_eq!(
             store.insert_event(&e, &[delivery(&e, 5)]).unwrap(),
@@ -628,6 +708,63 @@ mod tests {
             DeliveryStatus::Delivered
         );
         let _ = Method::Post;
+    }
+
+    #[test]
+    fn a_newer_event_replaces_a_waiting_delivery_of_the_same_entity_until_it_is_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let webhook = WebhookId::generate();
+        let for_entity = |e: &Event, due: i64, entity: &str| {
+            let mut d = delivery(e, due);
+            d.webhook_id = webhook.clone();
+            d.entity = Some(entity.into());
+            d
+        };
+        let (e1, e2, e3, e4) = (event("e1"), event("e2"), event("e3"), event("e4"));
+        let first = for_entity(&e1, 1000, "sku-1");
+        assert_eq!(
+            store
+                .insert_event(&e1, std::slice::from_ref(&first))
+                .unwrap(),
+            Inserted::New(vec![first.id.clone()])
+        );
+        // e2 for the same entity: carried by the first delivery, due later.
+        let second = for_entity(&e2, 5000, "sku-1");
+        assert_eq!(
+            store.insert_event(&e2, &[second]).unwrap(),
+            Inserted::New(vec![first.id.clone()])
+        );
+        let waiting = store.delivery(&first.id).unwrap().unwrap();
+        assert_eq!(waiting.event_id, e2.id);
+        assert_eq!(waiting.replaced, 1);
+        assert_eq!(waiting.replaced_events, vec![e1.id.clone()]);
+        assert_eq!(
+            store.due_entries(10).unwrap(),
+            vec![(Millis(5000), first.id.clone())]
+        );
+        // A worker that read the old state cannot claim it; one that read the new state can.
+        assert!(!store
+            .claim_debounced(&first.id, Millis(1000), &e1.id)
+            .unwrap());
+        assert!(store
+            .claim_debounced(&first.id, Millis(5000), &e2.id)
+            .unwrap());
+        // Once claimed, a newer event gets a delivery of its own; other entities always do.
+        let third = for_entity(&e3, 6000, "sku-1");
+        let other = for_entity(&e4, 6000, "sku-2");
+        assert_eq!(
+            store
+                .insert_event(&e3, std::slice::from_ref(&third))
+                .unwrap(),
+            Inserted::New(vec![third.id.clone()])
+        );
+        assert_eq!(
+            store
+                .insert_event(&e4, std::slice::from_ref(&other))
+                .unwrap(),
+            Inserted::New(vec![other.id.clone()])
+        );
     }
 
     #[test]

@@ -139,6 +139,10 @@ async fn delays_and_windows_decide_when_a_delivery_is_due() {
             json!({ "schedule": { "time_zone": "UTC" } }),
             "missing field `windows`",
         ),
+        (
+            json!({ "entity_key": "sku" }),
+            "entity_key: `sku` is not a JSON pointer",
+        ),
     ] {
         let (status, answer) = server
             .post_json("/v1/webhooks", &hook("bad", "t.bad", extra.clone()))

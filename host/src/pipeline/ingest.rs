@@ -123,7 +123,7 @@ impl Pipeline {
                 id: event.id.clone(),
                 duplicate: inserted == Inserted::Duplicate,
                 deliveries: match inserted {
-                    Inserted::New => deliveries.into_iter().map(|d| d.id).collect(),
+                    Inserted::New(carried) => carried,
                     Inserted::Duplicate => Vec::new(),
                 },
             });
@@ -152,7 +152,11 @@ impl Pipeline {
                 };
                 (w, due)
             })
-            .map(|(w, due)| Delivery {
+            .map(|(w, due)| {
+                let entity = w.entity_key.as_deref().and_then(|p| entity_of(event, p));
+                (w, due, entity)
+            })
+            .map(|(w, due, entity)| Delivery {
                 id: DeliveryId::generate(),
                 webhook_id: w.id.clone(),
                 event_id: event.id.clone(),
@@ -169,7 +173,21 @@ impl Pipeline {
                 error: None,
                 extracted_value: None,
                 replay_of: None,
+                entity,
+                replaced: 0,
+                replaced_events: Vec::new(),
             })
             .collect()
+    }
+}
+
+/// The entity an event is about: the payload value at the JSON `pointer`, as text (strings
+/// as they are, numbers and booleans as JSON). `None` when absent, null, or not a scalar.
+pub fn entity_of(event: &Event, pointer: &str) -> Option<String> {
+    let payload: serde_json::Value = serde_json::from_str(event.payload.get()).ok()?;
+    match payload.pointer(pointer)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => Some(v.to_string()),
+        _ => None,
     }
 }

@@ -72,6 +72,9 @@ pub struct WebhookInput {
     /// Operating windows.
     #[serde(default, deserialize_with = "nullable")]
     pub schedule: Option<Option<Schedule>>,
+    /// JSON pointer to the entity in the payload (debounce), such as `/sku`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub entity_key: Option<Option<String>>,
 }
 
 /// Deserialises a field that may be absent (outer `None`), `null` (`Some(None)`) or a value.
@@ -549,6 +552,15 @@ impl Pipeline {
             Some(None) => None,
             None => existing.and_then(|w| w.delay),
         };
+        let entity_key = pick(input.entity_key, existing.map(|w| &w.entity_key), None);
+        if let Some(pointer) = &entity_key {
+            if !pointer.starts_with('/') || pointer.len() > 256 {
+                return Err(Error::invalid(
+                    "entity_key",
+                    format!("`{pointer}` is not a JSON pointer like /sku or /order/id (1 to 256 characters, starting with /)"),
+                ));
+            }
+        }
         let schedule = pick(input.schedule, existing.map(|w| &w.schedule), None);
         if let Some(schedule) = &schedule {
             schedule
@@ -586,6 +598,7 @@ impl Pipeline {
             timeout,
             retry_schedule,
             delay,
+            entity_key,
             schedule,
             failing_since,
             disabled_reason,

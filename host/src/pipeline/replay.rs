@@ -125,6 +125,9 @@ impl Pipeline {
             error: None,
             extracted_value: None,
             replay_of: Some(original.id),
+            entity: None,
+            replaced: 0,
+            replaced_events: Vec::new(),
         };
         self.store.update_delivery(&replay, None)?;
         Ok(replay)

@@ -141,6 +141,15 @@ impl Pipeline {
         }
 
         if delivery.requests.is_none() {
+            if delivery.entity.is_some()
+                && !self
+                    .store
+                    .claim_debounced(&delivery.id, due, &delivery.event_id)?
+            {
+                // A newer event for the entity replaced this one meanwhile; the delivery is
+                // queued again with it.
+                return Ok(());
+            }
             match self.evaluate(&webhook, &mut delivery).await? {
                 Some(requests) => {
                     delivery.requests = Some(requests);
