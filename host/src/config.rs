@@ -43,6 +43,12 @@ pub struct DeliveryConfig {
     pub max_in_flight: usize,
     /// How much of a response body is kept on the attempt log.
     pub response_body_limit: usize,
+    /// Deliveries in flight at once to one endpoint (scheme, host and port).
+    pub endpoint_concurrency: usize,
+    /// Requests per second to one endpoint; 0 means no rate limit.
+    pub endpoint_rate: f64,
+    /// Requests one endpoint may get in a burst when `endpoint_rate` is set.
+    pub endpoint_burst: u32,
     /// The longest `Retry-After` honoured; a receiver asking for more waits this long.
     #[serde(with = "duration_text")]
     pub max_retry_after: Duration,
@@ -126,6 +132,9 @@ impl Default for DeliveryConfig {
             timeout: secs(30),
             max_in_flight: 256,
             response_body_limit: 20_000,
+            endpoint_concurrency: 32,
+            endpoint_rate: 0.0,
+            endpoint_burst: 10,
             max_retry_after: secs(3600),
             slow_down_wait: secs(60),
             auto_disable_after: secs(5 * 86_400),
@@ -240,6 +249,12 @@ impl Config {
         }
         if self.delivery.timeout.is_zero() {
             return invalid("delivery.timeout", "must be more than zero");
+        }
+        if self.delivery.endpoint_concurrency == 0 {
+            return invalid("delivery.endpoint_concurrency", "must be at least 1");
+        }
+        if !(self.delivery.endpoint_rate >= 0.0 && self.delivery.endpoint_rate.is_finite()) {
+            return invalid("delivery.endpoint_rate", "must be 0 (no limit) or more");
         }
         if self.delivery.max_in_flight == 0 {
             return invalid("delivery.max_in_flight", "must be at least 1");

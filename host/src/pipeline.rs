@@ -6,6 +6,7 @@
 
 mod connections;
 pub mod dry_run;
+pub mod endpoints;
 mod error;
 mod ingest;
 mod keys;
@@ -51,6 +52,8 @@ pub struct Pipeline {
     wake: Notify,
     /// Held while a webhook is read, changed and written (API updates and host changes).
     webhook_writes: Mutex<()>,
+    /// Per-endpoint concurrency and rate limits.
+    endpoints: endpoints::Endpoints,
     /// Deliveries being worked on now, so the scheduler does not start them twice.
     in_flight: Mutex<HashSet<DeliveryId>>,
 }
@@ -73,6 +76,11 @@ impl Pipeline {
             .into_iter()
             .map(|c| (c.id.clone(), Arc::new(c)))
             .collect();
+        let endpoints = endpoints::Endpoints::new(
+            config.delivery.endpoint_concurrency,
+            config.delivery.endpoint_rate,
+            config.delivery.endpoint_burst,
+        );
         Ok(Pipeline {
             config,
             store,
@@ -83,6 +91,7 @@ impl Pipeline {
             connections: RwLock::new(connections),
             wake: Notify::new(),
             webhook_writes: Mutex::new(()),
+            endpoints,
             in_flight: Mutex::new(HashSet::new()),
         })
     }

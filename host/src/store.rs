@@ -371,7 +371,10 @@ impl Store {
                                 }
                                 let due = delivery.next_attempt_at.unwrap_or(delivery.created_at);
                                 waiting.replace_event(event.id.clone(), due, delivery.created_at);
-                                queue.insert(queue_key(due, &waiting.id), &[] as &[u8])?;
+                                queue.insert(
+                                    queue_key(due, &waiting.id),
+                                    waiting.webhook_id.as_str().as_bytes(),
+                                )?;
                                 dtree.insert(waiting.id.as_str().as_bytes(), encode(&waiting))?;
                                 carried.push(waiting.id);
                                 continue;
@@ -380,7 +383,7 @@ impl Store {
                         debounce.insert(index, delivery.id.as_str().as_bytes())?;
                     }
                     dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
-                    queue.insert(key.as_slice(), &[] as &[u8])?;
+                    queue.insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
                     carried.push(delivery.id.clone());
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(Inserted::New(carried))
@@ -526,7 +529,7 @@ impl Store {
                 queue.remove(key.as_slice())?;
             }
             if let Some(key) = &new_key {
-                queue.insert(key.as_slice(), &[] as &[u8])?;
+                queue.insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
             }
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         })?;
@@ -550,6 +553,25 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Queue entries in due order, lazily: due time, delivery, and the webhook (the queue
+    /// entry's value), so the scheduler can apply per-endpoint limits without reading the
+    /// delivery. Malformed keys are skipped.
+    pub fn due_iter(
+        &self,
+    ) -> impl Iterator<Item = Result<(Millis, DeliveryId, Option<WebhookId>), StoreError>> + '_
+    {
+        self.queue.iter().filter_map(|item| match item {
+            Err(e) => Some(Err(StoreError::from(e))),
+            Ok((key, value)) => {
+                let (due, id) = parse_queue_key(&key)?;
+                let webhook = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|w| WebhookId::parse(w).ok());
+                Some(Ok((due, id, webhook)))
+            }
+        })
     }
 
     /// Removes a queue entry (for deliveries that vanished).

@@ -9,6 +9,7 @@ mod crash;
 mod debounce;
 mod definitions;
 mod delivery;
+mod isolation;
 mod lists;
 mod operator;
 mod plugin_run;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
-use super::{request, retry, to_wit_event, Pipeline};
+use super::{endpoints, request, retry, to_wit_event, Pipeline};
 use crate::model::{
     Attempt, AttemptOutcome, Delivery, DeliveryId, DeliveryStatus, Millis, OutboundRequest, Webhook,
 };
@@ -26,6 +26,9 @@ use crate::store::StoreError;
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// How long a paused webhook's delivery waits before it is looked at again.
 const PAUSED_WAIT: Duration = Duration::from_secs(60);
+/// Due deliveries the scheduler steps over in one pass (in flight already, or their endpoint
+/// is at its limit) before it stops looking further down the queue.
+const MAX_STEPPED_OVER: usize = 4096;
 /// How long a delivery waits after a storage error before it is tried again.
 const STORAGE_ERROR_WAIT: Duration = Duration::from_secs(5);
 
@@ -59,24 +62,54 @@ impl Pipeline {
         let _ = permits.acquire_many(max as u32).await;
     }
 
-    /// Starts every due delivery there is room for; returns how long to wait before looking
-    /// again.
+    /// Starts every due delivery there is room for — overall (`max_in_flight`) and at its
+    /// endpoint (concurrency and rate) — and returns how long to wait before looking again.
+    /// Due deliveries of a saturated endpoint are stepped over, up to [`MAX_STEPPED_OVER`]
+    /// per pass, so one slow receiver does not hold back the others.
     fn start_due(self: &Arc<Self>, permits: &Arc<Semaphore>) -> Result<Duration, StoreError> {
         let now = self.now();
-        let busy = self.in_flight.lock().unwrap().len();
-        let scan = busy + permits.available_permits() + 1;
-        for (due, id) in self.store.due_entries(scan)? {
+        let mut wait = IDLE_WAIT;
+        let mut stepped_over = 0;
+        for entry in self.store.due_iter() {
+            let (due, id, webhook) = entry?;
             if due > now {
                 let until = Duration::from_millis((due.as_i64() - now.as_i64()) as u64);
-                return Ok(until.min(IDLE_WAIT));
+                wait = wait.min(until);
+                break;
             }
-            if !self.in_flight.lock().unwrap().insert(id.clone()) {
+            if permits.available_permits() == 0 || stepped_over > MAX_STEPPED_OVER {
+                break;
+            }
+            if self.in_flight.lock().unwrap().contains(&id) {
+                stepped_over += 1;
                 continue;
             }
+            let endpoint = webhook
+                .and_then(|w| self.webhook_cached(&w))
+                .and_then(|w| self.target(&w).ok())
+                .and_then(|t| endpoints::endpoint_of(&t.url));
+            if let Some(endpoint) = &endpoint {
+                match self
+                    .endpoints
+                    .try_start(endpoint, std::time::Instant::now())
+                {
+                    Ok(()) => {}
+                    Err(busy) => {
+                        if let endpoints::Busy::RateLimited(token) = busy {
+                            wait = wait.min(token.max(Duration::from_millis(1)));
+                        }
+                        stepped_over += 1;
+                        continue;
+                    }
+                }
+            }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                self.in_flight.lock().unwrap().remove(&id);
+                if let Some(endpoint) = &endpoint {
+                    self.endpoints.finish(endpoint);
+                }
                 break;
             };
+            self.in_flight.lock().unwrap().insert(id.clone());
             let this = self.clone();
             let span = tracing::info_span!("wasmhooks.delivery", delivery = %id);
             tokio::spawn(
@@ -85,6 +118,9 @@ impl Pipeline {
                         tracing::error!("storage error, will retry: {e}");
                         this.postpone(due, &id);
                     }
+                    if let Some(endpoint) = &endpoint {
+                        this.endpoints.finish(endpoint);
+                    }
                     this.in_flight.lock().unwrap().remove(&id);
                     drop(permit);
                     this.wake.notify_one();
@@ -92,7 +128,7 @@ impl Pipeline {
                 .instrument(span),
             );
         }
-        Ok(IDLE_WAIT)
+        Ok(wait)
     }
 
     fn postpone(&self, due: Millis, id: &DeliveryId) {

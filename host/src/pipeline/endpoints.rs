@@ -1,0 +1,151 @@
+//! Isolation between receivers: each endpoint (scheme, host and port of a webhook's
+//! destination) gets at most `endpoint_concurrency` deliveries in flight and, when
+//! `endpoint_rate` is set, a token bucket of `endpoint_burst` tokens refilled at that rate.
+//! A slow or hung receiver then uses up its own share, never everyone's.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Why a delivery to an endpoint cannot start now.
+#[derive(Debug, PartialEq)]
+pub enum Busy {
+    /// The endpoint has its maximum in flight; one of them must finish first.
+    Full,
+    /// The rate limit allows the next request after this wait.
+    RateLimited(Duration),
+}
+
+struct Endpoint {
+    in_flight: usize,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Per-endpoint concurrency and rate limits.
+pub struct Endpoints {
+    concurrency: usize,
+    rate: f64,
+    burst: f64,
+    state: Mutex<HashMap<String, Endpoint>>,
+}
+
+impl Endpoints {
+    /// Limits: `concurrency` in flight per endpoint; `rate` requests per second with bursts
+    /// of `burst` (no rate limit when `rate` is 0).
+    pub fn new(concurrency: usize, rate: f64, burst: u32) -> Endpoints {
+        Endpoints {
+            concurrency,
+            rate,
+            burst: f64::from(burst.max(1)),
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts a delivery to `endpoint` if its limits allow, counting it in flight.
+    ///
+    /// # Errors
+    /// [`Busy`] saying whether to wait for a finish or for a token.
+    pub fn try_start(&self, endpoint: &str, now: Instant) -> Result<(), Busy> {
+        let mut state = self.state.lock().unwrap();
+        let e = state.entry(endpoint.to_string()).or_insert(Endpoint {
+            in_flight: 0,
+            tokens: self.burst,
+            refilled: now,
+        });
+        if e.in_flight >= self.concurrency {
+            return Err(Busy::Full);
+        }
+        if self.rate > 0.0 {
+            let elapsed = now.saturating_duration_since(e.refilled).as_secs_f64();
+            e.tokens = (e.tokens + elapsed * self.rate).min(self.burst);
+            e.refilled = now;
+            if e.tokens < 1.0 {
+                let wait = Duration::from_secs_f64((1.0 - e.tokens) / self.rate);
+                return Err(Busy::RateLimited(wait));
+            }
+            e.tokens -= 1.0;
+        }
+        e.in_flight += 1;
+        Ok(())
+    }
+
+    /// A delivery to `endpoint` finished its step.
+    pub fn finish(&self, endpoint: &str) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(e) = state.get_mut(endpoint) {
+            e.in_flight = e.in_flight.saturating_sub(1);
+            // Forget idle endpoints without a rate to remember.
+            if e.in_flight == 0 && self.rate == 0.0 {
+                state.remove(endpoint);
+            }
+        }
+    }
+
+    /// Deliveries in flight to `endpoint`.
+    pub fn in_flight(&self, endpoint: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .get(endpoint)
+            .map_or(0, |e| e.in_flight)
+    }
+}
+
+/// The endpoint of a URL: its origin (`https://erp.example:443`).
+pub fn endpoint_of(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    Some(parsed.origin().ascii_serialization())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_is_per_endpoint() {
+        let e = Endpoints::new(2, 0.0, 1);
+        let now = Instant::now();
+        assert_eq!(e.try_start("a", now), Ok(()));
+        assert_eq!(e.try_start("a", now), Ok(()));
+        assert_eq!(e.try_start("a", now), Err(Busy::Full));
+        assert_eq!(
+            e.try_start("b", now),
+            Ok(()),
+            "another endpoint is not affected"
+        );
+        e.finish("a");
+        assert_eq!(e.try_start("a", now), Ok(()));
+        assert_eq!(e.in_flight("a"), 2);
+    }
+
+    #[test]
+    fn the_token_bucket_allows_bursts_then_the_rate() {
+        let e = Endpoints::new(100, 10.0, 3);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(e.try_start("a", t0), Ok(()));
+        }
+        match e.try_start("a", t0) {
+            Err(Busy::RateLimited(wait)) => {
+                assert!(wait > Duration::from_millis(90) && wait <= Duration::from_millis(100))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.try_start("a", t0 + Duration::from_millis(100)), Ok(()));
+        assert!(e.try_start("a", t0 + Duration::from_millis(150)).is_err());
+    }
+
+    #[test]
+    fn endpoints_are_origins() {
+        assert_eq!(
+            endpoint_of("https://erp.example/api/x?y=1").as_deref(),
+            Some("https://erp.example")
+        );
+        assert_eq!(
+            endpoint_of("http://127.0.0.1:8081/a").as_deref(),
+            Some("http://127.0.0.1:8081")
+        );
+        assert_eq!(endpoint_of("not a url"), None);
+    }
+}

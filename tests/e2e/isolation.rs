@@ -1,0 +1,87 @@
+//! Isolation: a hung receiver uses up only its own endpoint's share, and a rate limit spaces
+//! requests to one endpoint.
+
+use serde_json::json;
+
+use crate::support::{data_dir, Receiver, Server};
+
+#[tokio::test]
+async fn a_hung_receiver_does_not_hold_back_another() {
+    let (_tmp, dir) = data_dir();
+    let hung = Receiver::start().await;
+    let healthy = Receiver::start().await;
+    // Far fewer slots overall than held deliveries, and a timeout longer than the test's
+    // patience: only isolation lets the healthy receiver through.
+    let server = Server::start(
+        &dir,
+        &[
+            ("WASMHOOKS_DELIVERY__MAX_IN_FLIGHT", "8"),
+            ("WASMHOOKS_DELIVERY__ENDPOINT_CONCURRENCY", "3"),
+            ("WASMHOOKS_DELIVERY__TIMEOUT", "10m"),
+        ],
+    )
+    .await;
+    let module = server.upload("forward", wasmhooks::examples::FORWARD).await;
+    server
+        .create_webhook(json!({ "name": "hung", "event_kinds": ["slow.*"], "module_id": module, "url": hung.url }))
+        .await;
+    server
+        .create_webhook(json!({ "name": "healthy", "event_kinds": ["fast.*"], "module_id": module, "url": healthy.url }))
+        .await;
+
+    hung.hold();
+    let batch: Vec<_> = (0..40)
+        .map(|i| json!({ "kind": "slow.created", "payload": { "i": i } }))
+        .collect();
+    server.emit(json!(batch)).await;
+    let ack = server
+        .emit(json!({ "kind": "fast.created", "payload": { "ok": true } }))
+        .await;
+    let done = server
+        .final_delivery(ack["deliveries"][0].as_str().unwrap())
+        .await;
+    assert_eq!(done["status"], "delivered");
+    assert_eq!(healthy.received().len(), 1);
+    assert!(
+        hung.received().is_empty(),
+        "the hung receiver is still holding everything"
+    );
+    let (_, pending) = server.get("/v1/deliveries?status=pending&limit=100").await;
+    assert_eq!(pending["data"].as_array().unwrap().len(), 40);
+
+    // Released, the hung receiver gets everything.
+    hung.release();
+    hung.wait_for(40).await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_spaces_requests_to_one_endpoint() {
+    let (_tmp, dir) = data_dir();
+    let receiver = Receiver::start().await;
+    let server = Server::start(
+        &dir,
+        &[
+            ("WASMHOOKS_DELIVERY__ENDPOINT_RATE", "5.0"),
+            ("WASMHOOKS_DELIVERY__ENDPOINT_BURST", "1"),
+        ],
+    )
+    .await;
+    let module = server.upload("forward", wasmhooks::examples::FORWARD).await;
+    server
+        .create_webhook(
+            json!({ "name": "r", "event_kinds": ["*"], "module_id": module, "url": receiver.url }),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    let batch: Vec<_> = (0..6)
+        .map(|i| json!({ "kind": "a.b", "payload": { "i": i } }))
+        .collect();
+    server.emit(json!(batch)).await;
+    receiver.wait_for(6).await;
+    // Five requests per second with no burst: six requests need at least a second.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(950),
+        "{:?}",
+        started.elapsed()
+    );
+}
