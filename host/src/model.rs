@@ -136,6 +136,10 @@ pub struct Webhook {
     /// the delay (debounce), so the plugin decides on the latest state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity_key: Option<String>,
+    /// What the entity key does: `latest` (debounce, the default) or `in_order` (every
+    /// event is delivered, one entity's deliveries strictly one after another).
+    #[serde(default, skip_serializing_if = "EntityMode::is_default")]
+    pub entity_mode: EntityMode,
     /// Operating windows: deliveries due outside them wait for the next opening.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
@@ -179,6 +183,23 @@ impl Webhook {
         } else {
             self.success_statuses.contains(&status)
         }
+    }
+}
+
+/// What a webhook's entity key does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityMode {
+    /// A newer event replaces a waiting delivery's event (debounce).
+    #[default]
+    Latest,
+    /// Every event is delivered; one entity's deliveries go strictly in order (FIFO).
+    InOrder,
+}
+
+impl EntityMode {
+    fn is_default(&self) -> bool {
+        *self == EntityMode::Latest
     }
 }
 
@@ -354,6 +375,9 @@ pub struct Delivery {
     /// payload): a newer event for the same entity replaces its event while it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity: Option<String>,
+    /// Sent only after every earlier delivery of the same webhook and entity has finished.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_order: bool,
     /// How many events a newer one replaced while this delivery waited.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub replaced: u32,

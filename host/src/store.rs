@@ -64,6 +64,16 @@ fn debounce_key(webhook: &WebhookId, entity: &str) -> Vec<u8> {
     key
 }
 
+/// The key of an in-order delivery in the FIFO index: its entity's prefix (webhook, zero,
+/// entity, zero) then its id, so one entity's unfinished deliveries sort by creation.
+fn fifo_key(delivery: &Delivery) -> Option<Vec<u8>> {
+    let entity = delivery.entity.as_deref().filter(|_| delivery.in_order)?;
+    let mut key = debounce_key(&delivery.webhook_id, entity);
+    key.push(0);
+    key.extend_from_slice(delivery.id.as_str().as_bytes());
+    Some(key)
+}
+
 fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(err)
 }
@@ -81,6 +91,7 @@ pub struct Store {
     deliveries: sled::Tree,
     queue: sled::Tree,
     debounce: sled::Tree,
+    fifo: sled::Tree,
     plugin_state: sled::Tree,
     committer: commit::Committer,
 }
@@ -129,6 +140,7 @@ impl Store {
             deliveries: db.open_tree("deliveries")?,
             queue: db.open_tree("queue")?,
             debounce: db.open_tree("debounce")?,
+            fifo: db.open_tree("fifo")?,
             plugin_state: db.open_tree("plugin_state")?,
             committer: commit::Committer::start(db.clone()),
             db,
@@ -348,15 +360,23 @@ impl Store {
                 (queue_key(due, &d.id), encode(d))
             })
             .collect();
-        let result = (&self.events, &self.deliveries, &self.queue, &self.debounce).transaction(
-            |(events, dtree, queue, debounce)| {
+        let result = (
+            &self.events,
+            &self.deliveries,
+            &self.queue,
+            &self.debounce,
+            &self.fifo,
+        )
+            .transaction(|(events, dtree, queue, debounce, fifo)| {
                 if events.get(event.id.as_str())?.is_some() {
                     return Ok(Inserted::Duplicate);
                 }
                 events.insert(event.id.as_str().as_bytes(), event_bytes.as_slice())?;
                 let mut carried = Vec::with_capacity(deliveries.len());
                 for (delivery, (key, bytes)) in deliveries.iter().zip(&encoded) {
-                    if let Some(entity) = &delivery.entity {
+                    if let Some(line) = fifo_key(delivery) {
+                        fifo.insert(line, &[] as &[u8])?;
+                    } else if let Some(entity) = &delivery.entity {
                         let index = debounce_key(&delivery.webhook_id, entity);
                         let waiting = match debounce.get(&index)? {
                             Some(id) => dtree.get(&id)?,
@@ -387,8 +407,7 @@ impl Store {
                     carried.push(delivery.id.clone());
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(Inserted::New(carried))
-            },
-        )?;
+            })?;
         Ok(result)
     }
 
@@ -523,8 +542,12 @@ impl Store {
             (false, Some(due)) => Some(queue_key(due, &delivery.id)),
             _ => None,
         };
-        (&self.deliveries, &self.queue).transaction(|(dtree, queue)| {
+        let finished_in_line = fifo_key(delivery).filter(|_| delivery.status.is_final());
+        (&self.deliveries, &self.queue, &self.fifo).transaction(|(dtree, queue, fifo)| {
             dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
+            if let Some(line) = &finished_in_line {
+                fifo.remove(line.as_slice())?;
+            }
             if let Some(key) = &old_key {
                 queue.remove(key.as_slice())?;
             }
@@ -534,6 +557,26 @@ impl Store {
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         })?;
         Ok(())
+    }
+
+    /// For an in-order delivery: the first unfinished delivery of its webhook and entity
+    /// (itself when nothing earlier is unfinished).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn first_in_line(&self, delivery: &Delivery) -> Result<Option<DeliveryId>, StoreError> {
+        let Some(entity) = delivery.entity.as_deref().filter(|_| delivery.in_order) else {
+            return Ok(None);
+        };
+        let mut prefix = debounce_key(&delivery.webhook_id, entity);
+        prefix.push(0);
+        let Some(first) = self.fifo.scan_prefix(&prefix).keys().next() else {
+            return Ok(None);
+        };
+        let first = first?;
+        Ok(std::str::from_utf8(&first[prefix.len()..])
+            .ok()
+            .and_then(|id| DeliveryId::parse(id).ok()))
     }
 
     /// Queue entries in due order, up to `limit`.
@@ -685,6 +728,7 @@ mod tests {
             extracted_value: None,
             replay_of: None,
             entity: None,
+            in_order: false,
             replaced: 0,
             replaced_events: vec![],
         }

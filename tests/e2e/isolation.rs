@@ -85,3 +85,69 @@ async fn the_rate_limit_spaces_requests_to_one_endpoint() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn in_order_webhooks_deliver_one_entity_strictly_in_sequence() {
+    let (_tmp, dir) = data_dir();
+    let receiver = Receiver::start().await;
+    let server = Server::start(
+        &dir,
+        &[
+            (
+                "WASMHOOKS_DELIVERY__RETRY_SCHEDULE",
+                r#"["300ms", "300ms"]"#,
+            ),
+            ("WASMHOOKS_DELIVERY__JITTER", "0"),
+            ("WASMHOOKS_DELIVERY__SLOW_DOWN_WAIT", "0s"),
+        ],
+    )
+    .await;
+    let module = server.upload("forward", wasmhooks::examples::FORWARD).await;
+    let webhook = server
+        .create_webhook(json!({ "name": "fifo", "event_kinds": ["order.*"], "module_id": module,
+                                "url": receiver.url, "entity_key": "/order", "entity_mode": "in_order" }))
+        .await;
+    assert_eq!(webhook["entity_mode"], "in_order");
+
+    // The first attempt for order X fails; X's later events must wait for its retry.
+    receiver.answer_with(&[500]);
+    let batch: Vec<_> = (1..=3)
+        .map(|n| json!({ "kind": "order.updated", "payload": { "order": "X", "n": n } }))
+        .collect();
+    let ack = server.emit(json!(batch)).await;
+    let ids: Vec<&str> = ack["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["deliveries"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        3,
+        "no debounce in order mode"
+    );
+    receiver.wait_for(1).await;
+    // Another order is not held back by X.
+    server
+        .emit(json!({ "kind": "order.updated", "payload": { "order": "Y", "n": 1 } }))
+        .await;
+    let got = receiver.wait_for(5).await;
+    let bodies: Vec<serde_json::Value> = got
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let x: Vec<i64> = bodies
+        .iter()
+        .filter(|b| b["order"] == "X")
+        .map(|b| b["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        x,
+        [1, 1, 2, 3],
+        "X's events in order, the failed one retried first"
+    );
+    assert!(bodies.iter().any(|b| b["order"] == "Y"));
+    for id in ids {
+        assert_eq!(server.final_delivery(id).await["status"], "delivered");
+    }
+}

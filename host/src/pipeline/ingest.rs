@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Error, Pipeline};
-use crate::model::{validate_kind, Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis};
+use crate::model::{
+    validate_kind, Delivery, DeliveryId, DeliveryStatus, EntityMode, Event, EventId, Millis,
+};
 use crate::store::Inserted;
 
 /// An event as emitters send it (API body, CLI, `plugin run` event files).
@@ -173,6 +175,7 @@ impl Pipeline {
                 error: None,
                 extracted_value: None,
                 replay_of: None,
+                in_order: entity.is_some() && w.entity_mode == EntityMode::InOrder,
                 entity,
                 replaced: 0,
                 replaced_events: Vec::new(),

@@ -11,8 +11,8 @@ use super::request::{check_header, destination, is_absolute};
 use super::{Error, Pipeline};
 use crate::config::parse_duration;
 use crate::model::{
-    kind_matches, validate_kind, ConnectionId, Delivery, DeliveryId, DeliveryStatus, Event,
-    EventId, Method, Millis, ModuleId, ModuleInfo, Schedule, Webhook, WebhookId,
+    kind_matches, validate_kind, ConnectionId, Delivery, DeliveryId, DeliveryStatus, EntityMode,
+    Event, EventId, Method, Millis, ModuleId, ModuleInfo, Schedule, Webhook, WebhookId,
 };
 use crate::runtime::WORLD;
 
@@ -75,6 +75,9 @@ pub struct WebhookInput {
     /// JSON pointer to the entity in the payload (debounce), such as `/sku`.
     #[serde(default, deserialize_with = "nullable")]
     pub entity_key: Option<Option<String>>,
+    /// `latest` (debounce) or `in_order` (FIFO per entity).
+    #[serde(default)]
+    pub entity_mode: Option<EntityMode>,
 }
 
 /// Deserialises a field that may be absent (outer `None`), `null` (`Some(None)`) or a value.
@@ -561,6 +564,11 @@ impl Pipeline {
                 ));
             }
         }
+        let entity_mode = pick(
+            input.entity_mode,
+            existing.map(|w| &w.entity_mode),
+            EntityMode::Latest,
+        );
         let schedule = pick(input.schedule, existing.map(|w| &w.schedule), None);
         if let Some(schedule) = &schedule {
             schedule
@@ -599,6 +607,7 @@ impl Pipeline {
             retry_schedule,
             delay,
             entity_key,
+            entity_mode,
             schedule,
             failing_since,
             disabled_reason,

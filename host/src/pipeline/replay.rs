@@ -126,6 +126,7 @@ impl Pipeline {
             extracted_value: None,
             replay_of: Some(original.id),
             entity: None,
+            in_order: false,
             replaced: 0,
             replaced_events: Vec::new(),
         };

@@ -29,6 +29,8 @@ const PAUSED_WAIT: Duration = Duration::from_secs(60);
 /// Due deliveries the scheduler steps over in one pass (in flight already, or their endpoint
 /// is at its limit) before it stops looking further down the queue.
 const MAX_STEPPED_OVER: usize = 4096;
+/// How long an in-order delivery waits at least before it looks again at the delivery ahead.
+const IN_ORDER_WAIT: Duration = Duration::from_millis(200);
 /// How long a delivery waits after a storage error before it is tried again.
 const STORAGE_ERROR_WAIT: Duration = Duration::from_secs(5);
 
@@ -176,8 +178,23 @@ impl Pipeline {
             }
         }
 
+        if delivery.in_order {
+            if let Some(first) = self.store.first_in_line(&delivery)? {
+                if first != delivery.id {
+                    // An earlier delivery of the entity is unfinished: go after its next
+                    // attempt (and look again soon while it is in flight).
+                    let earlier = self.store.delivery(&first)?;
+                    let after = earlier
+                        .and_then(|d| d.next_attempt_at)
+                        .map_or(now, |t| plus(t, Duration::from_millis(1)));
+                    delivery.next_attempt_at = Some(after.max(plus(now, IN_ORDER_WAIT)));
+                    return self.store.update_delivery(&delivery, Some(due));
+                }
+            }
+        }
         if delivery.requests.is_none() {
             if delivery.entity.is_some()
+                && !delivery.in_order
                 && !self
                     .store
                     .claim_debounced(&delivery.id, due, &delivery.event_id)?
