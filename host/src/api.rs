@@ -149,6 +149,7 @@ pub fn routes(api: &ApiConfig) -> Vec<Route> {
         route("GET", "/healthz", Public, h::healthz),
         route("GET", "/openapi.json", Public, h::openapi),
         route("POST", "/v1/events", Emitter, h::emit_events),
+        route("GET", "/v1/events", Emitter, h::list_events),
         route("GET", "/v1/events/{id}", Emitter, h::get_event),
         upload,
         route("GET", "/v1/modules", Admin, h::list_modules),

@@ -140,6 +140,10 @@ pub struct Webhook {
     /// event is delivered, one entity's deliveries strictly one after another).
     #[serde(default, skip_serializing_if = "EntityMode::is_default")]
     pub entity_mode: EntityMode,
+    /// Batching: matched events are collected into one delivery for up to `window`, or
+    /// until `max_size` events, and the plugin's batch entry point gets them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchConfig>,
     /// Operating windows: deliveries due outside them wait for the next opening.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
@@ -184,6 +188,17 @@ impl Webhook {
             self.success_statuses.contains(&status)
         }
     }
+}
+
+/// How a webhook batches events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// How long a batch collects events after its first one.
+    #[serde(with = "crate::config::duration_text")]
+    pub window: Duration,
+    /// Most events in one batch; a full batch is due at once.
+    pub max_size: u32,
 }
 
 /// What a webhook's entity key does.
@@ -375,6 +390,13 @@ pub struct Delivery {
     /// payload): a newer event for the same entity replaces its event while it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity: Option<String>,
+    /// Every event of a batched delivery, in arrival order (`event_id` is the first); empty
+    /// for a delivery of one event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch_events: Vec<EventId>,
+    /// The batch's size limit while it collects (0: not batched).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub batch_limit: u32,
     /// Sent only after every earlier delivery of the same webhook and entity has finished.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub in_order: bool,
@@ -452,6 +474,10 @@ impl Delivery {
                 self.replay_of.as_ref().map(|r| serde_json::json!(r)),
             ),
             ("entity", self.entity.as_ref().map(|e| serde_json::json!(e))),
+            (
+                "batch_size",
+                (!self.batch_events.is_empty()).then(|| serde_json::json!(self.batch_events.len())),
+            ),
             (
                 "replaced",
                 (self.replaced > 0).then(|| serde_json::json!(self.replaced)),

@@ -92,6 +92,7 @@ pub struct Store {
     queue: sled::Tree,
     debounce: sled::Tree,
     fifo: sled::Tree,
+    batches: sled::Tree,
     plugin_state: sled::Tree,
     committer: commit::Committer,
 }
@@ -141,6 +142,7 @@ impl Store {
             queue: db.open_tree("queue")?,
             debounce: db.open_tree("debounce")?,
             fifo: db.open_tree("fifo")?,
+            batches: db.open_tree("batches")?,
             plugin_state: db.open_tree("plugin_state")?,
             committer: commit::Committer::start(db.clone()),
             db,
@@ -366,15 +368,48 @@ impl Store {
             &self.queue,
             &self.debounce,
             &self.fifo,
+            &self.batches,
         )
-            .transaction(|(events, dtree, queue, debounce, fifo)| {
+            .transaction(|(events, dtree, queue, debounce, fifo, batches)| {
                 if events.get(event.id.as_str())?.is_some() {
                     return Ok(Inserted::Duplicate);
                 }
                 events.insert(event.id.as_str().as_bytes(), event_bytes.as_slice())?;
                 let mut carried = Vec::with_capacity(deliveries.len());
                 for (delivery, (key, bytes)) in deliveries.iter().zip(&encoded) {
-                    if let Some(line) = fifo_key(delivery) {
+                    if delivery.batch_limit > 1 {
+                        // Join the webhook's collecting batch if it has room.
+                        let index = delivery.webhook_id.as_str().as_bytes();
+                        let open = match batches.get(index)? {
+                            Some(id) => dtree.get(&id)?,
+                            None => None,
+                        };
+                        if let Some(raw) = open {
+                            let mut open: Delivery = decode("deliveries", &raw).map_err(abort)?;
+                            if open.replaceable()
+                                && open.batch_events.len() < open.batch_limit as usize
+                            {
+                                open.batch_events.push(event.id.clone());
+                                open.updated_at = delivery.created_at;
+                                if open.batch_events.len() >= open.batch_limit as usize {
+                                    // Full: due now, and no longer collecting.
+                                    if let Some(old) = open.next_attempt_at {
+                                        queue.remove(queue_key(old, &open.id))?;
+                                    }
+                                    open.next_attempt_at = Some(delivery.created_at);
+                                    queue.insert(
+                                        queue_key(delivery.created_at, &open.id),
+                                        open.webhook_id.as_str().as_bytes(),
+                                    )?;
+                                    batches.remove(index)?;
+                                }
+                                dtree.insert(open.id.as_str().as_bytes(), encode(&open))?;
+                                carried.push(open.id);
+                                continue;
+                            }
+                        }
+                        batches.insert(index, delivery.id.as_str().as_bytes())?;
+                    } else if let Some(line) = fifo_key(delivery) {
                         fifo.insert(line, &[] as &[u8])?;
                     } else if let Some(entity) = &delivery.entity {
                         let index = debounce_key(&delivery.webhook_id, entity);
@@ -411,37 +446,41 @@ impl Store {
         Ok(result)
     }
 
-    /// Before a debounced delivery is evaluated: checks that it is still as the worker read
-    /// it (due at `due`, carrying `event`) and takes it out of the debounce index, so no
-    /// newer event can replace its event any more. `false` means it changed meanwhile.
+    /// Before a collecting delivery (debounced, or a batch) is evaluated: checks that it is
+    /// still as the worker read it (due at `due`, the same events) and takes it out of the
+    /// debounce and batch indexes, so no newer event can change it any more. `false` means it
+    /// changed meanwhile.
     ///
     /// # Errors
     /// On storage failure or a corrupt record.
-    pub fn claim_debounced(
-        &self,
-        id: &DeliveryId,
-        due: Millis,
-        event: &EventId,
-    ) -> Result<bool, StoreError> {
-        let claimed = (&self.deliveries, &self.debounce).transaction(|(dtree, debounce)| {
-            let Some(raw) = dtree.get(id.as_str())? else {
-                return Ok(false);
-            };
-            let current: Delivery = decode("deliveries", &raw).map_err(abort)?;
-            if current.next_attempt_at != Some(due)
-                || &current.event_id != event
-                || !current.replaceable()
-            {
-                return Ok(false);
-            }
-            if let Some(entity) = &current.entity {
-                let index = debounce_key(&current.webhook_id, entity);
-                if debounce.get(&index)?.as_deref() == Some(id.as_str().as_bytes()) {
-                    debounce.remove(index)?;
+    pub fn claim(&self, read: &Delivery, due: Millis) -> Result<bool, StoreError> {
+        let id = &read.id;
+        let claimed = (&self.deliveries, &self.debounce, &self.batches).transaction(
+            |(dtree, debounce, batches)| {
+                let Some(raw) = dtree.get(id.as_str())? else {
+                    return Ok(false);
+                };
+                let current: Delivery = decode("deliveries", &raw).map_err(abort)?;
+                if current.next_attempt_at != Some(due)
+                    || current.event_id != read.event_id
+                    || current.batch_events != read.batch_events
+                    || !current.replaceable()
+                {
+                    return Ok(false);
                 }
-            }
-            Ok::<_, ConflictableTransactionError<StoreError>>(true)
-        })?;
+                if let Some(entity) = &current.entity {
+                    let index = debounce_key(&current.webhook_id, entity);
+                    if debounce.get(&index)?.as_deref() == Some(id.as_str().as_bytes()) {
+                        debounce.remove(index)?;
+                    }
+                }
+                let index = current.webhook_id.as_str().as_bytes();
+                if batches.get(index)?.as_deref() == Some(id.as_str().as_bytes()) {
+                    batches.remove(index)?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(true)
+            },
+        )?;
         Ok(claimed)
     }
 
@@ -729,6 +768,8 @@ mod tests {
             replay_of: None,
             entity: None,
             in_order: false,
+            batch_events: Vec::new(),
+            batch_limit: 0,
             replaced: 0,
             replaced_events: vec![],
         }
@@ -810,12 +851,8 @@ mod tests {
             vec![(Millis(5000), first.id.clone())]
         );
         // A worker that read the old state cannot claim it; one that read the new state can.
-        assert!(!store
-            .claim_debounced(&first.id, Millis(1000), &e1.id)
-            .unwrap());
-        assert!(store
-            .claim_debounced(&first.id, Millis(5000), &e2.id)
-            .unwrap());
+        assert!(!store.claim(&first, Millis(1000)).unwrap());
+        assert!(store.claim(&waiting, Millis(5000)).unwrap());
         // Once claimed, a newer event gets a delivery of its own; other entities always do.
         let third = for_entity(&e3, 6000, "sku-1");
         let other = for_entity(&e4, 6000, "sku-2");

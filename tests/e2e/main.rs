@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod batching;
 mod cli;
 mod connections;
 mod crash;

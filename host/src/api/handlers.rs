@@ -105,6 +105,40 @@ pub async fn get_event(
     Ok(Json(event).into_response())
 }
 
+/// Most ids one `GET /v1/events?ids=` takes.
+const MAX_EVENT_IDS: usize = 1000;
+
+pub async fn list_events(
+    State(p): State<AppState>,
+    Extension(who): Extension<Principal>,
+    params: Params,
+) -> ApiResult<Response> {
+    let Query(mut params) = params?;
+    let ids = params
+        .remove("ids")
+        .ok_or_else(|| Error::invalid("ids", "give the events' ids, separated by commas"))?;
+    if let Some(other) = params.keys().next() {
+        return Err(Error::invalid(
+            other.clone(),
+            "is not a parameter of this list; it takes ids",
+        )
+        .into());
+    }
+    let ids: Vec<&str> = ids.split(',').filter(|i| !i.is_empty()).collect();
+    if ids.is_empty() || ids.len() > MAX_EVENT_IDS {
+        return Err(Error::invalid("ids", format!("give 1 to {MAX_EVENT_IDS} ids")).into());
+    }
+    let mut events = Vec::with_capacity(ids.len());
+    for id in ids {
+        let event = p.event(id)?;
+        if !who.sees(event.tenant.as_deref()) {
+            return Err(not_found("event", id));
+        }
+        events.push(event);
+    }
+    Ok(Json(json!({ "data": events })).into_response())
+}
+
 // ----- modules -----
 
 #[derive(serde::Deserialize)]

@@ -146,11 +146,15 @@ impl Pipeline {
             .into_iter()
             .map(|w| {
                 // A delay counts from when the event happened, never into the past.
-                let due = match w.delay {
-                    Some(delay) => Millis(
+                let due = match (w.delay, w.batch) {
+                    (Some(delay), _) => Millis(
                         (event.occurred_at.as_i64() + delay.as_millis() as i64).max(now.as_i64()),
                     ),
-                    None => now,
+                    // A new batch collects for its window (a batch of one is due at once).
+                    (None, Some(batch)) if batch.max_size > 1 => {
+                        Millis(now.as_i64() + batch.window.as_millis() as i64)
+                    }
+                    _ => now,
                 };
                 (w, due)
             })
@@ -176,6 +180,12 @@ impl Pipeline {
                 extracted_value: None,
                 replay_of: None,
                 in_order: entity.is_some() && w.entity_mode == EntityMode::InOrder,
+                batch_events: if w.batch.is_some() {
+                    vec![event.id.clone()]
+                } else {
+                    Vec::new()
+                },
+                batch_limit: w.batch.map_or(0, |b| b.max_size),
                 entity,
                 replaced: 0,
                 replaced_events: Vec::new(),

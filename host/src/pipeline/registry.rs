@@ -11,8 +11,8 @@ use super::request::{check_header, destination, is_absolute};
 use super::{Error, Pipeline};
 use crate::config::parse_duration;
 use crate::model::{
-    kind_matches, validate_kind, ConnectionId, Delivery, DeliveryId, DeliveryStatus, EntityMode,
-    Event, EventId, Method, Millis, ModuleId, ModuleInfo, Schedule, Webhook, WebhookId,
+    kind_matches, validate_kind, BatchConfig, ConnectionId, Delivery, DeliveryId, DeliveryStatus,
+    EntityMode, Event, EventId, Method, Millis, ModuleId, ModuleInfo, Schedule, Webhook, WebhookId,
 };
 use crate::runtime::WORLD;
 
@@ -78,6 +78,9 @@ pub struct WebhookInput {
     /// `latest` (debounce) or `in_order` (FIFO per entity).
     #[serde(default)]
     pub entity_mode: Option<EntityMode>,
+    /// Batching: `{"window": "10s", "max_size": 50}`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub batch: Option<Option<BatchConfig>>,
 }
 
 /// Deserialises a field that may be absent (outer `None`), `null` (`Some(None)`) or a value.
@@ -93,6 +96,10 @@ where
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest delay a webhook may set.
 const MAX_DELAY: Duration = Duration::from_secs(30 * 86_400);
+/// Most events in one batch.
+const MAX_BATCH: u32 = 1000;
+/// Longest batch window.
+const MAX_BATCH_WINDOW: Duration = Duration::from_secs(3600);
 /// Most retry steps a webhook may set.
 const MAX_RETRY_STEPS: usize = 50;
 /// Longest single retry delay.
@@ -569,6 +576,27 @@ impl Pipeline {
             existing.map(|w| &w.entity_mode),
             EntityMode::Latest,
         );
+        let batch = pick(input.batch, existing.map(|w| &w.batch), None);
+        if let Some(batch) = &batch {
+            if batch.max_size == 0 || batch.max_size > MAX_BATCH {
+                return Err(Error::invalid(
+                    "batch.max_size",
+                    format!("must be 1 to {MAX_BATCH}"),
+                ));
+            }
+            if batch.window.is_zero() || batch.window > MAX_BATCH_WINDOW {
+                return Err(Error::invalid(
+                    "batch.window",
+                    "must be more than 0 and at most 1h",
+                ));
+            }
+            if entity_key.is_some() || delay.is_some() {
+                return Err(Error::invalid(
+                    "batch",
+                    "cannot be combined with entity_key or delay; a batch collects for its window",
+                ));
+            }
+        }
         let schedule = pick(input.schedule, existing.map(|w| &w.schedule), None);
         if let Some(schedule) = &schedule {
             schedule
@@ -608,6 +636,7 @@ impl Pipeline {
             delay,
             entity_key,
             entity_mode,
+            batch,
             schedule,
             failing_since,
             disabled_reason,

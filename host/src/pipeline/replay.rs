@@ -127,6 +127,8 @@ impl Pipeline {
             replay_of: Some(original.id),
             entity: None,
             in_order: false,
+            batch_events: original.batch_events,
+            batch_limit: 0,
             replaced: 0,
             replaced_events: Vec::new(),
         };

@@ -193,14 +193,10 @@ impl Pipeline {
             }
         }
         if delivery.requests.is_none() {
-            if delivery.entity.is_some()
-                && !delivery.in_order
-                && !self
-                    .store
-                    .claim_debounced(&delivery.id, due, &delivery.event_id)?
-            {
-                // A newer event for the entity replaced this one meanwhile; the delivery is
-                // queued again with it.
+            let collecting =
+                (delivery.entity.is_some() && !delivery.in_order) || delivery.batch_limit > 1;
+            if collecting && !self.store.claim(&delivery, due)? {
+                // A newer event changed it meanwhile; it is queued again as it is now.
                 return Ok(());
             }
             match self.evaluate(&webhook, &mut delivery).await? {
@@ -294,13 +290,30 @@ impl Pipeline {
         webhook: &Webhook,
         delivery: &mut Delivery,
     ) -> Result<Option<Vec<OutboundRequest>>, StoreError> {
-        let Some(event) = self.store.event(&delivery.event_id)? else {
-            finish(
-                delivery,
-                DeliveryStatus::Failed,
-                "the event is missing".into(),
-            );
-            return Ok(None);
+        let call = if delivery.batch_events.is_empty() {
+            let Some(event) = self.store.event(&delivery.event_id)? else {
+                finish(
+                    delivery,
+                    DeliveryStatus::Failed,
+                    "the event is missing".into(),
+                );
+                return Ok(None);
+            };
+            Call::Event(to_wit_event(&event))
+        } else {
+            let mut events = Vec::with_capacity(delivery.batch_events.len());
+            for id in &delivery.batch_events {
+                let Some(event) = self.store.event(id)? else {
+                    finish(
+                        delivery,
+                        DeliveryStatus::Failed,
+                        format!("event {id} of the batch is missing"),
+                    );
+                    return Ok(None);
+                };
+                events.push(to_wit_event(&event));
+            }
+            Call::Batch(events)
         };
         let runtime = self.runtime.clone();
         let store = self.store.clone();
@@ -323,7 +336,6 @@ impl Pipeline {
             }
         };
         let ctx = self.plugin_context(webhook);
-        let call = Call::Event(to_wit_event(&event));
         let evaluation = tokio::task::spawn_blocking(move || runtime.evaluate(&plugin, ctx, call))
             .instrument(tracing::info_span!("wasmhooks.plugin", module = %webhook.module_id))
             .await
