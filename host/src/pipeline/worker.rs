@@ -236,6 +236,15 @@ impl Pipeline {
                 })
                 .map(|since| format!("every delivery has failed since {since}"))
         };
+        // The common case changes nothing: skip the webhook lock and copy.
+        let streak_unchanged = if round.any_success {
+            webhook.failing_since.is_none()
+        } else {
+            !round.any_failure || webhook.failing_since.is_some()
+        };
+        if disable.is_none() && streak_unchanged {
+            return;
+        }
         let result = self.change_webhook(&webhook.id, |w| {
             if round.any_success {
                 w.failing_since = None;
