@@ -142,6 +142,21 @@ impl Pipeline {
             .and_then(|id| self.connection_cached(id));
         request::Target::resolve(webhook, connection.as_deref())
     }
+
+    /// The endpoint (origin) `webhook`'s requests go to — only the URL is resolved, for the
+    /// scheduler's per-endpoint limits.
+    fn endpoint(&self, webhook: &Webhook) -> Option<String> {
+        let base = webhook
+            .connection_id
+            .as_ref()
+            .and_then(|id| self.connection_cached(id));
+        let url = request::destination(
+            webhook.url.as_deref(),
+            base.as_ref().map(|c| c.base_url.as_str()),
+        )
+        .ok()?;
+        endpoints::endpoint_of(&url)
+    }
 }
 
 /// The WIT view of a stored event.

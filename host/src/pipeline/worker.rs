@@ -88,8 +88,7 @@ impl Pipeline {
             }
             let endpoint = webhook
                 .and_then(|w| self.webhook_cached(&w))
-                .and_then(|w| self.target(&w).ok())
-                .and_then(|t| endpoints::endpoint_of(&t.url));
+                .and_then(|w| self.endpoint(&w));
             if let Some(endpoint) = &endpoint {
                 match self
                     .endpoints
