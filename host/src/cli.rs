@@ -122,23 +122,34 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
     /// Run a plugin on an event locally (no server): prints the decision, the requests, the
-    /// logs and what the evaluation cost.
-    Run {
-        /// The component (.wasm).
-        wasm: PathBuf,
-        /// Event JSON file: {"kind": …, "payload": …, optional id, tenant, attributes, occurred_at}.
-        #[arg(long)]
-        event: PathBuf,
-        /// Webhook config JSON file (default {}).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// URL the requests would go to (for showing full URLs).
-        #[arg(long, default_value = "https://receiver.example/webhook")]
-        url: String,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    /// logs and what the evaluation cost against its limits.
+    Run(PluginRunArgs),
+}
+
+/// Arguments of `wasmhooks plugin run`.
+#[derive(clap::Args, Debug)]
+pub struct PluginRunArgs {
+    /// The component (.wasm).
+    pub wasm: PathBuf,
+    /// Event JSON file: {"kind": …, "payload": …, optional id, tenant, attributes, occurred_at}.
+    #[arg(long)]
+    pub event: PathBuf,
+    /// Webhook config JSON file (default {}).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// URL the requests would go to (for showing full URLs).
+    #[arg(long, default_value = "https://receiver.example/webhook")]
+    pub url: String,
+    /// Limits to run under, as a webhook's `limits` object, such as
+    /// '{"cpu_time": "10ms", "memory_bytes": 4194304}' (default: the host's defaults).
+    #[arg(long)]
+    pub limits: Option<String>,
+    /// Also count fuel (about one unit per wasm instruction); makes the run a little slower.
+    #[arg(long)]
+    pub fuel: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs a parsed command.
@@ -204,15 +215,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Key { command } => remote::key(remote, command),
         Command::Event { command } => remote::event(remote, command),
         Command::Plugin {
-            command:
-                PluginCommand::Run {
-                    wasm,
-                    event,
-                    config,
-                    url,
-                    json,
-                },
-        } => plugin_run::run(&wasm, &event, config.as_deref(), &url, json),
+            command: PluginCommand::Run(args),
+        } => plugin_run::run(&args),
         Command::Demo { keep_running } => runtime()?.block_on(crate::demo::run(keep_running)),
     }
 }
@@ -220,6 +224,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Plugins run on blocking threads; their wasm stack (at most 1 MiB) lives on the
+        // thread's stack beside the host's frames.
+        .thread_stack_size(4 << 20)
         .build()
         .context("starting the async runtime")
 }

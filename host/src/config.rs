@@ -21,8 +21,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Delivery behaviour.
     pub delivery: DeliveryConfig,
-    /// Plugin sandbox limits.
-    pub plugin: PluginLimits,
+    /// The plugin sandbox: limits and runtime settings.
+    pub plugin: PluginConfig,
     /// Input limits of the API.
     pub api: ApiConfig,
 }
@@ -61,23 +61,45 @@ pub struct DeliveryConfig {
     pub auto_disable_after: Duration,
 }
 
-/// Limits applied to every plugin evaluation.
+/// The plugin sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginConfig {
+    /// Limits of every evaluation, unless a webhook sets its own.
+    pub limits: PluginLimits,
+    /// The most a webhook may set for each limit.
+    pub max_limits: PluginLimits,
+    /// Native stack wasm code may use, in bytes (64 KiB to 1 MiB). Host-wide: wasmtime sets
+    /// it per engine, so webhooks cannot override it.
+    pub stack_bytes: usize,
+    /// Evaluations running at once; 0 means one per CPU core. Evaluations beyond this wait
+    /// for a slot before their clock starts, so a busy host never turns into cpu-limit errors.
+    pub concurrency: usize,
+    /// Preallocate instance slots (wasmtime's pooling allocator) for fast instantiation. When
+    /// the address space is too small the host logs it and allocates on demand.
+    pub pooling: bool,
+    /// Keep compiled plugins under `<data_dir>/precompiled` so a restart does not recompile.
+    pub precompiled_cache: bool,
+}
+
+/// Limits applied to one plugin evaluation. Hitting one is recorded on the delivery by name
+/// (`plugin exceeded 50 ms cpu limit`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
-    /// Time an evaluation may run before it is interrupted.
+    /// Time an evaluation (instantiation and call) may run before it is interrupted.
     #[serde(with = "duration_text")]
-    pub time_limit: Duration,
-    /// Linear memory a plugin may grow to, in bytes.
+    pub cpu_time: Duration,
+    /// Linear memory (all of the plugin's memories together), in bytes.
     pub memory_bytes: usize,
-    /// Total body bytes a decision may carry.
-    pub max_output_bytes: usize,
+    /// Bytes of one answer: request bodies, paths and headers, or an extracted value.
+    pub output_bytes: usize,
     /// Requests one decision may ask for.
-    pub max_requests: usize,
-    /// Log bytes kept per evaluation (logs and printed output together).
-    pub max_log_bytes: usize,
+    pub requests: usize,
+    /// Log bytes kept per evaluation (logs and printed output together); more is dropped.
+    pub log_bytes: usize,
     /// State bytes (keys and values) one webhook's plugin may keep.
-    pub max_state_bytes: usize,
+    pub state_bytes: usize,
 }
 
 /// Limits of the REST API.
@@ -108,7 +130,7 @@ impl Default for Config {
             data_dir: PathBuf::from("wasmhooks-data"),
             listen: "127.0.0.1:8080".parse().unwrap(),
             delivery: DeliveryConfig::default(),
-            plugin: PluginLimits::default(),
+            plugin: PluginConfig::default(),
             api: ApiConfig::default(),
         }
     }
@@ -142,16 +164,94 @@ impl Default for DeliveryConfig {
     }
 }
 
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            limits: PluginLimits::default(),
+            max_limits: PluginLimits {
+                cpu_time: Duration::from_secs(1),
+                memory_bytes: 256 << 20,
+                output_bytes: 16 << 20,
+                requests: 256,
+                log_bytes: 1 << 20,
+                state_bytes: 16 << 20,
+            },
+            stack_bytes: 512 << 10,
+            concurrency: 0,
+            pooling: true,
+            precompiled_cache: true,
+        }
+    }
+}
+
+impl PluginConfig {
+    /// Evaluations that may run at once.
+    pub fn concurrency(&self) -> usize {
+        match self.concurrency {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
 impl Default for PluginLimits {
     fn default() -> Self {
         PluginLimits {
-            time_limit: Duration::from_millis(50),
+            cpu_time: Duration::from_millis(50),
             memory_bytes: 32 << 20,
-            max_output_bytes: 1 << 20,
-            max_requests: 16,
-            max_log_bytes: 16 << 10,
-            max_state_bytes: 64 << 10,
+            output_bytes: 1 << 20,
+            requests: 16,
+            log_bytes: 16 << 10,
+            state_bytes: 64 << 10,
         }
+    }
+}
+
+impl PluginLimits {
+    /// These limits with a webhook's overrides applied.
+    pub fn with(&self, overrides: &crate::model::LimitOverrides) -> PluginLimits {
+        PluginLimits {
+            cpu_time: overrides.cpu_time.unwrap_or(self.cpu_time),
+            memory_bytes: overrides.memory_bytes.unwrap_or(self.memory_bytes),
+            output_bytes: overrides.output_bytes.unwrap_or(self.output_bytes),
+            requests: overrides.requests.unwrap_or(self.requests),
+            log_bytes: overrides.log_bytes.unwrap_or(self.log_bytes),
+            state_bytes: overrides.state_bytes.unwrap_or(self.state_bytes),
+        }
+    }
+
+    /// The first limit that is below its floor or above `ceiling`, by name, with the rule.
+    pub fn check(&self, ceiling: &PluginLimits) -> Result<(), (&'static str, String)> {
+        let ms = |d: Duration| d.as_millis();
+        if self.cpu_time < Duration::from_millis(1) || self.cpu_time > ceiling.cpu_time {
+            return Err((
+                "cpu_time",
+                format!("must be 1ms to {}ms", ms(ceiling.cpu_time)),
+            ));
+        }
+        let sizes = [
+            (
+                "memory_bytes",
+                self.memory_bytes,
+                ceiling.memory_bytes,
+                1 << 20,
+            ),
+            (
+                "output_bytes",
+                self.output_bytes,
+                ceiling.output_bytes,
+                1024,
+            ),
+            ("requests", self.requests, ceiling.requests, 1),
+            ("log_bytes", self.log_bytes, ceiling.log_bytes, 256),
+            ("state_bytes", self.state_bytes, ceiling.state_bytes, 0),
+        ];
+        for (name, value, max, min) in sizes {
+            if value < min || value > max {
+                return Err((name, format!("must be {min} to {max}")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -259,14 +359,28 @@ impl Config {
         if self.delivery.max_in_flight == 0 {
             return invalid("delivery.max_in_flight", "must be at least 1");
         }
-        if self.plugin.time_limit < Duration::from_millis(1) {
-            return invalid("plugin.time_limit", "must be at least 1ms");
+        let absolute = PluginLimits {
+            cpu_time: Duration::from_secs(3600),
+            memory_bytes: 64 << 30,
+            output_bytes: 1 << 30,
+            requests: 100_000,
+            log_bytes: 1 << 30,
+            state_bytes: 1 << 30,
+        };
+        if let Err((name, message)) = self.plugin.max_limits.check(&absolute) {
+            return Err(ConfigError::Invalid {
+                key: "plugin.max_limits",
+                message: format!("{name} {message}"),
+            });
         }
-        if self.plugin.memory_bytes < (1 << 20) {
-            return invalid("plugin.memory_bytes", "must be at least 1 MiB");
+        if let Err((name, message)) = self.plugin.limits.check(&self.plugin.max_limits) {
+            return Err(ConfigError::Invalid {
+                key: "plugin.limits",
+                message: format!("{name} {message} (plugin.max_limits.{name})"),
+            });
         }
-        if self.plugin.max_requests == 0 {
-            return invalid("plugin.max_requests", "must be at least 1");
+        if !((64 << 10)..=(1 << 20)).contains(&self.plugin.stack_bytes) {
+            return invalid("plugin.stack_bytes", "must be 64 KiB to 1 MiB");
         }
         if self.api.max_name_len == 0 || self.api.max_url_len < 16 {
             return invalid("api", "name and URL limits are too small");
@@ -486,7 +600,7 @@ mod tests {
         let config = Config::load(None, env(&[])).unwrap();
         assert_eq!(config, Config::default());
         assert_eq!(config.delivery.retry_schedule.len(), 7);
-        assert_eq!(config.plugin.time_limit, Duration::from_millis(50));
+        assert_eq!(config.plugin.limits.cpu_time, Duration::from_millis(50));
     }
 
     #[test]
@@ -523,9 +637,24 @@ mod tests {
         assert!(err.to_string().contains("listn"), "{err}");
         let err = Config::load(None, env(&[("WASMHOOKS_DELIVERY__JITTER", "3")])).unwrap_err();
         assert!(err.to_string().contains("delivery.jitter"), "{err}");
-        let err =
-            Config::load(None, env(&[("WASMHOOKS_PLUGIN__TIME_LIMIT", "5 parsecs")])).unwrap_err();
+        let err = Config::load(
+            None,
+            env(&[("WASMHOOKS_PLUGIN__LIMITS__CPU_TIME", "5 parsecs")]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("parsecs"), "{err}");
+        let err = Config::load(None, env(&[("WASMHOOKS_PLUGIN__TIME_LIMIT", "5s")])).unwrap_err();
+        assert!(err.to_string().contains("time_limit"), "{err}");
+        // A default above its ceiling names both.
+        let err =
+            Config::load(None, env(&[("WASMHOOKS_PLUGIN__LIMITS__CPU_TIME", "2s")])).unwrap_err();
+        assert!(
+            err.to_string().contains("plugin.limits")
+                && err.to_string().contains("plugin.max_limits.cpu_time"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("WASMHOOKS_PLUGIN__STACK_BYTES", "16")])).unwrap_err();
+        assert!(err.to_string().contains("plugin.stack_bytes"), "{err}");
     }
 
     #[test]

@@ -147,6 +147,9 @@ pub struct Webhook {
     /// Operating windows: deliveries due outside them wait for the next opening.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
+    /// Sandbox limits of this webhook's evaluations; unset ones take the host's defaults.
+    #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
+    pub limits: LimitOverrides,
     /// Since when every attempt has failed (cleared by any success).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing_since: Option<Millis>,
@@ -187,6 +190,42 @@ impl Webhook {
         } else {
             self.success_statuses.contains(&status)
         }
+    }
+}
+
+/// A webhook's own sandbox limits; each unset one is the host's default
+/// (`plugin.limits`), and none may exceed the host's ceiling (`plugin.max_limits`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    /// Time an evaluation may run, such as `100ms`.
+    #[serde(
+        default,
+        with = "crate::config::opt_duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_time: Option<Duration>,
+    /// Linear memory, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<usize>,
+    /// Bytes of one answer (bodies, paths, headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<usize>,
+    /// Requests one decision may ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<usize>,
+    /// Log bytes kept per evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_bytes: Option<usize>,
+    /// Plugin state bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_bytes: Option<usize>,
+}
+
+impl LimitOverrides {
+    /// Whether nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        self == &LimitOverrides::default()
     }
 }
 

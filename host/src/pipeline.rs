@@ -20,12 +20,18 @@ mod worker;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
+use anyhow::Context;
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::model::{Connection, ConnectionId, DeliveryId, Event, Millis, Webhook, WebhookId};
-use crate::runtime::{wit, PluginState, Runtime};
+use crate::model::{
+    Connection, ConnectionId, DeliveryId, Event, Millis, ModuleId, Webhook, WebhookId,
+};
+use crate::runtime::{
+    wit, ArtifactCache, Evaluation, LoadedPlugin, PluginContext, PluginState, Runtime,
+    RuntimeOptions,
+};
 use crate::sender::Sender;
 use crate::store::Store;
 
@@ -64,7 +70,16 @@ impl Pipeline {
     /// # Errors
     /// When the sandbox or the HTTP client cannot be built, or stored webhooks cannot be read.
     pub fn new(config: Config, store: Store, clock: Arc<dyn Clock>) -> anyhow::Result<Pipeline> {
-        let runtime = Arc::new(Runtime::new(config.plugin.clone())?);
+        let mut options = RuntimeOptions::new(&config.plugin);
+        if config.plugin.precompiled_cache {
+            let dir = config.data_dir.join("precompiled");
+            let key = store.host_secret("artifact_key")?;
+            options.cache = Some(
+                ArtifactCache::new(&dir, key)
+                    .with_context(|| format!("creating {}", dir.display()))?,
+            );
+        }
+        let runtime = Arc::new(Runtime::new(options)?);
         let sender = Sender::new(config.delivery.timeout, config.delivery.response_body_limit)?;
         let webhooks = store
             .webhooks()?
@@ -116,11 +131,41 @@ impl Pipeline {
         self.clock.now()
     }
 
-    fn stored_state(&self, webhook: &Webhook) -> Arc<dyn PluginState> {
-        Arc::new(StoredState {
-            store: self.store.clone(),
-            webhook: webhook.id.clone(),
+    /// What `webhook`'s plugin sees: its config, its stored state, its limits.
+    fn plugin_context(&self, webhook: &Webhook) -> PluginContext {
+        PluginContext {
+            config: Arc::from(webhook.config.to_string()),
+            state: Arc::new(StoredState {
+                store: self.store.clone(),
+                webhook: webhook.id.clone(),
+            }),
+            limits: self.config.plugin.limits.with(&webhook.limits),
+        }
+    }
+
+    /// The loaded plugin of a module, compiled (or read from its artifact) on first use.
+    fn plugin(&self, module: &ModuleId) -> Result<Arc<LoadedPlugin>, String> {
+        self.runtime.load(module, || {
+            self.store
+                .module_bytes(module)
+                .ok()
+                .flatten()
+                .map(|b| b.to_vec())
         })
+    }
+
+    /// Keeps an evaluation's state writes when it produced an answer; a failed evaluation's
+    /// writes are dropped.
+    fn keep_state(&self, webhook: &Webhook, evaluation: &Evaluation) {
+        if evaluation.result.is_err() || evaluation.state_changes.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .state_apply(&webhook.id, &evaluation.state_changes)
+        {
+            tracing::error!(webhook = %webhook.id, "writing plugin state: {e}");
+        }
     }
 
     fn webhook_cached(&self, id: &WebhookId) -> Option<Arc<Webhook>> {
@@ -188,17 +233,5 @@ impl PluginState for StoredState {
 
     fn size(&self) -> usize {
         self.store.state_size(&self.webhook).unwrap_or(0)
-    }
-
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        self.store
-            .state_set(&self.webhook, key, value)
-            .map_err(|e| e.to_string())
-    }
-
-    fn remove(&self, key: &str) {
-        if let Err(e) = self.store.state_remove(&self.webhook, key) {
-            tracing::error!(webhook = %self.webhook, "state remove: {e}");
-        }
     }
 }

@@ -94,6 +94,7 @@ pub struct Store {
     fifo: sled::Tree,
     batches: sled::Tree,
     plugin_state: sled::Tree,
+    meta: sled::Tree,
     committer: commit::Committer,
 }
 
@@ -144,6 +145,7 @@ impl Store {
             fifo: db.open_tree("fifo")?,
             batches: db.open_tree("batches")?,
             plugin_state: db.open_tree("plugin_state")?,
+            meta: db.open_tree("meta")?,
             committer: commit::Committer::start(db.clone()),
             db,
         })
@@ -706,28 +708,48 @@ impl Store {
         Ok(total)
     }
 
-    /// Sets a plugin state value.
+    /// Applies an evaluation's state writes (a value, or `None` to remove) at once.
     ///
     /// # Errors
     /// On storage failure.
-    pub fn state_set(
+    pub fn state_apply(
         &self,
         webhook: &WebhookId,
-        key: &str,
-        value: &[u8],
+        changes: &[(String, Option<Vec<u8>>)],
     ) -> Result<(), StoreError> {
-        self.plugin_state
-            .insert(Self::state_key(webhook, key), value)?;
+        let mut batch = sled::Batch::default();
+        for (key, value) in changes {
+            match value {
+                Some(value) => batch.insert(Self::state_key(webhook, key), value.as_slice()),
+                None => batch.remove(Self::state_key(webhook, key)),
+            }
+        }
+        self.plugin_state.apply_batch(batch)?;
         Ok(())
     }
 
-    /// Removes a plugin state value.
+    // ----- host secrets -----
+
+    /// A random 32-byte secret of this host under `name`, made on first use and kept.
     ///
     /// # Errors
     /// On storage failure.
-    pub fn state_remove(&self, webhook: &WebhookId, key: &str) -> Result<(), StoreError> {
-        self.plugin_state.remove(Self::state_key(webhook, key))?;
-        Ok(())
+    pub fn host_secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let fresh: [u8; 32] = rand::random();
+        let stored =
+            match self
+                .meta
+                .compare_and_swap(name, None as Option<&[u8]>, Some(&fresh[..]))?
+            {
+                Ok(()) => fresh.to_vec(),
+                Err(existing) => existing.current.map(|v| v.to_vec()).unwrap_or_default(),
+            };
+        stored.try_into().map_err(|_| StoreError::Corrupt {
+            tree: "meta",
+            source: <serde_json::Error as serde::de::Error>::custom(format!(
+                "secret {name} is not 32 bytes"
+            )),
+        })
     }
 }
 
@@ -875,11 +897,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (a, b) = (WebhookId::generate(), WebhookId::generate());
-        store.state_set(&a, "k", b"1").unwrap();
+        store
+            .state_apply(&a, &[("k".into(), Some(b"1".to_vec()))])
+            .unwrap();
         assert_eq!(store.state_get(&a, "k").unwrap(), Some(b"1".to_vec()));
         assert_eq!(store.state_get(&b, "k").unwrap(), None);
         assert_eq!(store.state_size(&a).unwrap(), 2);
-        store.state_remove(&a, "k").unwrap();
+        store.state_apply(&a, &[("k".into(), None)]).unwrap();
         assert_eq!(store.state_get(&a, "k").unwrap(), None);
+    }
+
+    #[test]
+    fn host_secrets_are_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let store = Store::open(dir.path()).unwrap();
+            let first = store.host_secret("artifact_key").unwrap();
+            assert_eq!(store.host_secret("artifact_key").unwrap(), first);
+            assert_ne!(store.host_secret("other").unwrap(), first);
+            store.flush().unwrap();
+            first
+        };
+        // The closed store's threads let go of the lock shortly after it is dropped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let store = loop {
+            match Store::open(dir.path()) {
+                Ok(store) => break store,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopening: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        };
+        assert_eq!(store.host_secret("artifact_key").unwrap(), first);
     }
 }

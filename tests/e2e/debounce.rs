@@ -42,7 +42,8 @@ async fn a_newer_event_for_the_same_entity_replaces_the_waiting_one() {
         data_dir: dir,
         ..Config::default()
     };
-    config.plugin.time_limit = Duration::from_secs(10);
+    config.plugin.max_limits.cpu_time = Duration::from_secs(20);
+    config.plugin.limits.cpu_time = Duration::from_secs(10);
     let mut host = wasmhooks::Host::open_with_clock(config, clock.clone()).unwrap();
     host.start();
     let p = host.pipeline().clone();

@@ -74,7 +74,32 @@ pub fn client_with_key(key: &str) -> reqwest::Client {
 impl Server {
     /// Starts the binary on `data_dir` with extra `WASMHOOKS_*` settings.
     pub async fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmhooks"));
+        Self::launch(data_dir, env, None).await
+    }
+
+    /// Starts the binary with its virtual address space limited to `kib` (`ulimit -v`).
+    pub async fn start_with_address_space(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        kib: u64,
+    ) -> Server {
+        Self::launch(data_dir, env, Some(kib)).await
+    }
+
+    async fn launch(data_dir: &Path, env: &[(&str, &str)], address_space: Option<u64>) -> Server {
+        let binary = env!("CARGO_BIN_EXE_wasmhooks");
+        let mut command = match address_space {
+            None => Command::new(binary),
+            Some(kib) => {
+                let mut shell = Command::new("bash");
+                shell.args([
+                    "-c",
+                    &format!("ulimit -v {kib} && exec \"$0\" \"$@\""),
+                    binary,
+                ]);
+                shell
+            }
+        };
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -86,9 +111,10 @@ impl Server {
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("WASMHOOKS_")) {
             command.env_remove(key);
         }
-        // The time limit is wall-clock: on a loaded CI machine a well-behaved plugin must not
-        // hit it by being descheduled. Tests about the limit set their own.
-        command.env("WASMHOOKS_PLUGIN__TIME_LIMIT", "10s");
+        // The cpu limit is measured in wall-clock ticks: on a loaded CI machine a well-behaved
+        // plugin must not hit it by being descheduled. Tests about the limit set their own.
+        command.env("WASMHOOKS_PLUGIN__MAX_LIMITS__CPU_TIME", "20s");
+        command.env("WASMHOOKS_PLUGIN__LIMITS__CPU_TIME", "10s");
         command.env("WASMHOOKS_API__ADMIN_KEY", ADMIN_KEY);
         for (key, value) in env {
             if value.is_empty() {

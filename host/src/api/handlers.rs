@@ -16,6 +16,7 @@ use crate::model::{Delivery, Webhook};
 use crate::pipeline::{
     ConnectionInput, Error, EventInput, KeyInput, Principal, RecoverInput, WebhookInput,
 };
+use crate::runtime::Allocator;
 
 type Params = Result<Query<BTreeMap<String, String>>, QueryRejection>;
 type Body = Result<Bytes, BytesRejection>;
@@ -35,7 +36,16 @@ fn not_found(kind: &'static str, id: &str) -> ApiError {
 // ----- public -----
 
 pub async fn healthz(State(p): State<AppState>) -> Json<Value> {
-    Json(json!({ "status": "ok", "queue": p.store().queue_len() }))
+    let runtime = p.runtime();
+    let allocator = match runtime.allocator() {
+        Allocator::Pooling => "pooling",
+        Allocator::OnDemand => "on-demand",
+    };
+    Json(json!({
+        "status": "ok",
+        "queue": p.store().queue_len(),
+        "plugins": { "allocator": allocator, "evaluation_slots": runtime.slots() },
+    }))
 }
 
 pub async fn openapi() -> Response {

@@ -1,17 +1,16 @@
 //! Dry runs: evaluate a plugin on an event exactly as a delivery would — same config, same
-//! request building — but send nothing and store nothing. Plugin state is readable; writes go
-//! to a scratch overlay that is thrown away. Used by `POST /v1/webhooks/{id}/test` and by
-//! `wasmhooks plugin run`.
+//! limits, same request building — but send nothing and store nothing. Plugin state is
+//! readable; the writes the plugin made are shown and thrown away. Used by
+//! `POST /v1/webhooks/{id}/test` and by `wasmhooks plugin run`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::request::{self, Target};
 use super::{to_wit_event, Error, EventInput, Pipeline};
 use crate::model::{DeliveryId, Event, LogLine, OutboundRequest};
-use crate::runtime::{wit, Answer, Call, LoadedPlugin, PluginContext, PluginState, Runtime};
+use crate::runtime::{wit, Answer, Call, Cost, LoadedPlugin, PluginContext, Runtime};
 
 /// What a dry run found.
 #[derive(Debug, Serialize)]
@@ -27,64 +26,17 @@ pub struct DryRun {
     /// The plugin error, or the request the host refused to build.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The limit the error is about (`cpu`, `memory`, `stack`, `output`, `requests`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<&'static str>,
     /// What the plugin logged and printed.
     pub logs: Vec<LogLine>,
+    /// State the plugin would have written: key → new value (UTF-8 text, or base64 prefixed
+    /// with `base64:`), `null` for removed.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub state_changes: BTreeMap<String, Option<String>>,
     /// What the evaluation cost.
     pub cost: Cost,
-}
-
-/// What an evaluation cost.
-#[derive(Debug, Serialize)]
-pub struct Cost {
-    /// Wall time of instantiation plus the call, in microseconds.
-    pub wall_us: u64,
-}
-
-/// State that reads through to `base` and keeps writes in memory only.
-pub struct ScratchState {
-    base: Option<Arc<dyn PluginState>>,
-    writes: Mutex<HashMap<String, Option<Vec<u8>>>>,
-}
-
-impl ScratchState {
-    /// Scratch state over `base` (or over nothing).
-    pub fn new(base: Option<Arc<dyn PluginState>>) -> Self {
-        ScratchState {
-            base,
-            writes: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl PluginState for ScratchState {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        match self.writes.lock().unwrap().get(key) {
-            Some(value) => value.clone(),
-            None => self.base.as_ref().and_then(|b| b.get(key)),
-        }
-    }
-
-    fn size(&self) -> usize {
-        let writes = self.writes.lock().unwrap();
-        let base = self.base.as_ref().map_or(0, |b| b.size());
-        let added: usize = writes
-            .iter()
-            .map(|(k, v)| v.as_ref().map_or(0, |v| k.len() + v.len()))
-            .sum();
-        base + added
-    }
-
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        self.writes
-            .lock()
-            .unwrap()
-            .insert(key.to_string(), Some(value.to_vec()));
-        Ok(())
-    }
-
-    fn remove(&self, key: &str) {
-        self.writes.lock().unwrap().insert(key.to_string(), None);
-    }
 }
 
 /// Evaluates `plugin` with `config` on `event` and builds the requests for `target`,
@@ -92,25 +44,35 @@ impl PluginState for ScratchState {
 pub fn evaluate(
     runtime: &Runtime,
     plugin: &LoadedPlugin,
-    config: &serde_json::Value,
+    ctx: PluginContext,
     target: Result<&Target, &str>,
     event: &Event,
-    state: Arc<dyn PluginState>,
 ) -> DryRun {
-    let ctx = PluginContext {
-        config: Arc::from(config.to_string()),
-        state,
-    };
     let evaluation = runtime.evaluate(plugin, ctx, Call::Event(to_wit_event(event)));
+    let state_changes = evaluation
+        .state_changes
+        .into_iter()
+        .map(|(key, value)| {
+            let value = value.map(|v| match String::from_utf8(v) {
+                Ok(text) => text,
+                Err(e) => {
+                    use base64::Engine as _;
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(e.as_bytes());
+                    format!("base64:{encoded}")
+                }
+            });
+            (key, value)
+        })
+        .collect();
     let mut run = DryRun {
         decision: "error",
         reason: None,
         requests: Vec::new(),
         error: None,
+        limit: None,
         logs: evaluation.logs,
-        cost: Cost {
-            wall_us: evaluation.elapsed.as_micros() as u64,
-        },
+        state_changes,
+        cost: evaluation.cost,
     };
     match evaluation.result {
         Ok(Answer::Decision(wit::Decision::Skip(reason))) => {
@@ -140,7 +102,10 @@ pub fn evaluate(
             }
         }
         Ok(Answer::Verdict(_)) => run.error = Some("plugin answered a verdict to an event".into()),
-        Err(e) => run.error = Some(e.to_string()),
+        Err(e) => {
+            run.limit = e.limit();
+            run.error = Some(e.to_string());
+        }
     }
     run
 }
@@ -154,27 +119,16 @@ impl Pipeline {
     pub fn dry_run(&self, webhook_id: &str, input: EventInput) -> Result<DryRun, Error> {
         let webhook = self.webhook(webhook_id)?;
         let event = input.into_event(self.now(), None)?;
-        let store = self.store.clone();
-        let module = webhook.module_id.clone();
         let plugin = self
-            .runtime
-            .load(&module, || {
-                store
-                    .module_bytes(&module)
-                    .ok()
-                    .flatten()
-                    .map(|b| b.to_vec())
-            })
+            .plugin(&webhook.module_id)
             .map_err(|e| Error::invalid("module_id", e))?;
-        let state = Arc::new(ScratchState::new(Some(self.stored_state(&webhook))));
         let target = self.target(&webhook);
         Ok(evaluate(
             &self.runtime,
             &plugin,
-            &webhook.config,
+            self.plugin_context(&webhook),
             target.as_ref().map_err(String::as_str),
             &event,
-            state,
         ))
     }
 }

@@ -12,7 +12,8 @@ use super::{Error, Pipeline};
 use crate::config::parse_duration;
 use crate::model::{
     kind_matches, validate_kind, BatchConfig, ConnectionId, Delivery, DeliveryId, DeliveryStatus,
-    EntityMode, Event, EventId, Method, Millis, ModuleId, ModuleInfo, Schedule, Webhook, WebhookId,
+    EntityMode, Event, EventId, LimitOverrides, Method, Millis, ModuleId, ModuleInfo, Schedule,
+    Webhook, WebhookId,
 };
 use crate::runtime::WORLD;
 
@@ -81,6 +82,53 @@ pub struct WebhookInput {
     /// Batching: `{"window": "10s", "max_size": 50}`.
     #[serde(default, deserialize_with = "nullable")]
     pub batch: Option<Option<BatchConfig>>,
+    /// Sandbox limits such as `{"cpu_time": "100ms", "memory_bytes": 67108864}` (replace
+    /// the existing set on update; `null` returns to the host's defaults).
+    #[serde(default, deserialize_with = "nullable")]
+    pub limits: Option<Option<LimitsInput>>,
+}
+
+/// A webhook's sandbox limits as given: each unset one is the host's default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsInput {
+    /// Time an evaluation may run, such as `100ms`.
+    #[serde(default)]
+    pub cpu_time: Option<String>,
+    /// Linear memory, in bytes.
+    #[serde(default)]
+    pub memory_bytes: Option<usize>,
+    /// Bytes of one answer.
+    #[serde(default)]
+    pub output_bytes: Option<usize>,
+    /// Requests one decision may ask for.
+    #[serde(default)]
+    pub requests: Option<usize>,
+    /// Log bytes kept per evaluation.
+    #[serde(default)]
+    pub log_bytes: Option<usize>,
+    /// Plugin state bytes.
+    #[serde(default)]
+    pub state_bytes: Option<usize>,
+}
+
+impl LimitsInput {
+    fn parse(self) -> Result<LimitOverrides, Error> {
+        let cpu_time = match self.cpu_time {
+            Some(text) => {
+                Some(parse_duration(&text).map_err(|m| Error::invalid("limits.cpu_time", m))?)
+            }
+            None => None,
+        };
+        Ok(LimitOverrides {
+            cpu_time,
+            memory_bytes: self.memory_bytes,
+            output_bytes: self.output_bytes,
+            requests: self.requests,
+            log_bytes: self.log_bytes,
+            state_bytes: self.state_bytes,
+        })
+    }
 }
 
 /// Deserialises a field that may be absent (outer `None`), `null` (`Some(None)`) or a value.
@@ -604,6 +652,18 @@ impl Pipeline {
                 .map_err(|(field, message)| Error::invalid(field, message))?;
         }
 
+        let limits = match input.limits {
+            Some(Some(given)) => given.parse()?,
+            Some(None) => LimitOverrides::default(),
+            None => existing.map(|w| w.limits.clone()).unwrap_or_default(),
+        };
+        let plugin = &self.config.plugin;
+        plugin
+            .limits
+            .with(&limits)
+            .check(&plugin.max_limits)
+            .map_err(|(name, message)| Error::invalid(format!("limits.{name}"), message))?;
+
         let now = self.now();
         let enabled = input
             .enabled
@@ -638,6 +698,7 @@ impl Pipeline {
             entity_mode,
             batch,
             schedule,
+            limits,
             failing_since,
             disabled_reason,
             created_at: existing.map_or(now, |w| w.created_at),

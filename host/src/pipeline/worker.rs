@@ -19,7 +19,7 @@ use super::{endpoints, request, retry, to_wit_event, Pipeline};
 use crate::model::{
     Attempt, AttemptOutcome, Delivery, DeliveryId, DeliveryStatus, Millis, OutboundRequest, Webhook,
 };
-use crate::runtime::{wit, Answer, Call, PluginContext};
+use crate::runtime::{wit, Answer, Call};
 use crate::store::StoreError;
 
 /// How long the scheduler sleeps at most when nothing wakes it.
@@ -324,15 +324,8 @@ impl Pipeline {
             Call::Batch(events)
         };
         let runtime = self.runtime.clone();
-        let store = self.store.clone();
-        let module = webhook.module_id.clone();
-        let plugin = match runtime.load(&module, || {
-            store
-                .module_bytes(&module)
-                .ok()
-                .flatten()
-                .map(|b| b.to_vec())
-        }) {
+        let module = &webhook.module_id;
+        let plugin = match self.plugin(module) {
             Ok(plugin) => plugin,
             Err(e) => {
                 finish(
@@ -348,6 +341,7 @@ impl Pipeline {
             .instrument(tracing::info_span!("wasmhooks.plugin", module = %webhook.module_id))
             .await
             .expect("plugin evaluation does not panic");
+        self.keep_state(webhook, &evaluation);
         delivery.logs = evaluation.logs;
         match evaluation.result {
             Err(e) => {
@@ -393,13 +387,6 @@ impl Pipeline {
         }
     }
 
-    fn plugin_context(&self, webhook: &Webhook) -> PluginContext {
-        PluginContext {
-            config: Arc::from(webhook.config.to_string()),
-            state: self.stored_state(webhook),
-        }
-    }
-
     /// Sends every request not yet accepted and decides the delivery's next state.
     async fn send_round(&self, webhook: &Webhook, delivery: &mut Delivery) -> Round {
         let mut report = Round::default();
@@ -409,8 +396,7 @@ impl Pipeline {
         delivery.rounds += 1;
         let round = delivery.rounds;
         let hook = self
-            .runtime
-            .load(&webhook.module_id, || None)
+            .plugin(&webhook.module_id)
             .ok()
             .filter(|p| p.has_response_hook());
         let mut requests = delivery.requests.take().unwrap_or_default();
@@ -467,6 +453,7 @@ impl Pipeline {
                 })
                 .await
                 .expect("plugin evaluation does not panic");
+                self.keep_state(webhook, &evaluation);
                 delivery.logs.extend(evaluation.logs);
                 match evaluation.result {
                     Ok(Answer::Verdict(wit::Verdict::UseDefault)) => {}

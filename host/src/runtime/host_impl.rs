@@ -1,28 +1,33 @@
 //! The host imports a plugin sees: bounded logging, the webhook's config, and scoped state.
+//!
+//! State writes are kept in an overlay during the evaluation and handed back with its result;
+//! the pipeline commits them only when the evaluation produced an answer, so a plugin that
+//! traps half-way leaves its state as it was.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::output::LogSink;
 use super::wasmhooks::plugin::host::{self, LogLevel};
-use super::PluginContext;
-use crate::model::LogLine;
+use super::{size_text, PluginContext};
 
-/// Persistent key-value state of one webhook's plugin, provided by the pipeline.
+/// Longest state key.
+const MAX_STATE_KEY: usize = 256;
+
+/// One webhook's persistent plugin state as it was before the evaluation, provided by the
+/// pipeline. Writes come back as [`StateChange`]s.
 pub trait PluginState: Send + Sync {
     /// The value under `key`.
     fn get(&self, key: &str) -> Option<Vec<u8>>;
     /// Total bytes (keys plus values) stored.
     fn size(&self) -> usize;
-    /// Stores `value` under `key`.
-    ///
-    /// # Errors
-    /// A message when the write fails.
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), String>;
-    /// Removes `key`.
-    fn remove(&self, key: &str);
 }
 
-/// State for evaluations with no webhook (feature probing).
-pub(super) struct NoState;
+/// A write to plugin state: a key and its new value, or `None` for removed.
+pub type StateChange = (String, Option<Vec<u8>>);
+
+/// State for evaluations with no webhook (feature probing, local runs).
+pub struct NoState;
 
 impl PluginState for NoState {
     fn get(&self, _: &str) -> Option<Vec<u8>> {
@@ -31,34 +36,68 @@ impl PluginState for NoState {
     fn size(&self) -> usize {
         0
     }
-    fn set(&self, _: &str, _: &[u8]) -> Result<(), String> {
-        Err("no state is available here".into())
-    }
-    fn remove(&self, _: &str) {}
 }
 
 /// What host imports work with during one evaluation.
 pub(super) struct HostState {
     config: Arc<str>,
     state: Arc<dyn PluginState>,
-    pub(super) logs: Vec<LogLine>,
-    log_bytes: usize,
-    max_log_bytes: usize,
+    /// Writes so far, by key.
+    writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Bytes the state holds with the writes applied; read from the base on first write.
+    size: Option<usize>,
     max_state_bytes: usize,
-    truncated: bool,
+    state_refused: bool,
+    pub(super) log: LogSink,
 }
 
 impl HostState {
-    pub(super) fn new(ctx: PluginContext, max_log_bytes: usize, max_state_bytes: usize) -> Self {
+    pub(super) fn new(ctx: &PluginContext, log: LogSink) -> Self {
         HostState {
-            config: ctx.config,
-            state: ctx.state,
-            logs: Vec::new(),
-            log_bytes: 0,
-            max_log_bytes,
-            max_state_bytes,
-            truncated: false,
+            config: ctx.config.clone(),
+            state: ctx.state.clone(),
+            writes: BTreeMap::new(),
+            size: None,
+            max_state_bytes: ctx.limits.state_bytes,
+            state_refused: false,
+            log,
         }
+    }
+
+    /// The writes, in key order.
+    pub(super) fn take_changes(&mut self) -> Vec<StateChange> {
+        std::mem::take(&mut self.writes).into_iter().collect()
+    }
+
+    fn current(&self, key: &str) -> Option<Vec<u8>> {
+        match self.writes.get(key) {
+            Some(value) => value.clone(),
+            None => self.state.get(key),
+        }
+    }
+
+    fn entry_size(&self, key: &str) -> usize {
+        self.current(key).map_or(0, |v| key.len() + v.len())
+    }
+
+    fn size(&mut self) -> usize {
+        match self.size {
+            Some(size) => size,
+            None => {
+                let size = self.state.size();
+                self.size = Some(size);
+                size
+            }
+        }
+    }
+
+    fn refuse(&mut self, message: String) -> Result<(), String> {
+        // Logged once, so a plugin that ignores the error still shows why on its delivery.
+        if !self.state_refused {
+            self.state_refused = true;
+            self.log.note("warn", message.clone());
+        }
+        Err(message)
     }
 }
 
@@ -74,25 +113,7 @@ fn level_name(level: LogLevel) -> &'static str {
 
 impl host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
-        if self.truncated {
-            return;
-        }
-        if self.log_bytes + message.len() > self.max_log_bytes {
-            self.truncated = true;
-            self.logs.push(LogLine {
-                level: "warn".into(),
-                message: format!(
-                    "log limit of {} bytes reached; later lines dropped",
-                    self.max_log_bytes
-                ),
-            });
-            return;
-        }
-        self.log_bytes += message.len();
-        self.logs.push(LogLine {
-            level: level_name(level).into(),
-            message,
-        });
+        self.log.log(level_name(level), message);
     }
 
     fn config(&mut self) -> String {
@@ -100,23 +121,32 @@ impl host::Host for HostState {
     }
 
     fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.state.get(&key)
+        self.current(&key)
     }
 
     fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        let existing = self.state.get(&key).map_or(0, |v| key.len() + v.len());
-        let after = self.state.size() - existing + key.len() + value.len();
-        if after > self.max_state_bytes {
+        if key.is_empty() || key.len() > MAX_STATE_KEY {
             return Err(format!(
-                "plugin state limit of {} bytes would be exceeded ({after} bytes)",
-                self.max_state_bytes
+                "state keys are 1 to {MAX_STATE_KEY} bytes; this one is {}",
+                key.len()
             ));
         }
-        self.state.set(&key, &value)
+        let after = self.size() - self.entry_size(&key) + key.len() + value.len();
+        if after > self.max_state_bytes {
+            return self.refuse(format!(
+                "plugin exceeded {} state limit: writing `{key}` would make it {after} bytes",
+                size_text(self.max_state_bytes)
+            ));
+        }
+        self.size = Some(after);
+        self.writes.insert(key, Some(value));
+        Ok(())
     }
 
     fn state_remove(&mut self, key: String) {
-        self.state.remove(&key)
+        let size = self.size() - self.entry_size(&key);
+        self.size = Some(size);
+        self.writes.insert(key, None);
     }
 }
 

@@ -1,0 +1,122 @@
+//! Compiled plugins kept on disk, so a restart deserializes instead of recompiling.
+//!
+//! An artifact is named by the module's content hash and the engine's
+//! `precompile_compatibility_hash()`, so a wasmtime upgrade, other engine settings or another
+//! CPU look for another file and recompile. Deserializing trusts its input completely, so
+//! every file starts with an HMAC-SHA256, under a key only this host holds, of the name and
+//! the artifact: a file this host did not write (copied from elsewhere, truncated, tampered
+//! with) is never deserialized; it is recompiled and replaced.
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::model::ModuleId;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const MAC_LEN: usize = 32;
+
+/// The artifact folder and its key.
+pub struct ArtifactCache {
+    dir: PathBuf,
+    key: [u8; 32],
+}
+
+impl ArtifactCache {
+    /// A cache in `dir` (created when missing) whose artifacts are authenticated with `key`.
+    ///
+    /// # Errors
+    /// When the folder cannot be created.
+    pub fn new(dir: &Path, key: [u8; 32]) -> io::Result<ArtifactCache> {
+        fs::create_dir_all(dir)?;
+        Ok(ArtifactCache {
+            dir: dir.to_path_buf(),
+            key,
+        })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn name(id: &ModuleId, compat: &str) -> String {
+        format!("{id}-{compat}.cwasm")
+    }
+
+    fn mac(&self, name: &str, artifact: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("any key length works");
+        mac.update(name.as_bytes());
+        mac.update(&[0]);
+        mac.update(artifact);
+        mac
+    }
+
+    /// The artifact of `id` for engines with `compat`, when this host wrote it.
+    /// `Err` says why a file that exists was not used.
+    pub fn read(&self, id: &ModuleId, compat: &str) -> Result<Option<Vec<u8>>, String> {
+        let name = Self::name(id, compat);
+        let mut bytes = match fs::read(self.dir.join(&name)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("reading {name}: {e}")),
+        };
+        if bytes.len() < MAC_LEN {
+            return Err(format!("{name} is truncated"));
+        }
+        let artifact = bytes.split_off(MAC_LEN);
+        self.mac(&name, &artifact)
+            .verify_slice(&bytes)
+            .map_err(|_| format!("{name} was not written by this host (authentication failed)"))?;
+        Ok(Some(artifact))
+    }
+
+    /// Stores the artifact of `id` atomically (a crash leaves the old file or none).
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn write(&self, id: &ModuleId, compat: &str, artifact: &[u8]) -> io::Result<()> {
+        let name = Self::name(id, compat);
+        let tag = self.mac(&name, artifact).finalize().into_bytes();
+        let temp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let mut file = fs::File::create(&temp)?;
+        file.write_all(&tag)?;
+        file.write_all(artifact)?;
+        file.sync_all()?;
+        fs::rename(&temp, self.dir.join(&name))
+    }
+
+    /// Removes every artifact of `id` (any engine).
+    pub fn remove(&self, id: &ModuleId) {
+        let prefix = format!("{id}-");
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// A stable text form of an engine's `precompile_compatibility_hash()`.
+pub fn compatibility(engine: &wasmtime::Engine) -> String {
+    struct ShaHasher(Sha256);
+    impl Hasher for ShaHasher {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+    let mut hasher = ShaHasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex::encode(&hasher.0.finalize()[..12])
+}
