@@ -148,6 +148,12 @@ pub fn config<T: DeserializeOwned>() -> Result<T> {
     serde_json::from_str(&host::config()).map_err(|e| Error(format!("webhook config: {e}")))
 }
 
+/// The webhook's configuration as JSON text (`{}` when the operator set none), for plugins
+/// that parse it themselves.
+pub fn config_text() -> String {
+    host::config()
+}
+
 /// The webhook's configuration as a JSON value.
 ///
 /// # Errors

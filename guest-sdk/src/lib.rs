@@ -57,7 +57,7 @@
 
 mod helpers;
 
-pub use helpers::{config, config_json, state, Error, Result};
+pub use helpers::{config, config_json, config_text, state, Error, Result};
 
 /// Bindings generated from the `wasmhooks:plugin` WIT package (`wit/` in the repository).
 ///

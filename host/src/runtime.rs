@@ -65,8 +65,10 @@ const FUEL: u64 = 1 << 62;
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// Memory the pooling allocator keeps resident per slot between evaluations, reset with
-/// `memset` (only pages that were touched, where the kernel can tell) instead of being
-/// unmapped and faulted in again by the next evaluation.
+/// `memset` instead of being unmapped and faulted in again by the next evaluation. With the
+/// kernel's PAGEMAP_SCAN (Linux 6.7+) only touched pages are reset; measured here, this halves
+/// an evaluation (BENCHMARKS.md); without it (older kernels) the reset falls back to `madvise`
+/// beyond what is memset.
 const KEEP_RESIDENT: usize = 2 << 20;
 
 /// A byte count as people write it: `512 bytes`, `16 KiB`, `32 MiB`, `1.5 MiB`.
@@ -195,6 +197,12 @@ pub struct Cost {
     pub log_bytes: usize,
     /// Log bytes dropped by the log limit.
     pub log_dropped_bytes: usize,
+    /// Instantiation, in nanoseconds (for benchmarks).
+    #[serde(skip)]
+    pub instantiate_ns: u64,
+    /// The call, in nanoseconds (for benchmarks).
+    #[serde(skip)]
+    pub call_ns: u64,
 }
 
 /// The outcome of one evaluation: the answer or the error, plus everything logged.
@@ -696,7 +704,7 @@ impl Runtime {
         let result = match plugin.pre.instantiate(&mut store) {
             Err(e) => Err(self.classify(e, &store)),
             Ok(bindings) => {
-                cost.instantiate_us = started.elapsed().as_micros() as u64;
+                cost.instantiate_ns = started.elapsed().as_nanos() as u64;
                 match call {
                     Call::Event(event) => bindings
                         .call_on_event(&mut store, &event)
@@ -715,9 +723,11 @@ impl Runtime {
                 }
             }
         };
-        let wall = started.elapsed();
-        cost.wall_us = wall.as_micros() as u64;
-        cost.call_us = cost.wall_us.saturating_sub(cost.instantiate_us);
+        let wall = started.elapsed().as_nanos() as u64;
+        cost.call_ns = wall.saturating_sub(cost.instantiate_ns);
+        cost.instantiate_us = cost.instantiate_ns / 1000;
+        cost.call_us = cost.call_ns / 1000;
+        cost.wall_us = cost.instantiate_us + cost.call_us;
         // Fuel is counted in registers and written back at calls and returns, so after an
         // interrupt the count is short; only a finished evaluation reports it.
         if self.fuel && !matches!(result, Err(PluginError::CpuLimit(_))) {

@@ -6,13 +6,26 @@ use std::process::Command;
 use serde_json::Value;
 
 fn plugin_run(dir: &Path, wasm: &[u8], event: &str, config: Option<&str>) -> (bool, Value, String) {
+    plugin_run_with(dir, wasm, event, config, &["--json"])
+}
+
+/// Runs `plugin run` with `extra` arguments; the report parsed when it is JSON, else `Null`
+/// (the text is in the returned string then, with stderr).
+fn plugin_run_with(
+    dir: &Path,
+    wasm: &[u8],
+    event: &str,
+    config: Option<&str>,
+    extra: &[&str],
+) -> (bool, Value, String) {
     let wasm_path = dir.join("plugin.wasm");
     std::fs::write(&wasm_path, wasm).unwrap();
     let event_path = dir.join("event.json");
     std::fs::write(&event_path, event).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_wasmhooks"));
     command
-        .args(["plugin", "run", "--json", "--url", "https://rcv.test/in"])
+        .args(["plugin", "run", "--url", "https://rcv.test/in"])
+        .args(extra)
         .arg(&wasm_path)
         .arg("--event")
         .arg(&event_path);
@@ -25,7 +38,12 @@ fn plugin_run(dir: &Path, wasm: &[u8], event: &str, config: Option<&str>) -> (bo
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     let report = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (output.status.success(), report, stderr)
+    let text = if report.is_null() {
+        format!("{stdout}{stderr}")
+    } else {
+        stderr
+    };
+    (output.status.success(), report, text)
 }
 
 #[test]
@@ -108,4 +126,67 @@ fn refuses_what_is_not_a_plugin_and_reports_plugin_errors() {
     );
     assert!(!ok);
     assert!(stderr.contains("missing field `kind`"), "{stderr}");
+}
+
+#[test]
+fn reports_the_cost_against_each_limit_and_runs_under_chosen_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = r#"{"kind": "order.created", "payload": {"id": "A-1"}}"#;
+    let (ok, report, stderr) = plugin_run_with(
+        dir.path(),
+        wasmhooks::examples::FORWARD,
+        event,
+        None,
+        &["--json", "--fuel"],
+    );
+    assert!(ok, "{stderr}");
+    let cost = &report["cost"];
+    assert!(cost["fuel"].as_u64().unwrap() > 1000, "{cost}");
+    assert!(
+        cost["peak_memory_bytes"].as_u64().unwrap() >= 64 << 10,
+        "{cost}"
+    );
+    assert_eq!(report["limits"]["cpu_time"], "50ms");
+
+    // The text report puts each cost beside its limit.
+    let (ok, _, text) = plugin_run_with(
+        dir.path(),
+        wasmhooks::examples::FORWARD,
+        event,
+        None,
+        &["--fuel"],
+    );
+    assert!(ok, "{text}");
+    for expected in [
+        "of 50 ms cpu limit",
+        "of 32 MiB memory limit",
+        "of 1 MiB output limit",
+        "of 16 KiB log limit",
+        "fuel ",
+    ] {
+        assert!(text.contains(expected), "{expected}: {text}");
+    }
+
+    // Tighter limits, by name; the error names the one hit.
+    let misbehave = crate::support::test_plugin("misbehave");
+    let (ok, report, _) = plugin_run_with(
+        dir.path(),
+        &misbehave,
+        event,
+        Some(r#"{"mode": "memory"}"#),
+        &["--json", "--limits", r#"{"memory_bytes": 4194304}"#],
+    );
+    assert!(!ok);
+    assert_eq!(report["error"], "plugin exceeded 4 MiB memory limit");
+    assert_eq!(report["limit"], "memory");
+
+    let (ok, _, text) = plugin_run_with(
+        dir.path(),
+        wasmhooks::examples::FORWARD,
+        event,
+        None,
+        &["--limits", r#"{"memory_bytes": 1}"#],
+    );
+    assert!(!ok);
+    assert!(text.contains("--limits: memory_bytes must be"), "{text}");
 }
