@@ -116,6 +116,28 @@ pub enum Command {
         #[arg(long)]
         keep_running: bool,
     },
+    /// Verify a delivery's Standard Webhooks signature, as a receiver would: exit 0 when it
+    /// is valid, 1 with the reason when not.
+    Verify {
+        /// The signing secret (`whsec_…`); or set WASMHOOKS_SIGNING_SECRET.
+        #[arg(long, env = "WASMHOOKS_SIGNING_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The `webhook-id` header.
+        #[arg(long)]
+        id: String,
+        /// The `webhook-timestamp` header.
+        #[arg(long)]
+        timestamp: String,
+        /// The `webhook-signature` header.
+        #[arg(long)]
+        signature: String,
+        /// File holding the exact body received (`-` for standard input).
+        #[arg(long)]
+        body: PathBuf,
+        /// Accept timestamps this far from now, such as `5m` (the spec's default).
+        #[arg(long, default_value = "5m")]
+        tolerance: String,
+    },
 }
 
 /// Plugin author tools.
@@ -218,6 +240,54 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: PluginCommand::Run(args),
         } => plugin_run::run(&args),
         Command::Demo { keep_running } => runtime()?.block_on(crate::demo::run(keep_running)),
+        Command::Verify {
+            secret,
+            id,
+            timestamp,
+            signature,
+            body,
+            tolerance,
+        } => verify(&secret, &id, &timestamp, &signature, &body, &tolerance),
+    }
+}
+
+fn verify(
+    secret: &str,
+    id: &str,
+    timestamp: &str,
+    signature: &str,
+    body: &std::path::Path,
+    tolerance: &str,
+) -> anyhow::Result<ExitCode> {
+    use crate::signature::{self, SigningSecret};
+    let secret = SigningSecret::parse(secret).context("--secret")?;
+    let tolerance = crate::config::parse_duration(tolerance)
+        .map_err(|e| anyhow::anyhow!("--tolerance: {e}"))?;
+    let body = if body.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+        bytes
+    } else {
+        std::fs::read(body).with_context(|| format!("reading {}", body.display()))?
+    };
+    let now = jiff::Timestamp::now().as_second();
+    match signature::verify(
+        &secret,
+        id,
+        timestamp,
+        signature,
+        &body,
+        now,
+        tolerance.as_secs() as i64,
+    ) {
+        Ok(()) => {
+            println!("valid");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

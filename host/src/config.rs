@@ -421,7 +421,11 @@ fn merge(base: &mut toml::Table, layer: toml::Table) {
 }
 
 /// `WASMHOOKS_*` variables that belong to the command line, not to the settings.
-pub const RESERVED_ENV: &[&str] = &["WASMHOOKS_SERVER", "WASMHOOKS_KEY"];
+pub const RESERVED_ENV: &[&str] = &[
+    "WASMHOOKS_SERVER",
+    "WASMHOOKS_KEY",
+    "WASMHOOKS_SIGNING_SECRET",
+];
 
 fn env_table(env: impl IntoIterator<Item = (String, String)>) -> Result<toml::Table, ConfigError> {
     let mut root = toml::Table::new();

@@ -21,6 +21,7 @@ pub mod model;
 pub mod pipeline;
 pub mod runtime;
 pub mod sender;
+pub mod signature;
 pub mod store;
 
 mod host;

@@ -18,3 +18,4 @@ mod retries;
 mod sandbox;
 mod support;
 mod timing;
+mod verify;

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use serde::Deserialize;
 
 use super::listing::{contains, ListQuery, Listed, Page, SortValue};
@@ -105,20 +104,9 @@ fn check_auth(auth: &ConnectionAuth) -> Result<(), Error> {
 /// # Errors
 /// [`Error::Invalid`] on `signing_secret`.
 pub fn check_signing_secret(secret: &Secret) -> Result<(), Error> {
-    let bad = || {
-        Error::invalid(
-            "signing_secret",
-            "must be `whsec_` followed by base64 of 24 to 64 random bytes",
-        )
-    };
-    let encoded = secret.expose().strip_prefix("whsec_").ok_or_else(bad)?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|_| bad())?;
-    if !(24..=64).contains(&bytes.len()) {
-        return Err(bad());
-    }
-    Ok(())
+    crate::signature::SigningSecret::parse(secret.expose())
+        .map(|_| ())
+        .map_err(|e| Error::invalid("signing_secret", e.to_string()))
 }
 
 impl Pipeline {

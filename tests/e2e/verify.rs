@@ -1,0 +1,55 @@
+//! `wasmhooks verify`: a receiver's check of a Standard Webhooks signature, from the shell.
+
+use std::process::Command;
+
+use wasmhooks::signature::SigningSecret;
+
+fn verify(secret: &str, timestamp: &str, signature: &str, body: &[u8]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let body_path = dir.path().join("body");
+    std::fs::write(&body_path, body).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+        .args(["verify", "--id", "msg_1", "--timestamp", timestamp])
+        .args(["--signature", signature, "--body"])
+        .arg(&body_path)
+        .env("WASMHOOKS_SIGNING_SECRET", secret)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn verify_accepts_a_fresh_signature_and_names_what_is_wrong_otherwise() {
+    let secret = SigningSecret::generate();
+    let now = jiff::Timestamp::now().as_second();
+    let body = br#"{"order":"A-1"}"#;
+    let signature = secret.sign("msg_1", now, body);
+    let text_secret = secret.to_text();
+
+    let (ok, text) = verify(&text_secret, &now.to_string(), &signature, body);
+    assert!(ok, "{text}");
+    assert_eq!(text.trim(), "valid");
+
+    let (ok, text) = verify(&text_secret, &now.to_string(), &signature, b"{}");
+    assert!(!ok);
+    assert!(text.contains("no v1 signature"), "{text}");
+
+    let old = now - 3600;
+    let (ok, text) = verify(
+        &text_secret,
+        &old.to_string(),
+        &secret.sign("msg_1", old, body),
+        body,
+    );
+    assert!(!ok);
+    assert!(text.contains("webhook-timestamp is 3600 s away"), "{text}");
+
+    let (ok, text) = verify("whsec_short", &now.to_string(), &signature, body);
+    assert!(!ok);
+    assert!(text.contains("--secret"), "{text}");
+}
