@@ -179,6 +179,12 @@ pub fn routes(api: &ApiConfig) -> Vec<Route> {
             Admin,
             h::recover_webhook,
         ),
+        route(
+            "POST",
+            "/v1/webhooks/{id}/rotate-secret",
+            Admin,
+            h::rotate_webhook_secret,
+        ),
         route("GET", "/v1/deliveries", Admin, h::list_deliveries),
         route("GET", "/v1/deliveries/{id}", Admin, h::get_delivery),
         route(

@@ -55,6 +55,10 @@ pub struct DeliveryConfig {
     /// The least wait after a receiver says to slow down (429, 502, 503, 504) or times out.
     #[serde(with = "duration_text")]
     pub slow_down_wait: Duration,
+    /// After a webhook's signing secret is rotated, the old one keeps signing (beside the
+    /// new) for this long, so receivers can switch without missing a delivery.
+    #[serde(with = "duration_text")]
+    pub signature_overlap: Duration,
     /// A webhook whose deliveries have failed without a single success for this long is
     /// disabled when another delivery dies (a `webhook.disabled` event is emitted).
     #[serde(with = "duration_text")]
@@ -159,6 +163,7 @@ impl Default for DeliveryConfig {
             endpoint_burst: 10,
             max_retry_after: secs(3600),
             slow_down_wait: secs(60),
+            signature_overlap: secs(86_400),
             auto_disable_after: secs(5 * 86_400),
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use connection::{Connection, ConnectionAuth, Secret};
+pub use connection::{Connection, ConnectionAuth, Secret, SigningKeys};
 pub use ids::{ApiKeyId, ConnectionId, DeliveryId, EventId, IdError, ModuleId, WebhookId};
 pub use key::{constant_time_eq, generate_key, hash_key, key_id_of, ApiKey, Role};
 pub use schedule::{CheckedSchedule, Schedule, Window};

@@ -15,6 +15,7 @@ mod registry;
 mod replay;
 pub mod request;
 pub mod retry;
+mod signing;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -42,6 +43,7 @@ pub use keys::{KeyInput, Principal};
 pub use listing::{ListQuery, Page};
 pub use registry::{DeliveryFilter, WebhookInput};
 pub use replay::{RecoverInput, Recovered};
+pub use signing::{RotateInput, Rotated};
 
 /// Everything the pipeline works with.
 pub struct Pipeline {

@@ -35,7 +35,7 @@ impl std::fmt::Debug for SigningSecret {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
     /// The secret is not `whsec_` + base64 of 24 to 64 bytes.
-    #[error("the secret must be `whsec_` followed by base64 of 24 to 64 random bytes")]
+    #[error("must be `whsec_` followed by base64 of 24 to 64 random bytes")]
     BadSecret,
     /// `webhook-timestamp` is not whole seconds.
     #[error("webhook-timestamp `{0}` is not a Unix time in seconds")]

@@ -17,7 +17,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use crate::model::{
     ApiKey, ApiKeyId, Connection, ConnectionId, Delivery, DeliveryId, Event, EventId, Millis,
-    ModuleId, ModuleInfo, Webhook, WebhookId,
+    ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
 };
 
 /// A storage failure.
@@ -95,6 +95,7 @@ pub struct Store {
     batches: sled::Tree,
     plugin_state: sled::Tree,
     meta: sled::Tree,
+    signing: sled::Tree,
     committer: commit::Committer,
 }
 
@@ -146,6 +147,7 @@ impl Store {
             batches: db.open_tree("batches")?,
             plugin_state: db.open_tree("plugin_state")?,
             meta: db.open_tree("meta")?,
+            signing: db.open_tree("signing")?,
             committer: commit::Committer::start(db.clone()),
             db,
         })
@@ -244,6 +246,7 @@ impl Store {
     /// On storage failure.
     pub fn delete_webhook(&self, id: &WebhookId) -> Result<(), StoreError> {
         self.webhooks.remove(id.as_str())?;
+        self.signing.remove(id.as_str())?;
         let mut prefix = id.as_str().as_bytes().to_vec();
         prefix.push(0);
         for key in self.plugin_state.scan_prefix(&prefix).keys() {
@@ -725,6 +728,28 @@ impl Store {
             }
         }
         self.plugin_state.apply_batch(batch)?;
+        Ok(())
+    }
+
+    // ----- signing secrets -----
+
+    /// A webhook's signing secrets.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn signing_keys(&self, id: &WebhookId) -> Result<Option<SigningKeys>, StoreError> {
+        self.signing
+            .get(id.as_str())?
+            .map(|v| decode("signing", &v))
+            .transpose()
+    }
+
+    /// Stores a webhook's signing secrets.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_signing_keys(&self, id: &WebhookId, keys: &SigningKeys) -> Result<(), StoreError> {
+        self.signing.insert(id.as_str(), encode(keys))?;
         Ok(())
     }
 

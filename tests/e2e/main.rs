@@ -16,6 +16,7 @@ mod operator;
 mod plugin_run;
 mod retries;
 mod sandbox;
+mod signing;
 mod support;
 mod timing;
 mod verify;

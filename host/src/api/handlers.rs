@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use super::{expand, list_query, parse_json, ApiError, ApiResult, AppState, OPENAPI};
 use crate::model::{Delivery, Webhook};
 use crate::pipeline::{
-    ConnectionInput, Error, EventInput, KeyInput, Principal, RecoverInput, WebhookInput,
+    ConnectionInput, Error, EventInput, KeyInput, Principal, RecoverInput, RotateInput,
+    WebhookInput,
 };
 use crate::runtime::Allocator;
 
@@ -326,8 +327,13 @@ pub async fn create_webhook(
 ) -> ApiResult<Response> {
     let mut input: WebhookInput = parse_json(&headers, &body?)?;
     pin_tenant(&who, &mut input)?;
-    let webhook = p.create_webhook(input)?;
-    Ok((StatusCode::CREATED, Json(webhook)).into_response())
+    let (webhook, generated) = p.create_webhook_signed(input)?;
+    let mut view = serde_json::to_value(&webhook).map_err(internal)?;
+    // A secret the host generated is shown this once; a given one is never echoed.
+    if let Some(secret) = generated {
+        view["signing_secret"] = json!(secret.expose());
+    }
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 pub async fn list_webhooks(
@@ -450,6 +456,23 @@ pub async fn recover_webhook(
         Json(json!({ "replayed": data.len(), "data": data })),
     )
         .into_response())
+}
+
+pub async fn rotate_webhook_secret(
+    State(p): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    visible_webhook(&p, &who, &id)?;
+    let body = body?;
+    let input: RotateInput = if body.is_empty() {
+        RotateInput::default()
+    } else {
+        parse_json(&headers, &body)?
+    };
+    Ok(Json(p.rotate_signing_secret(&id, input)?).into_response())
 }
 
 // ----- deliveries -----

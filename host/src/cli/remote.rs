@@ -247,6 +247,15 @@ pub enum WebhookCommand {
         #[arg(long)]
         until: Option<String>,
     },
+    /// Make a new signing secret current; the old one keeps signing for
+    /// `delivery.signature_overlap`. Prints a generated secret once.
+    RotateSecret {
+        /// Webhook id.
+        id: String,
+        /// The new secret (`whsec_…`); generated when absent.
+        #[arg(long)]
+        secret: Option<String>,
+    },
 }
 
 /// Delivery commands.
@@ -792,6 +801,18 @@ pub fn webhook(remote: &Remote, command: WebhookCommand) -> anyhow::Result<ExitC
                 body["until"] = until.into();
             }
             show(c.call(M::POST, &path(&id, "/recover"), &[], Some(Body::Json(body)))?)
+        }
+        WebhookCommand::RotateSecret { id, secret } => {
+            let body = match secret {
+                Some(secret) => json!({ "secret": secret }),
+                None => json!({}),
+            };
+            show(c.call(
+                M::POST,
+                &path(&id, "/rotate-secret"),
+                &[],
+                Some(Body::Json(body)),
+            )?)
         }
     }
 }

@@ -31,6 +31,21 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A webhook's Standard Webhooks signing secrets: the current one, and during a rotation the
+/// previous one with the time it stops being used. Kept apart from the webhook record so it
+/// can never be part of a webhook's API view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKeys {
+    /// Signs every delivery.
+    pub current: Secret,
+    /// Also signs deliveries until `previous_until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Secret>,
+    /// When the previous secret stops signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_until: Option<super::Millis>,
+}
+
 /// How requests through a connection authenticate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]

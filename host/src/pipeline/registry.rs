@@ -15,7 +15,9 @@ use crate::model::{
     EntityMode, Event, EventId, LimitOverrides, Method, Millis, ModuleId, ModuleInfo, Schedule,
     Webhook, WebhookId,
 };
+use crate::model::{Secret, SigningKeys};
 use crate::runtime::WORLD;
+use crate::signature::SigningSecret;
 
 /// A webhook definition as the API and CLI take it: the whole definition on create, only
 /// the fields to change on update (`PATCH`; `null` clears an optional field).
@@ -86,6 +88,10 @@ pub struct WebhookInput {
     /// the existing set on update; `null` returns to the host's defaults).
     #[serde(default, deserialize_with = "nullable")]
     pub limits: Option<Option<LimitsInput>>,
+    /// The Standard Webhooks signing secret (`whsec_…`), on create only; the host generates
+    /// one when absent. Write-only.
+    #[serde(default)]
+    pub signing_secret: Option<Secret>,
 }
 
 /// A webhook's sandbox limits as given: each unset one is the host's default.
@@ -358,8 +364,37 @@ impl Pipeline {
     /// [`Error::Invalid`] naming the first bad or missing field, [`Error::NotFound`] for an
     /// unknown module or connection, or a storage error. Nothing is stored on error.
     pub fn create_webhook(&self, input: WebhookInput) -> Result<Webhook, Error> {
+        self.create_webhook_signed(input)
+            .map(|(webhook, _)| webhook)
+    }
+
+    /// Creates a webhook and its signing secret: the one given (checked), or a new one, which
+    /// is returned so it can be shown once.
+    ///
+    /// # Errors
+    /// As [`Pipeline::create_webhook`], and [`Error::Invalid`] for a bad `signing_secret`.
+    pub fn create_webhook_signed(
+        &self,
+        mut input: WebhookInput,
+    ) -> Result<(Webhook, Option<Secret>), Error> {
+        let given = input.signing_secret.take();
+        if let Some(secret) = &given {
+            super::connections::check_signing_secret(secret)?;
+        }
         let webhook = self.merge_webhook(None, input)?;
-        self.save_webhook(webhook)
+        let generated = given
+            .is_none()
+            .then(|| Secret::new(SigningSecret::generate().to_text()));
+        let current = given.or_else(|| generated.clone()).expect("one of the two");
+        self.store.put_signing_keys(
+            &webhook.id,
+            &SigningKeys {
+                current,
+                previous: None,
+                previous_until: None,
+            },
+        )?;
+        Ok((self.save_webhook(webhook)?, generated))
     }
 
     /// Changes the fields given in `input`; the result is checked like a new webhook. Takes
@@ -369,6 +404,12 @@ impl Pipeline {
     /// [`Error::NotFound`] for an unknown webhook, module or connection, [`Error::Invalid`]
     /// naming the first bad field, or a storage error. Nothing changes on error.
     pub fn update_webhook(&self, id: &str, input: WebhookInput) -> Result<Webhook, Error> {
+        if input.signing_secret.is_some() {
+            return Err(Error::invalid(
+                "signing_secret",
+                "is set when the webhook is created, or changed with POST /v1/webhooks/{id}/rotate-secret (which keeps the old one valid for a while)",
+            ));
+        }
         let _writing = self.webhook_writes.lock().unwrap();
         let existing = self.webhook(id)?;
         let webhook = self.merge_webhook(Some(&existing), input)?;

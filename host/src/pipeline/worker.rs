@@ -412,11 +412,27 @@ impl Pipeline {
                 .connection_id
                 .as_ref()
                 .and_then(|id| self.connection_cached(id));
+            let message_id = request
+                .headers
+                .iter()
+                .find(|(name, _)| name == "webhook-id")
+                .map_or("", |(_, value)| value.as_str());
+            let signature = self.signature(
+                webhook,
+                connection.as_deref(),
+                message_id,
+                started_at.as_i64() / 1000,
+                &request.body,
+            );
+            let mut extra = vec![("webhook-timestamp", timestamp.as_str())];
+            if let Some(signature) = &signature {
+                extra.push(("webhook-signature", signature.as_str()));
+            }
             let result = self
                 .sender
                 .send(
                     request,
-                    &[("webhook-timestamp", timestamp.as_str())],
+                    &extra,
                     connection.as_ref().map(|c| &c.auth),
                     webhook.timeout,
                 )
