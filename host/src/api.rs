@@ -73,12 +73,15 @@ impl From<Error> for ApiError {
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
         let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "too_large"
-        } else {
-            "bad_request"
-        };
-        ApiError::new(status, code, rejection.body_text())
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                status,
+                "too_large",
+                "the request body is over the size limit \
+                 (api.max_body_bytes; api.max_module_bytes for module uploads)",
+            );
+        }
+        ApiError::new(status, "bad_request", rejection.body_text())
     }
 }
 

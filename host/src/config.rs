@@ -25,6 +25,30 @@ pub struct Config {
     pub plugin: PluginConfig,
     /// Input limits of the API.
     pub api: ApiConfig,
+    /// The key credentials are sealed with at rest.
+    pub secrets: SecretsConfig,
+}
+
+/// Where the key that seals stored credentials (connection auth, signing secrets) comes from.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// The key itself: base64 of 32 random bytes (`WASMHOOKS_SECRETS__KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<crate::model::Secret>,
+    /// A file holding the key; `<data_dir>/secrets.key` when unset. Generated (mode 0600) on
+    /// first start when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl SecretsConfig {
+    /// The key file to read or create.
+    pub fn key_file(&self, data_dir: &Path) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("secrets.key"))
+    }
 }
 
 /// How deliveries are sent and retried.
@@ -63,6 +87,10 @@ pub struct DeliveryConfig {
     /// disabled when another delivery dies (a `webhook.disabled` event is emitted).
     #[serde(with = "duration_text")]
     pub auto_disable_after: Duration,
+    /// Networks deliveries may reach although they are loopback, private, link-local,
+    /// multicast or metadata addresses (`["10.0.0.0/8", "127.0.0.1"]`). Empty: public
+    /// addresses only.
+    pub allowed_destinations: Vec<String>,
 }
 
 /// The plugin sandbox.
@@ -116,8 +144,10 @@ pub struct ApiConfig {
     pub max_description_len: usize,
     /// Longest URL, in bytes.
     pub max_url_len: usize,
-    /// Largest request body (events, webhooks), in bytes.
+    /// Largest request body (event batches, webhooks), in bytes.
     pub max_body_bytes: usize,
+    /// Largest event: its payload and attributes, in bytes.
+    pub max_event_bytes: usize,
     /// Largest module upload, in bytes.
     pub max_module_bytes: usize,
     /// Most events in one `POST /v1/events`.
@@ -136,6 +166,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             plugin: PluginConfig::default(),
             api: ApiConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }
@@ -165,6 +196,7 @@ impl Default for DeliveryConfig {
             slow_down_wait: secs(60),
             signature_overlap: secs(86_400),
             auto_disable_after: secs(5 * 86_400),
+            allowed_destinations: Vec::new(),
         }
     }
 }
@@ -266,7 +298,8 @@ impl Default for ApiConfig {
             max_name_len: 100,
             max_description_len: 1000,
             max_url_len: 2048,
-            max_body_bytes: 1 << 20,
+            max_body_bytes: 8 << 20,
+            max_event_bytes: 1 << 20,
             max_module_bytes: 64 << 20,
             max_batch_events: 1000,
             admin_key: None,
@@ -360,6 +393,14 @@ impl Config {
         }
         if !(self.delivery.endpoint_rate >= 0.0 && self.delivery.endpoint_rate.is_finite()) {
             return invalid("delivery.endpoint_rate", "must be 0 (no limit) or more");
+        }
+        if let Some(key) = &self.secrets.key {
+            if let Err(message) = crate::store::seal::parse_key(key.expose()) {
+                return invalid("secrets.key", &message);
+            }
+        }
+        if let Err(message) = crate::sender::Guard::new(&self.delivery.allowed_destinations) {
+            return invalid("delivery.allowed_destinations", &message);
         }
         if self.delivery.max_in_flight == 0 {
             return invalid("delivery.max_in_flight", "must be at least 1");

@@ -32,6 +32,8 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
         ..Config::default()
     };
     config.delivery.retry_schedule = vec![Duration::from_secs(1), Duration::from_secs(2)];
+    // The demo's receiver is on loopback, which the SSRF guard refuses unless allow-listed.
+    config.delivery.allowed_destinations = vec!["127.0.0.1".into()];
     // A one-off admin key for this demo's own API calls.
     let (_, admin_key) = crate::model::generate_key();
     config.api.admin_key = Some(crate::model::Secret::new(admin_key.clone()));

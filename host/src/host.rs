@@ -47,7 +47,17 @@ impl Host {
     pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Host> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("creating data dir {}: {e}", config.data_dir.display()))?;
-        let store = Store::open(&config.data_dir)
+        let key_file = config.secrets.key_file(&config.data_dir);
+        let configured = config.secrets.key.as_ref().map(|k| k.expose());
+        let (key, source) = crate::store::seal::load_key(configured, &key_file)?;
+        if let crate::store::seal::KeySource::Generated(path) = &source {
+            tracing::info!(
+                "generated the secrets key in {}; keep it with the data: stored credentials \
+                 cannot be read without it",
+                path.display()
+            );
+        }
+        let store = Store::open(&config.data_dir, crate::store::Sealer::new(key))
             .map_err(|e| anyhow::anyhow!("opening data dir {}: {e}", config.data_dir.display()))?;
         let pipeline = Arc::new(Pipeline::new(config, store, clock)?);
         let first_admin_key = pipeline.bootstrap_admin_key()?;

@@ -82,7 +82,13 @@ impl Pipeline {
             );
         }
         let runtime = Arc::new(Runtime::new(options)?);
-        let sender = Sender::new(config.delivery.timeout, config.delivery.response_body_limit)?;
+        let guard = crate::sender::Guard::new(&config.delivery.allowed_destinations)
+            .map_err(|e| anyhow::anyhow!("delivery.allowed_destinations: {e}"))?;
+        let sender = Sender::new(
+            config.delivery.timeout,
+            config.delivery.response_body_limit,
+            guard,
+        )?;
         let webhooks = store
             .webhooks()?
             .into_iter()

@@ -1,11 +1,16 @@
 //! HTTP sending: one keep-alive connection pool for every delivery, per-request timeouts, no
-//! redirects followed, response bodies read only up to the kept size.
+//! redirects followed, no proxies, response bodies read only up to the kept size, and every
+//! destination through the SSRF [`guard`].
+
+pub mod guard;
 
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
 use crate::model::{ConnectionAuth, Method, OutboundRequest};
+
+pub use guard::{Guard, Refused};
 
 /// What came back from one request.
 #[derive(Debug, Clone)]
@@ -27,16 +32,23 @@ pub struct SendResult {
 pub struct Sender {
     client: reqwest::Client,
     body_limit: usize,
+    guard: Guard,
 }
 
 impl Sender {
     /// A sender whose requests time out after `timeout` and whose response bodies are kept
-    /// up to `body_limit` bytes.
+    /// up to `body_limit` bytes, and which connects only where `guard` allows.
     ///
     /// # Errors
     /// When the TLS backend cannot be initialised.
-    pub fn new(timeout: Duration, body_limit: usize) -> Result<Sender, reqwest::Error> {
+    pub fn new(
+        timeout: Duration,
+        body_limit: usize,
+        guard: Guard,
+    ) -> Result<Sender, reqwest::Error> {
         let client = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(guard::GuardedResolver(guard.clone())))
+            .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
@@ -44,7 +56,16 @@ impl Sender {
             .pool_max_idle_per_host(64)
             .user_agent(concat!("wasmhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Sender { client, body_limit })
+        Ok(Sender {
+            client,
+            body_limit,
+            guard,
+        })
+    }
+
+    /// The SSRF guard this sender connects through.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
     }
 
     /// Sends one request with `extra` headers (set per attempt, such as the timestamp), the
@@ -92,6 +113,19 @@ impl Sender {
                     url = parsed.to_string();
                 }
             }
+        }
+        let refused = match url::Url::parse(&url) {
+            Ok(parsed) => self.guard.check_url(&parsed).err(),
+            Err(_) => None,
+        };
+        if let Some(refused) = refused {
+            return SendResult {
+                status: None,
+                error: Some(refused.to_string()),
+                headers: Vec::new(),
+                body: Vec::new(),
+                duration: started.elapsed(),
+            };
         }
         let mut builder = self.client.request(method, &url);
         if let Some(timeout) = timeout {
@@ -161,6 +195,14 @@ impl Sender {
 }
 
 fn describe(err: &reqwest::Error) -> String {
+    // A refusal by the guard says everything; the layers around it add nothing.
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        if let Some(refused) = inner.downcast_ref::<Refused>() {
+            return refused.to_string();
+        }
+        source = inner.source();
+    }
     let kind = if err.is_timeout() {
         "timed out"
     } else if err.is_connect() {

@@ -1,19 +1,23 @@
 //! Durable storage in sled: modules, webhooks, events, deliveries, the due-time queue and
 //! plugin state.
 //!
-//! Values are JSON. The queue tree is keyed by `due time (u64 big-endian ms) ++ delivery id`,
+//! Values are JSON; records holding credentials (connections, signing secrets) are sealed
+//! with the host's secrets key ([`seal`]). The queue tree is keyed by `due time (u64 big-endian ms) ++ delivery id`,
 //! so iterating it walks deliveries in due order and a million pending deliveries cost disk,
 //! not memory. Changes that must be atomic (an event with its deliveries; a delivery's new
 //! state with its queue entry) are sled transactions. [`Store::commit`] makes everything
 //! written so far durable, coalescing concurrent callers into one flush (group commit).
 
 mod commit;
+pub mod seal;
 
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+pub use seal::Sealer;
 
 use crate::model::{
     ApiKey, ApiKeyId, Connection, ConnectionId, Delivery, DeliveryId, Event, EventId, Millis,
@@ -33,6 +37,16 @@ pub enum StoreError {
         tree: &'static str,
         /// The decode error.
         source: serde_json::Error,
+    },
+    /// A sealed record could not be opened.
+    #[error("record {id} in {tree}: {source}")]
+    Sealed {
+        /// The tree.
+        tree: &'static str,
+        /// The record's key.
+        id: String,
+        /// Why.
+        source: seal::SealError,
     },
 }
 
@@ -96,6 +110,7 @@ pub struct Store {
     plugin_state: sled::Tree,
     meta: sled::Tree,
     signing: sled::Tree,
+    sealer: Sealer,
     committer: commit::Committer,
 }
 
@@ -105,6 +120,15 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { tree, source })
+}
+
+/// The associated data a sealed record is bound to: its tree and key.
+fn context(tree: &str, key: &[u8]) -> Vec<u8> {
+    let mut context = Vec::with_capacity(tree.len() + 1 + key.len());
+    context.extend_from_slice(tree.as_bytes());
+    context.push(0);
+    context.extend_from_slice(key);
+    context
 }
 
 /// The queue key of a delivery due at `due`.
@@ -124,16 +148,18 @@ pub fn parse_queue_key(key: &[u8]) -> Option<(Millis, DeliveryId)> {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, sealing credentials with `sealer`. Records
+    /// stored in clear by an earlier version are sealed now.
     ///
     /// # Errors
-    /// When sled cannot open the directory (missing permissions, another process holds it).
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// When sled cannot open the directory (missing permissions, another process holds it),
+    /// or a sealed record does not open with this key.
+    pub fn open(dir: &Path, sealer: Sealer) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(Some(500))
             .open()?;
-        Ok(Store {
+        let store = Store {
             modules: db.open_tree("modules")?,
             module_info: db.open_tree("module_info")?,
             webhooks: db.open_tree("webhooks")?,
@@ -148,9 +174,57 @@ impl Store {
             plugin_state: db.open_tree("plugin_state")?,
             meta: db.open_tree("meta")?,
             signing: db.open_tree("signing")?,
+            sealer,
             committer: commit::Committer::start(db.clone()),
             db,
-        })
+        };
+        store.seal_plain_records()?;
+        Ok(store)
+    }
+
+    /// Seals records an earlier version stored in clear, and checks every sealed one opens.
+    fn seal_plain_records(&self) -> Result<(), StoreError> {
+        for (tree, name) in [
+            (&self.connections, "connections"),
+            (&self.signing, "signing"),
+        ] {
+            for entry in tree.iter() {
+                let (key, value) = entry?;
+                if self.unseal(name, &key, &value)?.is_none() {
+                    tree.insert(&key, self.sealer.seal(&context(name, &key), &value))?;
+                }
+            }
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The plain bytes of a record of a sealed tree; `None` when it was stored in clear.
+    fn unseal(
+        &self,
+        tree: &'static str,
+        key: &[u8],
+        stored: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.sealer
+            .open(&context(tree, key), stored)
+            .map_err(|source| StoreError::Sealed {
+                tree,
+                id: String::from_utf8_lossy(key).into_owned(),
+                source,
+            })
+    }
+
+    fn decode_sealed<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        key: &[u8],
+        stored: &[u8],
+    ) -> Result<T, StoreError> {
+        match self.unseal(tree, key, stored)? {
+            Some(plain) => decode(tree, &plain),
+            None => decode(tree, stored),
+        }
     }
 
     /// Makes everything written so far durable. Concurrent callers share one flush.
@@ -285,8 +359,11 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn put_connection(&self, connection: &Connection) -> Result<(), StoreError> {
-        self.connections
-            .insert(connection.id.as_str(), encode(connection))?;
+        let key = connection.id.as_str().as_bytes();
+        let sealed = self
+            .sealer
+            .seal(&context("connections", key), &encode(connection));
+        self.connections.insert(key, sealed)?;
         Ok(())
     }
 
@@ -306,8 +383,10 @@ impl Store {
     pub fn connections(&self) -> Result<Vec<Connection>, StoreError> {
         self.connections
             .iter()
-            .values()
-            .map(|v| decode("connections", &v?))
+            .map(|entry| {
+                let (key, value) = entry?;
+                self.decode_sealed("connections", &key, &value)
+            })
             .collect()
     }
 
@@ -738,9 +817,10 @@ impl Store {
     /// # Errors
     /// On storage failure or a corrupt record.
     pub fn signing_keys(&self, id: &WebhookId) -> Result<Option<SigningKeys>, StoreError> {
+        let key = id.as_str().as_bytes();
         self.signing
-            .get(id.as_str())?
-            .map(|v| decode("signing", &v))
+            .get(key)?
+            .map(|v| self.decode_sealed("signing", key, &v))
             .transpose()
     }
 
@@ -749,7 +829,9 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn put_signing_keys(&self, id: &WebhookId, keys: &SigningKeys) -> Result<(), StoreError> {
-        self.signing.insert(id.as_str(), encode(keys))?;
+        let key = id.as_str().as_bytes();
+        let sealed = self.sealer.seal(&context("signing", key), &encode(keys));
+        self.signing.insert(key, sealed)?;
         Ok(())
     }
 
@@ -782,6 +864,109 @@ impl Store {
 mod tests {
     use super::*;
     use crate::model::{DeliveryStatus, Method};
+
+    fn test_sealer() -> Sealer {
+        Sealer::new([7; 32])
+    }
+
+    /// Reopens the store in `dir` once the previous one's threads let go of the lock.
+    fn reopen(dir: &Path, sealer: Sealer) -> Result<Store, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Store::open(dir, sealer.clone()) {
+                Err(StoreError::Sled(e)) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn connection() -> Connection {
+        Connection {
+            id: ConnectionId::parse("con_01JB0000000000000000000000").unwrap(),
+            name: "erp".into(),
+            description: None,
+            base_url: "https://erp.example/".into(),
+            auth: crate::model::ConnectionAuth::Bearer {
+                token: crate::model::Secret::new("tok-plain-to-find"),
+            },
+            headers: vec![],
+            signing_secret: None,
+            created_at: Millis(1),
+            updated_at: Millis(1),
+        }
+    }
+
+    /// Whether `needle` occurs in any file under `dir`.
+    fn found_in_files(dir: &Path, needle: &[u8]) -> bool {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            if path.is_dir() {
+                stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            } else if std::fs::read(&path)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn credentials_are_sealed_at_rest_and_clear_records_get_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let wid = WebhookId::parse("wh_01JB0000000000000000000000").unwrap();
+        let keys = SigningKeys {
+            current: crate::model::Secret::new("whsec-plain-to-find"),
+            previous: None,
+            previous_until: None,
+        };
+        {
+            let store = Store::open(dir.path(), test_sealer()).unwrap();
+            store.put_connection(&connection()).unwrap();
+            store.put_signing_keys(&wid, &keys).unwrap();
+            // A record an earlier version wrote in clear. (Its old bytes stay in sled's log
+            // until sled reuses the segment; only new writes are guaranteed sealed.)
+            let mut old = connection();
+            old.id = ConnectionId::parse("con_01JB0000000000000000000001").unwrap();
+            old.auth = crate::model::ConnectionAuth::Bearer {
+                token: crate::model::Secret::new("legacy"),
+            };
+            store
+                .connections
+                .insert(old.id.as_str(), encode(&old))
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = reopen(dir.path(), test_sealer()).unwrap();
+        let connections = store.connections().unwrap();
+        assert_eq!(connections.len(), 2);
+        assert_eq!(connections[0], connection());
+        let legacy = store
+            .connections
+            .get("con_01JB0000000000000000000001")
+            .unwrap();
+        assert_eq!(legacy.unwrap()[0], 1, "the clear record was sealed");
+        assert_eq!(store.signing_keys(&wid).unwrap(), Some(keys));
+        store.flush().unwrap();
+        drop(store);
+        assert!(!found_in_files(dir.path(), b"tok-plain-to-find"));
+        assert!(!found_in_files(dir.path(), b"whsec-plain-to-find"));
+
+        // Another key cannot open them: the host refuses to start, naming the record.
+        let err = reopen(dir.path(), Sealer::new([9; 32]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("record con_01JB0000000000000000000000 in connections: cannot decrypt"),
+            "{err}"
+        );
+    }
 
     fn event(id: &str) -> Event {
         Event {
@@ -825,7 +1010,7 @@ mod tests {
     #[tokio::test]
     async fn events_dedupe_and_queue_orders_by_due_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
         let e = event("e1");
         let late = delivery(&e, 2000);
         let early = delivery(&e, 1000);
@@ -867,7 +1052,7 @@ mod tests {
     #[test]
     fn a_newer_event_replaces_a_waiting_delivery_of_the_same_entity_until_it_is_claimed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
         let webhook = WebhookId::generate();
         let for_entity = |e: &Event, due: i64, entity: &str| {
             let mut d = delivery(e, due);
@@ -920,7 +1105,7 @@ mod tests {
     #[test]
     fn plugin_state_is_scoped_per_webhook() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
         let (a, b) = (WebhookId::generate(), WebhookId::generate());
         store
             .state_apply(&a, &[("k".into(), Some(b"1".to_vec()))])
@@ -936,7 +1121,7 @@ mod tests {
     fn host_secrets_are_made_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let first = {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(dir.path(), test_sealer()).unwrap();
             let first = store.host_secret("artifact_key").unwrap();
             assert_eq!(store.host_secret("artifact_key").unwrap(), first);
             assert_ne!(store.host_secret("other").unwrap(), first);
@@ -946,7 +1131,7 @@ mod tests {
         // The closed store's threads let go of the lock shortly after it is dropped.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let store = loop {
-            match Store::open(dir.path()) {
+            match Store::open(dir.path(), test_sealer()) {
                 Ok(store) => break store,
                 Err(e) if std::time::Instant::now() > deadline => panic!("reopening: {e}"),
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),

@@ -44,6 +44,7 @@ async fn a_newer_event_for_the_same_entity_replaces_the_waiting_one() {
     };
     config.plugin.max_limits.cpu_time = Duration::from_secs(20);
     config.plugin.limits.cpu_time = Duration::from_secs(10);
+    config.delivery.allowed_destinations = vec!["127.0.0.1".into()];
     let mut host = wasmhooks::Host::open_with_clock(config, clock.clone()).unwrap();
     host.start();
     let p = host.pipeline().clone();

@@ -55,6 +55,8 @@ pub struct Server {
     pub client: reqwest::Client,
     /// What the server printed on stdout after the address line.
     pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Its log lines (stderr).
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     drain: tokio::task::JoinHandle<()>,
 }
 
@@ -105,7 +107,7 @@ impl Server {
             .arg(data_dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         // Hermetic: only the settings this test chooses.
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("WASMHOOKS_")) {
@@ -116,6 +118,11 @@ impl Server {
         command.env("WASMHOOKS_PLUGIN__MAX_LIMITS__CPU_TIME", "20s");
         command.env("WASMHOOKS_PLUGIN__LIMITS__CPU_TIME", "10s");
         command.env("WASMHOOKS_API__ADMIN_KEY", ADMIN_KEY);
+        // Receivers run on loopback, which the SSRF guard refuses unless allow-listed.
+        command.env(
+            "WASMHOOKS_DELIVERY__ALLOWED_DESTINATIONS",
+            r#"["127.0.0.1"]"#,
+        );
         for (key, value) in env {
             if value.is_empty() {
                 command.env_remove(key);
@@ -124,6 +131,16 @@ impl Server {
             command.env(key, value);
         }
         let mut child = command.spawn().expect("start wasmhooks");
+        // Log lines are kept for tests that read them, and passed on to the test's stderr.
+        let stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let mut log_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log_sink = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = log_lines.next_line().await {
+                eprintln!("{line}");
+                log_sink.lock().unwrap().push(line);
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let first = tokio::time::timeout(DEADLINE, lines.next_line())
@@ -148,6 +165,7 @@ impl Server {
             url,
             client: client_with_key(ADMIN_KEY),
             stdout,
+            stderr,
             drain,
         }
     }

@@ -233,6 +233,7 @@ impl Pipeline {
             Error::Invalid { message, .. } => Error::invalid("base_url", message),
             other => other,
         })?;
+        self.check_destination("base_url", &base_url)?;
         let auth = match (input.auth, existing) {
             (Some(auth), _) => auth,
             (None, Some(c)) => c.auth.clone(),

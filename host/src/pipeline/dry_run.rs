@@ -118,7 +118,7 @@ impl Pipeline {
     /// module failing to load.
     pub fn dry_run(&self, webhook_id: &str, input: EventInput) -> Result<DryRun, Error> {
         let webhook = self.webhook(webhook_id)?;
-        let event = input.into_event(self.now(), None)?;
+        let event = self.event_from(input, self.now(), None)?;
         let plugin = self
             .plugin(&webhook.module_id)
             .map_err(|e| Error::invalid("module_id", e))?;

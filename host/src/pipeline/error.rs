@@ -29,12 +29,14 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
     /// Too large.
-    #[error("{what} is {size} bytes; the limit is {limit}")]
+    #[error("{what} is {size} {unit}; the limit is {limit}")]
     TooLarge {
         /// What was too large.
-        what: &'static str,
+        what: String,
         /// Its size.
         size: usize,
+        /// What the size counts (`bytes`, `events`).
+        unit: &'static str,
         /// The limit.
         limit: usize,
     },

@@ -66,9 +66,30 @@ impl EventInput {
                 ));
             }
         }
+        if self.attributes.len() > MAX_ATTRIBUTES {
+            return Err(Error::invalid(
+                field("attributes"),
+                format!(
+                    "has {} entries; the limit is {MAX_ATTRIBUTES}",
+                    self.attributes.len()
+                ),
+            ));
+        }
         let mut attributes = Vec::with_capacity(self.attributes.len());
         for (key, value) in self.attributes {
+            if key.is_empty() || key.len() > MAX_ATTRIBUTE_NAME {
+                return Err(Error::invalid(
+                    field("attributes"),
+                    format!("name `{key}` must be 1 to {MAX_ATTRIBUTE_NAME} bytes"),
+                ));
+            }
             match value {
+                serde_json::Value::String(s) if s.len() > MAX_ATTRIBUTE_VALUE => {
+                    return Err(Error::invalid(
+                        field(&format!("attributes.{key}")),
+                        format!("is {} bytes; the limit is {MAX_ATTRIBUTE_VALUE}", s.len()),
+                    ))
+                }
                 serde_json::Value::String(s) => attributes.push((key, s)),
                 other => {
                     return Err(Error::invalid(
@@ -90,7 +111,47 @@ impl EventInput {
     }
 }
 
+/// Most routing attributes an event may carry.
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Longest attribute name, in bytes.
+pub const MAX_ATTRIBUTE_NAME: usize = 128;
+/// Longest attribute value, in bytes.
+pub const MAX_ATTRIBUTE_VALUE: usize = 1024;
+
 impl Pipeline {
+    /// Builds a stored event from an input within the configured size (`api.max_event_bytes`:
+    /// payload and attributes together).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad field, [`Error::TooLarge`] for a large event.
+    pub fn event_from(
+        &self,
+        input: EventInput,
+        now: Millis,
+        index: Option<usize>,
+    ) -> Result<Event, Error> {
+        let event = input.into_event(now, index)?;
+        let size = event.payload.get().len()
+            + event
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        let limit = self.config.api.max_event_bytes;
+        if size > limit {
+            return Err(Error::TooLarge {
+                what: match index {
+                    Some(i) => format!("events[{i}] (payload and attributes)"),
+                    None => "the event (payload and attributes)".into(),
+                },
+                size,
+                unit: "bytes",
+                limit,
+            });
+        }
+        Ok(event)
+    }
+
     /// Emits events: each is validated (all before any is stored), routed, stored with its
     /// deliveries, and made durable before this returns.
     ///
@@ -101,7 +162,8 @@ impl Pipeline {
         let limit = self.config.api.max_batch_events;
         if inputs.len() > limit {
             return Err(Error::TooLarge {
-                what: "the event batch",
+                what: "the event batch".into(),
+                unit: "events",
                 size: inputs.len(),
                 limit,
             });
@@ -114,7 +176,7 @@ impl Pipeline {
         let events = inputs
             .into_iter()
             .enumerate()
-            .map(|(i, input)| input.into_event(now, batch.then_some(i)))
+            .map(|(i, input)| self.event_from(input, now, batch.then_some(i)))
             .collect::<Result<Vec<_>, _>>()?;
 
         let mut results = Vec::with_capacity(events.len());

@@ -252,7 +252,8 @@ impl Pipeline {
         let limit = self.config.api.max_module_bytes;
         if bytes.len() > limit {
             return Err(Error::TooLarge {
-                what: "the module",
+                what: "the module".into(),
+                unit: "bytes",
                 size: bytes.len(),
                 limit,
             });
@@ -579,6 +580,7 @@ impl Pipeline {
         let resolved =
             destination(url.as_deref(), base.as_deref()).map_err(|m| Error::invalid("url", m))?;
         check_url(&resolved, api.max_url_len)?;
+        self.check_destination("url", &resolved)?;
 
         let method = match (&input.method, existing) {
             (Some(m), _) => parse_method(m).map_err(|e| Error::invalid("method", e))?,
@@ -901,6 +903,16 @@ pub fn check_headers(
     field: &str,
     map: BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>, Error> {
+    if map.len() > super::request::MAX_HEADERS {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "has {} headers; the limit is {}",
+                map.len(),
+                super::request::MAX_HEADERS
+            ),
+        ));
+    }
     let mut headers = Vec::with_capacity(map.len());
     for (name, value) in map {
         check_header(&name, &value).map_err(|e| Error::invalid(format!("{field}.{name}"), e))?;
@@ -960,6 +972,20 @@ pub fn check_label(field: &str, value: &str, max: usize) -> Result<(), Error> {
         return Err(Error::invalid(field, "must not contain control characters"));
     }
     Ok(())
+}
+
+impl Pipeline {
+    /// Refuses a URL whose host is a restricted address that is not allow-listed (names are
+    /// checked when they resolve, at send time).
+    pub(super) fn check_destination(&self, field: &str, url: &str) -> Result<(), Error> {
+        if let Ok(parsed) = url::Url::parse(url) {
+            self.sender
+                .guard()
+                .check_url(&parsed)
+                .map_err(|refused| Error::invalid(field, refused.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 /// Checks a destination URL: absolute http or https with a host, within the length limit.

@@ -95,13 +95,24 @@ pub fn forbidden_header(name: &str) -> bool {
     ) || name.starts_with("webhook-")
 }
 
-/// Checks one header: valid HTTP syntax and not reserved.
+/// Most headers a webhook, a connection or a plugin's request may set.
+pub const MAX_HEADERS: usize = 64;
+/// Longest header value, in bytes.
+pub const MAX_HEADER_VALUE: usize = 8 * 1024;
+
+/// Checks one header: valid HTTP syntax, a value within [`MAX_HEADER_VALUE`], not reserved.
 ///
 /// # Errors
 /// A message naming the header and what is wrong with it.
 pub fn check_header(name: &str, value: &str) -> Result<(), String> {
     if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
         return Err(format!("`{name}` is not a valid header name"));
+    }
+    if value.len() > MAX_HEADER_VALUE {
+        return Err(format!(
+            "the value of header `{name}` is {} bytes; the limit is {MAX_HEADER_VALUE}",
+            value.len()
+        ));
     }
     if http::HeaderValue::from_str(value).is_err() {
         return Err(format!(
@@ -196,6 +207,12 @@ pub fn build(
             .map_err(|e| format!("plugin content type: {e}"))?;
         set("content-type".into(), content_type);
     }
+    if headers.len() > MAX_HEADERS {
+        return Err(format!(
+            "the request has {} headers; the limit is {MAX_HEADERS}",
+            headers.len()
+        ));
+    }
     headers.push(("webhook-id".into(), message_id(delivery, index)));
     Ok(OutboundRequest {
         method,
@@ -254,5 +271,8 @@ mod tests {
         assert!(check_header("Transfer-Encoding", "chunked").is_err());
         assert!(check_header("bad header", "1").is_err());
         assert!(check_header("x-a", "line\nbreak").is_err());
+        assert!(check_header("x-a", &"v".repeat(MAX_HEADER_VALUE)).is_ok());
+        let long = check_header("x-a", &"v".repeat(MAX_HEADER_VALUE + 1)).unwrap_err();
+        assert!(long.contains("is 8193 bytes; the limit is 8192"), "{long}");
     }
 }
