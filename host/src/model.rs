@@ -5,6 +5,7 @@
 mod connection;
 mod ids;
 mod key;
+mod response_value;
 mod schedule;
 mod time;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use connection::{Connection, ConnectionAuth, Secret, SigningKeys};
 pub use ids::{ApiKeyId, ConnectionId, DeliveryId, EventId, IdError, ModuleId, WebhookId};
 pub use key::{constant_time_eq, generate_key, hash_key, key_id_of, ApiKey, Role};
+pub use response_value::{ResponsePath, ResponseValue};
 pub use schedule::{CheckedSchedule, Schedule, Window};
 pub use time::Millis;
 
@@ -150,6 +152,10 @@ pub struct Webhook {
     /// Sandbox limits of this webhook's evaluations; unset ones take the host's defaults.
     #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
     pub limits: LimitOverrides,
+    /// The value to keep from the receiver's JSON answer, and whether to emit it as a
+    /// `webhook.response` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_value: Option<ResponseValue>,
     /// Since when every attempt has failed (cleared by any success).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing_since: Option<Millis>,
@@ -419,7 +425,8 @@ pub struct Delivery {
     /// Why it failed (plugin error or last failure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Value extracted from the response (response hook).
+    /// Value extracted from the response (the webhook's response path, or the response
+    /// hook).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extracted_value: Option<String>,
     /// The delivery this one replays.

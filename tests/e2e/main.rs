@@ -15,6 +15,7 @@ mod limits;
 mod lists;
 mod operator;
 mod plugin_run;
+mod response_values;
 mod retries;
 mod sandbox;
 mod secrets;

@@ -306,9 +306,12 @@ impl Received {
 #[derive(Default)]
 struct ReceiverState {
     received: Mutex<Vec<Received>>,
-    script: Mutex<VecDeque<(u16, Option<String>)>>,
+    script: Mutex<VecDeque<Answer>>,
     notify: Notify,
 }
+
+/// One scripted answer: status, `Retry-After`, body (`answered <status>` when none).
+type Answer = (u16, Option<String>, Option<String>);
 
 /// A local HTTP receiver: answers from a script of statuses (then 200), records every request
 /// it answered, and can hold requests until released.
@@ -331,12 +334,12 @@ impl Receiver {
                 let mut gate = gate_rx.clone();
                 async move {
                     let _ = gate.wait_for(|open| *open).await;
-                    let (status, retry_after) = state
+                    let (status, retry_after, answer) = state
                         .script
                         .lock()
                         .unwrap()
                         .pop_front()
-                        .unwrap_or((200, None));
+                        .unwrap_or((200, None, None));
                     state.received.lock().unwrap().push(Received {
                         method: method.to_string(),
                         path: uri
@@ -354,7 +357,7 @@ impl Receiver {
                     (
                         StatusCode::from_u16(status).unwrap(),
                         headers,
-                        format!("answered {status}"),
+                        answer.unwrap_or_else(|| format!("answered {status}")),
                     )
                 }
             },
@@ -371,7 +374,7 @@ impl Receiver {
             .script
             .lock()
             .unwrap()
-            .extend(statuses.iter().map(|s| (*s, None)));
+            .extend(statuses.iter().map(|s| (*s, None, None)));
     }
 
     /// The next answer: `status` with a `Retry-After` header.
@@ -380,7 +383,16 @@ impl Receiver {
             .script
             .lock()
             .unwrap()
-            .push_back((status, Some(retry_after.to_string())));
+            .push_back((status, Some(retry_after.to_string()), None));
+    }
+
+    /// The next answer: `status` with this body.
+    pub fn answer_with_body(&self, status: u16, body: &str) {
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .push_back((status, None, Some(body.to_string())));
     }
 
     /// Holds every request until [`Receiver::release`].

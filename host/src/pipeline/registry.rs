@@ -15,7 +15,7 @@ use crate::model::{
     EntityMode, Event, EventId, LimitOverrides, Method, Millis, ModuleId, ModuleInfo, Schedule,
     Webhook, WebhookId,
 };
-use crate::model::{Secret, SigningKeys};
+use crate::model::{ResponsePath, ResponseValue, Secret, SigningKeys};
 use crate::runtime::WORLD;
 use crate::signature::SigningSecret;
 
@@ -88,6 +88,10 @@ pub struct WebhookInput {
     /// the existing set on update; `null` returns to the host's defaults).
     #[serde(default, deserialize_with = "nullable")]
     pub limits: Option<Option<LimitsInput>>,
+    /// `{"path": "entries.0.values.Request ID", "emit_event": true}`: the value kept from
+    /// the receiver's JSON answer, and whether it is emitted as `webhook.response`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub response_value: Option<Option<ResponseValue>>,
     /// The Standard Webhooks signing secret (`whsec_…`), on create only; the host generates
     /// one when absent. Write-only.
     #[serde(default)]
@@ -707,6 +711,15 @@ impl Pipeline {
             .check(&plugin.max_limits)
             .map_err(|(name, message)| Error::invalid(format!("limits.{name}"), message))?;
 
+        let response_value = pick(
+            input.response_value,
+            existing.map(|w| &w.response_value),
+            None,
+        );
+        if let Some(path) = response_value.as_ref().and_then(|r| r.path.as_deref()) {
+            ResponsePath::parse(path).map_err(|m| Error::invalid("response_value.path", m))?;
+        }
+
         let now = self.now();
         let enabled = input
             .enabled
@@ -742,6 +755,7 @@ impl Pipeline {
             batch,
             schedule,
             limits,
+            response_value,
             failing_since,
             disabled_reason,
             created_at: existing.map_or(now, |w| w.created_at),

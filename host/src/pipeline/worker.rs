@@ -17,7 +17,8 @@ use tracing::Instrument;
 
 use super::{endpoints, request, retry, to_wit_event, Pipeline};
 use crate::model::{
-    Attempt, AttemptOutcome, Delivery, DeliveryId, DeliveryStatus, Millis, OutboundRequest, Webhook,
+    Attempt, AttemptOutcome, Delivery, DeliveryId, DeliveryStatus, EventId, LogLine, Millis,
+    OutboundRequest, ResponsePath, Webhook,
 };
 use crate::runtime::{wit, Answer, Call};
 use crate::store::StoreError;
@@ -209,6 +210,11 @@ impl Pipeline {
         }
 
         let round = self.send_round(&webhook, &mut delivery).await;
+        if delivery.status == DeliveryStatus::Delivered {
+            // Emitted before the delivery is recorded as delivered, under an id made from
+            // the delivery's: a crash in between resends, and the event is not doubled.
+            self.emit_response_event(&webhook, &mut delivery).await?;
+        }
         self.store.update_delivery(&delivery, Some(due))?;
         self.after_round(&webhook, &delivery, &round).await;
         Ok(())
@@ -265,6 +271,84 @@ impl Pipeline {
             }
             Ok(_) => {}
             Err(e) => tracing::error!(webhook = %webhook.id, "recording the failure streak: {e}"),
+        }
+    }
+
+    /// Emits `webhook.response` for a delivered delivery with a value, when its webhook
+    /// asks for it. Attributes `webhook_id`, `delivery_id` and `depth` (how many follow-ups
+    /// led here); a chain stops at [`MAX_RESPONSE_DEPTH`] with a log line.
+    async fn emit_response_event(
+        &self,
+        webhook: &Webhook,
+        delivery: &mut Delivery,
+    ) -> Result<(), StoreError> {
+        let emit = webhook
+            .response_value
+            .as_ref()
+            .is_some_and(|r| r.emit_event);
+        let Some(value) = delivery.extracted_value.clone().filter(|_| emit) else {
+            return Ok(());
+        };
+        let cause = self.store.event(&delivery.event_id)?;
+        let depth = cause
+            .as_ref()
+            .filter(|e| e.kind == RESPONSE_EVENT)
+            .and_then(|e| {
+                e.attributes
+                    .iter()
+                    .find(|(k, _)| k == "depth")
+                    .map(|(_, v)| v.as_str())
+            })
+            .and_then(|d| d.parse::<u32>().ok())
+            .unwrap_or(0)
+            + 1;
+        if depth > MAX_RESPONSE_DEPTH {
+            delivery.logs.push(LogLine {
+                level: "warn".into(),
+                message: format!(
+                    "{RESPONSE_EVENT} not emitted: {MAX_RESPONSE_DEPTH} follow-ups in a row \
+                     (a loop of webhooks answering each other?)"
+                ),
+            });
+            return Ok(());
+        }
+        let payload = serde_json::json!({
+            "webhook_id": webhook.id,
+            "webhook_name": webhook.name,
+            "delivery_id": delivery.id,
+            "event_id": delivery.event_id,
+            "event_kind": cause.as_ref().map(|e| e.kind.as_str()),
+            "value": value,
+        });
+        let id = EventId::parse(&format!("evt_response_{}", delivery.id))
+            .expect("delivery ids make valid event ids");
+        let attributes = [
+            ("webhook_id", webhook.id.to_string()),
+            ("delivery_id", delivery.id.to_string()),
+            ("depth", depth.to_string()),
+        ];
+        let input = super::EventInput {
+            id: Some(id.to_string()),
+            kind: RESPONSE_EVENT.into(),
+            tenant: webhook.tenant.clone(),
+            occurred_at: None,
+            attributes: attributes
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect(),
+            payload: serde_json::value::to_raw_value(&payload).expect("payload serialises"),
+        };
+        match self.emit(vec![input]).await {
+            Ok(_) => Ok(()),
+            Err(super::Error::Store(e)) => Err(e),
+            Err(e) => {
+                // A value too large for an event, say: the delivery keeps it; say why.
+                delivery.logs.push(LogLine {
+                    level: "warn".into(),
+                    message: format!("{RESPONSE_EVENT} not emitted: {e}"),
+                });
+                Ok(())
+            }
         }
     }
 
@@ -399,6 +483,12 @@ impl Pipeline {
             .plugin(&webhook.module_id)
             .ok()
             .filter(|p| p.has_response_hook());
+        // Checked when the webhook was saved.
+        let response_path = webhook
+            .response_value
+            .as_ref()
+            .and_then(|r| r.path.as_deref())
+            .and_then(|p| ResponsePath::parse(p).ok());
         let mut requests = delivery.requests.take().unwrap_or_default();
         let mut failed_for_good = None;
         let mut last_failure = None;
@@ -454,6 +544,7 @@ impl Pipeline {
                 note = "receiver answered 410 Gone; the webhook was disabled".into();
                 report.gone = true;
             }
+            let mut hook_set_value = false;
             if let (Some(plugin), Some(status)) = (&hook, result.status) {
                 let response = wit::Response {
                     request_index: index as u32,
@@ -475,7 +566,10 @@ impl Pipeline {
                     Ok(Answer::Verdict(wit::Verdict::UseDefault)) => {}
                     Ok(Answer::Verdict(wit::Verdict::Success(value))) => {
                         outcome = AttemptOutcome::Success;
-                        delivery.extracted_value = value;
+                        hook_set_value = value.is_some();
+                        if value.is_some() {
+                            delivery.extracted_value = value;
+                        }
                     }
                     Ok(Answer::Verdict(wit::Verdict::Retry(why))) => {
                         outcome = AttemptOutcome::Retry;
@@ -489,6 +583,17 @@ impl Pipeline {
                     Err(e) => {
                         outcome = AttemptOutcome::Retry;
                         note = format!("response hook: {e}");
+                    }
+                }
+            }
+            if outcome == AttemptOutcome::Success && !hook_set_value {
+                if let Some(path) = response_path.as_ref() {
+                    match extract_value(path, &result.body) {
+                        Ok(value) => delivery.extracted_value = Some(value),
+                        Err(why) => delivery.logs.push(LogLine {
+                            level: "warn".into(),
+                            message: format!("response value: {why}"),
+                        }),
                     }
                 }
             }
@@ -611,6 +716,23 @@ fn finish(delivery: &mut Delivery, status: DeliveryStatus, error: String) {
     delivery.status = status;
     delivery.error = Some(error);
     delivery.next_attempt_at = None;
+}
+
+/// The kind of the follow-up event carrying a response value.
+pub const RESPONSE_EVENT: &str = "webhook.response";
+/// Most `webhook.response` events in a row, each caused by the one before.
+pub const MAX_RESPONSE_DEPTH: u32 = 8;
+
+/// The value at `path` in a JSON response body, or why there is none.
+fn extract_value(path: &ResponsePath, body: &[u8]) -> Result<String, String> {
+    let document: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "the response is not JSON ({e}), so `{}` has no value",
+            path.as_str()
+        )
+    })?;
+    path.extract(&document)
+        .ok_or_else(|| format!("`{}` is not in the response (or is null)", path.as_str()))
 }
 
 #[cfg(test)]
