@@ -21,6 +21,7 @@ mod sandbox;
 mod secrets;
 mod signing;
 mod ssrf;
+mod standard_webhooks;
 mod support;
 mod timing;
 mod verify;
