@@ -8,7 +8,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::model::{ConnectionAuth, Method, OutboundRequest};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sha2::Digest as _;
+
+use crate::model::{Connection, ConnectionAuth, Method, OutboundRequest};
 
 pub use guard::{Guard, Refused};
 
@@ -33,6 +38,9 @@ pub struct Sender {
     client: reqwest::Client,
     body_limit: usize,
     guard: Guard,
+    timeout: Duration,
+    /// Clients that also trust a connection's CA certificates, by SHA-256 of the PEM text.
+    with_ca: Arc<Mutex<HashMap<[u8; 32], reqwest::Client>>>,
 }
 
 impl Sender {
@@ -46,21 +54,43 @@ impl Sender {
         body_limit: usize,
         guard: Guard,
     ) -> Result<Sender, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .dns_resolver(std::sync::Arc::new(guard::GuardedResolver(guard.clone())))
-            .no_proxy()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .user_agent(concat!("wasmhooks/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = client_builder(timeout, &guard).build()?;
         Ok(Sender {
             client,
             body_limit,
             guard,
+            timeout,
+            with_ca: Arc::default(),
         })
+    }
+
+    /// The client for a connection's CA certificates (the shared one when there are none),
+    /// built on first use and kept.
+    ///
+    /// # Errors
+    /// When the PEM text holds no certificate or one that does not parse.
+    pub fn client_for(&self, ca_pem: Option<&str>) -> Result<reqwest::Client, String> {
+        let Some(pem) = ca_pem else {
+            return Ok(self.client.clone());
+        };
+        let digest: [u8; 32] = sha2::Sha256::digest(pem.as_bytes()).into();
+        if let Some(client) = self.with_ca.lock().unwrap().get(&digest) {
+            return Ok(client.clone());
+        }
+        let certificates = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| format!("not PEM certificates: {e}"))?;
+        if certificates.is_empty() {
+            return Err("holds no `-----BEGIN CERTIFICATE-----` block".into());
+        }
+        let mut builder = client_builder(self.timeout, &self.guard);
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("is not a usable CA certificate: {}", describe(&e)))?;
+        self.with_ca.lock().unwrap().insert(digest, client.clone());
+        Ok(client)
     }
 
     /// The SSRF guard this sender connects through.
@@ -69,16 +99,29 @@ impl Sender {
     }
 
     /// Sends one request with `extra` headers (set per attempt, such as the timestamp), the
-    /// connection's `auth` (unless the request already carries that header) and an optional
-    /// per-webhook `timeout`. Never fails: transport errors are part of the result.
+    /// connection's auth (unless the request already carries that header) and CA
+    /// certificates, and an optional per-webhook `timeout`. Never fails: transport errors are
+    /// part of the result.
     pub async fn send(
         &self,
         request: &OutboundRequest,
         extra: &[(&str, &str)],
-        auth: Option<&ConnectionAuth>,
+        connection: Option<&Connection>,
         timeout: Option<Duration>,
     ) -> SendResult {
         let started = Instant::now();
+        let auth = connection.map(|c| &c.auth);
+        let failed = |error: String| SendResult {
+            status: None,
+            error: Some(error),
+            headers: Vec::new(),
+            body: Vec::new(),
+            duration: started.elapsed(),
+        };
+        let client = match self.client_for(connection.and_then(|c| c.ca_certificate.as_deref())) {
+            Ok(client) => client,
+            Err(e) => return failed(format!("connection ca_certificate {e}")),
+        };
         let method = match request.method {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
@@ -119,15 +162,9 @@ impl Sender {
             Err(_) => None,
         };
         if let Some(refused) = refused {
-            return SendResult {
-                status: None,
-                error: Some(refused.to_string()),
-                headers: Vec::new(),
-                body: Vec::new(),
-                duration: started.elapsed(),
-            };
+            return failed(refused.to_string());
         }
-        let mut builder = self.client.request(method, &url);
+        let mut builder = client.request(method, &url);
         if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
         }
@@ -192,6 +229,19 @@ impl Sender {
             duration: started.elapsed(),
         }
     }
+}
+
+/// The settings every client shares: timeouts, no redirects, no proxies, the guard.
+fn client_builder(timeout: Duration, guard: &Guard) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(guard::GuardedResolver(guard.clone())))
+        .no_proxy()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .user_agent(concat!("wasmhooks/", env!("CARGO_PKG_VERSION")))
 }
 
 fn describe(err: &reqwest::Error) -> String {

@@ -894,6 +894,7 @@ mod tests {
             },
             headers: vec![],
             signing_secret: None,
+            ca_certificate: None,
             created_at: Millis(1),
             updated_at: Millis(1),
         }

@@ -24,4 +24,5 @@ mod ssrf;
 mod standard_webhooks;
 mod support;
 mod timing;
+mod tls;
 mod verify;

@@ -121,6 +121,10 @@ pub struct Connection {
     /// Secret used to sign requests (write-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret: Option<Secret>,
+    /// PEM certificates of CAs trusted for this connection's https destinations, beside the
+    /// built-in roots (a private PKI, a self-signed receiver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
     /// Creation time.
     pub created_at: Millis,
     /// Last change.
@@ -148,6 +152,9 @@ impl Connection {
         if let Some(description) = &self.description {
             view["description"] = description.clone().into();
         }
+        if let Some(pem) = &self.ca_certificate {
+            view["ca_certificate"] = pem.clone().into();
+        }
         view
     }
 }
@@ -169,6 +176,7 @@ mod tests {
             },
             headers: vec![("x-shop".into(), "1".into())],
             signing_secret: Some(Secret::new("whsec_signing-secret")),
+            ca_certificate: None,
             created_at: Millis(1),
             updated_at: Millis(1),
         };

@@ -34,6 +34,9 @@ pub struct ConnectionInput {
     /// Signing secret: `whsec_` followed by base64 of 24 to 64 bytes.
     #[serde(default, deserialize_with = "nullable")]
     pub signing_secret: Option<Option<Secret>>,
+    /// PEM certificates of CAs to trust for this connection's https destinations.
+    #[serde(default, deserialize_with = "nullable")]
+    pub ca_certificate: Option<Option<String>>,
 }
 
 impl Listed for Connection {
@@ -49,6 +52,9 @@ impl Listed for Connection {
         }
     }
 }
+
+/// Largest CA bundle, in bytes.
+const MAX_CA_LEN: usize = 64 * 1024;
 
 /// Longest secret value.
 const MAX_SECRET_LEN: usize = 4096;
@@ -252,6 +258,21 @@ impl Pipeline {
         if let Some(secret) = &signing_secret {
             check_signing_secret(secret)?;
         }
+        let ca_certificate = match input.ca_certificate {
+            Some(pem) => pem,
+            None => existing.and_then(|c| c.ca_certificate.clone()),
+        };
+        if let Some(pem) = &ca_certificate {
+            if pem.len() > MAX_CA_LEN {
+                return Err(Error::invalid(
+                    "ca_certificate",
+                    format!("is {} bytes; the limit is {MAX_CA_LEN}", pem.len()),
+                ));
+            }
+            self.sender
+                .client_for(Some(pem))
+                .map_err(|e| Error::invalid("ca_certificate", e))?;
+        }
         let now = self.now();
         Ok(Connection {
             id: existing.map_or_else(ConnectionId::generate, |c| c.id.clone()),
@@ -261,6 +282,7 @@ impl Pipeline {
             auth,
             headers,
             signing_secret,
+            ca_certificate,
             created_at: existing.map_or(now, |c| c.created_at),
             updated_at: now,
         })

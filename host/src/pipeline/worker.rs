@@ -520,12 +520,7 @@ impl Pipeline {
             }
             let result = self
                 .sender
-                .send(
-                    request,
-                    &extra,
-                    connection.as_ref().map(|c| &c.auth),
-                    webhook.timeout,
-                )
+                .send(request, &extra, connection.as_deref(), webhook.timeout)
                 .await;
             let mut outcome = match result.status {
                 Some(s) if webhook.is_success(s) && result.error.is_none() => {
