@@ -259,8 +259,8 @@ fn verify(
     body: &std::path::Path,
     tolerance: &str,
 ) -> anyhow::Result<ExitCode> {
-    use crate::signature::{self, SigningSecret};
-    let secret = SigningSecret::parse(secret).context("--secret")?;
+    use crate::signature::{self, Verifier};
+    let verifier = Verifier::parse(secret).context("--secret")?;
     let tolerance = crate::config::parse_duration(tolerance)
         .map_err(|e| anyhow::anyhow!("--tolerance: {e}"))?;
     let body = if body.as_os_str() == "-" {
@@ -271,8 +271,8 @@ fn verify(
         std::fs::read(body).with_context(|| format!("reading {}", body.display()))?
     };
     let now = jiff::Timestamp::now().as_second();
-    match signature::verify(
-        &secret,
+    match signature::verify_with(
+        &verifier,
         id,
         timestamp,
         signature,

@@ -94,7 +94,13 @@ async fn deliveries_are_signed_retried_with_the_same_id_and_rotated_with_overlap
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.to_string().contains("signing_secret"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("secret: must be `whsec_`"),
+        "{body}"
+    );
     let (status, body) = server
         .patch_json(
             &format!("/v1/webhooks/{id}"),
@@ -148,4 +154,65 @@ async fn a_given_secret_or_the_connections_secret_signs() {
         let secret = if r.path == "/own" { &own } else { &shared };
         assert!(verifies(secret, r), "{}: {:?}", r.path, headers(r));
     }
+}
+
+#[tokio::test]
+async fn an_ed25519_webhook_shows_only_public_keys_and_rotates_with_overlap() {
+    use wasmhooks::signature::{verify_with, Verifier};
+    let (_tmp, dir) = data_dir();
+    let receiver = Receiver::start().await;
+    let server = Server::start(&dir, &[]).await;
+    let module = server.upload("forward", wasmhooks::examples::FORWARD).await;
+    let created = server
+        .create_webhook(json!({
+            "name": "v1a", "event_kinds": ["a"], "module_id": module,
+            "url": format!("{}/in", receiver.url), "signature_scheme": "v1a"
+        }))
+        .await;
+    assert!(created.get("signing_secret").is_none(), "{created}");
+    let first = created["signing_public_keys"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = created["id"].as_str().unwrap();
+
+    let (status, rotated) = server
+        .post_json(&format!("/v1/webhooks/{id}/rotate-secret"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert!(rotated.get("signing_secret").is_none(), "{rotated}");
+    let second = rotated["signing_public_key"].as_str().unwrap().to_string();
+    assert!(second.starts_with("whpk_") && second != first);
+    let (_, shown) = server.get(&format!("/v1/webhooks/{id}")).await;
+    assert_eq!(shown["signing_public_keys"], json!([second, first]));
+    assert!(!shown.to_string().contains("whsk_"), "{shown}");
+
+    let ack = server.emit(json!({"kind": "a", "payload": {"n": 1}})).await;
+    server
+        .final_delivery(ack["deliveries"][0].as_str().unwrap())
+        .await;
+    let got = receiver.wait_for(1).await;
+    let (message_id, ts, sig) = headers(&got[0]);
+    assert_eq!(sig.matches("v1a,").count(), 2, "{sig}");
+    let now = jiff::Timestamp::now().as_second();
+    for key in [&first, &second] {
+        let verifier = Verifier::parse(key).unwrap();
+        assert_eq!(
+            verify_with(&verifier, &message_id, &ts, &sig, &got[0].body, now, 300),
+            Ok(())
+        );
+    }
+
+    // Changing the scheme on a webhook goes through rotation, not an update.
+    let (status, body) = server
+        .patch_json(
+            &format!("/v1/webhooks/{id}"),
+            &json!({"signature_scheme": "v1"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("signature_scheme:"));
 }

@@ -1,5 +1,6 @@
 //! Deliveries checked by an independent Standard Webhooks implementation: the
-//! `standardwebhooks` package from PyPI, installed by this test into a virtualenv under the
+//! `standardwebhooks` package from PyPI for `v1`, and `cryptography`'s Ed25519 for `v1a`
+//! (which that package does not check), installed by this test into a virtualenv under the
 //! target folder (once; later runs reuse it).
 
 use std::path::{Path, PathBuf};
@@ -8,15 +9,16 @@ use serde_json::{json, Value};
 
 use crate::support::{data_dir, Received, Receiver, Server};
 
-const PACKAGE: &str = "standardwebhooks==1.1.0";
+const PACKAGES: &[&str] = &["standardwebhooks==1.1.0", "cryptography==44.0.0"];
 
 /// A Python with `standardwebhooks` installed, made on first use.
 fn python_with_standardwebhooks() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("standardwebhooks-1.1.0");
+    let venv =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("standardwebhooks-1.1.0-cryptography-44");
     let python = venv.join("bin").join("python");
     let ready = |python: &Path| {
         std::process::Command::new(python)
-            .args(["-c", "import standardwebhooks"])
+            .args(["-c", "import standardwebhooks, cryptography"])
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -40,26 +42,29 @@ fn python_with_standardwebhooks() -> PathBuf {
         Path::new("python3"),
         &["-m", "venv", venv.to_str().expect("utf-8 path")],
     );
-    run(
-        &python,
-        &[
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            PACKAGE,
-        ],
-    );
-    assert!(ready(&python), "standardwebhooks did not install");
+    let mut install = vec![
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ];
+    install.extend_from_slice(PACKAGES);
+    run(&python, &install);
+    assert!(ready(&python), "{PACKAGES:?} did not install");
     python
 }
 
-fn case(what: &str, secret: &str, r: &Received, body: &str, expect: &str) -> Value {
+fn case(what: &str, key: &str, r: &Received, body: &str, expect: &str) -> Value {
     let header = |name: &str| r.header(name).unwrap_or_default().to_string();
+    let key_field = if key.starts_with("whpk_") {
+        "public_key"
+    } else {
+        "secret"
+    };
     json!({
         "what": what,
-        "secret": secret,
+        key_field: key,
         "headers": {
             "webhook-id": header("webhook-id"),
             "webhook-timestamp": header("webhook-timestamp"),
@@ -95,6 +100,19 @@ async fn an_independent_implementation_accepts_every_delivery_including_after_ro
         )
         .await;
     assert_eq!(status, 201, "{connection}");
+    let asymmetric = server
+        .create_webhook(
+            json!({"name": "ed25519", "event_kinds": ["a"], "module_id": module,
+                               "url": format!("{}/v1a", receiver.url),
+                               "signature_scheme": "v1a", "retry_schedule": ["100ms"]}),
+        )
+        .await;
+    assert!(asymmetric.get("signing_secret").is_none(), "{asymmetric}");
+    let public_key = asymmetric["signing_public_keys"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(public_key.starts_with("whpk_"), "{asymmetric}");
     server
         .create_webhook(json!({"name": "via connection", "event_kinds": ["a"],
                                "module_id": module, "connection_id": connection["id"],
@@ -107,19 +125,31 @@ async fn an_independent_implementation_accepts_every_delivery_including_after_ro
     server
         .emit(json!({"kind": "a", "payload": {"name": "Zażółć gęślą jaźń \"quoted\" </tag>"}}))
         .await;
-    // Four deliveries, one of them retried after a 500.
-    let before = receiver.wait_for(5).await;
+    // Six deliveries, one of them retried after a 500.
+    let before = receiver.wait_for(7).await;
     let path = format!("/v1/webhooks/{}/rotate-secret", own["id"].as_str().unwrap());
     let (status, rotated) = server.post_json(&path, &json!({})).await;
     assert_eq!(status, 200, "{rotated}");
     let new_secret = rotated["signing_secret"].as_str().unwrap().to_string();
     server.emit(json!({"kind": "a", "payload": {"n": 3}})).await;
-    let all = receiver.wait_for(7).await;
+    let all = receiver.wait_for(10).await;
 
     let mut cases = Vec::new();
     for (i, r) in all.iter().enumerate() {
         let body = std::str::from_utf8(&r.body).unwrap();
         let rotated = i >= before.len();
+        if r.path == "/v1a" {
+            cases.push(case("v1a", &public_key, r, body, "accept"));
+            cases.push(case(
+                "v1a, tampered",
+                &public_key,
+                r,
+                &body.replacen('{', "{ ", 1),
+                "reject",
+            ));
+            cases.push(case("v1a under a v1 secret", &shared, r, body, "reject"));
+            continue;
+        }
         let is_own = r.path == "/own";
         match (is_own, rotated) {
             (false, _) => cases.push(case("shared", &shared, r, body, "accept")),
@@ -153,7 +183,7 @@ async fn an_independent_implementation_accepts_every_delivery_including_after_ro
         let body = std::str::from_utf8(&r.body).unwrap();
         cases.push(case("other secret", &new_secret, r, body, "reject"));
     }
-    assert!(cases.iter().filter(|c| c["expect"] == "accept").count() >= 8);
+    assert!(cases.iter().filter(|c| c["expect"] == "accept").count() >= 11);
 
     let file = dir.with_extension("cases.json");
     std::fs::write(&file, serde_json::to_vec(&cases).unwrap()).unwrap();

@@ -53,3 +53,21 @@ fn verify_accepts_a_fresh_signature_and_names_what_is_wrong_otherwise() {
     assert!(!ok);
     assert!(text.contains("--secret"), "{text}");
 }
+
+#[test]
+fn verify_checks_v1a_with_the_public_key() {
+    let pair = wasmhooks::signature::SigningKeyPair::generate();
+    let now = jiff::Timestamp::now().as_second();
+    let body = br#"{"order":"A-1"}"#;
+    let signature = pair.sign("msg_1", now, body);
+    let public = pair.public_key().to_text();
+
+    let (ok, text) = verify(&public, &now.to_string(), &signature, body);
+    assert!(ok, "{text}");
+    let (ok, text) = verify(&public, &now.to_string(), &signature, b"{}");
+    assert!(!ok);
+    assert!(text.contains("no v1a signature"), "{text}");
+    let (ok, text) = verify("whpk_c2hvcnQ=", &now.to_string(), &signature, body);
+    assert!(!ok);
+    assert!(text.contains("32-byte Ed25519 public key"), "{text}");
+}

@@ -327,11 +327,15 @@ pub async fn create_webhook(
 ) -> ApiResult<Response> {
     let mut input: WebhookInput = parse_json(&headers, &body?)?;
     pin_tenant(&who, &mut input)?;
-    let (webhook, generated) = p.create_webhook_signed(input)?;
+    let (webhook, issued) = p.create_webhook_signed(input)?;
     let mut view = serde_json::to_value(&webhook).map_err(internal)?;
-    // A secret the host generated is shown this once; a given one is never echoed.
-    if let Some(secret) = generated {
-        view["signing_secret"] = json!(secret.expose());
+    // A secret the host generated is shown this once; a given one is never echoed. A key
+    // pair's public key is shown (it cannot sign).
+    if let Some(secret) = issued.signing_secret {
+        view["signing_secret"] = json!(secret);
+    }
+    if let Some(public_key) = issued.signing_public_key {
+        view["signing_public_keys"] = json!([public_key]);
     }
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -359,6 +363,10 @@ pub async fn get_webhook(
     let expanded = expand(&params, &["module", "connection"])?;
     let webhook = visible_webhook(&p, &who, &id)?;
     let mut view = serde_json::to_value(&webhook).map_err(internal)?;
+    let public_keys = p.signing_public_keys(&webhook)?;
+    if !public_keys.is_empty() {
+        view["signing_public_keys"] = json!(public_keys);
+    }
     for item in expanded {
         match item.as_str() {
             "module" => view["module"] = json!(p.module(webhook.module_id.as_str()).ok()),

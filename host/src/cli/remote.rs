@@ -104,7 +104,7 @@ pub struct ConnectionFields {
     /// Default header as NAME=VALUE (repeatable; replaces the set).
     #[arg(long = "header", value_name = "NAME=VALUE")]
     pub headers: Vec<String>,
-    /// Signing secret (whsec_…).
+    /// Signing secret (whsec_…, or an Ed25519 private key whsk_…).
     #[arg(long)]
     pub signing_secret: Option<String>,
 }
@@ -252,9 +252,12 @@ pub enum WebhookCommand {
     RotateSecret {
         /// Webhook id.
         id: String,
-        /// The new secret (`whsec_…`); generated when absent.
-        #[arg(long)]
+        /// The new secret (`whsec_…` or `whsk_…`); generated when absent.
+        #[arg(long, conflicts_with = "scheme")]
         secret: Option<String>,
+        /// Scheme of a generated secret: v1 (HMAC) or v1a (Ed25519); default: the current's.
+        #[arg(long, value_parser = ["v1", "v1a"])]
+        scheme: Option<String>,
     },
 }
 
@@ -802,11 +805,14 @@ pub fn webhook(remote: &Remote, command: WebhookCommand) -> anyhow::Result<ExitC
             }
             show(c.call(M::POST, &path(&id, "/recover"), &[], Some(Body::Json(body)))?)
         }
-        WebhookCommand::RotateSecret { id, secret } => {
-            let body = match secret {
-                Some(secret) => json!({ "secret": secret }),
-                None => json!({}),
-            };
+        WebhookCommand::RotateSecret { id, secret, scheme } => {
+            let mut body = json!({});
+            if let Some(secret) = secret {
+                body["secret"] = secret.into();
+            }
+            if let Some(scheme) = scheme {
+                body["scheme"] = scheme.into();
+            }
             show(c.call(
                 M::POST,
                 &path(&id, "/rotate-secret"),

@@ -152,6 +152,14 @@ impl Connection {
         if let Some(description) = &self.description {
             view["description"] = description.clone().into();
         }
+        let public_key = self
+            .signing_secret
+            .as_ref()
+            .and_then(|s| crate::signature::Signer::parse(s.expose()).ok())
+            .and_then(|s| s.public_key());
+        if let Some(public_key) = public_key {
+            view["signing_public_key"] = public_key.to_text().into();
+        }
         if let Some(pem) = &self.ca_certificate {
             view["ca_certificate"] = pem.clone().into();
         }

@@ -105,12 +105,13 @@ fn check_auth(auth: &ConnectionAuth) -> Result<(), Error> {
     }
 }
 
-/// Checks a Standard Webhooks signing secret: `whsec_` + base64 of 24 to 64 bytes.
+/// Checks a Standard Webhooks signing secret: `whsec_` + base64 of 24 to 64 bytes, or an
+/// Ed25519 private key `whsk_…` (asymmetric `v1a`).
 ///
 /// # Errors
 /// [`Error::Invalid`] on `signing_secret`.
 pub fn check_signing_secret(secret: &Secret) -> Result<(), Error> {
-    crate::signature::SigningSecret::parse(secret.expose())
+    crate::signature::Signer::parse(secret.expose())
         .map(|_| ())
         .map_err(|e| Error::invalid("signing_secret", e.to_string()))
 }

@@ -17,7 +17,6 @@ use crate::model::{
 };
 use crate::model::{ResponsePath, ResponseValue, Secret, SigningKeys};
 use crate::runtime::WORLD;
-use crate::signature::SigningSecret;
 
 /// A webhook definition as the API and CLI take it: the whole definition on create, only
 /// the fields to change on update (`PATCH`; `null` clears an optional field).
@@ -92,10 +91,14 @@ pub struct WebhookInput {
     /// the receiver's JSON answer, and whether it is emitted as `webhook.response`.
     #[serde(default, deserialize_with = "nullable")]
     pub response_value: Option<Option<ResponseValue>>,
-    /// The Standard Webhooks signing secret (`whsec_…`), on create only; the host generates
-    /// one when absent. Write-only.
+    /// The Standard Webhooks signing secret (`whsec_…`, or an Ed25519 private key `whsk_…`),
+    /// on create only; the host generates one when absent. Write-only.
     #[serde(default)]
     pub signing_secret: Option<Secret>,
+    /// The scheme of a generated secret, on create only: `v1` (HMAC, the default) or `v1a`
+    /// (Ed25519; the webhook then shows its public key).
+    #[serde(default)]
+    pub signature_scheme: Option<super::signing::Scheme>,
 }
 
 /// A webhook's sandbox limits as given: each unset one is the host's default.
@@ -373,24 +376,20 @@ impl Pipeline {
             .map(|(webhook, _)| webhook)
     }
 
-    /// Creates a webhook and its signing secret: the one given (checked), or a new one, which
-    /// is returned so it can be shown once.
+    /// Creates a webhook and its signing secret: the one given (checked), or a new one of
+    /// the requested scheme; returns what to tell the caller about it (a generated symmetric
+    /// secret, shown once, or a key pair's public key).
     ///
     /// # Errors
     /// As [`Pipeline::create_webhook`], and [`Error::Invalid`] for a bad `signing_secret`.
     pub fn create_webhook_signed(
         &self,
         mut input: WebhookInput,
-    ) -> Result<(Webhook, Option<Secret>), Error> {
+    ) -> Result<(Webhook, super::signing::Issued), Error> {
         let given = input.signing_secret.take();
-        if let Some(secret) = &given {
-            super::connections::check_signing_secret(secret)?;
-        }
+        let scheme = input.signature_scheme.take();
+        let (current, issued) = super::signing::issue(given, scheme, "signing_secret")?;
         let webhook = self.merge_webhook(None, input)?;
-        let generated = given
-            .is_none()
-            .then(|| Secret::new(SigningSecret::generate().to_text()));
-        let current = given.or_else(|| generated.clone()).expect("one of the two");
         self.store.put_signing_keys(
             &webhook.id,
             &SigningKeys {
@@ -399,7 +398,7 @@ impl Pipeline {
                 previous_until: None,
             },
         )?;
-        Ok((self.save_webhook(webhook)?, generated))
+        Ok((self.save_webhook(webhook)?, issued))
     }
 
     /// Changes the fields given in `input`; the result is checked like a new webhook. Takes
@@ -409,6 +408,12 @@ impl Pipeline {
     /// [`Error::NotFound`] for an unknown webhook, module or connection, [`Error::Invalid`]
     /// naming the first bad field, or a storage error. Nothing changes on error.
     pub fn update_webhook(&self, id: &str, input: WebhookInput) -> Result<Webhook, Error> {
+        if input.signature_scheme.is_some() {
+            return Err(Error::invalid(
+                "signature_scheme",
+                "is chosen when the webhook is created, or with POST /v1/webhooks/{id}/rotate-secret",
+            ));
+        }
         if input.signing_secret.is_some() {
             return Err(Error::invalid(
                 "signing_secret",

@@ -4,28 +4,93 @@
 //! connection that has one (one secret per receiving system); otherwise the webhook's own,
 //! made when it was created. After a rotation the previous secret also signs until
 //! `delivery.signature_overlap` has passed, so the `webhook-signature` header carries both.
+//!
+//! A secret is symmetric (`whsec_`, `v1` signatures) or an Ed25519 private key (`whsk_`,
+//! `v1a`); for the latter receivers get only the public key (`whpk_`), shown on the webhook.
 
 use serde::{Deserialize, Serialize};
 
 use super::{Error, Pipeline};
 use crate::model::{Connection, Millis, Secret, SigningKeys, Webhook};
-use crate::signature::{signature_header, SigningSecret};
+use crate::signature::{signature_header, Signer};
+
+/// Which signature scheme a generated secret is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+pub enum Scheme {
+    /// HMAC-SHA256 with a shared `whsec_` secret.
+    #[default]
+    #[serde(rename = "v1")]
+    Symmetric,
+    /// Ed25519: the host keeps `whsk_`, receivers verify with `whpk_`.
+    #[serde(rename = "v1a")]
+    Asymmetric,
+}
+
+/// What a receiver is told about a new signing secret: a generated symmetric secret (shown
+/// this once), or the public key of a key pair.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Issued {
+    /// A generated `whsec_…` secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
+    /// The `whpk_…` public key of a `whsk_…` key pair.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_public_key: Option<String>,
+}
+
+/// The secret to use: the given one (checked), or a new one of `scheme`; with what to tell.
+///
+/// # Errors
+/// [`Error::Invalid`] on `field` for a bad secret.
+pub(super) fn issue(
+    given: Option<Secret>,
+    scheme: Option<Scheme>,
+    field: &str,
+) -> Result<(Secret, Issued), Error> {
+    let signer = match (&given, scheme) {
+        (Some(secret), None) => {
+            Signer::parse(secret.expose()).map_err(|e| Error::invalid(field, e.to_string()))?
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                field,
+                "give a secret or a scheme to generate one, not both",
+            ))
+        }
+        (None, scheme) => Signer::generate(scheme == Some(Scheme::Asymmetric)),
+    };
+    let issued = Issued {
+        signing_secret: match (&given, &signer) {
+            (None, Signer::Secret(s)) => Some(s.to_text()),
+            _ => None,
+        },
+        signing_public_key: signer.public_key().map(|k| k.to_text()),
+    };
+    Ok((
+        given.unwrap_or_else(|| Secret::new(signer.to_text())),
+        issued,
+    ))
+}
 
 /// `POST /v1/webhooks/{id}/rotate-secret`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RotateInput {
-    /// The new secret (`whsec_…`); the host generates one when absent.
+    /// The new secret (`whsec_…` or `whsk_…`); the host generates one when absent.
     #[serde(default)]
     pub secret: Option<Secret>,
+    /// The scheme of a generated secret: `v1` (HMAC) or `v1a` (Ed25519). Default: the
+    /// current secret's.
+    #[serde(default)]
+    pub scheme: Option<Scheme>,
 }
 
 /// What a rotation did.
 #[derive(Debug, Serialize)]
 pub struct Rotated {
-    /// The new secret, only when the host generated it: shown this once.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signing_secret: Option<String>,
+    /// A generated symmetric secret (shown this once), or the new key pair's public key.
+    #[serde(flatten)]
+    pub issued: Issued,
     /// Until when the previous secret keeps signing too.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_valid_until: Option<Millis>,
@@ -39,18 +104,16 @@ impl Pipeline {
     /// [`Error::NotFound`], [`Error::Invalid`] for a bad secret, or a storage error.
     pub fn rotate_signing_secret(&self, id: &str, input: RotateInput) -> Result<Rotated, Error> {
         let webhook = self.webhook(id)?;
-        if let Some(secret) = &input.secret {
-            super::connections::check_signing_secret(secret)?;
-        }
         let _writing = self.webhook_writes.lock().unwrap();
-        let generated = input
-            .secret
-            .is_none()
-            .then(|| SigningSecret::generate().to_text());
-        let current = input
-            .secret
-            .unwrap_or_else(|| Secret::new(generated.clone().expect("generated")));
-        let previous = self.store.signing_keys(&webhook.id)?.map(|k| k.current);
+        let existing = self.store.signing_keys(&webhook.id)?;
+        let scheme = match (&input.secret, input.scheme, &existing) {
+            (None, None, Some(keys)) if keys.current.expose().starts_with("whsk_") => {
+                Some(Scheme::Asymmetric)
+            }
+            (_, scheme, _) => scheme,
+        };
+        let (current, issued) = issue(input.secret, scheme, "secret")?;
+        let previous = existing.map(|k| k.current);
         let overlap = self.config.delivery.signature_overlap.as_millis() as i64;
         let previous_until = previous
             .as_ref()
@@ -64,9 +127,30 @@ impl Pipeline {
             },
         )?;
         Ok(Rotated {
-            signing_secret: generated,
+            issued,
             previous_valid_until: previous_until,
         })
+    }
+
+    /// The public keys receivers may verify a webhook's `v1a` signatures with now (current
+    /// first, then the previous one during a rotation's overlap). Empty for `v1` secrets.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn signing_public_keys(&self, webhook: &Webhook) -> Result<Vec<String>, Error> {
+        let Some(keys) = self.store.signing_keys(&webhook.id)? else {
+            return Ok(Vec::new());
+        };
+        let now = self.now();
+        let previous = keys
+            .previous
+            .filter(|_| keys.previous_until.is_some_and(|until| now < until));
+        Ok([Some(keys.current), previous]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| Signer::parse(s.expose()).ok()?.public_key())
+            .map(|k| k.to_text())
+            .collect())
     }
 
     /// The `webhook-signature` header for one attempt, or `None` when nothing signs for this
@@ -79,7 +163,7 @@ impl Pipeline {
         timestamp: i64,
         body: &[u8],
     ) -> Option<String> {
-        let parse = |secret: &Secret| match SigningSecret::parse(secret.expose()) {
+        let parse = |secret: &Secret| match Signer::parse(secret.expose()) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!(webhook = %webhook.id, "stored signing secret unusable: {e}");
@@ -108,7 +192,7 @@ impl Pipeline {
         if secrets.is_empty() {
             return None;
         }
-        let refs: Vec<&SigningSecret> = secrets.iter().collect();
+        let refs: Vec<&Signer> = secrets.iter().collect();
         Some(signature_header(&refs, message_id, timestamp, body))
     }
 }
