@@ -26,6 +26,9 @@ pub mod store;
 
 mod host;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use host::Host;
 
 /// The example plugin components built from `plugins/` (see `build.rs`).

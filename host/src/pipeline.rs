@@ -38,7 +38,7 @@ use crate::store::Store;
 
 pub use connections::ConnectionInput;
 pub use error::Error;
-pub use ingest::{EmitResult, EventInput};
+pub use ingest::{EmitResult, EventInput, MAX_ATTRIBUTES};
 pub use keys::{KeyInput, Principal};
 pub use listing::{ListQuery, Page};
 pub use registry::{DeliveryFilter, WebhookInput};

@@ -1,0 +1,188 @@
+//! Fuzzing, property-style: generated inputs for the parsers that take outside input —
+//! event ingest, response paths, signature verification. Each property runs a few hundred
+//! cases in every `cargo test` (set `PROPTEST_CASES` for a longer run). cargo-fuzz needs a
+//! nightly toolchain, which CI does not have; these run on stable.
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use crate::model::{Millis, ResponsePath};
+use crate::pipeline::EventInput;
+use crate::signature::{
+    signature_header, verify, verify_with, Signer, SigningKeyPair, SigningSecret, Verifier,
+};
+
+/// Any JSON value, a few levels deep, with awkward keys and strings.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(".{0,8}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// An event-shaped object whose fields are sometimes right, sometimes wrong.
+fn event_like() -> impl Strategy<Value = Value> {
+    let kind = prop_oneof![
+        Just(json!("order.created")),
+        "[a-z]{1,6}(\\.[a-z*]{1,6}){0,3}".prop_map(Value::from),
+        json_value(),
+    ];
+    let attributes = prop_oneof![
+        prop::collection::btree_map(".{0,10}", ".{0,10}", 0..5).prop_map(|m| json!(m)),
+        json_value(),
+    ];
+    (
+        proptest::option::of(".{0,20}"),
+        kind,
+        proptest::option::of(".{0,10}"),
+        attributes,
+        json_value(),
+        proptest::option::of(json_value()),
+    )
+        .prop_map(|(id, kind, tenant, attributes, payload, occurred_at)| {
+            let mut event = json!({"kind": kind, "attributes": attributes, "payload": payload});
+            if let Some(id) = id {
+                event["id"] = id.into();
+            }
+            if let Some(tenant) = tenant {
+                event["tenant"] = tenant.into();
+            }
+            if let Some(at) = occurred_at {
+                event["occurred_at"] = at;
+            }
+            event
+        })
+}
+
+/// A key with the characters paths must escape, or not.
+fn path_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z0-9 _-]{1,8}",
+        "[a-z.\\\\ ]{1,6}",
+        "[0-9]{1,2}",
+        ".{1,6}"
+    ]
+}
+
+fn escape(key: &str) -> String {
+    key.replace('\\', "\\\\").replace('.', "\\.")
+}
+
+proptest! {
+
+    /// Ingest: any bytes are refused or accepted, never a panic; an accepted event obeys
+    /// every rule the API promises.
+    #[test]
+    fn ingest_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        if let Ok(input) = serde_json::from_slice::<EventInput>(&bytes) {
+            let _ = input.into_event(Millis(0), None);
+        }
+    }
+
+    #[test]
+    fn ingest_accepts_only_valid_events(event in event_like()) {
+        let text = event.to_string();
+        let Ok(input) = serde_json::from_str::<EventInput>(&text) else {
+            return Ok(());
+        };
+        if let Ok(stored) = input.into_event(Millis(7), Some(3)) {
+            prop_assert!(crate::model::validate_kind(&stored.kind, false).is_ok());
+            prop_assert!(stored.attributes.len() <= crate::pipeline::MAX_ATTRIBUTES);
+            prop_assert!(stored.tenant.as_ref().is_none_or(|t| !t.is_empty() && t.len() <= 128));
+            prop_assert_eq!(stored.received_at, Millis(7));
+            // The payload is kept byte for byte.
+            prop_assert_eq!(stored.payload.get(), event["payload"].to_string());
+        }
+    }
+
+    /// Response paths: any text parses or is refused, never a panic, and extraction from
+    /// any document never panics.
+    #[test]
+    fn response_paths_never_panic(text in ".{0,40}", document in json_value()) {
+        if let Ok(path) = ResponsePath::parse(&text) {
+            let _ = path.extract(&document);
+            prop_assert!(path.keys().iter().all(|k| !k.is_empty()));
+        }
+    }
+
+    /// Escaped keys round-trip, and the value placed at a path is the value found there.
+    #[test]
+    fn response_paths_find_what_was_put_there(
+        keys in prop::collection::vec(path_key(), 1..6),
+        value in ".{1,12}",
+    ) {
+        let text = keys.iter().map(|k| escape(k)).collect::<Vec<_>>().join(".");
+        let path = ResponsePath::parse(&text).unwrap();
+        prop_assert_eq!(path.keys(), &keys[..]);
+        let mut document = Value::String(value.clone());
+        for key in keys.iter().rev() {
+            document = match key.parse::<usize>() {
+                Ok(i) if i < 20 => {
+                    let mut items = vec![Value::Null; i + 1];
+                    items[i] = document;
+                    Value::Array(items)
+                }
+                _ => json!({ key.clone(): document }),
+            };
+        }
+        prop_assert_eq!(path.extract(&document), Some(value));
+    }
+
+    /// Verification: any header, timestamp and body is refused or accepted, never a panic.
+    #[test]
+    fn verification_never_panics(
+        id in ".{0,20}",
+        timestamp in prop_oneof![".{0,12}", any::<i64>().prop_map(|t| t.to_string())],
+        signature in ".{0,120}",
+        body in prop::collection::vec(any::<u8>(), 0..64),
+        now in any::<i64>(),
+        tolerance in 0i64..1_000_000,
+    ) {
+        let secret = SigningSecret::generate();
+        let _ = verify(&secret, &id, &timestamp, &signature, &body, now, tolerance);
+        let public = Verifier::Public(SigningKeyPair::generate().public_key());
+        let _ = verify_with(&public, &id, &timestamp, &signature, &body, now, tolerance);
+        let _ = Verifier::parse(&signature);
+        let _ = Signer::parse(&signature);
+    }
+
+    /// What the host signs verifies, for both schemes; changing any part of it does not.
+    #[test]
+    fn signatures_verify_and_any_change_breaks_them(
+        id in "[a-zA-Z0-9_]{1,24}",
+        timestamp in 0i64..4_000_000_000,
+        body in prop::collection::vec(any::<u8>(), 0..128),
+        flip in any::<prop::sample::Index>(),
+        asymmetric in any::<bool>(),
+    ) {
+        let signer = Signer::generate(asymmetric);
+        let verifier = match &signer {
+            Signer::Secret(s) => Verifier::Secret(s.clone()),
+            Signer::KeyPair(k) => Verifier::Public(k.public_key()),
+        };
+        let header = signature_header(&[&signer], &id, timestamp, &body);
+        let ts = timestamp.to_string();
+        prop_assert!(verify_with(&verifier, &id, &ts, &header, &body, timestamp, 300).is_ok());
+        if !body.is_empty() {
+            let mut changed = body.clone();
+            changed[flip.index(body.len())] ^= 1;
+            prop_assert!(verify_with(&verifier, &id, &ts, &header, &changed, timestamp, 300).is_err());
+        }
+        let other_id = format!("{id}x");
+        prop_assert!(verify_with(&verifier, &other_id, &ts, &header, &body, timestamp, 300).is_err());
+        let other_ts = (timestamp + 1).to_string();
+        prop_assert!(verify_with(&verifier, &id, &other_ts, &header, &body, timestamp, 300).is_err());
+    }
+}
