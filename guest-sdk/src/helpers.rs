@@ -5,7 +5,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::bindings::wasmhooks::plugin::host;
+use crate::sys as host;
 use crate::{Decision, Event, Method, Request};
 
 /// A plugin error: recorded on the delivery as the reason nothing was sent.
@@ -126,6 +126,30 @@ impl Request {
         self.headers.push((name.into(), value.into()));
         self
     }
+
+    /// The body as text, when there is one and it is UTF-8.
+    pub fn body_text(&self) -> Option<&str> {
+        self.body
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// The body parsed as JSON.
+    ///
+    /// # Errors
+    /// When there is no body or it is not JSON.
+    pub fn body_json(&self) -> Result<serde_json::Value> {
+        let body = self.body.as_deref().ok_or("the request has no body")?;
+        Ok(serde_json::from_slice(body)?)
+    }
+
+    /// The value of a header the plugin set (names compare case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Decision {
@@ -137,6 +161,32 @@ impl Decision {
     /// Send this one request.
     pub fn send(request: Request) -> Self {
         Decision::Send(vec![request])
+    }
+
+    /// The requests to send (none for a skip).
+    pub fn requests(&self) -> &[Request] {
+        match self {
+            Decision::Send(requests) => requests,
+            Decision::Skip(_) => &[],
+        }
+    }
+
+    /// The reason of a skip.
+    pub fn skip_reason(&self) -> Option<&str> {
+        match self {
+            Decision::Skip(reason) => Some(reason),
+            Decision::Send(_) => None,
+        }
+    }
+}
+
+impl crate::Response {
+    /// The body parsed as JSON.
+    ///
+    /// # Errors
+    /// When the body is not JSON.
+    pub fn body_json(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_slice(&self.body)?)
     }
 }
 

@@ -9,8 +9,11 @@
 //! - the [`Plugin`] trait, whose optional methods have sensible defaults, and the
 //!   [`export_plugin!`] macro that turns a type implementing it into the component's exports;
 //! - helpers: typed payloads ([`Event::payload_as`]), request builders ([`Request::json`],
-//!   [`Request::text`]), typed configuration ([`config`]), logging macros ([`info!`] and
-//!   friends) and persistent per-webhook state ([`state`]).
+//!   [`Request::text`], and XML, form, CSV and multipart in [`body`]), templates with event
+//!   variables escaped for URL paths, queries, JSON and XML ([`template`]), typed
+//!   configuration ([`config`]), logging macros ([`info!`] and friends) and persistent
+//!   per-webhook state ([`state`]);
+//! - [`testing`]: a stand-in host so a plugin crate tests its logic natively with `cargo test`.
 //!
 //! # Example
 //!
@@ -55,9 +58,16 @@
 
 #![deny(missing_docs)]
 
+pub mod body;
 mod helpers;
+#[doc(hidden)]
+pub mod sys;
+pub mod template;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 pub use helpers::{config, config_json, config_text, state, Error, Result};
+pub use template::{render, render_url, Escape, Vars};
 
 /// Bindings generated from the `wasmhooks:plugin` WIT package (`wit/` in the repository).
 ///
@@ -71,6 +81,7 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_raw",
         default_bindings_module: "wasmhooks_guest::bindings",
+        additional_derives: [PartialEq, Eq],
         generate_all,
     });
 }
@@ -175,7 +186,7 @@ macro_rules! export_plugin {
 #[macro_export]
 macro_rules! log {
     ($level:expr, $($arg:tt)+) => {
-        $crate::bindings::wasmhooks::plugin::host::log($level, &::std::format!($($arg)+))
+        $crate::sys::log($level, &::std::format!($($arg)+))
     };
 }
 
