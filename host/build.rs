@@ -8,7 +8,15 @@ use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
 /// The example plugins embedded in the host.
-const PLUGINS: &[&str] = &["forward", "order-threshold", "shipstation-notify"];
+const PLUGINS: &[&str] = &[
+    "forward",
+    "order-threshold",
+    "shipstation-notify",
+    "k-inventory",
+    "sellasist-action",
+    "erp-product",
+    "stock-edge",
+];
 /// Plugins built for the test suite only (found through `PLUGIN_WASM_DIR`).
 const TEST_PLUGINS: &[&str] = &["misbehave"];
 
