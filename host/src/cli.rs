@@ -4,6 +4,7 @@
 
 mod plugin_run;
 mod remote;
+mod scaffold;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -146,6 +147,9 @@ pub enum PluginCommand {
     /// Run a plugin on an event locally (no server): prints the decision, the requests, the
     /// logs and what the evaluation cost against its limits.
     Run(PluginRunArgs),
+    /// Create a plugin project (Rust, JavaScript or Python) that builds and passes its own
+    /// tests as generated.
+    New(scaffold::NewArgs),
 }
 
 /// Arguments of `wasmhooks plugin run`.
@@ -239,6 +243,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin {
             command: PluginCommand::Run(args),
         } => plugin_run::run(&args),
+        Command::Plugin {
+            command: PluginCommand::New(args),
+        } => scaffold::run(&args),
         Command::Demo { keep_running } => runtime()?.block_on(crate::demo::run(keep_running)),
         Command::Verify {
             secret,

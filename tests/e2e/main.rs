@@ -10,6 +10,8 @@ mod crash;
 mod debounce;
 mod definitions;
 mod delivery;
+mod examples;
+mod guests;
 mod isolation;
 mod limits;
 mod lists;
