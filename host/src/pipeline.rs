@@ -64,6 +64,8 @@ pub struct Pipeline {
     endpoints: endpoints::Endpoints,
     /// Deliveries being worked on now, so the scheduler does not start them twice.
     in_flight: Mutex<HashSet<DeliveryId>>,
+    /// Due deliveries staged per endpoint, and the sweep of the queue.
+    staging: Mutex<worker::Staging>,
 }
 
 impl Pipeline {
@@ -116,6 +118,7 @@ impl Pipeline {
             webhook_writes: Mutex::new(()),
             endpoints,
             in_flight: Mutex::new(HashSet::new()),
+            staging: Mutex::default(),
         })
     }
 

@@ -666,6 +666,23 @@ impl Store {
             _ => None,
         };
         let finished_in_line = fifo_key(delivery).filter(|_| delivery.status.is_final());
+        if finished_in_line.is_none() && delivery.entity.is_none() && delivery.batch_limit <= 1 {
+            // No other record to keep in step, and nothing else writes this delivery (no
+            // debounce or batch can replace its event): three plain writes, ordered so a crash
+            // between any two leaves it scheduled. The new queue entry first, then the record,
+            // then the old entry's removal: an entry whose due time the record does not name
+            // is dropped as stale when the scheduler meets it.
+            if let Some(key) = &new_key {
+                self.queue
+                    .insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
+            }
+            self.deliveries
+                .insert(delivery.id.as_str().as_bytes(), bytes)?;
+            if let Some(key) = old_key.filter(|k| Some(k) != new_key.as_ref()) {
+                self.queue.remove(key)?;
+            }
+            return Ok(());
+        }
         (&self.deliveries, &self.queue, &self.fifo).transaction(|(dtree, queue, fifo)| {
             dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
             if let Some(line) = &finished_in_line {
@@ -738,6 +755,32 @@ impl Store {
                 Some(Ok((due, id, webhook)))
             }
         })
+    }
+
+    /// Queue entries after `cursor` (a queue key; from the head when `None`), in due order,
+    /// with their keys, so a scan can continue where the last one stopped.
+    pub fn due_after(
+        &self,
+        cursor: Option<&[u8]>,
+    ) -> impl Iterator<Item = Result<(Millis, DeliveryId, Option<WebhookId>, sled::IVec), StoreError>> + '_
+    {
+        use std::ops::Bound;
+        let start = match cursor {
+            Some(key) => Bound::Excluded(sled::IVec::from(key)),
+            None => Bound::Unbounded,
+        };
+        self.queue
+            .range::<sled::IVec, _>((start, Bound::Unbounded))
+            .filter_map(|item| match item {
+                Err(e) => Some(Err(StoreError::from(e))),
+                Ok((key, value)) => {
+                    let (due, id) = parse_queue_key(&key)?;
+                    let webhook = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|w| WebhookId::parse(w).ok());
+                    Some(Ok((due, id, webhook, key)))
+                }
+            })
     }
 
     /// Removes a queue entry (for deliveries that vanished).

@@ -158,6 +158,7 @@ impl Pipeline {
         }
         self.store.delete_connection(&existing.id)?;
         self.connections.write().unwrap().remove(&existing.id);
+        self.forget_endpoints();
         Ok(existing)
     }
 
@@ -209,6 +210,7 @@ impl Pipeline {
             .write()
             .unwrap()
             .insert(connection.id.clone(), Arc::new(connection.clone()));
+        self.forget_endpoints();
         Ok(connection)
     }
 

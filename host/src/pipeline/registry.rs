@@ -436,6 +436,7 @@ impl Pipeline {
         let existing = self.webhook(id)?;
         self.store.delete_webhook(&existing.id)?;
         self.webhooks.write().unwrap().remove(&existing.id);
+        self.forget_endpoints();
         self.wake.notify_one();
         Ok(existing)
     }
@@ -467,6 +468,7 @@ impl Pipeline {
             .write()
             .unwrap()
             .insert(webhook.id.clone(), Arc::new(webhook.clone()));
+        self.forget_endpoints();
         Ok(webhook)
     }
 

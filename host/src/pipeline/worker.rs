@@ -9,6 +9,7 @@
 //! bytes and the plugin never runs again), then send every request not yet accepted, then
 //! decide in one place: delivered, failed, dead, or pending with the next retry time.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tracing::Instrument;
 use super::{endpoints, request, retry, to_wit_event, Pipeline};
 use crate::model::{
     Attempt, AttemptOutcome, Delivery, DeliveryId, DeliveryStatus, EventId, LogLine, Millis,
-    OutboundRequest, ResponsePath, Webhook,
+    OutboundRequest, ResponsePath, Webhook, WebhookId,
 };
 use crate::runtime::{wit, Answer, Call};
 use crate::store::StoreError;
@@ -27,9 +28,15 @@ use crate::store::StoreError;
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// How long a paused webhook's delivery waits before it is looked at again.
 const PAUSED_WAIT: Duration = Duration::from_secs(60);
-/// Due deliveries the scheduler steps over in one pass (in flight already, or their endpoint
-/// is at its limit) before it stops looking further down the queue.
-const MAX_STEPPED_OVER: usize = 4096;
+/// Most due deliveries staged in memory, waiting for their endpoint.
+pub(super) const MAX_STAGED: usize = 65_536;
+/// Most staged deliveries of one endpoint.
+const MAX_STAGED_PER_ENDPOINT: usize = 4_096;
+/// Most queue entries one scheduler pass looks at (the sweep continues in the next pass).
+const MAX_VISITED: usize = 16_384;
+/// How often a sweep of the due queue starts again from its head (to find entries staged
+/// nowhere: those stepped over while their endpoint's line was full).
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
 /// How long an in-order delivery waits at least before it looks again at the delivery ahead.
 const IN_ORDER_WAIT: Duration = Duration::from_millis(200);
 /// How long a delivery waits after a storage error before it is tried again.
@@ -37,6 +44,32 @@ const STORAGE_ERROR_WAIT: Duration = Duration::from_secs(5);
 
 fn plus(t: Millis, d: Duration) -> Millis {
     Millis(t.as_i64().saturating_add(d.as_millis() as i64))
+}
+
+/// The scheduler's in-memory view of due work: lines of staged deliveries per endpoint,
+/// and where the sweep of the queue has got to.
+#[derive(Default)]
+pub(super) struct Staging {
+    /// The key of the last queue entry the sweep looked at.
+    cursor: Option<Vec<u8>>,
+    /// Whether the sweep reached the end of the due entries, and when.
+    swept: bool,
+    swept_at: Option<std::time::Instant>,
+    /// Due deliveries per endpoint (`None`: no endpoint known), in due order.
+    lines: HashMap<Option<Arc<str>>, VecDeque<(Millis, DeliveryId)>>,
+    /// The deliveries the lines hold.
+    staged: HashSet<DeliveryId>,
+    /// Each webhook's endpoint, worked out once.
+    endpoint_of: HashMap<WebhookId, Option<Arc<str>>>,
+}
+
+impl Staging {
+    fn finish_sweep(&mut self) {
+        if !self.swept {
+            self.swept = true;
+            self.swept_at = Some(std::time::Instant::now());
+        }
+    }
 }
 
 impl Pipeline {
@@ -67,70 +100,154 @@ impl Pipeline {
 
     /// Starts every due delivery there is room for — overall (`max_in_flight`) and at its
     /// endpoint (concurrency and rate) — and returns how long to wait before looking again.
-    /// Due deliveries of a saturated endpoint are stepped over, up to [`MAX_STEPPED_OVER`]
-    /// per pass, so one slow receiver does not hold back the others.
+    ///
+    /// Due deliveries are first *staged*: taken from the queue into an in-memory line per
+    /// endpoint (at most [`MAX_STAGED`] in all, [`MAX_STAGED_PER_ENDPOINT`] per endpoint). The
+    /// scan continues from where the last one stopped, so each queue entry is looked at once
+    /// per sweep, not once per delivery that finishes; a sweep starts again from the head at
+    /// most every [`RESCAN_EVERY`]. Starting work then pops from the lines of endpoints with
+    /// room, so one slow receiver holds back only its own line.
     fn start_due(self: &Arc<Self>, permits: &Arc<Semaphore>) -> Result<Duration, StoreError> {
         let now = self.now();
         let mut wait = IDLE_WAIT;
-        let mut stepped_over = 0;
-        for entry in self.store.due_iter() {
-            let (due, id, webhook) = entry?;
-            if due > now {
-                let until = Duration::from_millis((due.as_i64() - now.as_i64()) as u64);
-                wait = wait.min(until);
-                break;
-            }
-            if permits.available_permits() == 0 || stepped_over > MAX_STEPPED_OVER {
-                break;
-            }
-            if self.in_flight.lock().unwrap().contains(&id) {
-                stepped_over += 1;
-                continue;
-            }
-            let endpoint = webhook
-                .and_then(|w| self.webhook_cached(&w))
-                .and_then(|w| self.endpoint(&w));
-            if let Some(endpoint) = &endpoint {
-                match self
-                    .endpoints
-                    .try_start(endpoint, std::time::Instant::now())
-                {
-                    Ok(()) => {}
-                    Err(busy) => {
-                        if let endpoints::Busy::RateLimited(token) = busy {
+        let mut staging = self.staging.lock().unwrap();
+        self.stage_due(&mut staging, now, &mut wait)?;
+
+        let mut emptied = Vec::new();
+        let mut started = Vec::new();
+        'lines: for (endpoint, line) in &mut staging.lines {
+            while let Some((due, id)) = line.front().cloned() {
+                if permits.available_permits() == 0 {
+                    break 'lines;
+                }
+                if let Some(endpoint) = endpoint {
+                    match self
+                        .endpoints
+                        .try_start(endpoint, std::time::Instant::now())
+                    {
+                        Ok(()) => {}
+                        Err(endpoints::Busy::Full) => continue 'lines,
+                        Err(endpoints::Busy::RateLimited(token)) => {
                             wait = wait.min(token.max(Duration::from_millis(1)));
+                            continue 'lines;
                         }
-                        stepped_over += 1;
-                        continue;
                     }
                 }
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    if let Some(endpoint) = endpoint {
+                        self.endpoints.finish(endpoint);
+                    }
+                    break 'lines;
+                };
+                line.pop_front();
+                self.in_flight.lock().unwrap().insert(id.clone());
+                started.push(id.clone());
+                self.spawn_delivery(due, id, endpoint.clone(), permit);
             }
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                if let Some(endpoint) = &endpoint {
-                    self.endpoints.finish(endpoint);
-                }
-                break;
-            };
-            self.in_flight.lock().unwrap().insert(id.clone());
-            let this = self.clone();
-            let span = tracing::info_span!("wasmhooks.delivery", delivery = %id);
-            tokio::spawn(
-                async move {
-                    if let Err(e) = this.process(due, &id).await {
-                        tracing::error!("storage error, will retry: {e}");
-                        this.postpone(due, &id);
-                    }
-                    if let Some(endpoint) = &endpoint {
-                        this.endpoints.finish(endpoint);
-                    }
-                    this.in_flight.lock().unwrap().remove(&id);
-                    drop(permit);
-                    this.wake.notify_one();
-                }
-                .instrument(span),
-            );
+            emptied.push(endpoint.clone());
+        }
+        for endpoint in emptied {
+            if staging.lines.get(&endpoint).is_some_and(VecDeque::is_empty) {
+                staging.lines.remove(&endpoint);
+            }
+        }
+        for id in &started {
+            staging.staged.remove(id);
         }
         Ok(wait)
+    }
+
+    /// Moves due queue entries into the endpoint lines, continuing the current sweep.
+    fn stage_due(
+        &self,
+        staging: &mut Staging,
+        now: Millis,
+        wait: &mut Duration,
+    ) -> Result<(), StoreError> {
+        if staging.swept
+            && staging
+                .swept_at
+                .is_some_and(|t| t.elapsed() >= RESCAN_EVERY)
+        {
+            staging.cursor = None;
+            staging.swept = false;
+        }
+        if staging.staged.len() >= MAX_STAGED {
+            return Ok(());
+        }
+        let mut visited = 0;
+        let cursor = staging.cursor.clone();
+        for entry in self.store.due_after(cursor.as_deref()) {
+            let (due, id, webhook, key) = entry?;
+            if due > now {
+                let until = Duration::from_millis((due.as_i64() - now.as_i64()) as u64);
+                *wait = (*wait).min(until);
+                staging.finish_sweep();
+                return Ok(());
+            }
+            staging.cursor = Some(key.to_vec());
+            visited += 1;
+            if staging.staged.contains(&id) || self.in_flight.lock().unwrap().contains(&id) {
+                continue;
+            }
+            let endpoint = match &webhook {
+                Some(w) => staging
+                    .endpoint_of
+                    .entry(w.clone())
+                    .or_insert_with(|| {
+                        self.webhook_cached(w)
+                            .and_then(|w| self.endpoint(&w))
+                            .map(Arc::from)
+                    })
+                    .clone(),
+                None => None,
+            };
+            let line = staging.lines.entry(endpoint).or_default();
+            if line.len() >= MAX_STAGED_PER_ENDPOINT {
+                // Its line is full: the entry waits for a later sweep.
+                continue;
+            }
+            line.push_back((due, id.clone()));
+            staging.staged.insert(id);
+            if staging.staged.len() >= MAX_STAGED || visited >= MAX_VISITED {
+                return Ok(());
+            }
+        }
+        staging.finish_sweep();
+        Ok(())
+    }
+
+    /// Runs one delivery on its own task; when it ends, frees its endpoint and permit and
+    /// wakes the scheduler.
+    fn spawn_delivery(
+        self: &Arc<Self>,
+        due: Millis,
+        id: DeliveryId,
+        endpoint: Option<Arc<str>>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let this = self.clone();
+        let span = tracing::info_span!("wasmhooks.delivery", delivery = %id);
+        tokio::spawn(
+            async move {
+                if let Err(e) = this.process(due, &id).await {
+                    tracing::error!("storage error, will retry: {e}");
+                    this.postpone(due, &id);
+                }
+                if let Some(endpoint) = &endpoint {
+                    this.endpoints.finish(endpoint);
+                }
+                this.in_flight.lock().unwrap().remove(&id);
+                drop(permit);
+                this.wake.notify_one();
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Forgets the endpoints worked out per webhook (after a webhook or connection changed).
+    pub(super) fn forget_endpoints(&self) {
+        self.staging.lock().unwrap().endpoint_of.clear();
     }
 
     fn postpone(&self, due: Millis, id: &DeliveryId) {
@@ -200,10 +317,15 @@ impl Pipeline {
                 return Ok(());
             }
             match self.evaluate(&webhook, &mut delivery).await? {
-                Some(requests) => {
+                Some((requests, wrote_state)) => {
                     delivery.requests = Some(requests);
-                    // Keep the built bytes before sending: a crash now resends them as they are.
-                    self.store.update_delivery(&delivery, None)?;
+                    // When the evaluation changed plugin state, keep the built bytes before
+                    // sending: after a crash the plugin would decide anew on state that
+                    // already holds this event's change. Without state changes deciding
+                    // again gives the same requests, and the write is saved.
+                    if wrote_state {
+                        self.store.update_delivery(&delivery, None)?;
+                    }
                 }
                 None => return self.store.update_delivery(&delivery, Some(due)),
             }
@@ -381,7 +503,7 @@ impl Pipeline {
         &self,
         webhook: &Webhook,
         delivery: &mut Delivery,
-    ) -> Result<Option<Vec<OutboundRequest>>, StoreError> {
+    ) -> Result<Option<(Vec<OutboundRequest>, bool)>, StoreError> {
         let call = if delivery.batch_events.is_empty() {
             let Some(event) = self.store.event(&delivery.event_id)? else {
                 finish(
@@ -426,6 +548,7 @@ impl Pipeline {
             .await
             .expect("plugin evaluation does not panic");
         self.keep_state(webhook, &evaluation);
+        let wrote_state = evaluation.result.is_ok() && !evaluation.state_changes.is_empty();
         delivery.logs = evaluation.logs;
         match evaluation.result {
             Err(e) => {
@@ -461,7 +584,7 @@ impl Pipeline {
                         .collect()
                 });
                 match built {
-                    Ok(built) => Ok(Some(built)),
+                    Ok(built) => Ok(Some((built, wrote_state))),
                     Err(e) => {
                         finish(delivery, DeliveryStatus::Failed, e);
                         Ok(None)

@@ -1,0 +1,755 @@
+//! End-to-end throughput and latency of the real host, against the raw HTTP limit of the same
+//! machine measured in the same run.
+//!
+//! `cargo bench -p wasmhooks --bench throughput -- <scenario> [options]`
+//!
+//! Scenarios:
+//! - `flat` (default): E events flat out through the API to W webhooks on one fast receiver;
+//!   then a plain keep-alive client posts the same bodies to the same receiver with the same
+//!   concurrency (the raw limit), and the ratio is printed.
+//! - `rate`: the same at a fixed `--rate` events/s (latency under a steady load).
+//! - `slow`: `flat`, then again with one more webhook whose receiver answers after 2 s; prints
+//!   what the slow receiver cost the fast ones.
+//! - `scale`: 1,000 webhooks over 100 distinct modules, each event matching one of them.
+//! - `backlog`: 1,000,000 deliveries waiting (a 1 h delay), the host's memory meanwhile, then a
+//!   restart: how long until it answers and until a new delivery arrives.
+//!
+//! Options: `--events N`, `--webhooks W`, `--concurrency C` (emitting connections), `--rate R`,
+//! `--batch B` (events per POST), `--pending N` (backlog). The host is the release binary,
+//! started as its own process on a temporary data dir with default settings (durable acks:
+//! every 202 waits for the group commit), and its CPU time and peak RSS come from /proc.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use serde_json::{json, Value};
+
+const ADMIN_KEY: &str = "bench-admin-key-0123456789abcdef";
+
+#[derive(Debug, Clone)]
+struct Args {
+    scenario: String,
+    events: usize,
+    webhooks: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+    batch: usize,
+    pending: usize,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        scenario: "flat".into(),
+        events: 20_000,
+        webhooks: 1,
+        concurrency: 32,
+        rate: None,
+        batch: 1,
+        pending: 1_000_000,
+    };
+    let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| panic!("{arg} needs a value"))
+                .replace('_', "")
+        };
+        match arg.as_str() {
+            "--events" => args.events = value().parse().expect("--events N"),
+            "--webhooks" => args.webhooks = value().parse().expect("--webhooks W"),
+            "--concurrency" => args.concurrency = value().parse().expect("--concurrency C"),
+            "--rate" => args.rate = Some(value().parse().expect("--rate R")),
+            "--batch" => args.batch = value().parse().expect("--batch B"),
+            "--pending" => args.pending = value().parse().expect("--pending N"),
+            s if !s.starts_with('-') => args.scenario = s.to_string(),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    if args.scenario == "rate" && args.rate.is_none() {
+        args.rate = Some(1000.0);
+    }
+    args
+}
+
+// ----- the receiver -----
+
+/// What the receivers saw: per event number, when it was emitted (µs since the bench
+/// started); per delivery, the latency.
+struct Tally {
+    start: Instant,
+    emitted_at: Vec<AtomicU64>,
+    received: AtomicUsize,
+    latencies_us: Mutex<Vec<u64>>,
+    last_receipt_us: AtomicU64,
+}
+
+impl Tally {
+    fn new(events: usize) -> Arc<Tally> {
+        Arc::new(Tally {
+            start: Instant::now(),
+            emitted_at: (0..events).map(|_| AtomicU64::new(0)).collect(),
+            received: AtomicUsize::new(0),
+            latencies_us: Mutex::new(Vec::with_capacity(events)),
+            last_receipt_us: AtomicU64::new(0),
+        })
+    }
+
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn receipt(&self, body: &[u8]) {
+        let now = self.now_us();
+        let number = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v["event_id"].as_str().map(str::to_string))
+            .and_then(|id| id.strip_prefix("bench-")?.parse::<usize>().ok());
+        if let Some(n) = number {
+            let sent = self.emitted_at[n].load(Ordering::Relaxed);
+            self.latencies_us
+                .lock()
+                .unwrap()
+                .push(now.saturating_sub(sent));
+        }
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.last_receipt_us.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// A keep-alive HTTP receiver on 127.0.0.1 that answers 200 after `delay`.
+async fn receiver(tally: Option<Arc<Tally>>, delay: Duration) -> String {
+    let app = axum::Router::new().fallback(move |body: Bytes| {
+        let tally = tally.clone();
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(t) = tally {
+                t.receipt(&body);
+            }
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+// ----- the host -----
+
+struct Host {
+    child: Child,
+    url: String,
+    started: Instant,
+    ready_after: Duration,
+}
+
+impl Host {
+    fn start(data_dir: &Path) -> Host {
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "error")
+            .env("WASMHOOKS_API__ADMIN_KEY", ADMIN_KEY)
+            .env(
+                "WASMHOOKS_DELIVERY__ALLOWED_DESTINATIONS",
+                r#"["127.0.0.1"]"#,
+            )
+            .env("WASMHOOKS_API__MAX_BATCH_EVENTS", "10000")
+            .env("WASMHOOKS_API__MAX_BODY_BYTES", "67108864")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the host");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("a line").expect("stdout");
+        let url = first
+            .strip_prefix("wasmhooks listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first}"))
+            .to_string();
+        let ready_after = started.elapsed();
+        std::thread::spawn(move || for _ in lines {});
+        Host {
+            child,
+            url,
+            started,
+            ready_after,
+        }
+    }
+
+    /// CPU seconds (user + system) the host has used.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is the 12th, stime
+        // the 13th; clock ticks are 100 per second on Linux.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// Resident memory now and at its peak, in MiB.
+    fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        format!("Bearer {ADMIN_KEY}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap()
+}
+
+async fn call(client: &reqwest::Client, request: reqwest::RequestBuilder) -> Value {
+    let _ = client;
+    let response = request.send().await.expect("request to the host");
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+/// The same component with a custom section naming `variant`: another module id, same code.
+fn module_variant(bytes: &[u8], variant: u32) -> Vec<u8> {
+    let name = b"wasmhooks-bench";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(&variant.to_le_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section
+    let mut size = payload.len();
+    loop {
+        let byte = (size & 0x7f) as u8;
+        size >>= 7;
+        if size == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(&payload);
+    out
+}
+
+async fn upload(client: &reqwest::Client, host: &str, bytes: Vec<u8>, name: &str) -> String {
+    let body = call(
+        client,
+        client
+            .post(format!("{host}/v1/modules?name={name}&version=1.0.0"))
+            .header("content-type", "application/wasm")
+            .body(bytes),
+    )
+    .await;
+    body["id"].as_str().unwrap().to_string()
+}
+
+async fn webhook(client: &reqwest::Client, host: &str, definition: Value) -> String {
+    let body = call(
+        client,
+        client.post(format!("{host}/v1/webhooks")).json(&definition),
+    )
+    .await;
+    body["id"].as_str().unwrap().to_string()
+}
+
+/// A small order for the backlog (a million of them must fit the disk).
+fn small_order(n: usize) -> Value {
+    json!({"id": format!("bench-{n}"), "kind": "order.created",
+           "payload": {"id": format!("ORD-{n:08}"), "amount": 250.0}})
+}
+
+/// A realistic order (about 2 KB) for event number `n`.
+fn order(n: usize, shops: usize) -> Value {
+    let items: Vec<Value> = (0..15)
+        .map(|i| {
+            json!({"sku": format!("SKU-{i:05}"), "name": format!("Product number {i}"),
+                   "quantity": i + 1, "unit_price": 12.5 + i as f64, "tax_rate": 0.23})
+        })
+        .collect();
+    json!({
+        "id": format!("bench-{n}"), "kind": "order.created",
+        "attributes": {"shop": (n % shops.max(1)).to_string()},
+        "payload": {
+            "id": format!("ORD-{n:08}"), "amount": 250.0, "currency": "EUR", "status": "paid",
+            "customer": {"id": "C-77", "email": "anna.kowalska@example.com", "name": "Anna Kowalska"},
+            "shipping_address": {"street": "ul. Długa 1", "city": "Gdańsk", "zip": "80-001", "country": "PL"},
+            "items": items,
+            "created_at": "2026-11-23T10:00:00Z"
+        }
+    })
+}
+
+/// Emits events `range` with `concurrency` connections (at `rate` events/s if given), in
+/// POSTs of `batch`, stamping each event's emit time.
+async fn emit(
+    client: &reqwest::Client,
+    host: &str,
+    tally: &Arc<Tally>,
+    range: std::ops::Range<usize>,
+    args: &Args,
+    shops: usize,
+    progress: &Arc<AtomicUsize>,
+) {
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let end = range.end;
+    let begun = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, host, tally, next, progress) = (
+            client.clone(),
+            host.to_string(),
+            tally.clone(),
+            next.clone(),
+            progress.clone(),
+        );
+        let (batch, rate) = (args.batch.max(1), args.rate);
+        let first = range.start;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let from = next.fetch_add(batch, Ordering::Relaxed);
+                if from >= end {
+                    break;
+                }
+                let to = (from + batch).min(end);
+                if let Some(rate) = rate {
+                    let due = begun + Duration::from_secs_f64((from - first) as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let events: Vec<Value> = (from..to)
+                    .map(|n| {
+                        if shops == 0 {
+                            small_order(n)
+                        } else {
+                            order(n, shops)
+                        }
+                    })
+                    .collect();
+                let now = tally.now_us();
+                for n in from..to {
+                    if let Some(slot) = tally.emitted_at.get(n) {
+                        slot.store(now, Ordering::Relaxed);
+                    }
+                }
+                let body = if events.len() == 1 {
+                    events.into_iter().next().unwrap()
+                } else {
+                    Value::Array(events)
+                };
+                let response = client
+                    .post(format!("{host}/v1/events"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("emit");
+                assert_eq!(response.status().as_u16(), 202, "emit refused");
+                progress.fetch_add(to - from, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Draws a progress bar on stderr until `done` says stop.
+fn progress_bar(
+    label: &'static str,
+    emitted: Arc<AtomicUsize>,
+    emit_total: usize,
+    delivered: Arc<dyn Fn() -> usize + Send + Sync>,
+    deliver_total: usize,
+) -> Arc<std::sync::atomic::AtomicBool> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    std::thread::spawn(move || {
+        let mut ticks = 0u32;
+        while !flag.load(Ordering::Relaxed) {
+            ticks += 1;
+            std::thread::sleep(Duration::from_millis(250));
+            if !terminal && ticks % 8 != 0 {
+                continue;
+            }
+            let d = delivered();
+            let filled = (d * 30).checked_div(deliver_total).unwrap_or(0);
+            eprint!(
+                "{}  {label}: [{}{}] emitted {}/{emit_total}, delivered {d}/{deliver_total}   {}",
+                if terminal { "\r" } else { "" },
+                "#".repeat(filled.min(30)),
+                " ".repeat(30 - filled.min(30)),
+                emitted.load(Ordering::Relaxed),
+                if terminal { "" } else { "\n" }
+            );
+            let _ = std::io::stderr().flush();
+        }
+        if terminal {
+            eprintln!();
+        }
+    });
+    stop
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+struct Run {
+    deliveries: usize,
+    seconds: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    cpu: f64,
+    rss_peak: f64,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.deliveries as f64 / self.seconds
+    }
+
+    fn print(&self, what: &str) {
+        println!(
+            "| {what} | {} | {:.1} s | **{:.0}/s** | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.0} MiB |",
+            self.deliveries,
+            self.seconds,
+            self.rate(),
+            self.p50,
+            self.p90,
+            self.p99,
+            self.max,
+            self.cpu / self.seconds * 100.0,
+            self.rss_peak
+        );
+    }
+}
+
+/// One measured run: a fresh host, `webhooks` fast webhooks (plus a slow one if asked), the
+/// events, until every fast delivery arrived.
+async fn run(args: &Args, slow: bool, shops: usize, modules: usize) -> Run {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = Host::start(&tmp.path().join("data"));
+    let tally = Tally::new(args.events);
+    let fast = receiver(Some(tally.clone()), Duration::ZERO).await;
+    let slow_url = receiver(None, Duration::from_secs(2)).await;
+    let client = client();
+    let plugin = wasmhooks::examples::ORDER_THRESHOLD;
+    let mut module_ids = Vec::new();
+    for m in 0..modules.max(1) {
+        let bytes = if modules > 1 {
+            module_variant(plugin, m as u32)
+        } else {
+            plugin.to_vec()
+        };
+        module_ids.push(upload(&client, &host.url, bytes, &format!("bench-{m}")).await);
+    }
+    for w in 0..args.webhooks {
+        let mut definition = json!({
+            "name": format!("bench-{w}"), "event_kinds": ["order.created"],
+            "module_id": module_ids[w % module_ids.len()], "url": format!("{fast}/hook/{w}"),
+            "config": {"threshold": 100}
+        });
+        if shops > 1 {
+            definition["scope"] = json!({"shop": [w.to_string()]});
+        }
+        webhook(&client, &host.url, definition).await;
+    }
+    if slow {
+        webhook(
+            &client,
+            &host.url,
+            json!({"name": "slow", "event_kinds": ["order.created"], "module_id": module_ids[0],
+                   "url": slow_url, "config": {"threshold": 100}, "timeout": "10s"}),
+        )
+        .await;
+    }
+    let expected = if shops > 1 {
+        args.events
+    } else {
+        args.events * args.webhooks
+    };
+    let emitted = Arc::new(AtomicUsize::new(0));
+    let t = tally.clone();
+    let bar = progress_bar(
+        if slow { "with a slow receiver" } else { "run" },
+        emitted.clone(),
+        args.events,
+        Arc::new(move || t.received.load(Ordering::Relaxed)),
+        expected,
+    );
+    let cpu_before = host.cpu_seconds();
+    let first_emit_us = tally.now_us();
+    emit(
+        &client,
+        &host.url,
+        &tally,
+        0..args.events,
+        args,
+        shops,
+        &emitted,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last = (0, Instant::now());
+    while tally.received.load(Ordering::Relaxed) < expected {
+        let now = tally.received.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        assert!(
+            Instant::now() < deadline && last.1.elapsed() < Duration::from_secs(60),
+            "deliveries stalled at {now}/{expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bar.store(true, Ordering::Relaxed);
+    let seconds =
+        (tally.last_receipt_us.load(Ordering::Relaxed) - first_emit_us) as f64 / 1_000_000.0;
+    let cpu = host.cpu_seconds() - cpu_before;
+    let (_, rss_peak) = host.rss_mib();
+    let mut latencies = tally.latencies_us.lock().unwrap().clone();
+    latencies.sort_unstable();
+    std::thread::sleep(Duration::from_millis(300));
+    host.stop();
+    Run {
+        deliveries: expected,
+        seconds,
+        p50: percentile(&latencies, 0.5),
+        p90: percentile(&latencies, 0.9),
+        p99: percentile(&latencies, 0.99),
+        max: percentile(&latencies, 1.0),
+        cpu,
+        rss_peak,
+    }
+}
+
+/// The raw limit: a plain keep-alive client posting the same bodies to the same kind of
+/// receiver with `concurrency` requests in flight.
+async fn raw(total: usize, concurrency: usize) -> f64 {
+    let tally = Tally::new(0);
+    let url = receiver(Some(tally.clone()), Duration::ZERO).await;
+    let body = serde_json::to_vec(&json!({
+        "event_id": "raw", "event": "order.created", "order_id": "ORD-00000001",
+        "amount": 250.0, "currency": "EUR", "customer_email": "anna.kowalska@example.com",
+        "message": "Order ORD-00000001 for 250 EUR needs review"
+    }))
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, next, body) = (client.clone(), url.clone(), next.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                let _ = response.bytes().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+const HEADER: &str = "| run | deliveries | time | deliveries/s | p50 ms | p90 ms | p99 ms | max ms | host CPU | host peak RSS |\n|---|---|---|---|---|---|---|---|---|---|";
+
+async fn backlog(args: &Args) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let host = Host::start(&data);
+    let client = client();
+    let module = upload(
+        &client,
+        &host.url,
+        wasmhooks::examples::ORDER_THRESHOLD.to_vec(),
+        "bench",
+    )
+    .await;
+    webhook(
+        &client,
+        &host.url,
+        json!({"name": "later", "event_kinds": ["order.created"], "module_id": module,
+               "url": "http://127.0.0.1:9/never", "delay": "1h", "config": {"threshold": 100}}),
+    )
+    .await;
+    let tally = Tally::new(args.pending);
+    let emitted = Arc::new(AtomicUsize::new(0));
+    let e = emitted.clone();
+    let bar = progress_bar(
+        "queueing",
+        emitted.clone(),
+        args.pending,
+        Arc::new(move || e.load(Ordering::Relaxed)),
+        args.pending,
+    );
+    let started = Instant::now();
+    let emit_args = Args {
+        batch: args.batch.max(1000),
+        concurrency: 4,
+        rate: None,
+        ..args.clone()
+    };
+    emit(
+        &client,
+        &host.url,
+        &tally,
+        0..args.pending,
+        &emit_args,
+        0,
+        &emitted,
+    )
+    .await;
+    bar.store(true, Ordering::Relaxed);
+    let queued_in = started.elapsed().as_secs_f64();
+    let (rss_now, rss_peak) = host.rss_mib();
+    println!(
+        "- queued {} delayed deliveries in {queued_in:.1} s ({:.0} events/s, batches of {}); host RSS {rss_now:.0} MiB now, {rss_peak:.0} MiB peak",
+        args.pending,
+        args.pending as f64 / queued_in,
+        emit_args.batch
+    );
+    host.stop();
+
+    // Restart on the same data: time to answer, then to deliver a new event.
+    let host = Host::start(&data);
+    let answered = host.ready_after;
+    let tally = Tally::new(1);
+    let url = receiver(Some(tally.clone()), Duration::ZERO).await;
+    webhook(
+        &client,
+        &host.url,
+        json!({"name": "now", "event_kinds": ["order.now"], "module_id": module,
+               "url": url, "config": {"threshold": 100}}),
+    )
+    .await;
+    let mut event = order(0, 1);
+    event["kind"] = json!("order.now");
+    call(
+        &client,
+        client.post(format!("{}/v1/events", host.url)).json(&event),
+    )
+    .await;
+    while tally.received.load(Ordering::Relaxed) == 0 {
+        assert!(
+            host.started.elapsed() < Duration::from_secs(120),
+            "no delivery after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let delivered = host.started.elapsed();
+    let (rss_now, _) = host.rss_mib();
+    println!(
+        "- restart with {} pending: answering after {:.2} s, first new delivery after {:.2} s; host RSS {rss_now:.0} MiB",
+        args.pending,
+        answered.as_secs_f64(),
+        delivered.as_secs_f64()
+    );
+    host.stop();
+}
+
+fn main() {
+    let args = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        println!(
+            "\nscenario `{}`: {} events, {} webhook(s), {} emitting connection(s), batch {}{}\n",
+            args.scenario,
+            args.events,
+            args.webhooks,
+            args.concurrency,
+            args.batch,
+            args.rate.map_or(String::new(), |r| format!(", {r} events/s"))
+        );
+        match args.scenario.as_str() {
+            "flat" | "rate" => {
+                let run = run(&args, false, 1, 1).await;
+                println!("{HEADER}");
+                run.print(&args.scenario);
+                let raw = raw(run.deliveries.max(20_000), 32).await;
+                println!(
+                    "\n- raw limit: a keep-alive client, 32 in flight, same bodies, same receiver: **{raw:.0} requests/s**"
+                );
+                println!(
+                    "- host / raw: **{:.3}**",
+                    run.rate() / raw
+                );
+            }
+            "slow" => {
+                let base = run(&args, false, 1, 1).await;
+                let slow = run(&args, true, 1, 1).await;
+                println!("{HEADER}");
+                base.print("fast receiver only");
+                slow.print("plus one receiver answering after 2 s");
+                println!(
+                    "\n- the slow receiver changed the others' throughput by **{:+.1}%**",
+                    (slow.rate() / base.rate() - 1.0) * 100.0
+                );
+            }
+            "scale" => {
+                let args = Args {
+                    webhooks: 1000,
+                    ..args.clone()
+                };
+                let run = run(&args, false, 1000, 100).await;
+                println!("{HEADER}");
+                run.print("1,000 webhooks, 100 modules, one match per event");
+            }
+            "backlog" => backlog(&args).await,
+            other => panic!("unknown scenario {other}: flat, rate, slow, scale or backlog"),
+        }
+    });
+}
