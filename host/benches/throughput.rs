@@ -675,6 +675,7 @@ async fn backlog(args: &Args) {
     .await;
     let mut event = order(0, 1);
     event["kind"] = json!("order.now");
+    event["id"] = json!("after-restart");
     call(
         &client,
         client.post(format!("{}/v1/events", host.url)).json(&event),

@@ -27,6 +27,25 @@ pub struct Config {
     pub api: ApiConfig,
     /// The key credentials are sealed with at rest.
     pub secrets: SecretsConfig,
+    /// Storage (sled) settings.
+    pub store: StoreConfig,
+}
+
+/// Storage settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Memory sled may use to cache pages, in bytes: what bounds the host's memory when
+    /// millions of deliveries are stored.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_bytes: 64 << 20,
+        }
+    }
 }
 
 /// Where the key that seals stored credentials (connection auth, signing secrets) comes from.
@@ -167,6 +186,7 @@ impl Default for Config {
             plugin: PluginConfig::default(),
             api: ApiConfig::default(),
             secrets: SecretsConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -393,6 +413,9 @@ impl Config {
         }
         if !(self.delivery.endpoint_rate >= 0.0 && self.delivery.endpoint_rate.is_finite()) {
             return invalid("delivery.endpoint_rate", "must be 0 (no limit) or more");
+        }
+        if self.store.cache_bytes < 1 << 20 {
+            return invalid("store.cache_bytes", "must be at least 1048576 (1 MiB)");
         }
         if let Some(key) = &self.secrets.key {
             if let Err(message) = crate::store::seal::parse_key(key.expose()) {

@@ -57,7 +57,8 @@ impl Host {
                 path.display()
             );
         }
-        let store = Store::open(&config.data_dir, crate::store::Sealer::new(key))
+        let sealer = crate::store::Sealer::new(key);
+        let store = Store::open_with_cache(&config.data_dir, sealer, config.store.cache_bytes)
             .map_err(|e| anyhow::anyhow!("opening data dir {}: {e}", config.data_dir.display()))?;
         let pipeline = Arc::new(Pipeline::new(config, store, clock)?);
         let first_admin_key = pipeline.bootstrap_admin_key()?;

@@ -155,8 +155,21 @@ impl Store {
     /// When sled cannot open the directory (missing permissions, another process holds it),
     /// or a sealed record does not open with this key.
     pub fn open(dir: &Path, sealer: Sealer) -> Result<Store, StoreError> {
+        Self::open_with_cache(dir, sealer, 64 << 20)
+    }
+
+    /// [`Store::open`] with sled's page cache limited to `cache_bytes`.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_with_cache(
+        dir: &Path,
+        sealer: Sealer,
+        cache_bytes: usize,
+    ) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes as u64)
             .flush_every_ms(Some(500))
             .open()?;
         let store = Store {
