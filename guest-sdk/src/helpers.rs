@@ -152,6 +152,27 @@ impl Request {
     }
 }
 
+impl Method {
+    /// A method by name, in any case (`"post"`, `"PUT"`), as configs give them.
+    ///
+    /// # Errors
+    /// A name that is not GET, POST, PUT, PATCH or DELETE.
+    pub fn parse(name: &str) -> Result<Method> {
+        Ok(match name.to_ascii_uppercase().as_str() {
+            "GET" => Method::Get,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "PATCH" => Method::Patch,
+            "DELETE" => Method::Delete,
+            other => {
+                return Err(Error(format!(
+                    "method `{other}` is not GET, POST, PUT, PATCH or DELETE"
+                )))
+            }
+        })
+    }
+}
+
 impl Decision {
     /// Do not send; the reason is recorded on the delivery.
     pub fn skip(reason: impl Into<String>) -> Self {
@@ -255,5 +276,20 @@ pub mod state {
     /// When serialising fails or the state limit would be exceeded.
     pub fn set_json<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<()> {
         set(key, &serde_json::to_vec(value)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_parse_in_any_case_and_bad_ones_are_named() {
+        assert_eq!(Method::parse("post"), Ok(Method::Post));
+        assert_eq!(Method::parse("Delete"), Ok(Method::Delete));
+        assert_eq!(
+            Method::parse("fetch").unwrap_err().to_string(),
+            "method `FETCH` is not GET, POST, PUT, PATCH or DELETE"
+        );
     }
 }

@@ -751,27 +751,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Queue entries in due order, lazily: due time, delivery, and the webhook (the queue
-    /// entry's value), so the scheduler can apply per-endpoint limits without reading the
-    /// delivery. Malformed keys are skipped.
-    pub fn due_iter(
-        &self,
-    ) -> impl Iterator<Item = Result<(Millis, DeliveryId, Option<WebhookId>), StoreError>> + '_
-    {
-        self.queue.iter().filter_map(|item| match item {
-            Err(e) => Some(Err(StoreError::from(e))),
-            Ok((key, value)) => {
-                let (due, id) = parse_queue_key(&key)?;
-                let webhook = std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|w| WebhookId::parse(w).ok());
-                Some(Ok((due, id, webhook)))
-            }
-        })
-    }
-
-    /// Queue entries after `cursor` (a queue key; from the head when `None`), in due order,
-    /// with their keys, so a scan can continue where the last one stopped.
+    /// Queue entries after `cursor` (a queue key; from the head when `None`) in due order,
+    /// lazily: due time, delivery, the webhook (the entry's value, so the scheduler can apply
+    /// per-endpoint limits without reading the delivery) and the key, so a sweep can continue
+    /// where the last one stopped. Malformed keys are skipped.
     pub fn due_after(
         &self,
         cursor: Option<&[u8]>,

@@ -91,21 +91,6 @@ fn unmet(conditions: &Conditions, sale: &Sale) -> Option<String> {
     })
 }
 
-fn method(name: &str) -> Result<Method> {
-    Ok(match name.to_ascii_uppercase().as_str() {
-        "GET" => Method::Get,
-        "POST" => Method::Post,
-        "PUT" => Method::Put,
-        "PATCH" => Method::Patch,
-        "DELETE" => Method::Delete,
-        other => {
-            return Err(Error::new(format!(
-                "k-inventory config: method `{other}` is not GET, POST, PUT, PATCH or DELETE"
-            )))
-        }
-    })
-}
-
 /// Fires for qualifying sales with a request built from the config's templates.
 pub struct KInventory;
 
@@ -122,7 +107,9 @@ impl Plugin for KInventory {
         let body = render(&config.body, &vars, Escape::Json)?;
         let mut request = Request::bytes(body, "application/json");
         if let Some(name) = &config.method {
-            request = request.with_method(method(name)?);
+            let method =
+                Method::parse(name).map_err(|e| Error::new(format!("k-inventory config: {e}")))?;
+            request = request.with_method(method);
         }
         if let Some(path) = &config.path {
             request = request.with_path(render_url(path, &vars)?);

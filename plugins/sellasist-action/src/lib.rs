@@ -43,18 +43,9 @@ impl Plugin for SellAsistAction {
         let path = render_url(&config.path, &Vars::of(&event)?)?;
         let mut request = Request::empty().with_path(path.clone());
         if let Some(method) = &config.method {
-            request = request.with_method(match method.to_ascii_uppercase().as_str() {
-                "GET" => Method::Get,
-                "POST" => Method::Post,
-                "PUT" => Method::Put,
-                "PATCH" => Method::Patch,
-                "DELETE" => Method::Delete,
-                other => {
-                    return Err(Error::new(format!(
-                        "sellasist-action config: method `{other}` is not GET, POST, PUT, PATCH or DELETE"
-                    )))
-                }
-            });
+            let method = Method::parse(method)
+                .map_err(|e| Error::new(format!("sellasist-action config: {e}")))?;
+            request = request.with_method(method);
         }
         info!("calling {path}");
         Ok(Decision::send(request))
