@@ -1,13 +1,15 @@
 //! The scheduler and the life of one delivery.
 //!
-//! The scheduler walks the due queue in due order and starts every due delivery that is not
-//! already being worked on, up to `max_in_flight` at once. A delivery keeps its queue entry
-//! until its new state is written in the same transaction that moves or removes the entry,
-//! so a crash at any point leaves it queued (at-least-once).
+//! The scheduler sweeps the due queue in due order, stages due deliveries in memory per
+//! endpoint, and starts them as their endpoint and `max_in_flight` allow. A delivery keeps
+//! its queue entry until its new state is written: the new entry goes in before the record
+//! and the old one comes out after it (in one transaction for in-order and collecting
+//! deliveries), so a crash at any point leaves it queued (at-least-once).
 //!
-//! One delivery: evaluate the plugin once (its requests are stored, so retries resend the same
-//! bytes and the plugin never runs again), then send every request not yet accepted, then
-//! decide in one place: delivered, failed, dead, or pending with the next retry time.
+//! One delivery: evaluate the plugin once (its requests are stored with the first round, so
+//! retries resend the same bytes and the plugin never runs again), then send every request
+//! not yet accepted, then decide in one place: delivered, failed, dead, or pending with the
+//! next retry time.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
