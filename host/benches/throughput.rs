@@ -8,8 +8,9 @@
 //!   then a plain keep-alive client posts the same bodies to the same receiver with the same
 //!   concurrency (the raw limit), and the ratio is printed.
 //! - `rate`: the same at a fixed `--rate` events/s (latency under a steady load).
-//! - `slow`: `flat`, then again with one more webhook whose receiver answers after 2 s; prints
-//!   what the slow receiver cost the fast ones.
+//! - `slow`: the same events to W fast webhooks plus one more webhook, twice: first on a
+//!   second fast receiver (the baseline: same work per event), then on a receiver that
+//!   answers after 2 s; prints what the slow receiver cost the fast ones.
 //! - `scale`: 1,000 webhooks over 100 distinct modules, each event matching one of them.
 //! - `backlog`: 1,000,000 deliveries waiting (a 1 h delay), the host's memory meanwhile, then a
 //!   restart: how long until it answers and until a new delivery arrives.
@@ -464,14 +465,27 @@ impl Run {
     }
 }
 
-/// One measured run: a fresh host, `webhooks` fast webhooks (plus a slow one if asked), the
-/// events, until every fast delivery arrived.
-async fn run(args: &Args, slow: bool, shops: usize, modules: usize) -> Run {
+/// A webhook beside the measured ones, on a receiver of its own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    None,
+    /// Answers at once (the baseline for `Slow`: the same work per event).
+    Fast,
+    /// Answers after 2 s.
+    Slow,
+}
+
+/// One measured run: a fresh host, `webhooks` fast webhooks (plus an extra one if asked), the
+/// events, until every delivery of the fast webhooks arrived.
+async fn run(args: &Args, extra: Extra, shops: usize, modules: usize) -> Run {
     let tmp = tempfile::tempdir().unwrap();
     let host = Host::start(&tmp.path().join("data"));
     let tally = Tally::new(args.events);
     let fast = receiver(Some(tally.clone()), Duration::ZERO).await;
-    let slow_url = receiver(None, Duration::from_secs(2)).await;
+    let extra_url = match extra {
+        Extra::Slow => receiver(None, Duration::from_secs(2)).await,
+        Extra::None | Extra::Fast => receiver(None, Duration::ZERO).await,
+    };
     let client = client();
     let plugin = wasmhooks::examples::ORDER_THRESHOLD;
     let mut module_ids = Vec::new();
@@ -494,12 +508,12 @@ async fn run(args: &Args, slow: bool, shops: usize, modules: usize) -> Run {
         }
         webhook(&client, &host.url, definition).await;
     }
-    if slow {
+    if extra != Extra::None {
         webhook(
             &client,
             &host.url,
-            json!({"name": "slow", "event_kinds": ["order.created"], "module_id": module_ids[0],
-                   "url": slow_url, "config": {"threshold": 100}, "timeout": "10s"}),
+            json!({"name": "extra", "event_kinds": ["order.created"], "module_id": module_ids[0],
+                   "url": extra_url, "config": {"threshold": 100}, "timeout": "10s"}),
         )
         .await;
     }
@@ -511,7 +525,11 @@ async fn run(args: &Args, slow: bool, shops: usize, modules: usize) -> Run {
     let emitted = Arc::new(AtomicUsize::new(0));
     let t = tally.clone();
     let bar = progress_bar(
-        if slow { "with a slow receiver" } else { "run" },
+        match extra {
+            Extra::None => "run",
+            Extra::Fast => "with a second fast receiver",
+            Extra::Slow => "with a slow receiver",
+        },
         emitted.clone(),
         args.events,
         Arc::new(move || t.received.load(Ordering::Relaxed)),
@@ -717,7 +735,7 @@ fn main() {
         );
         match args.scenario.as_str() {
             "flat" | "rate" => {
-                let run = run(&args, false, 1, 1).await;
+                let run = run(&args, Extra::None, 1, 1).await;
                 println!("{HEADER}");
                 run.print(&args.scenario);
                 let raw = raw(run.deliveries.max(20_000), 32).await;
@@ -730,11 +748,11 @@ fn main() {
                 );
             }
             "slow" => {
-                let base = run(&args, false, 1, 1).await;
-                let slow = run(&args, true, 1, 1).await;
+                let base = run(&args, Extra::Fast, 1, 1).await;
+                let slow = run(&args, Extra::Slow, 1, 1).await;
                 println!("{HEADER}");
-                base.print("fast receiver only");
-                slow.print("plus one receiver answering after 2 s");
+                base.print("plus a webhook on a second fast receiver (baseline)");
+                slow.print("plus a webhook on a receiver answering after 2 s");
                 println!(
                     "\n- the slow receiver changed the others' throughput by **{:+.1}%**",
                     (slow.rate() / base.rate() - 1.0) * 100.0
@@ -745,7 +763,7 @@ fn main() {
                     webhooks: 1000,
                     ..args.clone()
                 };
-                let run = run(&args, false, 1000, 100).await;
+                let run = run(&args, Extra::None, 1000, 100).await;
                 println!("{HEADER}");
                 run.print("1,000 webhooks, 100 modules, one match per event");
             }
