@@ -66,6 +66,8 @@ pub struct Pipeline {
     in_flight: Mutex<HashSet<DeliveryId>>,
     /// Due deliveries staged per endpoint, and the sweep of the queue.
     staging: Mutex<worker::Staging>,
+    /// Webhooks' signers, unsealed and parsed once (see `signing.rs`).
+    signers: RwLock<HashMap<WebhookId, Arc<signing::CachedSigners>>>,
 }
 
 impl Pipeline {
@@ -89,6 +91,7 @@ impl Pipeline {
         let sender = Sender::new(
             config.delivery.timeout,
             config.delivery.response_body_limit,
+            config.delivery.endpoint_concurrency.max(64),
             guard,
         )?;
         let webhooks = store
@@ -118,6 +121,7 @@ impl Pipeline {
             webhook_writes: Mutex::new(()),
             endpoints,
             in_flight: Mutex::new(HashSet::new()),
+            signers: RwLock::default(),
             staging: Mutex::default(),
         })
     }

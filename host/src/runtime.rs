@@ -237,9 +237,34 @@ pub struct LoadedPlugin {
     pub features: Vec<String>,
     /// Names the component exports.
     pub exports: Vec<String>,
+    /// How many evaluations in a row finished within [`QUICK_EVALUATION`].
+    quick_streak: std::sync::atomic::AtomicU32,
 }
 
+/// An evaluation this short may run on the caller's (async) thread.
+pub const QUICK_EVALUATION: Duration = Duration::from_millis(1);
+/// How many quick evaluations in a row make a plugin run on the caller's thread.
+pub const QUICK_STREAK: u32 = 32;
+
 impl LoadedPlugin {
+    /// Whether the plugin's last [`QUICK_STREAK`] evaluations each took less than
+    /// [`QUICK_EVALUATION`], so the next one may run where it is asked for.
+    pub fn is_quick(&self) -> bool {
+        self.quick_streak.load(std::sync::atomic::Ordering::Relaxed) >= QUICK_STREAK
+    }
+
+    /// Counts an evaluation's wall time towards (or against) the quick streak.
+    fn record(&self, wall: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if wall < QUICK_EVALUATION {
+            let _ = self
+                .quick_streak
+                .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_add(1)));
+        } else {
+            self.quick_streak.store(0, Relaxed);
+        }
+    }
+
     /// Whether the plugin wants `on-response` calls.
     pub fn has_response_hook(&self) -> bool {
         self.features.iter().any(|f| f == "response-hook")
@@ -356,7 +381,19 @@ struct Slots {
 
 struct Slot<'a>(&'a Slots);
 
+/// A slot for a quick evaluation on an async thread ([`Runtime::quick_slot`]).
+pub struct QuickSlot<'a>(Slot<'a>);
+
 impl Slots {
+    fn try_take(&self) -> Option<Slot<'_>> {
+        let mut free = self.free.lock().unwrap();
+        if *free == 0 {
+            return None;
+        }
+        *free -= 1;
+        Some(Slot(self))
+    }
+
     fn take(&self) -> Slot<'_> {
         let mut free = self.free.lock().unwrap();
         while *free == 0 {
@@ -387,6 +424,10 @@ pub struct Runtime {
     stack_bytes: usize,
     slots: Slots,
     slot_count: usize,
+    /// Slots for quick evaluations on async threads ([`Runtime::evaluate_if_quick`]): one
+    /// per core, the most such threads there are, beside `slots` so a full `slots` never
+    /// sends quick calls back to the blocking pool.
+    inline: Slots,
     loaded: Mutex<HashMap<ModuleId, Arc<LoadedPlugin>>>,
     _ticker: Option<EpochTicker>,
 }
@@ -422,6 +463,11 @@ impl EpochTicker {
     }
 }
 
+/// Slots for evaluations on async threads: one per core (the async runtime's thread count).
+fn inline_slot_count() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 fn engine_config(options: &RuntimeOptions) -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model(true);
@@ -435,7 +481,8 @@ fn engine_config(options: &RuntimeOptions) -> wasmtime::Config {
 /// only as large as the memory ceiling (bounds-checked, so a small address space suffices).
 fn build_engine(options: &RuntimeOptions) -> anyhow::Result<(Engine, Allocator)> {
     if options.pooling {
-        let slots = u32::try_from(options.concurrency + 2).unwrap_or(u32::MAX);
+        let slots =
+            u32::try_from(options.concurrency + inline_slot_count() + 2).unwrap_or(u32::MAX);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(slots)
             .total_core_instances(slots * 32)
@@ -502,6 +549,10 @@ impl Runtime {
                 freed: Condvar::new(),
             },
             slot_count: options.concurrency.max(1),
+            inline: Slots {
+                free: Mutex::new(inline_slot_count()),
+                freed: Condvar::new(),
+            },
             loaded: Mutex::new(HashMap::new()),
             _ticker: ticker,
         })
@@ -558,6 +609,7 @@ impl Runtime {
             pre,
             features: Vec::new(),
             exports,
+            quick_streak: Default::default(),
         };
         plugin.features = self
             .features(&plugin)
@@ -697,7 +749,44 @@ impl Runtime {
 
     /// Runs one call in a fresh instance of `plugin`, waiting for a free slot first.
     pub fn evaluate(&self, plugin: &LoadedPlugin, ctx: PluginContext, call: Call) -> Evaluation {
-        let _slot = self.slots.take();
+        let slot = self.slots.take();
+        self.evaluate_in(slot, plugin, ctx, call)
+    }
+
+    /// A slot for running `plugin` now, on this (async) thread, with
+    /// [`Runtime::evaluate_quick`]: given when the plugin has proven quick (see
+    /// [`LoadedPlugin::is_quick`]) and one of the per-core quick slots is free. Otherwise the
+    /// call belongs on a thread that may block ([`Runtime::evaluate`]).
+    ///
+    /// This saves an async caller the hand-over to a blocking thread and back, which costs
+    /// more than a quick evaluation itself. A plugin that turns slow holds its caller's
+    /// thread once, for at most its time limit, and then runs on blocking threads again
+    /// until it is quick [`QUICK_STREAK`] times in a row.
+    pub fn quick_slot(&self, plugin: &LoadedPlugin) -> Option<QuickSlot<'_>> {
+        if !plugin.is_quick() {
+            return None;
+        }
+        self.inline.try_take().map(QuickSlot)
+    }
+
+    /// Runs one call in a fresh instance of `plugin` in a slot from [`Runtime::quick_slot`].
+    pub fn evaluate_quick(
+        &self,
+        slot: QuickSlot<'_>,
+        plugin: &LoadedPlugin,
+        ctx: PluginContext,
+        call: Call,
+    ) -> Evaluation {
+        self.evaluate_in(slot.0, plugin, ctx, call)
+    }
+
+    fn evaluate_in(
+        &self,
+        _slot: Slot<'_>,
+        plugin: &LoadedPlugin,
+        ctx: PluginContext,
+        call: Call,
+    ) -> Evaluation {
         let started = Instant::now();
         let mut store = self.new_store(&ctx);
         let mut cost = Cost::default();
@@ -723,7 +812,9 @@ impl Runtime {
                 }
             }
         };
-        let wall = started.elapsed().as_nanos() as u64;
+        let elapsed = started.elapsed();
+        plugin.record(elapsed);
+        let wall = elapsed.as_nanos() as u64;
         cost.call_ns = wall.saturating_sub(cost.instantiate_ns);
         cost.instantiate_us = cost.instantiate_ns / 1000;
         cost.call_us = cost.call_ns / 1000;
@@ -972,6 +1063,32 @@ mod tests {
             "{\"n\":1}".len() + "application/json".len()
         );
         assert_eq!(cost.wall_us, cost.instantiate_us + cost.call_us);
+    }
+
+    #[test]
+    fn only_plugins_quick_many_times_in_a_row_run_on_the_callers_thread() {
+        let runtime = Runtime::new(options(None)).unwrap();
+        let plugin = runtime.validate(FORWARD).unwrap();
+        // A plugin just loaded has no streak yet.
+        assert!(runtime.quick_slot(&plugin).is_none());
+        for _ in 0..QUICK_STREAK {
+            plugin.record(Duration::from_micros(30));
+        }
+        assert!(runtime.quick_slot(&plugin).is_some());
+        // One slow evaluation, and it goes back to the blocking threads...
+        plugin.record(QUICK_EVALUATION);
+        assert!(runtime.quick_slot(&plugin).is_none());
+        // ...until it is quick a whole streak again.
+        for _ in 0..QUICK_STREAK - 1 {
+            plugin.record(Duration::from_micros(30));
+        }
+        assert!(runtime.quick_slot(&plugin).is_none());
+        plugin.record(Duration::from_micros(30));
+        // At most one quick slot per core is out at once.
+        let taken: Vec<_> = std::iter::from_fn(|| runtime.quick_slot(&plugin)).collect();
+        assert_eq!(taken.len(), inline_slot_count());
+        drop(taken);
+        assert!(runtime.quick_slot(&plugin).is_some());
     }
 
     #[test]

@@ -39,27 +39,33 @@ pub struct Sender {
     body_limit: usize,
     guard: Guard,
     timeout: Duration,
+    idle_per_host: usize,
     /// Clients that also trust a connection's CA certificates, by SHA-256 of the PEM text.
     with_ca: Arc<Mutex<HashMap<[u8; 32], reqwest::Client>>>,
 }
 
 impl Sender {
     /// A sender whose requests time out after `timeout` and whose response bodies are kept
-    /// up to `body_limit` bytes, and which connects only where `guard` allows.
+    /// up to `body_limit` bytes, and which connects only where `guard` allows. It keeps up to
+    /// `idle_per_host` open connections per receiver for reuse: at least as many as one
+    /// endpoint may have requests in flight, or a busy endpoint reconnects for every
+    /// request beyond the pool.
     ///
     /// # Errors
     /// When the TLS backend cannot be initialised.
     pub fn new(
         timeout: Duration,
         body_limit: usize,
+        idle_per_host: usize,
         guard: Guard,
     ) -> Result<Sender, reqwest::Error> {
-        let client = client_builder(timeout, &guard).build()?;
+        let client = client_builder(timeout, idle_per_host, &guard).build()?;
         Ok(Sender {
             client,
             body_limit,
             guard,
             timeout,
+            idle_per_host,
             with_ca: Arc::default(),
         })
     }
@@ -82,7 +88,7 @@ impl Sender {
         if certificates.is_empty() {
             return Err("holds no `-----BEGIN CERTIFICATE-----` block".into());
         }
-        let mut builder = client_builder(self.timeout, &self.guard);
+        let mut builder = client_builder(self.timeout, self.idle_per_host, &self.guard);
         for certificate in certificates {
             builder = builder.add_root_certificate(certificate);
         }
@@ -232,7 +238,11 @@ impl Sender {
 }
 
 /// The settings every client shares: timeouts, no redirects, no proxies, the guard.
-fn client_builder(timeout: Duration, guard: &Guard) -> reqwest::ClientBuilder {
+fn client_builder(
+    timeout: Duration,
+    idle_per_host: usize,
+    guard: &Guard,
+) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .dns_resolver(Arc::new(guard::GuardedResolver(guard.clone())))
         .no_proxy()
@@ -240,7 +250,7 @@ fn client_builder(timeout: Duration, guard: &Guard) -> reqwest::ClientBuilder {
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(idle_per_host)
         .user_agent(concat!("wasmhooks/", env!("CARGO_PKG_VERSION")))
 }
 

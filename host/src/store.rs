@@ -15,7 +15,9 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
 
 pub use seal::Sealer;
 
@@ -90,6 +92,110 @@ fn fifo_key(delivery: &Delivery) -> Option<Vec<u8>> {
 
 fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(err)
+}
+
+/// An event's record, and its deliveries' queue keys and records, encoded before the
+/// transaction (which may run more than once).
+type EncodedEvent = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// The trees an event's insertion writes; `indexes` (debounce, FIFO, batches) only when some
+/// delivery is debounced, in order or batched.
+struct IngestTrees<'a> {
+    events: &'a TransactionalTree,
+    dtree: &'a TransactionalTree,
+    queue: &'a TransactionalTree,
+    indexes: Option<(
+        &'a TransactionalTree,
+        &'a TransactionalTree,
+        &'a TransactionalTree,
+    )>,
+}
+
+/// One event of [`Store::insert_events`], inside its transaction.
+fn insert_one(
+    trees: &IngestTrees<'_>,
+    event: &Event,
+    event_bytes: &[u8],
+    deliveries: &[Delivery],
+    encoded: &[(Vec<u8>, Vec<u8>)],
+) -> Result<Inserted, ConflictableTransactionError<StoreError>> {
+    let IngestTrees {
+        events,
+        dtree,
+        queue,
+        indexes,
+    } = trees;
+    if events.get(event.id.as_str())?.is_some() {
+        return Ok(Inserted::Duplicate);
+    }
+    events.insert(event.id.as_str().as_bytes(), event_bytes)?;
+    let mut carried = Vec::with_capacity(deliveries.len());
+    for (delivery, (key, bytes)) in deliveries.iter().zip(encoded) {
+        let plain = delivery.batch_limit <= 1 && delivery.entity.is_none();
+        if let (false, Some((debounce, fifo, batches))) = (plain, indexes) {
+            if delivery.batch_limit > 1 {
+                // Join the webhook's collecting batch if it has room.
+                let index = delivery.webhook_id.as_str().as_bytes();
+                let open = match batches.get(index)? {
+                    Some(id) => dtree.get(&id)?,
+                    None => None,
+                };
+                if let Some(raw) = open {
+                    let mut open: Delivery = decode("deliveries", &raw).map_err(abort)?;
+                    if open.replaceable() && open.batch_events.len() < open.batch_limit as usize {
+                        open.batch_events.push(event.id.clone());
+                        open.updated_at = delivery.created_at;
+                        if open.batch_events.len() >= open.batch_limit as usize {
+                            // Full: due now, and no longer collecting.
+                            if let Some(old) = open.next_attempt_at {
+                                queue.remove(queue_key(old, &open.id))?;
+                            }
+                            open.next_attempt_at = Some(delivery.created_at);
+                            queue.insert(
+                                queue_key(delivery.created_at, &open.id),
+                                open.webhook_id.as_str().as_bytes(),
+                            )?;
+                            batches.remove(index)?;
+                        }
+                        dtree.insert(open.id.as_str().as_bytes(), encode(&open))?;
+                        carried.push(open.id);
+                        continue;
+                    }
+                }
+                batches.insert(index, delivery.id.as_str().as_bytes())?;
+            } else if let Some(line) = fifo_key(delivery) {
+                fifo.insert(line, &[] as &[u8])?;
+            } else if let Some(entity) = &delivery.entity {
+                let index = debounce_key(&delivery.webhook_id, entity);
+                let waiting = match debounce.get(&index)? {
+                    Some(id) => dtree.get(&id)?,
+                    None => None,
+                };
+                if let Some(raw) = waiting {
+                    let mut waiting: Delivery = decode("deliveries", &raw).map_err(abort)?;
+                    if waiting.replaceable() {
+                        if let Some(old) = waiting.next_attempt_at {
+                            queue.remove(queue_key(old, &waiting.id))?;
+                        }
+                        let due = delivery.next_attempt_at.unwrap_or(delivery.created_at);
+                        waiting.replace_event(event.id.clone(), due, delivery.created_at);
+                        queue.insert(
+                            queue_key(due, &waiting.id),
+                            waiting.webhook_id.as_str().as_bytes(),
+                        )?;
+                        dtree.insert(waiting.id.as_str().as_bytes(), encode(&waiting))?;
+                        carried.push(waiting.id);
+                        continue;
+                    }
+                }
+                debounce.insert(index, delivery.id.as_str().as_bytes())?;
+            }
+        }
+        dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
+        queue.insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
+        carried.push(delivery.id.clone());
+    }
+    Ok(Inserted::New(carried))
 }
 
 /// The host's sled database.
@@ -451,95 +557,76 @@ impl Store {
         event: &Event,
         deliveries: &[Delivery],
     ) -> Result<Inserted, StoreError> {
-        let event_bytes = encode(event);
-        let encoded: Vec<(Vec<u8>, Vec<u8>)> = deliveries
+        let mut inserted = self.insert_events(&[(event, deliveries)])?;
+        Ok(inserted.pop().expect("one result per event"))
+    }
+
+    /// [`Store::insert_event`] for several events in one transaction (the events of one API
+    /// call): all are stored or none. A transaction costs more than its writes, so one per
+    /// call instead of one per event; and when no delivery is debounced, in order or batched,
+    /// it spans only the event, delivery and queue trees.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn insert_events(
+        &self,
+        items: &[(&Event, &[Delivery])],
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let encoded: Vec<EncodedEvent> = items
             .iter()
-            .map(|d| {
-                let due = d.next_attempt_at.unwrap_or(d.created_at);
-                (queue_key(due, &d.id), encode(d))
+            .map(|(event, deliveries)| {
+                let deliveries = deliveries
+                    .iter()
+                    .map(|d| {
+                        let due = d.next_attempt_at.unwrap_or(d.created_at);
+                        (queue_key(due, &d.id), encode(d))
+                    })
+                    .collect();
+                (encode(event), deliveries)
             })
             .collect();
-        let result = (
-            &self.events,
-            &self.deliveries,
-            &self.queue,
-            &self.debounce,
-            &self.fifo,
-            &self.batches,
-        )
-            .transaction(|(events, dtree, queue, debounce, fifo, batches)| {
-                if events.get(event.id.as_str())?.is_some() {
-                    return Ok(Inserted::Duplicate);
-                }
-                events.insert(event.id.as_str().as_bytes(), event_bytes.as_slice())?;
-                let mut carried = Vec::with_capacity(deliveries.len());
-                for (delivery, (key, bytes)) in deliveries.iter().zip(&encoded) {
-                    if delivery.batch_limit > 1 {
-                        // Join the webhook's collecting batch if it has room.
-                        let index = delivery.webhook_id.as_str().as_bytes();
-                        let open = match batches.get(index)? {
-                            Some(id) => dtree.get(&id)?,
-                            None => None,
-                        };
-                        if let Some(raw) = open {
-                            let mut open: Delivery = decode("deliveries", &raw).map_err(abort)?;
-                            if open.replaceable()
-                                && open.batch_events.len() < open.batch_limit as usize
-                            {
-                                open.batch_events.push(event.id.clone());
-                                open.updated_at = delivery.created_at;
-                                if open.batch_events.len() >= open.batch_limit as usize {
-                                    // Full: due now, and no longer collecting.
-                                    if let Some(old) = open.next_attempt_at {
-                                        queue.remove(queue_key(old, &open.id))?;
-                                    }
-                                    open.next_attempt_at = Some(delivery.created_at);
-                                    queue.insert(
-                                        queue_key(delivery.created_at, &open.id),
-                                        open.webhook_id.as_str().as_bytes(),
-                                    )?;
-                                    batches.remove(index)?;
-                                }
-                                dtree.insert(open.id.as_str().as_bytes(), encode(&open))?;
-                                carried.push(open.id);
-                                continue;
-                            }
-                        }
-                        batches.insert(index, delivery.id.as_str().as_bytes())?;
-                    } else if let Some(line) = fifo_key(delivery) {
-                        fifo.insert(line, &[] as &[u8])?;
-                    } else if let Some(entity) = &delivery.entity {
-                        let index = debounce_key(&delivery.webhook_id, entity);
-                        let waiting = match debounce.get(&index)? {
-                            Some(id) => dtree.get(&id)?,
-                            None => None,
-                        };
-                        if let Some(raw) = waiting {
-                            let mut waiting: Delivery =
-                                decode("deliveries", &raw).map_err(abort)?;
-                            if waiting.replaceable() {
-                                if let Some(old) = waiting.next_attempt_at {
-                                    queue.remove(queue_key(old, &waiting.id))?;
-                                }
-                                let due = delivery.next_attempt_at.unwrap_or(delivery.created_at);
-                                waiting.replace_event(event.id.clone(), due, delivery.created_at);
-                                queue.insert(
-                                    queue_key(due, &waiting.id),
-                                    waiting.webhook_id.as_str().as_bytes(),
-                                )?;
-                                dtree.insert(waiting.id.as_str().as_bytes(), encode(&waiting))?;
-                                carried.push(waiting.id);
-                                continue;
-                            }
-                        }
-                        debounce.insert(index, delivery.id.as_str().as_bytes())?;
-                    }
-                    dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
-                    queue.insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
-                    carried.push(delivery.id.clone());
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(Inserted::New(carried))
-            })?;
+        let plain = items
+            .iter()
+            .flat_map(|(_, deliveries)| deliveries.iter())
+            .all(|d| d.batch_limit <= 1 && d.entity.is_none());
+        let run = |trees: &IngestTrees<'_>| {
+            items
+                .iter()
+                .zip(&encoded)
+                .map(|((event, deliveries), (event_bytes, encoded))| {
+                    insert_one(trees, event, event_bytes, deliveries, encoded)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let result = if plain {
+            (&self.events, &self.deliveries, &self.queue).transaction(
+                |(events, dtree, queue)| {
+                    run(&IngestTrees {
+                        events,
+                        dtree,
+                        queue,
+                        indexes: None,
+                    })
+                },
+            )?
+        } else {
+            (
+                &self.events,
+                &self.deliveries,
+                &self.queue,
+                &self.debounce,
+                &self.fifo,
+                &self.batches,
+            )
+                .transaction(|(events, dtree, queue, debounce, fifo, batches)| {
+                    run(&IngestTrees {
+                        events,
+                        dtree,
+                        queue,
+                        indexes: Some((debounce, fifo, batches)),
+                    })
+                })?
+        };
         Ok(result)
     }
 
@@ -1139,6 +1226,46 @@ mod tests {
                 .insert_event(&e4, std::slice::from_ref(&other))
                 .unwrap(),
             Inserted::New(vec![other.id.clone()])
+        );
+    }
+
+    #[test]
+    fn the_events_of_one_call_are_stored_together_and_see_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
+        let webhook = WebhookId::generate();
+        let (e1, e2, e3) = (event("c1"), event("c2"), event("c3"));
+        let plain = delivery(&e1, 1000);
+        let mut first = delivery(&e2, 2000);
+        first.webhook_id = webhook.clone();
+        first.entity = Some("sku-9".into());
+        let mut second = delivery(&e3, 3000);
+        second.webhook_id = webhook;
+        second.entity = Some("sku-9".into());
+        let again = delivery(&e1, 4000);
+        let items: Vec<(&Event, &[Delivery])> = vec![
+            (&e1, std::slice::from_ref(&plain)),
+            (&e2, std::slice::from_ref(&first)),
+            (&e3, std::slice::from_ref(&second)),
+            // The same id twice in one call: the second is a duplicate.
+            (&e1, std::slice::from_ref(&again)),
+        ];
+        let inserted = store.insert_events(&items).unwrap();
+        assert_eq!(
+            inserted,
+            vec![
+                Inserted::New(vec![plain.id.clone()]),
+                Inserted::New(vec![first.id.clone()]),
+                // Debounced onto the delivery the same call made for e2.
+                Inserted::New(vec![first.id.clone()]),
+                Inserted::Duplicate,
+            ]
+        );
+        assert_eq!(store.delivery(&first.id).unwrap().unwrap().event_id, e3.id);
+        assert!(store.delivery(&again.id).unwrap().is_none());
+        assert_eq!(
+            store.due_entries(10).unwrap(),
+            vec![(Millis(1000), plain.id), (Millis(3000), first.id)]
         );
     }
 

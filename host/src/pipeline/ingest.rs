@@ -179,19 +179,25 @@ impl Pipeline {
             .map(|(i, input)| self.event_from(input, now, batch.then_some(i)))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let mut results = Vec::with_capacity(events.len());
-        for event in &events {
-            let deliveries = self.route(event, now);
-            let inserted = self.store.insert_event(event, &deliveries)?;
-            results.push(EmitResult {
+        let routed: Vec<Vec<Delivery>> = events.iter().map(|e| self.route(e, now)).collect();
+        let items: Vec<(&Event, &[Delivery])> = events
+            .iter()
+            .zip(&routed)
+            .map(|(e, d)| (e, d.as_slice()))
+            .collect();
+        let inserted = self.store.insert_events(&items)?;
+        let results: Vec<EmitResult> = events
+            .iter()
+            .zip(inserted)
+            .map(|(event, inserted)| EmitResult {
                 id: event.id.clone(),
                 duplicate: inserted == Inserted::Duplicate,
                 deliveries: match inserted {
                     Inserted::New(carried) => carried,
                     Inserted::Duplicate => Vec::new(),
                 },
-            });
-        }
+            })
+            .collect();
         self.store.commit().await?;
         if results.iter().any(|r| !r.deliveries.is_empty()) {
             self.wake.notify_one();

@@ -390,7 +390,7 @@ impl Pipeline {
         let scheme = input.signature_scheme.take();
         let (current, issued) = super::signing::issue(given, scheme, "signing_secret")?;
         let webhook = self.merge_webhook(None, input)?;
-        self.store.put_signing_keys(
+        self.put_signing_keys(
             &webhook.id,
             &SigningKeys {
                 current,
@@ -435,6 +435,7 @@ impl Pipeline {
         let _writing = self.webhook_writes.lock().unwrap();
         let existing = self.webhook(id)?;
         self.store.delete_webhook(&existing.id)?;
+        self.signers.write().unwrap().remove(&existing.id);
         self.webhooks.write().unwrap().remove(&existing.id);
         self.forget_endpoints();
         self.wake.notify_one();

@@ -8,11 +8,31 @@
 //! A secret is symmetric (`whsec_`, `v1` signatures) or an Ed25519 private key (`whsk_`,
 //! `v1a`); for the latter receivers get only the public key (`whpk_`), shown on the webhook.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Error, Pipeline};
-use crate::model::{Connection, Millis, Secret, SigningKeys, Webhook};
+use crate::model::{Connection, Millis, Secret, SigningKeys, Webhook, WebhookId};
 use crate::signature::{signature_header, Signer};
+
+/// A webhook's parsed signers: the current one, and the previous one with the end of its
+/// overlap. Empty for a webhook without keys.
+#[derive(Default)]
+pub(super) struct CachedSigners {
+    current: Option<Signer>,
+    previous: Option<(Signer, Millis)>,
+}
+
+fn parse_signer(webhook: &Webhook, secret: &Secret) -> Option<Signer> {
+    match Signer::parse(secret.expose()) {
+        Ok(signer) => Some(signer),
+        Err(e) => {
+            tracing::error!(webhook = %webhook.id, "stored signing secret unusable: {e}");
+            None
+        }
+    }
+}
 
 /// Which signature scheme a generated secret is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -118,7 +138,7 @@ impl Pipeline {
         let previous_until = previous
             .as_ref()
             .map(|_| Millis(self.now().as_i64() + overlap));
-        self.store.put_signing_keys(
+        self.put_signing_keys(
             &webhook.id,
             &SigningKeys {
                 current,
@@ -163,36 +183,68 @@ impl Pipeline {
         timestamp: i64,
         body: &[u8],
     ) -> Option<String> {
-        let parse = |secret: &Secret| match Signer::parse(secret.expose()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!(webhook = %webhook.id, "stored signing secret unusable: {e}");
-                None
-            }
-        };
-        let mut secrets = Vec::new();
         if let Some(secret) = connection.and_then(|c| c.signing_secret.as_ref()) {
-            secrets.extend(parse(secret));
-        } else {
-            let keys = match self.store.signing_keys(&webhook.id) {
-                Ok(keys) => keys?,
-                Err(e) => {
-                    tracing::error!(webhook = %webhook.id, "reading signing secrets: {e}");
-                    return None;
-                }
-            };
-            secrets.extend(parse(&keys.current));
-            let now = self.now();
-            if let (Some(previous), Some(until)) = (&keys.previous, keys.previous_until) {
-                if now < until {
-                    secrets.extend(parse(previous));
-                }
+            let signer = parse_signer(webhook, secret)?;
+            return Some(signature_header(&[&signer], message_id, timestamp, body));
+        }
+        let signers = self.webhook_signers(webhook)?;
+        let now = self.now();
+        let mut refs: Vec<&Signer> = signers.current.iter().collect();
+        if let Some((previous, until)) = &signers.previous {
+            if now < *until {
+                refs.push(previous);
             }
         }
-        if secrets.is_empty() {
+        if refs.is_empty() {
             return None;
         }
-        let refs: Vec<&Signer> = secrets.iter().collect();
         Some(signature_header(&refs, message_id, timestamp, body))
+    }
+
+    /// A webhook's signers, read from the store (and unsealed and parsed) once and kept
+    /// until its keys change ([`Pipeline::put_signing_keys`]).
+    fn webhook_signers(&self, webhook: &Webhook) -> Option<Arc<CachedSigners>> {
+        if let Some(signers) = self.signers.read().unwrap().get(&webhook.id) {
+            return Some(signers.clone());
+        }
+        // Filled under the write lock: a rotation's store write then removal cannot fall
+        // between this read of the store and the insertion of what it read.
+        let mut cache = self.signers.write().unwrap();
+        if let Some(signers) = cache.get(&webhook.id) {
+            return Some(signers.clone());
+        }
+        let keys = match self.store.signing_keys(&webhook.id) {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::error!(webhook = %webhook.id, "reading signing secrets: {e}");
+                return None;
+            }
+        };
+        let signers = Arc::new(match keys {
+            None => CachedSigners::default(),
+            Some(keys) => CachedSigners {
+                current: parse_signer(webhook, &keys.current),
+                previous: keys
+                    .previous
+                    .zip(keys.previous_until)
+                    .and_then(|(previous, until)| Some((parse_signer(webhook, &previous)?, until))),
+            },
+        });
+        cache.insert(webhook.id.clone(), signers.clone());
+        Some(signers)
+    }
+
+    /// Stores a webhook's signing keys and drops the signers kept for it.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub(super) fn put_signing_keys(
+        &self,
+        id: &WebhookId,
+        keys: &SigningKeys,
+    ) -> Result<(), crate::store::StoreError> {
+        self.store.put_signing_keys(id, keys)?;
+        self.signers.write().unwrap().remove(id);
+        Ok(())
     }
 }

@@ -63,6 +63,8 @@ pub(super) struct Staging {
     staged: HashSet<DeliveryId>,
     /// Each webhook's endpoint, worked out once.
     endpoint_of: HashMap<WebhookId, Option<Arc<str>>>,
+    /// Endpoints whose due entries the sweep stepped over because their line was full.
+    overflowed: HashSet<Option<Arc<str>>>,
 }
 
 impl Staging {
@@ -166,13 +168,24 @@ impl Pipeline {
         now: Millis,
         wait: &mut Duration,
     ) -> Result<(), StoreError> {
-        if staging.swept
-            && staging
-                .swept_at
-                .is_some_and(|t| t.elapsed() >= RESCAN_EVERY)
+        // Start again from the head once a second, or at once when an endpoint whose entries
+        // were stepped over has worked through half its line (else a backlog of one busy
+        // endpoint would wait for the next rescan in bursts of a line at a time).
+        let drained = staging.overflowed.iter().any(|endpoint| {
+            staging
+                .lines
+                .get(endpoint)
+                .is_none_or(|line| line.len() < MAX_STAGED_PER_ENDPOINT / 2)
+        });
+        if drained
+            || (staging.swept
+                && staging
+                    .swept_at
+                    .is_some_and(|t| t.elapsed() >= RESCAN_EVERY))
         {
             staging.cursor = None;
             staging.swept = false;
+            staging.overflowed.clear();
         }
         if staging.staged.len() >= MAX_STAGED {
             return Ok(());
@@ -204,9 +217,10 @@ impl Pipeline {
                     .clone(),
                 None => None,
             };
-            let line = staging.lines.entry(endpoint).or_default();
+            let line = staging.lines.entry(endpoint.clone()).or_default();
             if line.len() >= MAX_STAGED_PER_ENDPOINT {
                 // Its line is full: the entry waits for a later sweep.
+                staging.overflowed.insert(endpoint);
                 continue;
             }
             line.push_back((due, id.clone()));
@@ -531,7 +545,6 @@ impl Pipeline {
             }
             Call::Batch(events)
         };
-        let runtime = self.runtime.clone();
         let module = &webhook.module_id;
         let plugin = match self.plugin(module) {
             Ok(plugin) => plugin,
@@ -545,10 +558,10 @@ impl Pipeline {
             }
         };
         let ctx = self.plugin_context(webhook);
-        let evaluation = tokio::task::spawn_blocking(move || runtime.evaluate(&plugin, ctx, call))
+        let evaluation = self
+            .run_plugin(plugin, ctx, call)
             .instrument(tracing::info_span!("wasmhooks.plugin", module = %webhook.module_id))
-            .await
-            .expect("plugin evaluation does not panic");
+            .await;
         self.keep_state(webhook, &evaluation);
         let wrote_state = evaluation.result.is_ok() && !evaluation.state_changes.is_empty();
         delivery.logs = evaluation.logs;
@@ -594,6 +607,23 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// Evaluates on this thread when the plugin has proven quick, else on a blocking thread
+    /// (see [`crate::runtime::Runtime::quick_slot`]).
+    async fn run_plugin(
+        &self,
+        plugin: Arc<crate::runtime::LoadedPlugin>,
+        ctx: crate::runtime::PluginContext,
+        call: Call,
+    ) -> crate::runtime::Evaluation {
+        if let Some(slot) = self.runtime.quick_slot(&plugin) {
+            return self.runtime.evaluate_quick(slot, &plugin, ctx, call);
+        }
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || runtime.evaluate(&plugin, ctx, call))
+            .await
+            .expect("plugin evaluation does not panic")
     }
 
     /// Sends every request not yet accepted and decides the delivery's next state.
@@ -672,14 +702,10 @@ impl Pipeline {
                     headers: result.headers.clone(),
                     body: result.body.clone(),
                 };
-                let runtime = self.runtime.clone();
-                let plugin = plugin.clone();
                 let ctx = self.plugin_context(webhook);
-                let evaluation = tokio::task::spawn_blocking(move || {
-                    runtime.evaluate(&plugin, ctx, Call::Response(response))
-                })
-                .await
-                .expect("plugin evaluation does not panic");
+                let evaluation = self
+                    .run_plugin(plugin.clone(), ctx, Call::Response(response))
+                    .await;
                 self.keep_state(webhook, &evaluation);
                 delivery.logs.extend(evaluation.logs);
                 match evaluation.result {
