@@ -43,16 +43,31 @@ impl Serialize for Millis {
 
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(i64),
-            Text(String),
+        // A visitor rather than an untagged enum: that one buffers the value and builds an
+        // error for each variant it tries, on every stored record read.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Millis;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an RFC 3339 timestamp or milliseconds since the epoch")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, ms: i64) -> Result<Millis, E> {
+                Ok(Millis(ms))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, ms: u64) -> Result<Millis, E> {
+                i64::try_from(ms)
+                    .map(Millis)
+                    .map_err(|_| E::custom(format!("{ms} ms is out of range")))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Millis, E> {
+                Millis::parse(text).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(ms) => Ok(Millis(ms)),
-            Raw::Text(text) => Millis::parse(&text).map_err(serde::de::Error::custom),
-        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -68,5 +83,8 @@ mod tests {
         assert_eq!(serde_json::from_str::<Millis>(&json).unwrap(), t);
         assert_eq!(serde_json::from_str::<Millis>("1614265330123").unwrap(), t);
         assert!(serde_json::from_str::<Millis>("\"yesterday\"").is_err());
+        assert_eq!(serde_json::from_str::<Millis>("-5").unwrap(), Millis(-5));
+        assert!(serde_json::from_str::<Millis>("true").is_err());
+        assert!(serde_json::from_str::<Millis>("18446744073709551615").is_err());
     }
 }
