@@ -9,9 +9,11 @@
 //! written so far durable, coalescing concurrent callers into one flush (group commit).
 
 mod commit;
+mod recent;
 pub mod seal;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -218,6 +220,7 @@ pub struct Store {
     signing: sled::Tree,
     sealer: Sealer,
     committer: commit::Committer,
+    recent: Arc<recent::RecentEvents>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -295,6 +298,7 @@ impl Store {
             signing: db.open_tree("signing")?,
             sealer,
             committer: commit::Committer::start(db.clone()),
+            recent: Arc::default(),
             db,
         };
         store.seal_plain_records()?;
@@ -627,6 +631,11 @@ impl Store {
                     })
                 })?
         };
+        for ((event, _), inserted) in items.iter().zip(&result) {
+            if matches!(inserted, Inserted::New(_)) {
+                self.recent.put(event);
+            }
+        }
         Ok(result)
     }
 
@@ -673,6 +682,9 @@ impl Store {
     /// # Errors
     /// On storage failure or a corrupt record.
     pub fn event(&self, id: &EventId) -> Result<Option<Event>, StoreError> {
+        if let Some(event) = self.recent.get(id) {
+            return Ok(Some(Event::clone(&event)));
+        }
         self.events
             .get(id.as_str())?
             .map(|v| decode("events", &v))
