@@ -4,9 +4,13 @@
 //! Values are JSON; records holding credentials (connections, signing secrets) are sealed
 //! with the host's secrets key ([`seal`]). The queue tree is keyed by `due time (u64 big-endian ms) ++ delivery id`,
 //! so iterating it walks deliveries in due order and a million pending deliveries cost disk,
-//! not memory. Changes that must be atomic (an event with its deliveries; a delivery's new
-//! state with its queue entry) are sled transactions. [`Store::commit`] makes everything
-//! written so far durable, coalescing concurrent callers into one flush (group commit).
+//! not memory. Changes that must be atomic (an event with its deliveries; a collecting or
+//! in-order delivery's new state with its indexes) are sled transactions; a plain delivery's
+//! new state is three ordered writes (see [`Store::update_delivery`]). A sled transaction
+//! writes out and syncs sled's current log buffer when it begins, so ingest runs one for
+//! many API calls at once on the commit thread ([`Store::insert_and_commit`]), which then
+//! flushes once for all of them (group commit). [`Store::commit`] makes everything written
+//! so far durable, sharing that flush.
 
 mod commit;
 mod recent;
@@ -200,6 +204,96 @@ fn insert_one(
     Ok(Inserted::New(carried))
 }
 
+/// The trees an event's insertion writes, apart from the [`Store`] so the commit thread can
+/// insert without holding the store (and its handle to that thread).
+#[derive(Clone)]
+pub(super) struct EventTrees {
+    events: sled::Tree,
+    deliveries: sled::Tree,
+    queue: sled::Tree,
+    debounce: sled::Tree,
+    fifo: sled::Tree,
+    batches: sled::Tree,
+    recent: Arc<recent::RecentEvents>,
+}
+
+impl EventTrees {
+    /// Stores events and queues their deliveries in one transaction: all are stored or
+    /// none; a later event sees the earlier ones' writes (a repeated id is a duplicate, a
+    /// second event of an entity debounces onto the first's delivery). When no delivery is
+    /// debounced, in order or batched, the transaction spans only the event, delivery and
+    /// queue trees.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub(super) fn insert_events(
+        &self,
+        items: &[(&Event, &[Delivery])],
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let encoded: Vec<EncodedEvent> = items
+            .iter()
+            .map(|(event, deliveries)| {
+                let deliveries = deliveries
+                    .iter()
+                    .map(|d| {
+                        let due = d.next_attempt_at.unwrap_or(d.created_at);
+                        (queue_key(due, &d.id), encode(d))
+                    })
+                    .collect();
+                (encode(event), deliveries)
+            })
+            .collect();
+        let plain = items
+            .iter()
+            .flat_map(|(_, deliveries)| deliveries.iter())
+            .all(|d| d.batch_limit <= 1 && d.entity.is_none());
+        let run = |trees: &IngestTrees<'_>| {
+            items
+                .iter()
+                .zip(&encoded)
+                .map(|((event, deliveries), (event_bytes, encoded))| {
+                    insert_one(trees, event, event_bytes, deliveries, encoded)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let result = if plain {
+            (&self.events, &self.deliveries, &self.queue).transaction(
+                |(events, dtree, queue)| {
+                    run(&IngestTrees {
+                        events,
+                        dtree,
+                        queue,
+                        indexes: None,
+                    })
+                },
+            )?
+        } else {
+            (
+                &self.events,
+                &self.deliveries,
+                &self.queue,
+                &self.debounce,
+                &self.fifo,
+                &self.batches,
+            )
+                .transaction(|(events, dtree, queue, debounce, fifo, batches)| {
+                    run(&IngestTrees {
+                        events,
+                        dtree,
+                        queue,
+                        indexes: Some((debounce, fifo, batches)),
+                    })
+                })?
+        };
+        for ((event, _), inserted) in items.iter().zip(&result) {
+            if matches!(inserted, Inserted::New(_)) {
+                self.recent.put(event);
+            }
+        }
+        Ok(result)
+    }
+}
+
 /// The host's sled database.
 #[derive(Clone)]
 pub struct Store {
@@ -221,6 +315,7 @@ pub struct Store {
     sealer: Sealer,
     committer: commit::Committer,
     recent: Arc<recent::RecentEvents>,
+    ingest: EventTrees,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -281,24 +376,35 @@ impl Store {
             .cache_capacity(cache_bytes as u64)
             .flush_every_ms(Some(500))
             .open()?;
-        let store = Store {
-            modules: db.open_tree("modules")?,
-            module_info: db.open_tree("module_info")?,
-            webhooks: db.open_tree("webhooks")?,
-            connections: db.open_tree("connections")?,
-            api_keys: db.open_tree("api_keys")?,
+        let recent: Arc<recent::RecentEvents> = Arc::default();
+        let ingest = EventTrees {
             events: db.open_tree("events")?,
             deliveries: db.open_tree("deliveries")?,
             queue: db.open_tree("queue")?,
             debounce: db.open_tree("debounce")?,
             fifo: db.open_tree("fifo")?,
             batches: db.open_tree("batches")?,
+            recent: recent.clone(),
+        };
+        let store = Store {
+            modules: db.open_tree("modules")?,
+            module_info: db.open_tree("module_info")?,
+            webhooks: db.open_tree("webhooks")?,
+            connections: db.open_tree("connections")?,
+            api_keys: db.open_tree("api_keys")?,
+            events: ingest.events.clone(),
+            deliveries: ingest.deliveries.clone(),
+            queue: ingest.queue.clone(),
+            debounce: ingest.debounce.clone(),
+            fifo: ingest.fifo.clone(),
+            batches: ingest.batches.clone(),
             plugin_state: db.open_tree("plugin_state")?,
             meta: db.open_tree("meta")?,
             signing: db.open_tree("signing")?,
             sealer,
-            committer: commit::Committer::start(db.clone()),
-            recent: Arc::default(),
+            committer: commit::Committer::start(db.clone(), ingest.clone()),
+            recent,
+            ingest,
             db,
         };
         store.seal_plain_records()?;
@@ -565,10 +671,8 @@ impl Store {
         Ok(inserted.pop().expect("one result per event"))
     }
 
-    /// [`Store::insert_event`] for several events in one transaction (the events of one API
-    /// call): all are stored or none. A transaction costs more than its writes, so one per
-    /// call instead of one per event; and when no delivery is debounced, in order or batched,
-    /// it spans only the event, delivery and queue trees.
+    /// [`Store::insert_event`] for several events in one transaction: all are stored or
+    /// none (see [`EventTrees::insert_events`]). Not durable until [`Store::commit`].
     ///
     /// # Errors
     /// On storage failure.
@@ -576,67 +680,22 @@ impl Store {
         &self,
         items: &[(&Event, &[Delivery])],
     ) -> Result<Vec<Inserted>, StoreError> {
-        let encoded: Vec<EncodedEvent> = items
-            .iter()
-            .map(|(event, deliveries)| {
-                let deliveries = deliveries
-                    .iter()
-                    .map(|d| {
-                        let due = d.next_attempt_at.unwrap_or(d.created_at);
-                        (queue_key(due, &d.id), encode(d))
-                    })
-                    .collect();
-                (encode(event), deliveries)
-            })
-            .collect();
-        let plain = items
-            .iter()
-            .flat_map(|(_, deliveries)| deliveries.iter())
-            .all(|d| d.batch_limit <= 1 && d.entity.is_none());
-        let run = |trees: &IngestTrees<'_>| {
-            items
-                .iter()
-                .zip(&encoded)
-                .map(|((event, deliveries), (event_bytes, encoded))| {
-                    insert_one(trees, event, event_bytes, deliveries, encoded)
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let result = if plain {
-            (&self.events, &self.deliveries, &self.queue).transaction(
-                |(events, dtree, queue)| {
-                    run(&IngestTrees {
-                        events,
-                        dtree,
-                        queue,
-                        indexes: None,
-                    })
-                },
-            )?
-        } else {
-            (
-                &self.events,
-                &self.deliveries,
-                &self.queue,
-                &self.debounce,
-                &self.fifo,
-                &self.batches,
-            )
-                .transaction(|(events, dtree, queue, debounce, fifo, batches)| {
-                    run(&IngestTrees {
-                        events,
-                        dtree,
-                        queue,
-                        indexes: Some((debounce, fifo, batches)),
-                    })
-                })?
-        };
-        for ((event, _), inserted) in items.iter().zip(&result) {
-            if matches!(inserted, Inserted::New(_)) {
-                self.recent.put(event);
-            }
-        }
-        Ok(result)
+        self.ingest.insert_events(items)
+    }
+
+    /// Stores events with their deliveries and makes them durable, as the events of one API
+    /// call: together with those of every other call waiting meanwhile, in one transaction
+    /// and one flush on the commit thread. A sled transaction writes out and syncs sled's
+    /// current log buffer when it begins, so one per call cost more than the call's writes;
+    /// shared, many calls pay for one.
+    ///
+    /// # Errors
+    /// On storage failure (then none of the events is stored).
+    pub async fn insert_and_commit(
+        &self,
+        items: Vec<(Event, Vec<Delivery>)>,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        self.committer.insert(items).await
     }
 
     /// Before a collecting delivery (debounced, or a batch) is evaluated: checks that it is
@@ -1144,6 +1203,56 @@ mod tests {
             replaced: 0,
             replaced_events: vec![],
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_share_commits_and_each_gets_its_own_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
+        let calls: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                // Calls 0 and 1 carry the same event id; call 2 carries two events.
+                let name = if i == 1 {
+                    "same-0".to_string()
+                } else {
+                    format!("same-{i}")
+                };
+                let mut items = vec![{
+                    let e = event(&name);
+                    let d = delivery(&e, 1000 + i);
+                    (e, vec![d])
+                }];
+                if i == 2 {
+                    let e = event("extra");
+                    items.push((e, Vec::new()));
+                }
+                tokio::spawn(async move { (i, store.insert_and_commit(items).await.unwrap()) })
+            })
+            .collect();
+        let mut answers = std::collections::BTreeMap::new();
+        for call in calls {
+            let (i, inserted) = call.await.unwrap();
+            answers.insert(i, inserted);
+        }
+        let new = |r: &Inserted| matches!(r, Inserted::New(d) if d.len() == 1);
+        // Of the two calls with one id, exactly one stored it.
+        let pair = [&answers[&0][0], &answers[&1][0]];
+        assert_eq!(pair.iter().filter(|r| new(r)).count(), 1, "{pair:?}");
+        assert_eq!(
+            pair.iter().filter(|r| **r == &Inserted::Duplicate).count(),
+            1
+        );
+        assert_eq!(answers[&2].len(), 2);
+        assert_eq!(answers[&2][1], Inserted::New(Vec::new()));
+        for i in 2..40 {
+            assert!(new(&answers[&i][0]), "call {i}: {:?}", answers[&i]);
+        }
+        assert!(store
+            .event(&EventId::parse("extra").unwrap())
+            .unwrap()
+            .is_some());
+        assert_eq!(store.due_entries(100).unwrap().len(), 39);
     }
 
     #[tokio::test]

@@ -179,26 +179,27 @@ impl Pipeline {
             .map(|(i, input)| self.event_from(input, now, batch.then_some(i)))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let routed: Vec<Vec<Delivery>> = events.iter().map(|e| self.route(e, now)).collect();
-        let items: Vec<(&Event, &[Delivery])> = events
-            .iter()
-            .zip(&routed)
-            .map(|(e, d)| (e, d.as_slice()))
+        let ids: Vec<EventId> = events.iter().map(|e| e.id.clone()).collect();
+        let items: Vec<(Event, Vec<Delivery>)> = events
+            .into_iter()
+            .map(|e| {
+                let deliveries = self.route(&e, now);
+                (e, deliveries)
+            })
             .collect();
-        let inserted = self.store.insert_events(&items)?;
-        let results: Vec<EmitResult> = events
-            .iter()
+        let inserted = self.store.insert_and_commit(items).await?;
+        let results: Vec<EmitResult> = ids
+            .into_iter()
             .zip(inserted)
-            .map(|(event, inserted)| EmitResult {
-                id: event.id.clone(),
+            .map(|(id, inserted)| EmitResult {
                 duplicate: inserted == Inserted::Duplicate,
                 deliveries: match inserted {
                     Inserted::New(carried) => carried,
                     Inserted::Duplicate => Vec::new(),
                 },
+                id,
             })
             .collect();
-        self.store.commit().await?;
         if results.iter().any(|r| !r.deliveries.is_empty()) {
             self.wake.notify_one();
         }
