@@ -43,7 +43,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            cache_bytes: 64 << 20,
+            cache_bytes: 16 << 20,
         }
     }
 }

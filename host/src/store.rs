@@ -359,7 +359,7 @@ impl Store {
     /// When sled cannot open the directory (missing permissions, another process holds it),
     /// or a sealed record does not open with this key.
     pub fn open(dir: &Path, sealer: Sealer) -> Result<Store, StoreError> {
-        Self::open_with_cache(dir, sealer, 64 << 20)
+        Self::open_with_cache(dir, sealer, 16 << 20)
     }
 
     /// [`Store::open`] with sled's page cache limited to `cache_bytes`.
