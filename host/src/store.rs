@@ -303,18 +303,12 @@ pub struct Store {
     webhooks: sled::Tree,
     connections: sled::Tree,
     api_keys: sled::Tree,
-    events: sled::Tree,
-    deliveries: sled::Tree,
-    queue: sled::Tree,
-    debounce: sled::Tree,
-    fifo: sled::Tree,
-    batches: sled::Tree,
     plugin_state: sled::Tree,
     meta: sled::Tree,
     signing: sled::Tree,
     sealer: Sealer,
     committer: commit::Committer,
-    recent: Arc<recent::RecentEvents>,
+    /// The event, delivery and queue trees and their indexes.
     ingest: EventTrees,
 }
 
@@ -376,7 +370,6 @@ impl Store {
             .cache_capacity(cache_bytes as u64)
             .flush_every_ms(Some(500))
             .open()?;
-        let recent: Arc<recent::RecentEvents> = Arc::default();
         let ingest = EventTrees {
             events: db.open_tree("events")?,
             deliveries: db.open_tree("deliveries")?,
@@ -384,7 +377,7 @@ impl Store {
             debounce: db.open_tree("debounce")?,
             fifo: db.open_tree("fifo")?,
             batches: db.open_tree("batches")?,
-            recent: recent.clone(),
+            recent: Arc::default(),
         };
         let store = Store {
             modules: db.open_tree("modules")?,
@@ -392,18 +385,11 @@ impl Store {
             webhooks: db.open_tree("webhooks")?,
             connections: db.open_tree("connections")?,
             api_keys: db.open_tree("api_keys")?,
-            events: ingest.events.clone(),
-            deliveries: ingest.deliveries.clone(),
-            queue: ingest.queue.clone(),
-            debounce: ingest.debounce.clone(),
-            fifo: ingest.fifo.clone(),
-            batches: ingest.batches.clone(),
             plugin_state: db.open_tree("plugin_state")?,
             meta: db.open_tree("meta")?,
             signing: db.open_tree("signing")?,
             sealer,
             committer: commit::Committer::start(db.clone(), ingest.clone()),
-            recent,
             ingest,
             db,
         };
@@ -707,8 +693,12 @@ impl Store {
     /// On storage failure or a corrupt record.
     pub fn claim(&self, read: &Delivery, due: Millis) -> Result<bool, StoreError> {
         let id = &read.id;
-        let claimed = (&self.deliveries, &self.debounce, &self.batches).transaction(
-            |(dtree, debounce, batches)| {
+        let claimed = (
+            &self.ingest.deliveries,
+            &self.ingest.debounce,
+            &self.ingest.batches,
+        )
+            .transaction(|(dtree, debounce, batches)| {
                 let Some(raw) = dtree.get(id.as_str())? else {
                     return Ok(false);
                 };
@@ -731,8 +721,7 @@ impl Store {
                     batches.remove(index)?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(true)
-            },
-        )?;
+            })?;
         Ok(claimed)
     }
 
@@ -741,10 +730,11 @@ impl Store {
     /// # Errors
     /// On storage failure or a corrupt record.
     pub fn event(&self, id: &EventId) -> Result<Option<Event>, StoreError> {
-        if let Some(event) = self.recent.get(id) {
+        if let Some(event) = self.ingest.recent.get(id) {
             return Ok(Some(Event::clone(&event)));
         }
-        self.events
+        self.ingest
+            .events
             .get(id.as_str())?
             .map(|v| decode("events", &v))
             .transpose()
@@ -755,7 +745,8 @@ impl Store {
     /// # Errors
     /// On storage failure or a corrupt record.
     pub fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError> {
-        self.deliveries
+        self.ingest
+            .deliveries
             .get(id.as_str())?
             .map(|v| decode("deliveries", &v))
             .transpose()
@@ -773,8 +764,8 @@ impl Store {
         mut keep: impl FnMut(&Delivery) -> bool,
     ) -> Result<Vec<Delivery>, StoreError> {
         let iter = match before {
-            Some(id) => self.deliveries.range(..id.as_str().as_bytes()),
-            None => self.deliveries.iter(),
+            Some(id) => self.ingest.deliveries.range(..id.as_str().as_bytes()),
+            None => self.ingest.deliveries.iter(),
         };
         let mut out = Vec::new();
         for item in iter.rev() {
@@ -802,9 +793,9 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
-            Box::new(self.deliveries.iter().rev())
+            Box::new(self.ingest.deliveries.iter().rev())
         } else {
-            Box::new(self.deliveries.iter())
+            Box::new(self.ingest.deliveries.iter())
         };
         let mut out = Vec::new();
         for item in iter {
@@ -844,29 +835,36 @@ impl Store {
             // then the old entry's removal: an entry whose due time the record does not name
             // is dropped as stale when the scheduler meets it.
             if let Some(key) = &new_key {
-                self.queue
+                self.ingest
+                    .queue
                     .insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
             }
-            self.deliveries
+            self.ingest
+                .deliveries
                 .insert(delivery.id.as_str().as_bytes(), bytes)?;
             if let Some(key) = old_key.filter(|k| Some(k) != new_key.as_ref()) {
-                self.queue.remove(key)?;
+                self.ingest.queue.remove(key)?;
             }
             return Ok(());
         }
-        (&self.deliveries, &self.queue, &self.fifo).transaction(|(dtree, queue, fifo)| {
-            dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
-            if let Some(line) = &finished_in_line {
-                fifo.remove(line.as_slice())?;
-            }
-            if let Some(key) = &old_key {
-                queue.remove(key.as_slice())?;
-            }
-            if let Some(key) = &new_key {
-                queue.insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
-            }
-            Ok::<_, ConflictableTransactionError<StoreError>>(())
-        })?;
+        (
+            &self.ingest.deliveries,
+            &self.ingest.queue,
+            &self.ingest.fifo,
+        )
+            .transaction(|(dtree, queue, fifo)| {
+                dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
+                if let Some(line) = &finished_in_line {
+                    fifo.remove(line.as_slice())?;
+                }
+                if let Some(key) = &old_key {
+                    queue.remove(key.as_slice())?;
+                }
+                if let Some(key) = &new_key {
+                    queue.insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
         Ok(())
     }
 
@@ -881,7 +879,7 @@ impl Store {
         };
         let mut prefix = debounce_key(&delivery.webhook_id, entity);
         prefix.push(0);
-        let Some(first) = self.fifo.scan_prefix(&prefix).keys().next() else {
+        let Some(first) = self.ingest.fifo.scan_prefix(&prefix).keys().next() else {
             return Ok(None);
         };
         let first = first?;
@@ -896,13 +894,13 @@ impl Store {
     /// On storage failure.
     pub fn due_entries(&self, limit: usize) -> Result<Vec<(Millis, DeliveryId)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.queue.iter().keys().take(limit) {
+        for item in self.ingest.queue.iter().keys().take(limit) {
             let key = item?;
             match parse_queue_key(&key) {
                 Some(entry) => out.push(entry),
                 None => {
                     tracing::warn!(key = ?key, "dropping malformed queue key");
-                    self.queue.remove(key)?;
+                    self.ingest.queue.remove(key)?;
                 }
             }
         }
@@ -923,7 +921,8 @@ impl Store {
             Some(key) => Bound::Excluded(sled::IVec::from(key)),
             None => Bound::Unbounded,
         };
-        self.queue
+        self.ingest
+            .queue
             .range::<sled::IVec, _>((start, Bound::Unbounded))
             .filter_map(|item| match item {
                 Err(e) => Some(Err(StoreError::from(e))),
@@ -942,13 +941,13 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn remove_queue_entry(&self, due: Millis, id: &DeliveryId) -> Result<(), StoreError> {
-        self.queue.remove(queue_key(due, id))?;
+        self.ingest.queue.remove(queue_key(due, id))?;
         Ok(())
     }
 
     /// Number of queue entries.
     pub fn queue_len(&self) -> usize {
-        self.queue.len()
+        self.ingest.queue.len()
     }
 
     // ----- plugin state -----
