@@ -237,26 +237,28 @@ pub struct LoadedPlugin {
     pub features: Vec<String>,
     /// Names the component exports.
     pub exports: Vec<String>,
-    /// How many evaluations in a row finished within [`QUICK_EVALUATION`].
+    /// How many evaluations in a row used less than [`QUICK_EVALUATION`] of CPU.
     quick_streak: std::sync::atomic::AtomicU32,
 }
 
-/// An evaluation this short may run on the caller's (async) thread.
+/// An evaluation this short may run on the caller's (async) thread. Judged by the CPU time
+/// the evaluating thread used, not wall time: on a busy machine a thread is sometimes
+/// descheduled mid-evaluation, and that says nothing about the plugin.
 pub const QUICK_EVALUATION: Duration = Duration::from_millis(1);
 /// How many quick evaluations in a row make a plugin run on the caller's thread.
 pub const QUICK_STREAK: u32 = 32;
 
 impl LoadedPlugin {
-    /// Whether the plugin's last [`QUICK_STREAK`] evaluations each took less than
-    /// [`QUICK_EVALUATION`], so the next one may run where it is asked for.
+    /// Whether the plugin's last [`QUICK_STREAK`] evaluations each used less than
+    /// [`QUICK_EVALUATION`] of CPU, so the next one may run where it is asked for.
     pub fn is_quick(&self) -> bool {
         self.quick_streak.load(std::sync::atomic::Ordering::Relaxed) >= QUICK_STREAK
     }
 
-    /// Counts an evaluation's wall time towards (or against) the quick streak.
-    fn record(&self, wall: Duration) {
+    /// Counts an evaluation's CPU time towards (or against) the quick streak.
+    fn record(&self, cpu: Duration) {
         use std::sync::atomic::Ordering::Relaxed;
-        if wall < QUICK_EVALUATION {
+        if cpu < QUICK_EVALUATION {
             let _ = self
                 .quick_streak
                 .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_add(1)));
@@ -463,6 +465,29 @@ impl EpochTicker {
     }
 }
 
+/// The CPU time the calling thread has used, where the platform tells.
+fn thread_cpu_time() -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid, writable timespec for the call's duration.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+        (rc == 0).then(|| {
+            Duration::new(
+                u64::try_from(now.tv_sec).unwrap_or(0),
+                u32::try_from(now.tv_nsec).unwrap_or(0),
+            )
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 /// Slots for evaluations on async threads: one per core (the async runtime's thread count).
 fn inline_slot_count() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -639,27 +664,34 @@ impl Runtime {
     }
 
     fn load_artifact(&self, id: &ModuleId) -> Option<LoadedPlugin> {
+        let component = self.map_artifact(id)?;
+        match self.prepare(component) {
+            Ok(plugin) => Some(plugin),
+            Err(e) => {
+                tracing::warn!(module = %id, error = %e, "compiled artifact unusable; recompiling");
+                None
+            }
+        }
+    }
+
+    /// The module's compiled artifact, mapped from its file (see [`ArtifactCache`]) when this
+    /// host wrote one for this engine.
+    fn map_artifact(&self, id: &ModuleId) -> Option<Component> {
         let cache = self.cache.as_ref()?;
-        let artifact = match cache.read(id, &self.compat) {
+        let path = match cache.verified(id, &self.compat) {
             Ok(found) => found?,
             Err(why) => {
                 tracing::warn!(module = %id, "ignoring a compiled artifact: {why}; recompiling");
                 return None;
             }
         };
-        // SAFETY: the artifact was authenticated as written by this host, from a component
-        // this engine's settings compiled; wasmtime checks the engine compatibility again.
-        let component = match unsafe { Component::deserialize(&self.engine, &artifact) } {
-            Ok(component) => component,
+        // SAFETY: the file was authenticated as written by this host, from a component this
+        // engine's settings compiled, and is only ever replaced by rename, never modified in
+        // place; wasmtime checks the engine compatibility again.
+        match unsafe { Component::deserialize_file(&self.engine, &path) } {
+            Ok(component) => Some(component),
             Err(e) => {
                 tracing::warn!(module = %id, error = format!("{e:#}"), "compiled artifact unusable; recompiling");
-                return None;
-            }
-        };
-        match self.prepare(component) {
-            Ok(plugin) => Some(plugin),
-            Err(e) => {
-                tracing::warn!(module = %id, error = %e, "compiled artifact unusable; recompiling");
                 None
             }
         }
@@ -671,8 +703,10 @@ impl Runtime {
         plugin
     }
 
-    /// Keeps a validated plugin in memory and its artifact on disk (after upload).
-    pub fn insert(&self, id: ModuleId, plugin: LoadedPlugin) -> Arc<LoadedPlugin> {
+    /// Keeps a validated plugin in memory and its artifact on disk (after upload). Once the
+    /// artifact is written, the plugin runs from its mapped file instead of the freshly
+    /// compiled copy, as it will after a restart: only the code it runs stays resident.
+    pub fn insert(&self, id: ModuleId, mut plugin: LoadedPlugin) -> Arc<LoadedPlugin> {
         if let Some(cache) = &self.cache {
             let written = plugin
                 .component
@@ -683,8 +717,20 @@ impl Runtime {
                         .write(&id, &self.compat, &artifact)
                         .map_err(|e| e.to_string())
                 });
-            if let Err(e) = written {
-                tracing::warn!(module = %id, error = %e, "could not keep the compiled artifact; it will be compiled again after a restart");
+            match written {
+                Ok(()) => {
+                    let mapped = self.map_artifact(&id).and_then(|component| {
+                        let pre = self.linker.instantiate_pre(&component).ok()?;
+                        Some((component, WebhookPre::new(pre).ok()?))
+                    });
+                    if let Some((component, pre)) = mapped {
+                        plugin.component = component;
+                        plugin.pre = pre;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(module = %id, error = %e, "could not keep the compiled artifact; it will be compiled again after a restart")
+                }
             }
         }
         self.remember(id, plugin)
@@ -788,6 +834,7 @@ impl Runtime {
         call: Call,
     ) -> Evaluation {
         let started = Instant::now();
+        let cpu_started = thread_cpu_time();
         let mut store = self.new_store(&ctx);
         let mut cost = Cost::default();
         let result = match plugin.pre.instantiate(&mut store) {
@@ -813,7 +860,10 @@ impl Runtime {
             }
         };
         let elapsed = started.elapsed();
-        plugin.record(elapsed);
+        plugin.record(match (cpu_started, thread_cpu_time()) {
+            (Some(start), Some(end)) => end.saturating_sub(start),
+            _ => elapsed,
+        });
         let wall = elapsed.as_nanos() as u64;
         cost.call_ns = wall.saturating_sub(cost.instantiate_ns);
         cost.instantiate_us = cost.instantiate_ns / 1000;
@@ -1008,6 +1058,8 @@ mod tests {
         let damaged = Runtime::new(options(Some(cache(dir.path(), 2)))).unwrap();
         load_counting(&damaged, &id, &compiles);
         assert_eq!(compiles.load(Ordering::SeqCst), 2);
+        // (The running host maps its artifacts: they are only ever replaced, not cut short.)
+        drop(damaged);
         std::fs::write(&path, &bytes[..10]).unwrap();
         let truncated = Runtime::new(options(Some(cache(dir.path(), 2)))).unwrap();
         load_counting(&truncated, &id, &compiles);

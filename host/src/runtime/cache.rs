@@ -3,9 +3,16 @@
 //! An artifact is named by the module's content hash and the engine's
 //! `precompile_compatibility_hash()`, so a wasmtime upgrade, other engine settings or another
 //! CPU look for another file and recompile. Deserializing trusts its input completely, so
-//! every file starts with an HMAC-SHA256, under a key only this host holds, of the name and
+//! every file ends with an HMAC-SHA256, under a key only this host holds, of the name and
 //! the artifact: a file this host did not write (copied from elsewhere, truncated, tampered
 //! with) is never deserialized; it is recompiled and replaced.
+//!
+//! The tag goes at the end so the file itself is a valid artifact (wasmtime locates what it
+//! reads by the ELF headers' offsets and ignores trailing bytes): a verified file is mapped
+//! straight into memory by `Component::deserialize_file` rather than copied, so only the
+//! pages of code a plugin actually runs become resident, and they are the kernel's clean,
+//! shared page cache rather than the process's own memory. Files are only ever replaced by
+//! rename, never rewritten in place, so a mapped file does not change under the host.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -57,23 +64,24 @@ impl ArtifactCache {
         mac
     }
 
-    /// The artifact of `id` for engines with `compat`, when this host wrote it.
-    /// `Err` says why a file that exists was not used.
-    pub fn read(&self, id: &ModuleId, compat: &str) -> Result<Option<Vec<u8>>, String> {
+    /// The path of the artifact of `id` for engines with `compat`, once its tag proves this
+    /// host wrote it. `Err` says why a file that exists was not used.
+    pub fn verified(&self, id: &ModuleId, compat: &str) -> Result<Option<PathBuf>, String> {
         let name = Self::name(id, compat);
-        let mut bytes = match fs::read(self.dir.join(&name)) {
+        let path = self.dir.join(&name);
+        let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("reading {name}: {e}")),
         };
-        if bytes.len() < MAC_LEN {
+        let Some(split) = bytes.len().checked_sub(MAC_LEN) else {
             return Err(format!("{name} is truncated"));
-        }
-        let artifact = bytes.split_off(MAC_LEN);
-        self.mac(&name, &artifact)
-            .verify_slice(&bytes)
+        };
+        let (artifact, tag) = bytes.split_at(split);
+        self.mac(&name, artifact)
+            .verify_slice(tag)
             .map_err(|_| format!("{name} was not written by this host (authentication failed)"))?;
-        Ok(Some(artifact))
+        Ok(Some(path))
     }
 
     /// Stores the artifact of `id` atomically (a crash leaves the old file or none).
@@ -85,8 +93,8 @@ impl ArtifactCache {
         let tag = self.mac(&name, artifact).finalize().into_bytes();
         let temp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let mut file = fs::File::create(&temp)?;
-        file.write_all(&tag)?;
         file.write_all(artifact)?;
+        file.write_all(&tag)?;
         file.sync_all()?;
         fs::rename(&temp, self.dir.join(&name))
     }
