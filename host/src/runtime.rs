@@ -55,8 +55,17 @@ pub mod wit {
 /// The world every plugin implements, as named in the WIT package.
 pub const WORLD: &str = "wasmhooks:plugin/webhook@0.1.0";
 
-/// Epoch ticks per second: the granularity of the time limit.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// How often the engine's epoch advances: the granularity of the time limit. An evaluation
+/// is interrupted one to two ticks after its limit, never before. Each tick wakes a thread;
+/// at 1 ms those wake-ups were 2.6% of a busy host's CPU (BENCHMARKS.md).
+const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// The epoch deadline, in ticks from now, for a time limit: the first tick comes anywhere
+/// within one tick of now, so one more than the limit's whole ticks.
+fn deadline_ticks(limit: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_micros();
+    u64::try_from(limit.as_micros().div_ceil(tick) + 1).unwrap_or(u64::MAX)
+}
 
 /// Fuel an evaluation starts with when fuel is counted: more than any evaluation can use.
 const FUEL: u64 = 1 << 62;
@@ -784,8 +793,7 @@ impl Runtime {
         let mut store = Store::new(&self.engine, data);
         store.limiter(|d| &mut d.limiter);
         if self.epoch {
-            let ticks = ctx.limits.cpu_time.as_millis() as u64 / EPOCH_TICK.as_millis() as u64;
-            store.set_epoch_deadline(ticks.max(1));
+            store.set_epoch_deadline(deadline_ticks(ctx.limits.cpu_time));
         }
         if self.fuel {
             store.set_fuel(FUEL).expect("fuel is enabled");
@@ -1115,6 +1123,24 @@ mod tests {
             "{\"n\":1}".len() + "application/json".len()
         );
         assert_eq!(cost.wall_us, cost.instantiate_us + cost.call_us);
+    }
+
+    #[test]
+    fn time_limits_end_evaluations_after_the_limit_never_before() {
+        // Ticks come every EPOCH_TICK, the first within one tick of the start: a deadline
+        // of n ticks ends an evaluation after (n - 1) to n ticks.
+        for ms in [1, 2, 3, 50, 1_000] {
+            let limit = Duration::from_millis(ms);
+            let ticks = deadline_ticks(limit);
+            assert!(
+                EPOCH_TICK * (ticks as u32 - 1) >= limit,
+                "{ms} ms: {ticks} ticks"
+            );
+            assert!(
+                EPOCH_TICK * (ticks as u32 - 2) < limit,
+                "{ms} ms: {ticks} ticks"
+            );
+        }
     }
 
     #[test]

@@ -141,7 +141,11 @@ impl Sender {
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))
         };
-        let mut url = request.url.clone();
+        // Parsed once: the guard checks the same `Url` reqwest sends to.
+        let mut url = match url::Url::parse(&request.url) {
+            Ok(url) => url,
+            Err(e) => return failed(format!("invalid url `{}`: {e}", request.url)),
+        };
         let mut auth_header: Option<(String, String)> = None;
         match auth {
             None | Some(ConnectionAuth::None) => {}
@@ -157,20 +161,13 @@ impl Sender {
                 auth_header = Some((name.clone(), value.expose().to_string()));
             }
             Some(ConnectionAuth::Query { name, value }) => {
-                if let Ok(mut parsed) = url::Url::parse(&url) {
-                    parsed.query_pairs_mut().append_pair(name, value.expose());
-                    url = parsed.to_string();
-                }
+                url.query_pairs_mut().append_pair(name, value.expose());
             }
         }
-        let refused = match url::Url::parse(&url) {
-            Ok(parsed) => self.guard.check_url(&parsed).err(),
-            Err(_) => None,
-        };
-        if let Some(refused) = refused {
+        if let Err(refused) = self.guard.check_url(&url) {
             return failed(refused.to_string());
         }
-        let mut builder = client.request(method, &url);
+        let mut builder = client.request(method, url);
         if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
         }
