@@ -625,14 +625,18 @@ impl Runtime {
         self.prepare(component)
     }
 
-    /// Links a compiled component and probes its features.
-    fn prepare(&self, component: Component) -> Result<LoadedPlugin, ValidationError> {
+    /// Links a compiled component against the host's imports and the world's exports.
+    fn link(&self, component: &Component) -> Result<WebhookPre<StoreData>, ValidationError> {
         let pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| ValidationError::WrongWorld(format!("{e:#}")))?;
-        let pre =
-            WebhookPre::new(pre).map_err(|e| ValidationError::WrongWorld(format!("{e:#}")))?;
+        WebhookPre::new(pre).map_err(|e| ValidationError::WrongWorld(format!("{e:#}")))
+    }
+
+    /// Links a compiled component and probes its features.
+    fn prepare(&self, component: Component) -> Result<LoadedPlugin, ValidationError> {
+        let pre = self.link(&component)?;
         let exports = component
             .component_type()
             .exports(&self.engine)
@@ -729,8 +733,8 @@ impl Runtime {
             match written {
                 Ok(()) => {
                     let mapped = self.map_artifact(&id).and_then(|component| {
-                        let pre = self.linker.instantiate_pre(&component).ok()?;
-                        Some((component, WebhookPre::new(pre).ok()?))
+                        let pre = self.link(&component).ok()?;
+                        Some((component, pre))
                     });
                     if let Some((component, pre)) = mapped {
                         plugin.component = component;
