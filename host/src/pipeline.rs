@@ -16,9 +16,10 @@ mod replay;
 pub mod request;
 pub mod retry;
 mod signing;
+mod staging;
 mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
@@ -62,10 +63,11 @@ pub struct Pipeline {
     webhook_writes: Mutex<()>,
     /// Per-endpoint concurrency and rate limits.
     endpoints: endpoints::Endpoints,
-    /// Deliveries being worked on now, so the scheduler does not start them twice.
-    in_flight: Mutex<HashSet<DeliveryId>>,
+    /// Deliveries being worked on now, with the due time they were started for, so the
+    /// scheduler does not start them twice.
+    in_flight: Mutex<HashMap<DeliveryId, Millis>>,
     /// Due deliveries staged per endpoint, and the sweep of the queue.
-    staging: Mutex<worker::Staging>,
+    staging: Mutex<staging::Staging>,
     /// Webhooks' signers, unsealed and parsed once (see `signing.rs`).
     signers: RwLock<HashMap<WebhookId, Arc<signing::CachedSigners>>>,
 }
@@ -120,7 +122,7 @@ impl Pipeline {
             wake: Notify::new(),
             webhook_writes: Mutex::new(()),
             endpoints,
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
             signers: RwLock::default(),
             staging: Mutex::default(),
         })

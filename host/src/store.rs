@@ -215,6 +215,32 @@ pub(super) struct EventTrees {
     fifo: sled::Tree,
     batches: sled::Tree,
     recent: Arc<recent::RecentEvents>,
+    written: Arc<WrittenDue>,
+}
+
+/// The earliest due time among the queue entries written since the scheduler last asked
+/// ([`Store::take_written_due`]): its sweep walks the queue once, in key order, and an entry
+/// written behind where it has got to (due no later than the entries it already passed) is
+/// found by going back to that due time instead of walking the whole queue again.
+struct WrittenDue(std::sync::atomic::AtomicI64);
+
+impl Default for WrittenDue {
+    fn default() -> Self {
+        WrittenDue(std::sync::atomic::AtomicI64::new(i64::MAX))
+    }
+}
+
+impl WrittenDue {
+    /// Notes an entry due at `due`, once it is written (so whoever takes the mark finds it).
+    fn note(&self, due: Millis) {
+        self.0
+            .fetch_min(due.as_i64(), std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn take(&self) -> Option<Millis> {
+        let due = self.0.swap(i64::MAX, std::sync::atomic::Ordering::AcqRel);
+        (due != i64::MAX).then_some(Millis(due))
+    }
 }
 
 impl EventTrees {
@@ -290,6 +316,16 @@ impl EventTrees {
                 self.recent.put(event);
             }
         }
+        // A debounced or batched delivery moves to the new delivery's due time, or to its
+        // creation time when full: both are covered by the earliest of either.
+        let earliest = items
+            .iter()
+            .flat_map(|(_, deliveries)| deliveries.iter())
+            .map(|d| d.next_attempt_at.unwrap_or(d.created_at).min(d.created_at))
+            .min();
+        if let Some(due) = earliest {
+            self.written.note(due);
+        }
         Ok(result)
     }
 }
@@ -332,9 +368,15 @@ fn context(tree: &str, key: &[u8]) -> Vec<u8> {
 /// The queue key of a delivery due at `due`.
 pub fn queue_key(due: Millis, id: &DeliveryId) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + id.as_str().len());
-    key.extend_from_slice(&(due.as_i64().max(0) as u64).to_be_bytes());
+    key.extend_from_slice(&queue_due_prefix(due));
     key.extend_from_slice(id.as_str().as_bytes());
     key
+}
+
+/// The start of the queue keys due at `due`: every key of a delivery due then or later sorts
+/// at or after it.
+pub fn queue_due_prefix(due: Millis) -> [u8; 8] {
+    (due.as_i64().max(0) as u64).to_be_bytes()
 }
 
 /// Splits a queue key into due time and delivery id.
@@ -343,6 +385,19 @@ pub fn parse_queue_key(key: &[u8]) -> Option<(Millis, DeliveryId)> {
     let due = u64::from_be_bytes(due.try_into().ok()?);
     let id = DeliveryId::parse(std::str::from_utf8(id).ok()?).ok()?;
     Some((Millis(due as i64), id))
+}
+
+/// One entry of the due queue, as the scheduler reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// When the delivery is due.
+    pub due: Millis,
+    /// The delivery.
+    pub id: DeliveryId,
+    /// Its webhook (the entry's value); `None` when unreadable.
+    pub webhook: Option<WebhookId>,
+    /// The entry's key ([`queue_key`]).
+    pub key: Vec<u8>,
 }
 
 impl Store {
@@ -378,6 +433,7 @@ impl Store {
             fifo: db.open_tree("fifo")?,
             batches: db.open_tree("batches")?,
             recent: Arc::default(),
+            written: Arc::default(),
         };
         let store = Store {
             modules: db.open_tree("modules")?,
@@ -845,6 +901,9 @@ impl Store {
             if let Some(key) = old_key.filter(|k| Some(k) != new_key.as_ref()) {
                 self.ingest.queue.remove(key)?;
             }
+            if let Some(due) = new_key.as_ref().and(delivery.next_attempt_at) {
+                self.ingest.written.note(due);
+            }
             return Ok(());
         }
         (
@@ -865,6 +924,9 @@ impl Store {
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })?;
+        if let Some(due) = new_key.as_ref().and(delivery.next_attempt_at) {
+            self.ingest.written.note(due);
+        }
         Ok(())
     }
 
@@ -907,19 +969,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Queue entries after `cursor` (a queue key; from the head when `None`) in due order,
-    /// lazily: due time, delivery, the webhook (the entry's value, so the scheduler can apply
-    /// per-endpoint limits without reading the delivery) and the key, so a sweep can continue
-    /// where the last one stopped. Malformed keys are skipped.
-    pub fn due_after(
+    /// Queue entries from `from` on, in due order, lazily: due time, delivery, the webhook
+    /// (the entry's value, so the scheduler can apply per-endpoint limits without reading the
+    /// delivery) and the key, so a sweep can continue where the last one stopped. Malformed
+    /// keys are skipped.
+    pub fn due_from(
         &self,
-        cursor: Option<&[u8]>,
-    ) -> impl Iterator<Item = Result<(Millis, DeliveryId, Option<WebhookId>, sled::IVec), StoreError>> + '_
-    {
+        from: std::ops::Bound<&[u8]>,
+    ) -> impl Iterator<Item = Result<QueueEntry, StoreError>> + '_ {
         use std::ops::Bound;
-        let start = match cursor {
-            Some(key) => Bound::Excluded(sled::IVec::from(key)),
-            None => Bound::Unbounded,
+        let start = match from {
+            Bound::Included(key) => Bound::Included(sled::IVec::from(key)),
+            Bound::Excluded(key) => Bound::Excluded(sled::IVec::from(key)),
+            Bound::Unbounded => Bound::Unbounded,
         };
         self.ingest
             .queue
@@ -931,9 +993,29 @@ impl Store {
                     let webhook = std::str::from_utf8(&value)
                         .ok()
                         .and_then(|w| WebhookId::parse(w).ok());
-                    Some(Ok((due, id, webhook, key)))
+                    Some(Ok(QueueEntry {
+                        due,
+                        id,
+                        webhook,
+                        key: key.to_vec(),
+                    }))
                 }
             })
+    }
+
+    /// Whether the queue holds `key`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn queue_contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.ingest.queue.contains_key(key)?)
+    }
+
+    /// The earliest due time among queue entries written since the last call (`None`: none
+    /// written). Each entry is noted after it is written, so a sweep of the queue from that
+    /// due time on finds every one.
+    pub fn take_written_due(&self) -> Option<Millis> {
+        self.ingest.written.take()
     }
 
     /// Removes a queue entry (for deliveries that vanished).

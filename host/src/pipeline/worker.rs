@@ -11,34 +11,25 @@
 //! not yet accepted, then decide in one place: delivered, failed, dead, or pending with the
 //! next retry time.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
+use super::staging::{Endpoint, QueueView};
 use super::{endpoints, request, retry, to_wit_event, Pipeline};
 use crate::model::{
     Attempt, AttemptOutcome, Delivery, DeliveryId, DeliveryStatus, EventId, LogLine, Millis,
     OutboundRequest, ResponsePath, Webhook, WebhookId,
 };
 use crate::runtime::{wit, Answer, Call};
-use crate::store::StoreError;
+use crate::store::{QueueEntry, StoreError};
 
 /// How long the scheduler sleeps at most when nothing wakes it.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// How long a paused webhook's delivery waits before it is looked at again.
 const PAUSED_WAIT: Duration = Duration::from_secs(60);
-/// Most due deliveries staged in memory, waiting for their endpoint.
-pub(super) const MAX_STAGED: usize = 65_536;
-/// Most staged deliveries of one endpoint.
-const MAX_STAGED_PER_ENDPOINT: usize = 4_096;
-/// Most queue entries one scheduler pass looks at (the sweep continues in the next pass).
-const MAX_VISITED: usize = 16_384;
-/// How often a sweep of the due queue starts again from its head (to find entries staged
-/// nowhere: those stepped over while their endpoint's line was full).
-const RESCAN_EVERY: Duration = Duration::from_secs(1);
 /// How long an in-order delivery waits at least before it looks again at the delivery ahead.
 const IN_ORDER_WAIT: Duration = Duration::from_millis(200);
 /// How long a delivery waits after a storage error before it is tried again.
@@ -48,31 +39,35 @@ fn plus(t: Millis, d: Duration) -> Millis {
     Millis(t.as_i64().saturating_add(d.as_millis() as i64))
 }
 
-/// The scheduler's in-memory view of due work: lines of staged deliveries per endpoint,
-/// and where the sweep of the queue has got to.
-#[derive(Default)]
-pub(super) struct Staging {
-    /// The key of the last queue entry the sweep looked at.
-    cursor: Option<Vec<u8>>,
-    /// Whether the sweep reached the end of the due entries, and when.
-    swept: bool,
-    swept_at: Option<std::time::Instant>,
-    /// Due deliveries per endpoint (`None`: no endpoint known), in due order.
-    lines: HashMap<Option<Arc<str>>, VecDeque<(Millis, DeliveryId)>>,
-    /// The deliveries the lines hold.
-    staged: HashSet<DeliveryId>,
-    /// Each webhook's endpoint, worked out once.
-    endpoint_of: HashMap<WebhookId, Option<Arc<str>>>,
-    /// Endpoints whose due entries the sweep stepped over because their line was full.
-    overflowed: HashSet<Option<Arc<str>>>,
-}
+/// The queue as the staging reads it: the store's, with the pipeline's webhooks and the
+/// deliveries in flight.
+struct StoreView<'a>(&'a Pipeline);
 
-impl Staging {
-    fn finish_sweep(&mut self) {
-        if !self.swept {
-            self.swept = true;
-            self.swept_at = Some(std::time::Instant::now());
-        }
+impl QueueView for StoreView<'_> {
+    fn entries<'a>(
+        &'a self,
+        from: std::ops::Bound<&[u8]>,
+    ) -> Box<dyn Iterator<Item = Result<QueueEntry, StoreError>> + 'a> {
+        Box::new(self.0.store.due_from(from))
+    }
+
+    fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        self.0.store.queue_contains(key)
+    }
+
+    fn take_written_due(&self) -> Option<Millis> {
+        self.0.store.take_written_due()
+    }
+
+    fn endpoint(&self, webhook: &WebhookId) -> Endpoint {
+        self.0
+            .webhook_cached(webhook)
+            .and_then(|w| self.0.endpoint(&w))
+            .map(Arc::from)
+    }
+
+    fn in_flight(&self, id: &DeliveryId) -> Option<Millis> {
+        self.0.in_flight.lock().unwrap().get(id).copied()
     }
 }
 
@@ -105,21 +100,18 @@ impl Pipeline {
     /// Starts every due delivery there is room for — overall (`max_in_flight`) and at its
     /// endpoint (concurrency and rate) — and returns how long to wait before looking again.
     ///
-    /// Due deliveries are first *staged*: taken from the queue into an in-memory line per
-    /// endpoint (at most [`MAX_STAGED`] in all, [`MAX_STAGED_PER_ENDPOINT`] per endpoint). The
-    /// scan continues from where the last one stopped, so each queue entry is looked at once
-    /// per sweep, not once per delivery that finishes; a sweep starts again from the head at
-    /// most every [`RESCAN_EVERY`]. Starting work then pops from the lines of endpoints with
-    /// room, so one slow receiver holds back only its own line.
+    /// Due deliveries are first *staged*: read from the queue into an in-memory line per
+    /// endpoint (see [`staging`](super::staging): each queue entry is read about once, however
+    /// long the backlog). Starting work then pops from the lines of endpoints with room, so
+    /// one slow receiver holds back only its own line.
     fn start_due(self: &Arc<Self>, permits: &Arc<Semaphore>) -> Result<Duration, StoreError> {
         let now = self.now();
         let mut wait = IDLE_WAIT;
         let mut staging = self.staging.lock().unwrap();
-        self.stage_due(&mut staging, now, &mut wait)?;
+        staging.stage(&StoreView(self), now, std::time::Instant::now(), &mut wait)?;
 
-        let mut emptied = Vec::new();
         let mut started = Vec::new();
-        'lines: for (endpoint, line) in &mut staging.lines {
+        'lines: for (endpoint, line) in staging.lines_mut() {
             while let Some((due, id)) = line.front().cloned() {
                 if permits.available_permits() == 0 {
                     break 'lines;
@@ -144,93 +136,13 @@ impl Pipeline {
                     break 'lines;
                 };
                 line.pop_front();
-                self.in_flight.lock().unwrap().insert(id.clone());
+                self.in_flight.lock().unwrap().insert(id.clone(), due);
                 started.push(id.clone());
                 self.spawn_delivery(due, id, endpoint.clone(), permit);
             }
-            emptied.push(endpoint.clone());
         }
-        for endpoint in emptied {
-            if staging.lines.get(&endpoint).is_some_and(VecDeque::is_empty) {
-                staging.lines.remove(&endpoint);
-            }
-        }
-        for id in &started {
-            staging.staged.remove(id);
-        }
+        staging.started(&started);
         Ok(wait)
-    }
-
-    /// Moves due queue entries into the endpoint lines, continuing the current sweep.
-    fn stage_due(
-        &self,
-        staging: &mut Staging,
-        now: Millis,
-        wait: &mut Duration,
-    ) -> Result<(), StoreError> {
-        // Start again from the head once a second, or at once when an endpoint whose entries
-        // were stepped over has worked through half its line (else a backlog of one busy
-        // endpoint would wait for the next rescan in bursts of a line at a time).
-        let drained = staging.overflowed.iter().any(|endpoint| {
-            staging
-                .lines
-                .get(endpoint)
-                .is_none_or(|line| line.len() < MAX_STAGED_PER_ENDPOINT / 2)
-        });
-        if drained
-            || (staging.swept
-                && staging
-                    .swept_at
-                    .is_some_and(|t| t.elapsed() >= RESCAN_EVERY))
-        {
-            staging.cursor = None;
-            staging.swept = false;
-            staging.overflowed.clear();
-        }
-        if staging.staged.len() >= MAX_STAGED {
-            return Ok(());
-        }
-        let mut visited = 0;
-        let cursor = staging.cursor.clone();
-        for entry in self.store.due_after(cursor.as_deref()) {
-            let (due, id, webhook, key) = entry?;
-            if due > now {
-                let until = Duration::from_millis((due.as_i64() - now.as_i64()) as u64);
-                *wait = (*wait).min(until);
-                staging.finish_sweep();
-                return Ok(());
-            }
-            staging.cursor = Some(key.to_vec());
-            visited += 1;
-            if staging.staged.contains(&id) || self.in_flight.lock().unwrap().contains(&id) {
-                continue;
-            }
-            let endpoint = match &webhook {
-                Some(w) => staging
-                    .endpoint_of
-                    .entry(w.clone())
-                    .or_insert_with(|| {
-                        self.webhook_cached(w)
-                            .and_then(|w| self.endpoint(&w))
-                            .map(Arc::from)
-                    })
-                    .clone(),
-                None => None,
-            };
-            let line = staging.lines.entry(endpoint.clone()).or_default();
-            if line.len() >= MAX_STAGED_PER_ENDPOINT {
-                // Its line is full: the entry waits for a later sweep.
-                staging.overflowed.insert(endpoint);
-                continue;
-            }
-            line.push_back((due, id.clone()));
-            staging.staged.insert(id);
-            if staging.staged.len() >= MAX_STAGED || visited >= MAX_VISITED {
-                return Ok(());
-            }
-        }
-        staging.finish_sweep();
-        Ok(())
     }
 
     /// Runs one delivery on its own task; when it ends, frees its endpoint and permit and
@@ -263,7 +175,7 @@ impl Pipeline {
 
     /// Forgets the endpoints worked out per webhook (after a webhook or connection changed).
     pub(super) fn forget_endpoints(&self) {
-        self.staging.lock().unwrap().endpoint_of.clear();
+        self.staging.lock().unwrap().forget_endpoints();
     }
 
     fn postpone(&self, due: Millis, id: &DeliveryId) {
