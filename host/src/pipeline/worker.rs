@@ -187,6 +187,8 @@ impl Pipeline {
             _ => self.store.remove_queue_entry(due, id),
         });
         if let Err(e) = result {
+            // Its queue entry stays where it was; the next sweep from the head of the queue
+            // (within `staging::FULL_SWEEP_EVERY`) finds it again.
             tracing::error!("could not postpone: {e}");
         }
     }
