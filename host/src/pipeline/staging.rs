@@ -39,6 +39,8 @@ const MAX_VISITED: usize = 16_384;
 pub(super) const FULL_SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Most entries kept aside to look at again (beyond, the next pass sweeps from the head).
 const MAX_REVISIT: usize = 4_096;
+/// How often the entries kept aside are looked at (each look checks every one of them).
+const REVISIT_EVERY: Duration = Duration::from_millis(10);
 
 /// An endpoint as the lines are keyed (`None`: none known).
 pub(super) type Endpoint = Option<Arc<str>>;
@@ -95,6 +97,8 @@ pub(super) struct Staging {
     refill: Option<Refill>,
     /// Entries of deliveries staged or in flight under another due time, by key.
     revisit: HashMap<Vec<u8>, QueueEntry>,
+    /// When they were last looked at.
+    revisited_at: Option<Instant>,
 }
 
 impl Staging {
@@ -152,16 +156,25 @@ impl Staging {
             }
         }
         let mut budget = MAX_VISITED;
-        self.look_again(view)?;
+        self.look_again(view, at)?;
         self.refill(view, &mut budget)?;
-        self.sweep(view, now, wait, &mut budget)
+        self.sweep(view, now, wait, &mut budget)?;
+        if !self.revisit.is_empty() {
+            *wait = (*wait).min(REVISIT_EVERY);
+        }
+        Ok(())
     }
 
     /// Offers the entries kept aside whose delivery is neither staged nor in flight now.
-    fn look_again(&mut self, view: &dyn QueueView) -> Result<(), StoreError> {
-        if self.revisit.is_empty() {
+    fn look_again(&mut self, view: &dyn QueueView, at: Instant) -> Result<(), StoreError> {
+        if self.revisit.is_empty()
+            || self
+                .revisited_at
+                .is_some_and(|t| at.saturating_duration_since(t) < REVISIT_EVERY)
+        {
             return Ok(());
         }
+        self.revisited_at = Some(at);
         let ready: Vec<Vec<u8>> = self
             .revisit
             .iter()
@@ -522,10 +535,12 @@ mod tests {
         // While it is in flight, a newer event moves it to another due time.
         queue.in_flight.borrow_mut().insert(id.clone(), Millis(5));
         queue.put(7, 1, "a");
-        stage(&mut staging, &queue, at);
+        let mut wait = Duration::from_secs(1);
+        staging.stage(&queue, NOW, at, &mut wait).unwrap();
         assert_eq!(staging.staged_len(), 0, "not staged while in flight");
+        assert!(wait <= REVISIT_EVERY, "looks again soon: {wait:?}");
         queue.in_flight.borrow_mut().clear();
-        stage(&mut staging, &queue, at);
+        stage(&mut staging, &queue, at + REVISIT_EVERY);
         assert_eq!(work(&mut staging, &queue, "a", 1), vec![id]);
     }
 
