@@ -215,6 +215,7 @@ pub(super) struct EventTrees {
     fifo: sled::Tree,
     batches: sled::Tree,
     recent: Arc<recent::RecentEvents>,
+    recent_deliveries: Arc<recent::RecentDeliveries>,
     written: Arc<WrittenDue>,
 }
 
@@ -269,10 +270,19 @@ impl EventTrees {
                 (encode(event), deliveries)
             })
             .collect();
+        let is_plain = |d: &&Delivery| d.batch_limit <= 1 && d.entity.is_none();
         let plain = items
             .iter()
             .flat_map(|(_, deliveries)| deliveries.iter())
-            .all(|d| d.batch_limit <= 1 && d.entity.is_none());
+            .all(|d| is_plain(&d));
+        // Kept before they can be read or written through sled (see `recent`).
+        let kept = || {
+            items
+                .iter()
+                .flat_map(|(_, deliveries)| deliveries.iter())
+                .filter(is_plain)
+        };
+        self.recent_deliveries.put(kept());
         let run = |trees: &IngestTrees<'_>| {
             items
                 .iter()
@@ -283,16 +293,14 @@ impl EventTrees {
                 .collect::<Result<Vec<_>, _>>()
         };
         let result = if plain {
-            (&self.events, &self.deliveries, &self.queue).transaction(
-                |(events, dtree, queue)| {
-                    run(&IngestTrees {
-                        events,
-                        dtree,
-                        queue,
-                        indexes: None,
-                    })
-                },
-            )?
+            (&self.events, &self.deliveries, &self.queue).transaction(|(events, dtree, queue)| {
+                run(&IngestTrees {
+                    events,
+                    dtree,
+                    queue,
+                    indexes: None,
+                })
+            })
         } else {
             (
                 &self.events,
@@ -309,11 +317,21 @@ impl EventTrees {
                         queue,
                         indexes: Some((debounce, fifo, batches)),
                     })
-                })?
+                })
         };
-        for ((event, _), inserted) in items.iter().zip(&result) {
+        let result = match result {
+            Ok(result) => result,
+            Err(e) => {
+                self.recent_deliveries.forget(kept().map(|d| &d.id));
+                return Err(e.into());
+            }
+        };
+        for ((event, deliveries), inserted) in items.iter().zip(&result) {
             if matches!(inserted, Inserted::New(_)) {
                 self.recent.put(event);
+            } else {
+                self.recent_deliveries
+                    .forget(deliveries.iter().filter(is_plain).map(|d| &d.id));
             }
         }
         // A debounced or batched delivery moves to the new delivery's due time, or to its
@@ -433,6 +451,7 @@ impl Store {
             fifo: db.open_tree("fifo")?,
             batches: db.open_tree("batches")?,
             recent: Arc::default(),
+            recent_deliveries: Arc::default(),
             written: Arc::default(),
         };
         let store = Store {
@@ -801,6 +820,9 @@ impl Store {
     /// # Errors
     /// On storage failure or a corrupt record.
     pub fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError> {
+        if let Some(delivery) = self.ingest.recent_deliveries.get(id) {
+            return Ok(Some(delivery));
+        }
         self.ingest
             .deliveries
             .get(id.as_str())?
@@ -898,6 +920,7 @@ impl Store {
             self.ingest
                 .deliveries
                 .insert(delivery.id.as_str().as_bytes(), bytes)?;
+            self.ingest.recent_deliveries.forget([&delivery.id]);
             if let Some(key) = old_key.filter(|k| Some(k) != new_key.as_ref()) {
                 self.ingest.queue.remove(key)?;
             }
@@ -924,6 +947,7 @@ impl Store {
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })?;
+        self.ingest.recent_deliveries.forget([&delivery.id]);
         if let Some(due) = new_key.as_ref().and(delivery.next_attempt_at) {
             self.ingest.written.note(due);
         }
@@ -1469,6 +1493,44 @@ mod tests {
             store.due_entries(10).unwrap(),
             vec![(Millis(1000), plain.id), (Millis(3000), first.id)]
         );
+    }
+
+    #[test]
+    fn a_delivery_reads_as_last_written_whether_kept_in_memory_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
+        let in_sled = |store: &Store, id: &DeliveryId| -> Option<Delivery> {
+            let raw = store.ingest.deliveries.get(id.as_str()).unwrap()?;
+            Some(decode("deliveries", &raw).unwrap())
+        };
+        let e = event("kept-1");
+        let mut d = delivery(&e, 1000);
+        store.insert_event(&e, std::slice::from_ref(&d)).unwrap();
+        assert_eq!(store.delivery(&d.id).unwrap().as_ref(), Some(&d));
+        assert_eq!(in_sled(&store, &d.id).as_ref(), Some(&d));
+
+        // Written again: read back as written, not as first kept.
+        d.status = DeliveryStatus::Failed;
+        d.rounds = 1;
+        d.next_attempt_at = Some(Millis(5000));
+        store.update_delivery(&d, Some(Millis(1000))).unwrap();
+        assert_eq!(store.delivery(&d.id).unwrap().as_ref(), Some(&d));
+        d.status = DeliveryStatus::Delivered;
+        d.next_attempt_at = None;
+        store.update_delivery(&d, Some(Millis(5000))).unwrap();
+        assert_eq!(store.delivery(&d.id).unwrap().as_ref(), Some(&d));
+
+        // An event stored already: its new delivery is neither stored nor kept.
+        let again = delivery(&e, 2000);
+        assert_eq!(
+            store
+                .insert_event(&e, std::slice::from_ref(&again))
+                .unwrap(),
+            Inserted::Duplicate
+        );
+        assert!(store.delivery(&again.id).unwrap().is_none());
+
+        assert_eq!(in_sled(&store, &d.id).as_ref(), Some(&d));
     }
 
     #[test]

@@ -1,12 +1,18 @@
-//! The events stored last, kept decoded in memory: a delivery is usually evaluated moments
-//! after its event was stored, and reading the event back from sled and decoding its JSON
-//! again cost more than keeping it. Events never change once stored, so a kept copy is
-//! always the stored one. Bounded by bytes; the oldest go first.
+//! The events and deliveries stored last, kept decoded in memory: a delivery is usually
+//! started moments after it was stored, and reading it and its event back from sled and
+//! decoding their JSON again cost more than keeping them.
+//!
+//! Events never change once stored, so a kept event is always the stored one; they are
+//! bounded by bytes, the oldest go first. A kept delivery is a *plain* one (no debounce,
+//! batch or order index), which only [`Store::update_delivery`](super::Store::update_delivery)
+//! writes after ingest: it is kept from just before its ingest transaction (so nothing can
+//! read or write it through sled first) and forgotten when that transaction does not store
+//! it or when it is next written. They are bounded by count, the oldest go first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::model::{Event, EventId};
+use crate::model::{Delivery, DeliveryId, Event, EventId};
 
 /// Payload and attribute bytes kept at most.
 const MAX_BYTES: usize = 8 << 20;
@@ -66,10 +72,101 @@ impl RecentEvents {
     }
 }
 
+/// Deliveries kept at most (a few hundred bytes each).
+const MAX_DELIVERIES: usize = 8192;
+
+#[derive(Default)]
+pub(super) struct RecentDeliveries {
+    inner: Mutex<KeptDeliveries>,
+}
+
+#[derive(Default)]
+struct KeptDeliveries {
+    deliveries: HashMap<DeliveryId, Delivery>,
+    /// Ids in the order they were kept; some may have been forgotten since.
+    order: VecDeque<DeliveryId>,
+}
+
+impl RecentDeliveries {
+    pub(super) fn get(&self, id: &DeliveryId) -> Option<Delivery> {
+        self.inner.lock().unwrap().deliveries.get(id).cloned()
+    }
+
+    /// Keeps deliveries about to be stored, dropping the oldest kept ones beyond the bound.
+    pub(super) fn put<'a>(&self, deliveries: impl IntoIterator<Item = &'a Delivery>) {
+        let mut inner = self.inner.lock().unwrap();
+        for delivery in deliveries {
+            inner
+                .deliveries
+                .insert(delivery.id.clone(), delivery.clone());
+            inner.order.push_back(delivery.id.clone());
+            while inner.order.len() > MAX_DELIVERIES {
+                let Some(id) = inner.order.pop_front() else {
+                    break;
+                };
+                inner.deliveries.remove(&id);
+            }
+        }
+    }
+
+    /// Forgets deliveries: written since, or never stored.
+    pub(super) fn forget<'a>(&self, ids: impl IntoIterator<Item = &'a DeliveryId>) {
+        let mut inner = self.inner.lock().unwrap();
+        for id in ids {
+            inner.deliveries.remove(id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Millis;
+    use crate::model::{DeliveryStatus, Millis, WebhookId};
+
+    fn delivery(id: &str) -> Delivery {
+        Delivery {
+            id: DeliveryId::parse(id).unwrap(),
+            webhook_id: WebhookId::parse("wh_1").unwrap(),
+            event_id: EventId::parse("e").unwrap(),
+            tenant: None,
+            status: DeliveryStatus::Pending,
+            created_at: Millis(1),
+            updated_at: Millis(1),
+            next_attempt_at: Some(Millis(1)),
+            requests: None,
+            rounds: 0,
+            attempts: Vec::new(),
+            logs: Vec::new(),
+            skip_reason: None,
+            error: None,
+            extracted_value: None,
+            replay_of: None,
+            entity: None,
+            batch_events: Vec::new(),
+            batch_limit: 0,
+            in_order: false,
+            replaced: 0,
+            replaced_events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_deliveries_until_forgotten() {
+        let recent = RecentDeliveries::default();
+        let all: Vec<Delivery> = (0..=MAX_DELIVERIES)
+            .map(|i| delivery(&format!("dlv_{i}")))
+            .collect();
+        recent.put(&all);
+        // One more than fits: the oldest went.
+        assert!(recent.get(&all[0].id).is_none());
+        assert_eq!(recent.get(&all[1].id).as_ref(), Some(&all[1]));
+        recent.forget([&all[1].id]);
+        assert!(recent.get(&all[1].id).is_none());
+        assert_eq!(
+            recent.get(&all[MAX_DELIVERIES].id).as_ref(),
+            Some(&all[MAX_DELIVERIES])
+        );
+    }
 
     fn event(id: &str, payload_bytes: usize) -> Event {
         let payload = format!("\"{}\"", "x".repeat(payload_bytes - 2));
