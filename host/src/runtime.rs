@@ -9,9 +9,10 @@
 //! webhooks). WASI is linked with nothing granted: no files, no environment, no sockets;
 //! stdout and stderr go to the evaluation's bounded log.
 //!
-//! Each evaluation runs under its webhook's [`PluginLimits`]: an epoch deadline for time, a
-//! resource limiter for memory, the engine's stack limit, and checks on the answer's size and
-//! request count. Hitting one is a [`PluginError`] naming the limit, never a host failure.
+//! Each evaluation runs under its webhook's [`PluginLimits`]: an epoch deadline for time
+//! (kept by the `watchdog` thread, which wakes only when a running evaluation reaches its
+//! limit), a resource limiter for memory, the engine's stack limit, and checks on the
+//! answer's size and request count. Hitting one is a [`PluginError`] naming the limit, never a host failure.
 //! Evaluations take one of a fixed number of slots (one per core by default), so a flood of
 //! events queues for the CPU instead of turning into time-limit errors.
 //!
@@ -21,6 +22,7 @@
 mod cache;
 mod host_impl;
 mod output;
+mod watchdog;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -54,18 +56,6 @@ pub mod wit {
 
 /// The world every plugin implements, as named in the WIT package.
 pub const WORLD: &str = "wasmhooks:plugin/webhook@0.1.0";
-
-/// How often the engine's epoch advances: the granularity of the time limit. An evaluation
-/// is interrupted one to two ticks after its limit, never before. Each tick wakes a thread;
-/// at 1 ms those wake-ups were 2.6% of a busy host's CPU (BENCHMARKS.md).
-const EPOCH_TICK: Duration = Duration::from_millis(2);
-
-/// The epoch deadline, in ticks from now, for a time limit: the first tick comes anywhere
-/// within one tick of now, so one more than the limit's whole ticks.
-fn deadline_ticks(limit: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_micros();
-    u64::try_from(limit.as_micros().div_ceil(tick) + 1).unwrap_or(u64::MAX)
-}
 
 /// Fuel an evaluation starts with when fuel is counted: more than any evaluation can use.
 const FUEL: u64 = 1 << 62;
@@ -290,6 +280,8 @@ struct StoreData {
     host: host_impl::HostState,
     /// The cpu limit, for the error that names it.
     cpu_ms: u64,
+    /// The time limit's watch, ended with the store.
+    _deadline: Option<watchdog::Armed>,
 }
 
 impl WasiView for StoreData {
@@ -431,7 +423,6 @@ pub struct Runtime {
     compat: String,
     cache: Option<ArtifactCache>,
     fuel: bool,
-    epoch: bool,
     stack_bytes: usize,
     slots: Slots,
     slot_count: usize,
@@ -440,38 +431,8 @@ pub struct Runtime {
     /// sends quick calls back to the blocking pool.
     inline: Slots,
     loaded: Mutex<HashMap<ModuleId, Arc<LoadedPlugin>>>,
-    _ticker: Option<EpochTicker>,
-}
-
-/// Advances the engine's epoch on a fixed tick until dropped.
-struct EpochTicker {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl EpochTicker {
-    fn start(engine: &Engine) -> std::io::Result<EpochTicker> {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let weak = engine.weak();
-        let ticker_stop = stop.clone();
-        std::thread::Builder::new()
-            .name("wasmhooks-epoch".into())
-            .spawn(move || {
-                while !ticker_stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })?;
-        Ok(EpochTicker { stop })
-    }
+    /// Ends evaluations past their time limit (when epoch interruption is on).
+    watchdog: Option<watchdog::Watchdog>,
 }
 
 /// The CPU time the calling thread has used, where the platform tells.
@@ -562,8 +523,8 @@ impl Runtime {
         Webhook::add_to_linker::<StoreData, HasSelf<host_impl::HostState>>(&mut linker, |d| {
             &mut d.host
         })?;
-        let ticker = if options.epoch {
-            Some(EpochTicker::start(&engine)?)
+        let watchdog = if options.epoch {
+            Some(watchdog::Watchdog::start(&engine)?)
         } else {
             None
         };
@@ -576,7 +537,6 @@ impl Runtime {
             compat,
             cache: options.cache,
             fuel: options.fuel,
-            epoch: options.epoch,
             stack_bytes: options.stack_bytes,
             slots: Slots {
                 free: Mutex::new(options.concurrency.max(1)),
@@ -588,7 +548,7 @@ impl Runtime {
                 freed: Condvar::new(),
             },
             loaded: Mutex::new(HashMap::new()),
-            _ticker: ticker,
+            watchdog,
         })
     }
 
@@ -793,11 +753,13 @@ impl Runtime {
             },
             host: host_impl::HostState::new(ctx, log),
             cpu_ms: ctx.limits.cpu_time.as_millis() as u64,
+            _deadline: None,
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|d| &mut d.limiter);
-        if self.epoch {
-            store.set_epoch_deadline(deadline_ticks(ctx.limits.cpu_time));
+        if let Some(watchdog) = &self.watchdog {
+            let deadline = Instant::now() + ctx.limits.cpu_time;
+            store.data_mut()._deadline = Some(watchdog.guard(&mut store, deadline));
         }
         if self.fuel {
             store.set_fuel(FUEL).expect("fuel is enabled");
@@ -1131,20 +1093,45 @@ mod tests {
 
     #[test]
     fn time_limits_end_evaluations_after_the_limit_never_before() {
-        // Ticks come every EPOCH_TICK, the first within one tick of the start: a deadline
-        // of n ticks ends an evaluation after (n - 1) to n ticks.
-        for ms in [1, 2, 3, 50, 1_000] {
-            let limit = Duration::from_millis(ms);
-            let ticks = deadline_ticks(limit);
-            assert!(
-                EPOCH_TICK * (ticks as u32 - 1) >= limit,
-                "{ms} ms: {ticks} ticks"
-            );
-            assert!(
-                EPOCH_TICK * (ticks as u32 - 2) < limit,
-                "{ms} ms: {ticks} ticks"
-            );
-        }
+        let wasm = std::fs::read(concat!(env!("PLUGIN_WASM_DIR"), "/misbehave.wasm")).unwrap();
+        let runtime = Runtime::new(options(None)).unwrap();
+        let plugin = runtime.validate(&wasm).unwrap();
+        let event = wit::Event {
+            id: "e1".into(),
+            kind: "a".into(),
+            occurred_at: 0,
+            tenant: None,
+            attributes: Vec::new(),
+            payload: "{}".into(),
+        };
+        let evaluate = |mode: &str, ms: u64| {
+            let ctx = PluginContext {
+                config: Arc::from(format!("{{\"mode\":\"{mode}\"}}")),
+                state: Arc::new(NoState),
+                limits: PluginLimits {
+                    cpu_time: Duration::from_millis(ms),
+                    ..PluginLimits::default()
+                },
+            };
+            let started = Instant::now();
+            let result = runtime
+                .evaluate(&plugin, ctx, Call::Event(event.clone()))
+                .result;
+            (result, started.elapsed())
+        };
+        // Two loops at once with different limits: each ends at its own, not the other's.
+        std::thread::scope(|s| {
+            let long = s.spawn(|| evaluate("loop", 400));
+            let (result, took) = evaluate("loop", 20);
+            assert_eq!(result.unwrap_err(), PluginError::CpuLimit(20));
+            assert!(took >= Duration::from_millis(20), "{took:?}");
+            let (result, took) = long.join().unwrap();
+            assert_eq!(result.unwrap_err(), PluginError::CpuLimit(400));
+            assert!(took >= Duration::from_millis(400), "{took:?}");
+        });
+        // A well-behaved evaluation afterwards is not cut short by their old deadlines.
+        let (result, _) = evaluate("print", 1000);
+        assert!(result.is_ok(), "{result:?}");
     }
 
     #[test]
