@@ -43,7 +43,14 @@ struct Args {
     pending: usize,
 }
 
-fn args() -> Args {
+const SCENARIOS: [&str; 5] = ["flat", "rate", "slow", "scale", "backlog"];
+
+const USAGE: &str = "usage: cargo bench -p wasmhooks --bench throughput -- \
+[flat|rate|slow|scale|backlog] [--events N] [--webhooks W] [--concurrency C] [--rate R] \
+[--batch B] [--pending N]";
+
+/// The command line, or what is wrong with it.
+fn args() -> Result<Args, String> {
     let mut args = Args {
         scenario: "flat".into(),
         events: 20_000,
@@ -53,28 +60,42 @@ fn args() -> Args {
         batch: 1,
         pending: 1_000_000,
     };
+    fn number<T: std::str::FromStr>(arg: &str, value: Option<String>) -> Result<T, String> {
+        let value = value.ok_or_else(|| format!("{arg} needs a value"))?;
+        value
+            .replace('_', "")
+            .parse()
+            .ok()
+            .filter(|_| !value.starts_with('-'))
+            .ok_or_else(|| format!("{arg}: `{value}` is not a positive number"))
+    }
     let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(arg) = it.next() {
-        let mut value = || {
-            it.next()
-                .unwrap_or_else(|| panic!("{arg} needs a value"))
-                .replace('_', "")
-        };
         match arg.as_str() {
-            "--events" => args.events = value().parse().expect("--events N"),
-            "--webhooks" => args.webhooks = value().parse().expect("--webhooks W"),
-            "--concurrency" => args.concurrency = value().parse().expect("--concurrency C"),
-            "--rate" => args.rate = Some(value().parse().expect("--rate R")),
-            "--batch" => args.batch = value().parse().expect("--batch B"),
-            "--pending" => args.pending = value().parse().expect("--pending N"),
-            s if !s.starts_with('-') => args.scenario = s.to_string(),
-            other => panic!("unknown option {other}"),
+            "--events" => args.events = number(&arg, it.next())?,
+            "--webhooks" => args.webhooks = number(&arg, it.next())?,
+            "--concurrency" => args.concurrency = number(&arg, it.next())?,
+            "--rate" => args.rate = Some(number(&arg, it.next())?),
+            "--batch" => args.batch = number(&arg, it.next())?,
+            "--pending" => args.pending = number(&arg, it.next())?,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            s if SCENARIOS.contains(&s) => args.scenario = s.to_string(),
+            other => return Err(format!("unknown scenario or option `{other}`")),
         }
+    }
+    if args.events == 0 || args.concurrency == 0 || args.batch == 0 {
+        return Err("--events, --concurrency and --batch must be at least 1".into());
+    }
+    if args.rate.is_some_and(|r: f64| !(r > 0.0 && r.is_finite())) {
+        return Err("--rate must be more than 0 events/s".into());
     }
     if args.scenario == "rate" && args.rate.is_none() {
         args.rate = Some(1000.0);
     }
-    args
+    Ok(args)
 }
 
 // ----- the receiver -----
@@ -796,7 +817,13 @@ async fn backlog(args: &Args) {
 }
 
 fn main() {
-    let args = args();
+    let args = match args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -846,7 +873,7 @@ fn main() {
                 run.print("1,000 webhooks, 100 modules, one match per event");
             }
             "backlog" => backlog(&args).await,
-            other => panic!("unknown scenario {other}: flat, rate, slow, scale or backlog"),
+            other => unreachable!("scenario {other} was checked"),
         }
     });
 }
