@@ -949,6 +949,17 @@ mod tests {
         options
     }
 
+    fn event(payload: &str) -> wit::Event {
+        wit::Event {
+            id: "e1".into(),
+            kind: "a".into(),
+            occurred_at: 0,
+            tenant: None,
+            attributes: Vec::new(),
+            payload: payload.into(),
+        }
+    }
+
     fn cache(dir: &std::path::Path, key: u8) -> ArtifactCache {
         ArtifactCache::new(&dir.join("precompiled"), [key; 32]).unwrap()
     }
@@ -1071,15 +1082,7 @@ mod tests {
             state: Arc::new(NoState),
             limits: PluginLimits::default(),
         };
-        let event = wit::Event {
-            id: "e1".into(),
-            kind: "a".into(),
-            occurred_at: 0,
-            tenant: None,
-            attributes: Vec::new(),
-            payload: "{\"n\":1}".into(),
-        };
-        let evaluation = runtime.evaluate(&plugin, ctx, Call::Event(event));
+        let evaluation = runtime.evaluate(&plugin, ctx, Call::Event(event("{\"n\":1}")));
         assert!(evaluation.result.is_ok(), "{:?}", evaluation.result);
         let cost = &evaluation.cost;
         assert!(cost.fuel.unwrap() > 0);
@@ -1096,14 +1099,6 @@ mod tests {
         let wasm = std::fs::read(concat!(env!("PLUGIN_WASM_DIR"), "/misbehave.wasm")).unwrap();
         let runtime = Runtime::new(options(None)).unwrap();
         let plugin = runtime.validate(&wasm).unwrap();
-        let event = wit::Event {
-            id: "e1".into(),
-            kind: "a".into(),
-            occurred_at: 0,
-            tenant: None,
-            attributes: Vec::new(),
-            payload: "{}".into(),
-        };
         let evaluate = |mode: &str, ms: u64| {
             let ctx = PluginContext {
                 config: Arc::from(format!("{{\"mode\":\"{mode}\"}}")),
@@ -1115,7 +1110,7 @@ mod tests {
             };
             let started = Instant::now();
             let result = runtime
-                .evaluate(&plugin, ctx, Call::Event(event.clone()))
+                .evaluate(&plugin, ctx, Call::Event(event("{}")))
                 .result;
             (result, started.elapsed())
         };
