@@ -1271,7 +1271,7 @@ mod tests {
         );
     }
 
-    fn event(id: &str) -> Event {
+    pub(super) fn event(id: &str) -> Event {
         Event {
             id: EventId::parse(id).unwrap(),
             kind: "order.created".into(),
@@ -1283,7 +1283,8 @@ mod tests {
         }
     }
 
-    fn delivery(event: &Event, due: i64) -> Delivery {
+    /// A plain pending delivery of `event`, due at `due` (also used by the submodules' tests).
+    pub(super) fn delivery(event: &Event, due: i64) -> Delivery {
         Delivery {
             id: DeliveryId::generate(),
             webhook_id: WebhookId::generate(),

@@ -124,40 +124,14 @@ impl RecentDeliveries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DeliveryStatus, Millis, WebhookId};
-
-    fn delivery(id: &str) -> Delivery {
-        Delivery {
-            id: DeliveryId::parse(id).unwrap(),
-            webhook_id: WebhookId::parse("wh_1").unwrap(),
-            event_id: EventId::parse("e").unwrap(),
-            tenant: None,
-            status: DeliveryStatus::Pending,
-            created_at: Millis(1),
-            updated_at: Millis(1),
-            next_attempt_at: Some(Millis(1)),
-            requests: None,
-            rounds: 0,
-            attempts: Vec::new(),
-            logs: Vec::new(),
-            skip_reason: None,
-            error: None,
-            extracted_value: None,
-            replay_of: None,
-            entity: None,
-            batch_events: Vec::new(),
-            batch_limit: 0,
-            in_order: false,
-            replaced: 0,
-            replaced_events: Vec::new(),
-        }
-    }
+    use crate::model::Millis;
+    use crate::store::tests::{delivery, event as stored_event};
 
     #[test]
     fn keeps_the_newest_deliveries_until_forgotten() {
         let recent = RecentDeliveries::default();
         let all: Vec<Delivery> = (0..=MAX_DELIVERIES)
-            .map(|i| delivery(&format!("dlv_{i}")))
+            .map(|i| delivery(&stored_event("e"), i as i64))
             .collect();
         recent.put(&all);
         // One more than fits: the oldest went.
