@@ -12,6 +12,7 @@
 //! flushes once for all of them (group commit). [`Store::commit`] makes everything written
 //! so far durable, sharing that flush.
 
+mod codec;
 mod commit;
 mod recent;
 pub mod seal;
@@ -267,7 +268,7 @@ impl EventTrees {
                         (queue_key(due, &d.id), encode(d))
                     })
                     .collect();
-                (encode(event), deliveries)
+                (codec::encode_event(event), deliveries)
             })
             .collect();
         let is_plain = |d: &&Delivery| d.batch_limit <= 1 && d.entity.is_none();
@@ -811,7 +812,12 @@ impl Store {
         self.ingest
             .events
             .get(id.as_str())?
-            .map(|v| decode("events", &v))
+            .map(|v| {
+                codec::decode_event(&v).map_err(|source| StoreError::Corrupt {
+                    tree: "events",
+                    source,
+                })
+            })
             .transpose()
     }
 
