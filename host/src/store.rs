@@ -4,17 +4,22 @@
 //! Values are JSON; records holding credentials (connections, signing secrets) are sealed
 //! with the host's secrets key ([`seal`]). The queue tree is keyed by `due time (u64 big-endian ms) ++ delivery id`,
 //! so iterating it walks deliveries in due order and a million pending deliveries cost disk,
-//! not memory. Changes that must be atomic (an event with its deliveries; a collecting or
-//! in-order delivery's new state with its indexes) are sled transactions; a plain delivery's
-//! new state is three ordered writes (see [`Store::update_delivery`]). A sled transaction
-//! writes out and syncs sled's current log buffer when it begins, so ingest runs one for
-//! many API calls at once on the commit thread ([`Store::insert_and_commit`]), which then
-//! flushes once for all of them (group commit). [`Store::commit`] makes everything written
-//! so far durable, sharing that flush.
+//! not memory. Event records are LZ4-compressed ([`codec`]).
+//!
+//! Changes that must be atomic with an index (an event whose deliveries are debounced, in
+//! order or batched; a collecting or in-order delivery's new state) are sled transactions.
+//! sled makes every operation on every tree wait while one runs, so the hot paths avoid
+//! them: plain events are stored with ordered writes made all-or-nothing by an intent record
+//! ([`round`]), and a plain delivery's new state is three ordered writes (see
+//! [`Store::update_delivery`]); both rely on sled recovering a prefix of its log. Ingest
+//! runs many API calls at once on the commit thread ([`Store::insert_and_commit`]), which
+//! then flushes once for all of them (group commit). [`Store::commit`] makes everything
+//! written so far durable, sharing that flush.
 
 mod codec;
 mod commit;
 mod recent;
+mod round;
 pub mod seal;
 
 use std::path::Path;
@@ -118,6 +123,23 @@ struct IngestTrees<'a> {
     )>,
 }
 
+/// Events' records, and their deliveries' queue keys and records.
+fn encode_items(items: &[(&Event, &[Delivery])]) -> Vec<EncodedEvent> {
+    items
+        .iter()
+        .map(|(event, deliveries)| {
+            let deliveries = deliveries
+                .iter()
+                .map(|d| {
+                    let due = d.next_attempt_at.unwrap_or(d.created_at);
+                    (queue_key(due, &d.id), encode(d))
+                })
+                .collect();
+            (codec::encode_event(event), deliveries)
+        })
+        .collect()
+}
+
 /// One event of [`Store::insert_events`], inside its transaction.
 fn insert_one(
     trees: &IngestTrees<'_>,
@@ -215,6 +237,11 @@ pub(super) struct EventTrees {
     debounce: sled::Tree,
     fifo: sled::Tree,
     batches: sled::Tree,
+    /// Plain ingest rounds not yet finished (see [`round`]).
+    intents: sled::Tree,
+    /// Held while events are inserted: rounds never overlap, and an id's check for a
+    /// duplicate and its writes are one step.
+    ingest_lock: Arc<std::sync::Mutex<()>>,
     recent: Arc<recent::RecentEvents>,
     recent_deliveries: Arc<recent::RecentDeliveries>,
     written: Arc<WrittenDue>,
@@ -246,11 +273,11 @@ impl WrittenDue {
 }
 
 impl EventTrees {
-    /// Stores events and queues their deliveries in one transaction: all are stored or
-    /// none; a later event sees the earlier ones' writes (a repeated id is a duplicate, a
+    /// Stores events and queues their deliveries: all are stored or none (after a crash
+    /// too); a later event sees the earlier ones' writes (a repeated id is a duplicate, a
     /// second event of an entity debounces onto the first's delivery). When no delivery is
-    /// debounced, in order or batched, the transaction spans only the event, delivery and
-    /// queue trees.
+    /// debounced, in order or batched, as ordered writes under an intent ([`round`]);
+    /// otherwise in one transaction.
     ///
     /// # Errors
     /// On storage failure.
@@ -258,19 +285,8 @@ impl EventTrees {
         &self,
         items: &[(&Event, &[Delivery])],
     ) -> Result<Vec<Inserted>, StoreError> {
-        let encoded: Vec<EncodedEvent> = items
-            .iter()
-            .map(|(event, deliveries)| {
-                let deliveries = deliveries
-                    .iter()
-                    .map(|d| {
-                        let due = d.next_attempt_at.unwrap_or(d.created_at);
-                        (queue_key(due, &d.id), encode(d))
-                    })
-                    .collect();
-                (codec::encode_event(event), deliveries)
-            })
-            .collect();
+        let encoded = encode_items(items);
+        let _ingest = self.ingest_lock.lock().unwrap_or_else(|e| e.into_inner());
         let is_plain = |d: &&Delivery| d.batch_limit <= 1 && d.entity.is_none();
         let plain = items
             .iter()
@@ -294,14 +310,7 @@ impl EventTrees {
                 .collect::<Result<Vec<_>, _>>()
         };
         let result = if plain {
-            (&self.events, &self.deliveries, &self.queue).transaction(|(events, dtree, queue)| {
-                run(&IngestTrees {
-                    events,
-                    dtree,
-                    queue,
-                    indexes: None,
-                })
-            })
+            round::insert_plain(self, items, &encoded).map_err(TransactionError::Abort)
         } else {
             (
                 &self.events,
@@ -451,6 +460,8 @@ impl Store {
             debounce: db.open_tree("debounce")?,
             fifo: db.open_tree("fifo")?,
             batches: db.open_tree("batches")?,
+            intents: db.open_tree("ingest_intents")?,
+            ingest_lock: Arc::default(),
             recent: Arc::default(),
             recent_deliveries: Arc::default(),
             written: Arc::default(),
@@ -469,6 +480,13 @@ impl Store {
             ingest,
             db,
         };
+        let undone = round::undo_unfinished(&store.ingest)?;
+        if undone > 0 {
+            tracing::warn!(
+                events = undone,
+                "undid an ingest round a crash cut short (never acknowledged)"
+            );
+        }
         store.seal_plain_records()?;
         Ok(store)
     }
@@ -717,7 +735,7 @@ impl Store {
 
     // ----- events and deliveries -----
 
-    /// Stores a new event and queues its deliveries in one transaction; an event whose id is
+    /// Stores a new event and queues its deliveries, all or nothing; an event whose id is
     /// already stored changes nothing. A delivery with an entity whose webhook already has a
     /// replaceable delivery waiting for that entity is not added: the waiting one takes this
     /// event and the new due time instead (debounce). Not durable until [`Store::commit`].
@@ -733,8 +751,8 @@ impl Store {
         Ok(inserted.pop().expect("one result per event"))
     }
 
-    /// [`Store::insert_event`] for several events in one transaction: all are stored or
-    /// none (see [`EventTrees::insert_events`]). Not durable until [`Store::commit`].
+    /// [`Store::insert_event`] for several events: all are stored or none (see
+    /// [`EventTrees::insert_events`]). Not durable until [`Store::commit`].
     ///
     /// # Errors
     /// On storage failure.
@@ -746,10 +764,10 @@ impl Store {
     }
 
     /// Stores events with their deliveries and makes them durable, as the events of one API
-    /// call: together with those of every other call waiting meanwhile, in one transaction
-    /// and one flush on the commit thread. A sled transaction writes out and syncs sled's
-    /// current log buffer when it begins, so one per call cost more than the call's writes;
-    /// shared, many calls pay for one.
+    /// call: together with those of every other call waiting meanwhile, in one round and
+    /// one flush on the commit thread. A flush (and a sled transaction, which writes out
+    /// and syncs sled's current log buffer when it begins) per call cost more than the
+    /// call's writes; shared, many calls pay for one.
     ///
     /// # Errors
     /// On storage failure (then none of the events is stored).
@@ -1173,12 +1191,12 @@ mod tests {
     use super::*;
     use crate::model::{DeliveryStatus, Method};
 
-    fn test_sealer() -> Sealer {
+    pub(super) fn test_sealer() -> Sealer {
         Sealer::new([7; 32])
     }
 
     /// Reopens the store in `dir` once the previous one's threads let go of the lock.
-    fn reopen(dir: &Path, sealer: Sealer) -> Result<Store, StoreError> {
+    pub(super) fn reopen(dir: &Path, sealer: Sealer) -> Result<Store, StoreError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             match Store::open(dir, sealer.clone()) {
