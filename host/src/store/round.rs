@@ -15,7 +15,7 @@
 //! sled recovers a prefix of its log. So after a crash an intent still stored marks a round
 //! that was never acknowledged, and [`undo_unfinished`] removes everything it lists before
 //! anything reads the trees. A round that fails midway is undone at once (and, should that
-//! fail too, at the next open). Rounds never overlap: [`EventTrees::insert_events`] holds
+//! fail too, before the next round, or at the next open). Rounds never overlap: [`EventTrees::insert_events`] holds
 //! the ingest lock, which also makes the repeated-id check and the writes one step.
 
 use std::collections::HashSet;
@@ -91,6 +91,11 @@ fn insert_cut(
     encoded: &[EncodedEvent],
     cut: Option<usize>,
 ) -> Result<Vec<Inserted>, Stop> {
+    // An intent left by a round whose undo failed: its events may look stored while their
+    // deliveries are not. Undo it before deciding what is a duplicate.
+    if !trees.intents.is_empty() {
+        undo_unfinished(trees).map_err(Stop::Failed)?;
+    }
     let mut inserted = Vec::with_capacity(items.len());
     let mut intent = Intent::default();
     let mut new = Vec::new();
@@ -238,6 +243,23 @@ mod tests {
             assert_eq!(again, expected, "cut {cut}");
             assert_eq!(store.queue_len(), 3);
         }
+    }
+
+    #[test]
+    fn an_intent_left_behind_is_undone_before_the_next_round_looks_for_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
+        let e = event("evt_left");
+        let ds = [delivery(&e, 5)];
+        let items: Vec<(&Event, &[Delivery])> = vec![(&e, &ds)];
+        let encoded = super::super::encode_items(&items);
+        // The event written, its delivery not: as after a failed round whose undo failed.
+        assert!(insert_cut(&store.ingest, &items, &encoded, Some(2)).is_err());
+        assert!(store.ingest.events.get(e.id.as_str()).unwrap().is_some());
+        let again = store.insert_events(&items).unwrap();
+        assert_eq!(again, vec![Inserted::New(vec![ds[0].id.clone()])]);
+        assert!(store.delivery(&ds[0].id).unwrap().is_some());
+        assert_eq!(store.queue_len(), 1);
     }
 
     #[test]
