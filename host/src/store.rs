@@ -110,17 +110,15 @@ fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
 /// transaction (which may run more than once).
 type EncodedEvent = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
 
-/// The trees an event's insertion writes; `indexes` (debounce, FIFO, batches) only when some
-/// delivery is debounced, in order or batched.
+/// The trees a transactional event insertion writes (some delivery is debounced, in order or
+/// batched; plain ones go through [`round`]).
 struct IngestTrees<'a> {
     events: &'a TransactionalTree,
     dtree: &'a TransactionalTree,
     queue: &'a TransactionalTree,
-    indexes: Option<(
-        &'a TransactionalTree,
-        &'a TransactionalTree,
-        &'a TransactionalTree,
-    )>,
+    debounce: &'a TransactionalTree,
+    fifo: &'a TransactionalTree,
+    batches: &'a TransactionalTree,
 }
 
 /// Events' records, and their deliveries' queue keys and records.
@@ -152,7 +150,9 @@ fn insert_one(
         events,
         dtree,
         queue,
-        indexes,
+        debounce,
+        fifo,
+        batches,
     } = trees;
     if events.get(event.id.as_str())?.is_some() {
         return Ok(Inserted::Duplicate);
@@ -161,7 +161,7 @@ fn insert_one(
     let mut carried = Vec::with_capacity(deliveries.len());
     for (delivery, (key, bytes)) in deliveries.iter().zip(encoded) {
         let plain = delivery.batch_limit <= 1 && delivery.entity.is_none();
-        if let (false, Some((debounce, fifo, batches))) = (plain, indexes) {
+        if !plain {
             if delivery.batch_limit > 1 {
                 // Join the webhook's collecting batch if it has room.
                 let index = delivery.webhook_id.as_str().as_bytes();
@@ -300,15 +300,6 @@ impl EventTrees {
                 .filter(is_plain)
         };
         self.recent_deliveries.put(kept());
-        let run = |trees: &IngestTrees<'_>| {
-            items
-                .iter()
-                .zip(&encoded)
-                .map(|((event, deliveries), (event_bytes, encoded))| {
-                    insert_one(trees, event, event_bytes, deliveries, encoded)
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
         let result = if plain {
             round::insert_plain(self, items, &encoded).map_err(TransactionError::Abort)
         } else {
@@ -321,12 +312,21 @@ impl EventTrees {
                 &self.batches,
             )
                 .transaction(|(events, dtree, queue, debounce, fifo, batches)| {
-                    run(&IngestTrees {
+                    let trees = IngestTrees {
                         events,
                         dtree,
                         queue,
-                        indexes: Some((debounce, fifo, batches)),
-                    })
+                        debounce,
+                        fifo,
+                        batches,
+                    };
+                    items
+                        .iter()
+                        .zip(&encoded)
+                        .map(|((event, deliveries), (event_bytes, encoded))| {
+                            insert_one(&trees, event, event_bytes, deliveries, encoded)
+                        })
+                        .collect::<Result<Vec<_>, _>>()
                 })
         };
         let result = match result {
