@@ -8,6 +8,7 @@
 
 mod auth;
 mod handlers;
+pub mod listener;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,6 +74,16 @@ impl From<Error> for ApiError {
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
         let status = rejection.status();
+        if rejection
+            .body_text()
+            .contains(listener::BODY_TIMEOUT_MESSAGE)
+        {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                listener::BODY_TIMEOUT_MESSAGE,
+            );
+        }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             return ApiError::new(
                 status,

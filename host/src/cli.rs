@@ -314,6 +314,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let data_dir = config.data_dir.clone();
+    // What the server writes (the store, compiled plugins, the secrets key) is its own.
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    #[cfg(unix)]
+    unsafe {
+        libc::umask(0o077);
+    }
     let mut host = Host::open(config)?;
     host.start();
     // The first stdout line is the address: scripts and tests read it.

@@ -175,6 +175,19 @@ pub struct ApiConfig {
     /// start generates an admin key, stores its hash and prints it once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_key: Option<crate::model::Secret>,
+    /// Most client connections open at once; further ones wait in the listen backlog. Never
+    /// more than three quarters of the open-file limit, so the store keeps descriptors.
+    pub max_connections: usize,
+    /// Longest wait for a request's headers, from the connection's start or from the first
+    /// byte of a request on a kept-alive connection.
+    #[serde(with = "duration_text")]
+    pub header_timeout: Duration,
+    /// Longest wait for a request's whole body once its headers came (408 after it).
+    #[serde(with = "duration_text")]
+    pub body_timeout: Duration,
+    /// How long a connection may sit with no request in progress before it is closed.
+    #[serde(with = "duration_text")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -323,6 +336,10 @@ impl Default for ApiConfig {
             max_module_bytes: 64 << 20,
             max_batch_events: 1000,
             admin_key: None,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -464,6 +481,18 @@ impl Config {
         }
         if self.api.max_batch_events == 0 {
             return invalid("api.max_batch_events", "must be at least 1");
+        }
+        if self.api.max_connections == 0 {
+            return invalid("api.max_connections", "must be at least 1");
+        }
+        for (key, timeout) in [
+            ("api.header_timeout", self.api.header_timeout),
+            ("api.body_timeout", self.api.body_timeout),
+            ("api.idle_timeout", self.api.idle_timeout),
+        ] {
+            if timeout.is_zero() {
+                return invalid(key, "must be more than 0");
+            }
         }
         Ok(())
     }

@@ -45,7 +45,7 @@ impl Host {
     /// # Errors
     /// When the store cannot be opened or the sandbox cannot be built.
     pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Host> {
-        std::fs::create_dir_all(&config.data_dir)
+        create_private_dir(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("creating data dir {}: {e}", config.data_dir.display()))?;
         let key_file = config.secrets.key_file(&config.data_dir);
         let configured = config.secrets.key.as_ref().map(|k| k.expose());
@@ -60,6 +60,9 @@ impl Host {
         let sealer = crate::store::Sealer::new(key);
         let store = Store::open_with_cache(&config.data_dir, sealer, config.store.cache_bytes)
             .map_err(|e| anyhow::anyhow!("opening data dir {}: {e}", config.data_dir.display()))?;
+        restrict_files(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!("restricting data dir {}: {e}", config.data_dir.display())
+        })?;
         let pipeline = Arc::new(Pipeline::new(config, store, clock)?);
         let first_admin_key = pipeline.bootstrap_admin_key()?;
         let (shutdown, _) = watch::channel(false);
@@ -100,9 +103,8 @@ impl Host {
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = crate::api::router(self.pipeline.clone());
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
+        let limits = self.pipeline.config().api.clone();
+        crate::api::listener::serve(listener, app, &limits, stop).await
     }
 
     /// Stops the scheduler, waits for deliveries in flight, and flushes storage.
@@ -115,4 +117,48 @@ impl Host {
             tracing::error!("final flush failed: {e}");
         }
     }
+}
+
+/// Creates the data directory readable by its owner only (0700), and makes an existing one
+/// so: it holds events, deliveries and sealed credentials.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+}
+
+/// Makes every file under `dir` owner-only (files 0600, folders 0700), whatever the umask
+/// they were made with.
+fn restrict_files(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let mode = if kind.is_dir() {
+                restrict_files(&entry.path())?;
+                0o700
+            } else if kind.is_file() {
+                0o600
+            } else {
+                continue;
+            };
+            let path = entry.path();
+            if std::fs::metadata(&path)?.permissions().mode() & 0o777 != mode {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }

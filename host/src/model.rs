@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use connection::{Connection, ConnectionAuth, Secret, SigningKeys};
+pub use connection::{within_base, Connection, ConnectionAuth, Secret, SigningKeys};
 pub use ids::{ApiKeyId, ConnectionId, DeliveryId, EventId, IdError, ModuleId, WebhookId};
 pub use key::{constant_time_eq, generate_key, hash_key, key_id_of, ApiKey, Role};
 pub use response_value::{ResponsePath, ResponseValue};
@@ -399,6 +399,11 @@ pub struct Delivery {
     /// The webhook's tenant when the delivery was created (tenant-bound keys see only theirs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The tenant of its events, when the webhook has none (a tenant's webhook takes only
+    /// that tenant's events). Event ids are unique per tenant, so this finds them; and one
+    /// tenant's events never join another's batch or replace another's debounced event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_tenant: Option<String>,
     /// Where it stands.
     pub status: DeliveryStatus,
     /// Creation time.
@@ -462,6 +467,11 @@ impl Delivery {
     /// How many replaced event ids a delivery keeps.
     pub const REPLACED_KEPT: usize = 20;
 
+    /// The tenant its events belong to.
+    pub fn events_tenant(&self) -> Option<&str> {
+        self.event_tenant.as_deref().or(self.tenant.as_deref())
+    }
+
     /// Whether a newer event may still replace this delivery's event: pending and not yet
     /// evaluated.
     pub fn replaceable(&self) -> bool {
@@ -495,6 +505,10 @@ impl Delivery {
         });
         let optional = [
             ("tenant", self.tenant.as_ref().map(|t| serde_json::json!(t))),
+            (
+                "event_tenant",
+                self.event_tenant.as_ref().map(|t| serde_json::json!(t)),
+            ),
             (
                 "next_attempt_at",
                 self.next_attempt_at.map(|t| serde_json::json!(t)),

@@ -124,6 +124,11 @@ impl Sender {
             body: Vec::new(),
             duration: started.elapsed(),
         };
+        // A connection's credentials and CAs serve only its own base URL, whatever a stored
+        // request says (it may predate a change of the base).
+        if let Some(Err(refused)) = connection.map(|c| c.covers(&request.url)) {
+            return failed(format!("not sent: {refused}"));
+        }
         let client = match self.client_for(connection.and_then(|c| c.ca_certificate.as_deref())) {
             Ok(client) => client,
             Err(e) => return failed(format!("connection ca_certificate {e}")),

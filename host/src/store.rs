@@ -83,20 +83,43 @@ pub enum Inserted {
     Duplicate,
 }
 
-/// The key of the debounce index: webhook id, a zero byte, the entity.
-fn debounce_key(webhook: &WebhookId, entity: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(webhook.as_str().len() + 1 + entity.len());
-    key.extend_from_slice(webhook.as_str().as_bytes());
+/// The events tree's key of an event: its id, after its tenant and a zero byte when it has
+/// one. Event ids are unique per tenant: two tenants' events of the same id are two events.
+pub fn event_key(tenant: Option<&str>, id: &EventId) -> String {
+    match tenant {
+        None => id.as_str().to_string(),
+        Some(tenant) => format!("{tenant}\0{id}"),
+    }
+}
+
+/// The key of a webhook's index entries for one delivery: the webhook id, then, when the
+/// webhook takes several tenants' events, a 1 byte and the events' tenant. One tenant's
+/// events never join another's batch or replace another's waiting event.
+fn partition_key(delivery: &Delivery) -> Vec<u8> {
+    let webhook = delivery.webhook_id.as_str();
+    let mut key = Vec::with_capacity(webhook.len() + 1);
+    key.extend_from_slice(webhook.as_bytes());
+    if let Some(tenant) = &delivery.event_tenant {
+        key.push(1);
+        key.extend_from_slice(tenant.as_bytes());
+    }
+    key
+}
+
+/// The key of the debounce index: the partition ([`partition_key`]), a zero byte, the
+/// entity.
+fn debounce_key(delivery: &Delivery, entity: &str) -> Vec<u8> {
+    let mut key = partition_key(delivery);
     key.push(0);
     key.extend_from_slice(entity.as_bytes());
     key
 }
 
-/// The key of an in-order delivery in the FIFO index: its entity's prefix (webhook, zero,
+/// The key of an in-order delivery in the FIFO index: its entity's prefix (partition, zero,
 /// entity, zero) then its id, so one entity's unfinished deliveries sort by creation.
 fn fifo_key(delivery: &Delivery) -> Option<Vec<u8>> {
     let entity = delivery.entity.as_deref().filter(|_| delivery.in_order)?;
-    let mut key = debounce_key(&delivery.webhook_id, entity);
+    let mut key = debounce_key(delivery, entity);
     key.push(0);
     key.extend_from_slice(delivery.id.as_str().as_bytes());
     Some(key)
@@ -154,17 +177,19 @@ fn insert_one(
         fifo,
         batches,
     } = trees;
-    if events.get(event.id.as_str())?.is_some() {
+    let event_key = event_key(event.tenant.as_deref(), &event.id);
+    if events.get(event_key.as_str())?.is_some() {
         return Ok(Inserted::Duplicate);
     }
-    events.insert(event.id.as_str().as_bytes(), event_bytes)?;
+    events.insert(event_key.as_bytes(), event_bytes)?;
     let mut carried = Vec::with_capacity(deliveries.len());
     for (delivery, (key, bytes)) in deliveries.iter().zip(encoded) {
         let plain = delivery.batch_limit <= 1 && delivery.entity.is_none();
         if !plain {
             if delivery.batch_limit > 1 {
                 // Join the webhook's collecting batch if it has room.
-                let index = delivery.webhook_id.as_str().as_bytes();
+                let index = partition_key(delivery);
+                let index = index.as_slice();
                 let open = match batches.get(index)? {
                     Some(id) => dtree.get(&id)?,
                     None => None,
@@ -195,7 +220,7 @@ fn insert_one(
             } else if let Some(line) = fifo_key(delivery) {
                 fifo.insert(line, &[] as &[u8])?;
             } else if let Some(entity) = &delivery.entity {
-                let index = debounce_key(&delivery.webhook_id, entity);
+                let index = debounce_key(delivery, entity);
                 let waiting = match debounce.get(&index)? {
                     Some(id) => dtree.get(&id)?,
                     None => None,
@@ -415,6 +440,18 @@ pub fn parse_queue_key(key: &[u8]) -> Option<(Millis, DeliveryId)> {
     Some((Millis(due as i64), id))
 }
 
+/// Most unreadable records one scan names (all are logged).
+const MAX_UNREADABLE_NAMED: usize = 100;
+
+/// What [`Store::scan_deliveries`] found.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// The deliveries kept, in walk order.
+    pub deliveries: Vec<Delivery>,
+    /// Keys of records that did not decode (at most 100 are named).
+    pub unreadable: Vec<String>,
+}
+
 /// One entry of the due queue, as the scheduler reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueEntry {
@@ -496,6 +533,7 @@ impl Store {
         for (tree, name) in [
             (&self.connections, "connections"),
             (&self.signing, "signing"),
+            (&self.webhooks, "webhooks"),
         ] {
             for entry in tree.iter() {
                 let (key, value) = entry?;
@@ -619,7 +657,12 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        self.webhooks.insert(webhook.id.as_str(), encode(webhook))?;
+        // Sealed: its headers and plugin config may hold tokens.
+        let key = webhook.id.as_str().as_bytes();
+        let sealed = self
+            .sealer
+            .seal(&context("webhooks", key), &encode(webhook));
+        self.webhooks.insert(key, sealed)?;
         Ok(())
     }
 
@@ -645,7 +688,7 @@ impl Store {
     pub fn webhook(&self, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
         self.webhooks
             .get(id.as_str())?
-            .map(|v| decode("webhooks", &v))
+            .map(|v| self.decode_sealed("webhooks", id.as_str().as_bytes(), &v))
             .transpose()
     }
 
@@ -656,8 +699,10 @@ impl Store {
     pub fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
         self.webhooks
             .iter()
-            .values()
-            .map(|v| decode("webhooks", &v?))
+            .map(|entry| {
+                let (key, value) = entry?;
+                self.decode_sealed("webhooks", &key, &value)
+            })
             .collect()
     }
 
@@ -805,13 +850,13 @@ impl Store {
                     return Ok(false);
                 }
                 if let Some(entity) = &current.entity {
-                    let index = debounce_key(&current.webhook_id, entity);
+                    let index = debounce_key(&current, entity);
                     if debounce.get(&index)?.as_deref() == Some(id.as_str().as_bytes()) {
                         debounce.remove(index)?;
                     }
                 }
-                let index = current.webhook_id.as_str().as_bytes();
-                if batches.get(index)?.as_deref() == Some(id.as_str().as_bytes()) {
+                let index = partition_key(&current);
+                if batches.get(&index)?.as_deref() == Some(id.as_str().as_bytes()) {
                     batches.remove(index)?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(true)
@@ -819,17 +864,31 @@ impl Store {
         Ok(claimed)
     }
 
-    /// One event.
+    /// One event of `tenant` (or of none).
     ///
     /// # Errors
     /// On storage failure or a corrupt record.
-    pub fn event(&self, id: &EventId) -> Result<Option<Event>, StoreError> {
-        if let Some(event) = self.ingest.recent.get(id) {
+    pub fn event(&self, tenant: Option<&str>, id: &EventId) -> Result<Option<Event>, StoreError> {
+        let key = event_key(tenant, id);
+        if let Some(event) = self.ingest.recent.get(&key) {
             return Ok(Some(Event::clone(&event)));
         }
+        if let Some(event) = self.stored_event(&key)? {
+            return Ok(Some(event));
+        }
+        // Events stored before ids were scoped per tenant are keyed by the id alone.
+        match tenant {
+            Some(tenant) => Ok(self
+                .stored_event(id.as_str())?
+                .filter(|e| e.tenant.as_deref() == Some(tenant))),
+            None => Ok(None),
+        }
+    }
+
+    fn stored_event(&self, key: &str) -> Result<Option<Event>, StoreError> {
         self.ingest
             .events
-            .get(id.as_str())?
+            .get(key)?
             .map(|v| {
                 codec::decode_event(&v).map_err(|source| StoreError::Corrupt {
                     tree: "events",
@@ -854,58 +913,40 @@ impl Store {
             .transpose()
     }
 
-    /// Deliveries newest first, keeping those `keep` accepts, at most `limit`, starting after
-    /// the id `before` (cursor) when given.
-    ///
-    /// # Errors
-    /// On storage failure or a corrupt record.
-    pub fn deliveries(
-        &self,
-        before: Option<&DeliveryId>,
-        limit: usize,
-        mut keep: impl FnMut(&Delivery) -> bool,
-    ) -> Result<Vec<Delivery>, StoreError> {
-        let iter = match before {
-            Some(id) => self.ingest.deliveries.range(..id.as_str().as_bytes()),
-            None => self.ingest.deliveries.iter(),
-        };
-        let mut out = Vec::new();
-        for item in iter.rev() {
-            let (_, value) = item?;
-            let delivery: Delivery = decode("deliveries", &value)?;
-            if keep(&delivery) {
-                out.push(delivery);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Walks deliveries in id (creation) order — newest first when `descending` — keeping
-    /// those `keep` accepts, until `limit` are kept.
+    /// those `keep` accepts, until `limit` are kept. A record that does not decode is logged,
+    /// named in [`Scanned::unreadable`] and passed over: one bad record never hides the rest.
     ///
     /// # Errors
-    /// On storage failure or a corrupt record.
+    /// On storage failure.
     pub fn scan_deliveries(
         &self,
         descending: bool,
         mut keep: impl FnMut(&Delivery) -> bool,
         limit: usize,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Scanned, StoreError> {
         let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
             Box::new(self.ingest.deliveries.iter().rev())
         } else {
             Box::new(self.ingest.deliveries.iter())
         };
-        let mut out = Vec::new();
+        let mut out = Scanned::default();
         for item in iter {
-            let (_, value) = item?;
-            let delivery: Delivery = decode("deliveries", &value)?;
+            let (key, value) = item?;
+            let delivery: Delivery = match decode("deliveries", &value) {
+                Ok(delivery) => delivery,
+                Err(e) => {
+                    let key = String::from_utf8_lossy(&key).into_owned();
+                    tracing::error!(delivery = %key, "unreadable delivery record passed over: {e}");
+                    if out.unreadable.len() < MAX_UNREADABLE_NAMED {
+                        out.unreadable.push(key);
+                    }
+                    continue;
+                }
+            };
             if keep(&delivery) {
-                out.push(delivery);
-                if out.len() >= limit {
+                out.deliveries.push(delivery);
+                if out.deliveries.len() >= limit {
                     break;
                 }
             }
@@ -987,7 +1028,7 @@ impl Store {
         let Some(entity) = delivery.entity.as_deref().filter(|_| delivery.in_order) else {
             return Ok(None);
         };
-        let mut prefix = debounce_key(&delivery.webhook_id, entity);
+        let mut prefix = debounce_key(delivery, entity);
         prefix.push(0);
         let Some(first) = self.ingest.fifo.scan_prefix(&prefix).keys().next() else {
             return Ok(None);
@@ -1221,6 +1262,7 @@ mod tests {
             headers: vec![],
             signing_secret: None,
             ca_certificate: None,
+            tenants: Vec::new(),
             created_at: Millis(1),
             updated_at: Millis(1),
         }
@@ -1314,6 +1356,7 @@ mod tests {
             webhook_id: WebhookId::generate(),
             event_id: event.id.clone(),
             tenant: None,
+            event_tenant: None,
             status: DeliveryStatus::Pending,
             created_at: Millis(due),
             updated_at: Millis(due),
@@ -1379,7 +1422,7 @@ mod tests {
             assert!(new(&answers[&i][0]), "call {i}: {:?}", answers[&i]);
         }
         assert!(store
-            .event(&EventId::parse("extra").unwrap())
+            .event(None, &EventId::parse("extra").unwrap())
             .unwrap()
             .is_some());
         assert_eq!(store.due_entries(100).unwrap().len(), 39);
@@ -1481,6 +1524,51 @@ mod tests {
     }
 
     #[test]
+    fn one_webhook_never_mixes_tenants_in_a_batch_or_a_debounced_entity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
+        let webhook = WebhookId::generate();
+        // A webhook without a tenant, taking two tenants' events with the same ids.
+        let of = |tenant: &str, batch: bool, id: &str| {
+            let mut e = event(id);
+            e.tenant = Some(tenant.into());
+            let mut d = delivery(&e, 1000);
+            d.webhook_id = webhook.clone();
+            d.event_tenant = Some(tenant.into());
+            if batch {
+                d.batch_limit = 10;
+                d.batch_events = vec![e.id.clone()];
+            } else {
+                d.entity = Some("sku-1".into());
+            }
+            (e, d)
+        };
+        for batch in [true, false] {
+            let id = if batch { "in-batch" } else { "debounced" };
+            let (ea, da) = of("a", batch, id);
+            let (eb, db) = of("b", batch, id);
+            assert_eq!(
+                store.insert_event(&ea, std::slice::from_ref(&da)).unwrap(),
+                Inserted::New(vec![da.id.clone()])
+            );
+            // B's event starts its own batch / debounced delivery, never joins A's.
+            assert_eq!(
+                store.insert_event(&eb, std::slice::from_ref(&db)).unwrap(),
+                Inserted::New(vec![db.id.clone()])
+            );
+            let a = store.delivery(&da.id).unwrap().unwrap();
+            assert_eq!(a.event_id, ea.id);
+            assert_eq!(a.replaced, 0);
+            assert!(a.batch_events.len() <= 1);
+            let found = store
+                .event(a.events_tenant(), &a.event_id)
+                .unwrap()
+                .unwrap();
+            assert_eq!(found.tenant.as_deref(), Some("a"));
+        }
+    }
+
+    #[test]
     fn the_events_of_one_call_are_stored_together_and_see_each_other() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), test_sealer()).unwrap();
@@ -1556,6 +1644,60 @@ mod tests {
         assert!(store.delivery(&again.id).unwrap().is_none());
 
         assert_eq!(in_sled(&store, &d.id).as_ref(), Some(&d));
+    }
+
+    #[test]
+    fn an_unreadable_delivery_is_named_and_passed_over_never_hiding_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
+        let e = event("e-list");
+        let good = delivery(&e, 5);
+        store.insert_event(&e, std::slice::from_ref(&good)).unwrap();
+        store
+            .ingest
+            .deliveries
+            .insert("dlv_0000broken", &b"{\"id\": 12"[..])
+            .unwrap();
+        for descending in [true, false] {
+            let scanned = store.scan_deliveries(descending, |_| true, 10).unwrap();
+            assert_eq!(scanned.unreadable, vec!["dlv_0000broken".to_string()]);
+            assert_eq!(scanned.deliveries.len(), 1);
+            assert_eq!(scanned.deliveries[0].id, good.id);
+        }
+    }
+
+    #[test]
+    fn event_ids_are_unique_per_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
+        let mut a = event("order-1");
+        a.tenant = Some("a".into());
+        let mut b = event("order-1");
+        b.tenant = Some("b".into());
+        b.kind = "order.updated".into();
+        for e in [&a, &b] {
+            assert!(matches!(
+                store.insert_event(e, &[]).unwrap(),
+                Inserted::New(_)
+            ));
+        }
+        assert_eq!(store.insert_event(&a, &[]).unwrap(), Inserted::Duplicate);
+        let id = EventId::parse("order-1").unwrap();
+        let check = |s: &Store| {
+            assert_eq!(
+                s.event(Some("a"), &id).unwrap().unwrap().kind,
+                "order.created"
+            );
+            assert_eq!(
+                s.event(Some("b"), &id).unwrap().unwrap().kind,
+                "order.updated"
+            );
+            assert!(s.event(None, &id).unwrap().is_none());
+            assert!(s.event(Some("c"), &id).unwrap().is_none());
+        };
+        check(&store);
+        drop(store);
+        check(&reopen(dir.path(), test_sealer()).unwrap());
     }
 
     #[test]

@@ -242,7 +242,7 @@ async fn tenant_bound_keys_see_and_emit_only_their_tenant() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(ack["deliveries"].as_array().unwrap().len(), 1);
-    let (_, event) = server.get("/v1/events/a-1").await;
+    let (_, event) = server.get("/v1/events/a-1?tenant=acme").await;
     assert_eq!(event["tenant"], "acme");
     let (status, body) = server
         .send(

@@ -85,18 +85,27 @@ impl Server {
         env: &[(&str, &str)],
         kib: u64,
     ) -> Server {
-        Self::launch(data_dir, env, Some(kib)).await
+        Self::launch(data_dir, env, Some(format!("-v {kib}"))).await
     }
 
-    async fn launch(data_dir: &Path, env: &[(&str, &str)], address_space: Option<u64>) -> Server {
+    /// Starts the binary with at most `files` open file descriptors (`ulimit -n`).
+    pub async fn start_with_open_files(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        files: u64,
+    ) -> Server {
+        Self::launch(data_dir, env, Some(format!("-n {files}"))).await
+    }
+
+    async fn launch(data_dir: &Path, env: &[(&str, &str)], ulimit: Option<String>) -> Server {
         let binary = env!("CARGO_BIN_EXE_wasmhooks");
-        let mut command = match address_space {
+        let mut command = match ulimit {
             None => Command::new(binary),
-            Some(kib) => {
+            Some(limit) => {
                 let mut shell = Command::new("bash");
                 shell.args([
                     "-c",
-                    &format!("ulimit -v {kib} && exec \"$0\" \"$@\""),
+                    &format!("ulimit {limit} && exec \"$0\" \"$@\""),
                     binary,
                 ]);
                 shell

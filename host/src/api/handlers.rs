@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{expand, list_query, parse_json, ApiError, ApiResult, AppState, OPENAPI};
-use crate::model::{Delivery, Webhook};
+use crate::model::{Connection, Delivery, Webhook};
 use crate::pipeline::{
     ConnectionInput, Error, EventInput, KeyInput, Principal, RecoverInput, RotateInput,
     WebhookInput,
@@ -104,20 +104,53 @@ pub async fn emit_events(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
+/// The tenant whose events a call reads: a tenant-bound key's own, or an unbound key's
+/// `tenant` parameter (absent: events without a tenant). Event ids are unique per tenant.
+fn events_tenant(
+    who: &Principal,
+    params: &mut BTreeMap<String, String>,
+) -> ApiResult<Option<String>> {
+    let given = params.remove("tenant");
+    match (&who.tenant, given) {
+        (None, given) => Ok(given),
+        (Some(own), Some(given)) if &given != own => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("tenant: this key reads only events of tenant `{own}`"),
+        )),
+        (Some(own), _) => Ok(Some(own.clone())),
+    }
+}
+
 pub async fn get_event(
     State(p): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
+    params: Params,
 ) -> ApiResult<Response> {
-    let event = p.event(&id)?;
-    if !who.sees(event.tenant.as_deref()) {
-        return Err(not_found("event", &id));
+    let Query(mut params) = params?;
+    let tenant = events_tenant(&who, &mut params)?;
+    if let Some(other) = params.keys().next() {
+        return Err(Error::invalid(
+            other.clone(),
+            "is not a parameter of this endpoint; it takes tenant",
+        )
+        .into());
     }
+    let event = p.event(tenant.as_deref(), &id)?;
     Ok(Json(event).into_response())
 }
 
 /// Most ids one `GET /v1/events?ids=` takes.
 const MAX_EVENT_IDS: usize = 1000;
+
+/// A list answer `{"data": …}`, serialised straight from its items: an event's payload is
+/// written as it was received, never rebuilt as a JSON value (which would refuse a payload
+/// nested deeper than serde_json's recursion limit once it sits inside the list).
+#[derive(serde::Serialize)]
+struct Data<T> {
+    data: T,
+}
 
 pub async fn list_events(
     State(p): State<AppState>,
@@ -125,13 +158,14 @@ pub async fn list_events(
     params: Params,
 ) -> ApiResult<Response> {
     let Query(mut params) = params?;
+    let tenant = events_tenant(&who, &mut params)?;
     let ids = params
         .remove("ids")
         .ok_or_else(|| Error::invalid("ids", "give the events' ids, separated by commas"))?;
     if let Some(other) = params.keys().next() {
         return Err(Error::invalid(
             other.clone(),
-            "is not a parameter of this list; it takes ids",
+            "is not a parameter of this list; it takes ids and tenant",
         )
         .into());
     }
@@ -141,13 +175,9 @@ pub async fn list_events(
     }
     let mut events = Vec::with_capacity(ids.len());
     for id in ids {
-        let event = p.event(id)?;
-        if !who.sees(event.tenant.as_deref()) {
-            return Err(not_found("event", id));
-        }
-        events.push(event);
+        events.push(p.event(tenant.as_deref(), id)?);
     }
-    Ok(Json(json!({ "data": events })).into_response())
+    Ok(Json(Data { data: events }).into_response())
 }
 
 // ----- modules -----
@@ -206,21 +236,24 @@ pub async fn list_modules(State(p): State<AppState>, params: Params) -> ApiResul
 
 pub async fn get_module(
     State(p): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     params: Params,
 ) -> ApiResult<Response> {
     let Query(params) = params?;
     let expanded = expand(&params, &["webhooks"])?;
     let info = p.module(&id)?;
-    let users = p.module_users(&info.id);
+    // A shared module shows a tenant-bound caller only its own tenant's webhooks.
+    let users: Vec<Webhook> = p
+        .module_users(&info.id)
+        .iter()
+        .filter_map(|id| p.webhook(id.as_str()).ok())
+        .filter(|w| who.sees(w.tenant.as_deref()))
+        .collect();
     let mut view = serde_json::to_value(&info).map_err(internal)?;
-    view["used_by"] = json!(users);
+    view["used_by"] = json!(users.iter().map(|w| &w.id).collect::<Vec<_>>());
     if expanded.iter().any(|e| e == "webhooks") {
-        let hooks: Vec<Webhook> = users
-            .iter()
-            .filter_map(|id| p.webhook(id.as_str()).ok())
-            .collect();
-        view["webhooks"] = json!(hooks);
+        view["webhooks"] = json!(users);
     }
     Ok(Json(view).into_response())
 }
@@ -239,15 +272,22 @@ pub async fn create_connection(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let input: ConnectionInput = parse_json(&headers, &body?)?;
+    let body = body?;
+    let _: Box<RawValue> = parse_json(&headers, &body)?;
+    let input = ConnectionInput::from_json(&body)?;
     let connection = p.create_connection(input)?;
     Ok((StatusCode::CREATED, Json(connection.public())).into_response())
 }
 
-pub async fn list_connections(State(p): State<AppState>, params: Params) -> ApiResult<Response> {
+pub async fn list_connections(
+    State(p): State<AppState>,
+    Extension(who): Extension<Principal>,
+    params: Params,
+) -> ApiResult<Response> {
     let Query(params) = params?;
     let query = list_query(params, &["created_at", "updated_at", "name"], false)?;
-    Ok(Json(p.list_connections(query)?.map(|c| c.public())).into_response())
+    let page = p.list_connections(query, who.tenant.as_deref())?;
+    Ok(Json(page.map(|c| c.public())).into_response())
 }
 
 pub async fn get_connection(
@@ -258,7 +298,7 @@ pub async fn get_connection(
 ) -> ApiResult<Response> {
     let Query(params) = params?;
     let expanded = expand(&params, &["webhooks"])?;
-    let connection = p.connection(&id)?;
+    let connection = visible_connection(&p, &who, &id)?;
     let mut view = connection.public();
     if expanded.iter().any(|e| e == "webhooks") {
         let hooks: Vec<Webhook> = p
@@ -278,7 +318,9 @@ pub async fn update_connection(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let input: ConnectionInput = parse_json(&headers, &body?)?;
+    let body = body?;
+    let _: Box<RawValue> = parse_json(&headers, &body)?;
+    let input = ConnectionInput::from_json(&body)?;
     Ok(Json(p.update_connection(&id, input)?.public()).into_response())
 }
 
@@ -287,6 +329,25 @@ pub async fn delete_connection(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     Ok(Json(p.delete_connection(&id)?.public()).into_response())
+}
+
+/// The connection, if the caller may see it: a tenant-bound key sees only connections
+/// shared with its tenant (others are "not found").
+fn visible_connection(p: &AppState, who: &Principal, id: &str) -> ApiResult<Connection> {
+    let connection = p.connection(id)?;
+    if !connection.shared_with(who.tenant.as_deref()) {
+        return Err(not_found("connection", id));
+    }
+    Ok(connection)
+}
+
+/// Refuses a tenant-bound caller's webhook change that attaches a connection not shared
+/// with its tenant (as "not found": it cannot see it).
+fn check_connection_use(p: &AppState, who: &Principal, input: &WebhookInput) -> ApiResult<()> {
+    if let (Some(_), Some(Some(id))) = (&who.tenant, &input.connection_id) {
+        visible_connection(p, who, id)?;
+    }
+    Ok(())
 }
 
 // ----- webhooks -----
@@ -325,8 +386,11 @@ pub async fn create_webhook(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let mut input: WebhookInput = parse_json(&headers, &body?)?;
+    let body = body?;
+    let _: Box<RawValue> = parse_json(&headers, &body)?;
+    let mut input = WebhookInput::from_json(&body)?;
     pin_tenant(&who, &mut input)?;
+    check_connection_use(&p, &who, &input)?;
     let (webhook, issued) = p.create_webhook_signed(input)?;
     let mut view = serde_json::to_value(&webhook).map_err(internal)?;
     // A secret the host generated is shown this once; a given one is never echoed. A key
@@ -374,7 +438,7 @@ pub async fn get_webhook(
                 view["connection"] = webhook
                     .connection_id
                     .as_ref()
-                    .and_then(|c| p.connection(c.as_str()).ok())
+                    .and_then(|c| visible_connection(&p, &who, c.as_str()).ok())
                     .map_or(Value::Null, |c| c.public())
             }
             _ => {}
@@ -391,10 +455,13 @@ pub async fn update_webhook(
     body: Body,
 ) -> ApiResult<Response> {
     visible_webhook(&p, &who, &id)?;
-    let mut input: WebhookInput = parse_json(&headers, &body?)?;
+    let body = body?;
+    let _: Box<RawValue> = parse_json(&headers, &body)?;
+    let mut input = WebhookInput::from_json(&body)?;
     if input.tenant.is_some() {
         pin_tenant(&who, &mut input)?;
     }
+    check_connection_use(&p, &who, &input)?;
     Ok(Json(p.update_webhook(&id, input)?).into_response())
 }
 
@@ -504,6 +571,18 @@ pub async fn list_deliveries(
     Ok(Json(page.map(|d| d.summary())).into_response())
 }
 
+/// A delivery with the objects `expand` asked for, serialised straight from them (an
+/// event's payload is written as received, whatever its depth).
+#[derive(serde::Serialize)]
+struct ExpandedDelivery<'a> {
+    #[serde(flatten)]
+    delivery: &'a Delivery,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<Option<crate::model::Event>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook: Option<Option<Webhook>>,
+}
+
 pub async fn get_delivery(
     State(p): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -513,11 +592,22 @@ pub async fn get_delivery(
     let Query(params) = params?;
     let expanded = expand(&params, &["event", "webhook"])?;
     let delivery = visible_delivery(&p, &who, &id)?;
-    let mut view = serde_json::to_value(&delivery).map_err(internal)?;
+    let mut view = ExpandedDelivery {
+        delivery: &delivery,
+        event: None,
+        webhook: None,
+    };
     for item in expanded {
         match item.as_str() {
-            "event" => view["event"] = json!(p.event(delivery.event_id.as_str()).ok()),
-            "webhook" => view["webhook"] = json!(p.webhook(delivery.webhook_id.as_str()).ok()),
+            "event" => {
+                let event = p.event(delivery.events_tenant(), delivery.event_id.as_str());
+                view.event = Some(event.ok());
+            }
+            "webhook" => {
+                // The delivery's tenant is its webhook's, so a caller who sees one sees both.
+                let webhook = p.webhook(delivery.webhook_id.as_str()).ok();
+                view.webhook = Some(webhook.filter(|w| who.sees(w.tenant.as_deref())));
+            }
             _ => {}
         }
     }

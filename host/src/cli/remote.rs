@@ -107,6 +107,9 @@ pub struct ConnectionFields {
     /// Signing secret (whsec_…, or an Ed25519 private key whsk_…).
     #[arg(long)]
     pub signing_secret: Option<String>,
+    /// A tenant whose keys may see and attach it (repeatable; replaces the list).
+    #[arg(long = "tenant")]
+    pub tenants: Vec<String>,
 }
 
 /// Connection commands.
@@ -331,6 +334,10 @@ pub enum EventCommand {
     Get {
         /// Event id.
         id: String,
+        /// The tenant whose event it is (ids are unique per tenant); a tenant-bound key
+        /// reads its own tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -595,6 +602,10 @@ impl ConnectionFields {
         set(
             "signing_secret",
             self.signing_secret.clone().map(Value::from),
+        );
+        set(
+            "tenants",
+            (!self.tenants.is_empty()).then(|| json!(self.tenants)),
         );
         Ok(Value::Object(body))
     }
@@ -901,7 +912,13 @@ pub fn key(remote: &Remote, command: KeyCommand) -> anyhow::Result<ExitCode> {
 pub fn event(remote: &Remote, command: EventCommand) -> anyhow::Result<ExitCode> {
     let c = Client::new(remote)?;
     match command {
-        EventCommand::Get { id } => show(c.call(M::GET, &format!("/v1/events/{id}"), &[], None)?),
+        EventCommand::Get { id, tenant } => {
+            let query: Vec<(String, String)> = tenant
+                .into_iter()
+                .map(|t| ("tenant".to_string(), t))
+                .collect();
+            show(c.call(M::GET, &format!("/v1/events/{id}"), &query, None)?)
+        }
     }
 }
 

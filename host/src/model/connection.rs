@@ -125,10 +125,58 @@ pub struct Connection {
     /// built-in roots (a private PKI, a self-signed receiver).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_certificate: Option<String>,
+    /// The tenants whose keys may attach it to their webhooks (and see it). Empty: only an
+    /// admin key without a tenant may attach it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<String>,
     /// Creation time.
     pub created_at: Millis,
     /// Last change.
     pub updated_at: Millis,
+}
+
+impl Connection {
+    /// Whether `url` lies under this connection's base URL: the same scheme, host and port,
+    /// and a path at or below the base path (after `.` and `..` segments are resolved). The
+    /// connection's credentials and signature only ever travel there.
+    ///
+    /// # Errors
+    /// A message naming the URL and the base it leaves.
+    pub fn covers(&self, url: &str) -> Result<(), String> {
+        within_base(url, &self.base_url)
+    }
+
+    /// Whether a key bound to `tenant` (or to none) may see and attach this connection.
+    pub fn shared_with(&self, tenant: Option<&str>) -> bool {
+        tenant.is_none_or(|t| self.tenants.iter().any(|shared| shared == t))
+    }
+}
+
+/// Whether `url` lies under `base`: same origin, and a path equal to the base path or below
+/// it (segment-wise, so `/api/orders` does not cover `/api/orders-admin`).
+///
+/// # Errors
+/// A message naming the URL and the base it leaves.
+pub fn within_base(url: &str, base: &str) -> Result<(), String> {
+    let outside = || format!("`{url}` is outside the connection's base URL `{base}`");
+    let (Ok(target), Ok(base_url)) = (url::Url::parse(url), url::Url::parse(base)) else {
+        return Err(outside());
+    };
+    if target.origin() != base_url.origin() {
+        return Err(outside());
+    }
+    let base_path = base_url.path().trim_end_matches('/');
+    let path = target.path();
+    let under = base_path.is_empty()
+        || path == base_path
+        || path
+            .strip_prefix(base_path)
+            .is_some_and(|rest| rest.starts_with('/'));
+    if under {
+        Ok(())
+    } else {
+        Err(outside())
+    }
 }
 
 impl Connection {
@@ -163,6 +211,9 @@ impl Connection {
         if let Some(pem) = &self.ca_certificate {
             view["ca_certificate"] = pem.clone().into();
         }
+        if !self.tenants.is_empty() {
+            view["tenants"] = serde_json::json!(self.tenants);
+        }
         view
     }
 }
@@ -185,6 +236,7 @@ mod tests {
             headers: vec![("x-shop".into(), "1".into())],
             signing_secret: Some(Secret::new("whsec_signing-secret")),
             ca_certificate: None,
+            tenants: Vec::new(),
             created_at: Millis(1),
             updated_at: Millis(1),
         };
@@ -199,5 +251,36 @@ mod tests {
         // The store keeps them.
         let stored = serde_json::to_string(&connection).unwrap();
         assert!(stored.contains("hunter2-password"));
+    }
+
+    #[test]
+    fn only_urls_under_the_base_are_covered() {
+        let base = "https://erp.example/api/orders";
+        for url in [
+            "https://erp.example/api/orders",
+            "https://erp.example/api/orders/",
+            "https://erp.example/api/orders/7?x=1",
+            "https://erp.example:443/api/orders/a/../b",
+        ] {
+            assert_eq!(within_base(url, base), Ok(()), "{url}");
+        }
+        for url in [
+            "https://erp.example/admin",
+            "https://erp.example/api/orders-admin",
+            "https://erp.example/api/orders/../admin",
+            "https://erp.example/api/orders/%2e%2e/admin",
+            "http://erp.example/api/orders",
+            "https://erp.example:8443/api/orders",
+            "https://evil.example/api/orders",
+            "not a url",
+        ] {
+            let refused = within_base(url, base).unwrap_err();
+            assert!(
+                refused.contains("outside the connection's base URL"),
+                "{refused}"
+            );
+        }
+        assert_eq!(within_base("https://h/any/path", "https://h/"), Ok(()));
+        assert_eq!(within_base("https://h/any", "https://h"), Ok(()));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::listing::{contains, ListQuery, Listed, Page, SortValue};
-use super::registry::{check_headers, check_label, check_text, check_url, nullable};
+use super::registry::{check_headers, check_label, check_tenant, check_text, check_url, nullable};
 use super::request::check_header;
 use super::{Error, Pipeline};
 use crate::model::{Connection, ConnectionAuth, ConnectionId, Secret};
@@ -37,7 +37,25 @@ pub struct ConnectionInput {
     /// PEM certificates of CAs to trust for this connection's https destinations.
     #[serde(default, deserialize_with = "nullable")]
     pub ca_certificate: Option<Option<String>>,
+    /// Tenants whose keys may attach it (replace the existing list on update; empty: only
+    /// admin keys without a tenant).
+    #[serde(default)]
+    pub tenants: Option<Vec<String>>,
 }
+
+impl ConnectionInput {
+    /// Parses a connection definition, refusing `null` where a field cannot be cleared.
+    ///
+    /// # Errors
+    /// [`Error::Json`] for a body that is not a definition, [`Error::Invalid`] for a `null`.
+    pub fn from_json(body: &[u8]) -> Result<ConnectionInput, Error> {
+        super::registry::refuse_nulls(body, &["name", "base_url", "auth", "headers", "tenants"])?;
+        serde_json::from_slice(body).map_err(|e| Error::Json(e.to_string()))
+    }
+}
+
+/// Most tenants one connection is shared with.
+const MAX_SHARED_TENANTS: usize = 256;
 
 impl Listed for Connection {
     fn list_id(&self) -> &str {
@@ -178,11 +196,16 @@ impl Pipeline {
     }
 
     /// Connections matching the query's filters (`name`, `name_contains`,
-    /// `description_contains`), ordered by `created_at`, `updated_at` or `name`.
+    /// `description_contains`), ordered by `created_at`, `updated_at` or `name`; for a key
+    /// bound to `tenant`, only those shared with it.
     ///
     /// # Errors
     /// [`Error::Invalid`] for a bad parameter.
-    pub fn list_connections(&self, mut query: ListQuery) -> Result<Page<Connection>, Error> {
+    pub fn list_connections(
+        &self,
+        mut query: ListQuery,
+        tenant: Option<&str>,
+    ) -> Result<Page<Connection>, Error> {
         let name = query.take("name");
         let name_contains = query.take("name_contains");
         let description_contains = query.take("description_contains");
@@ -193,7 +216,8 @@ impl Pipeline {
             .unwrap()
             .values()
             .filter(|c| {
-                name.as_ref().is_none_or(|n| &c.name == n)
+                c.shared_with(tenant)
+                    && name.as_ref().is_none_or(|n| &c.name == n)
                     && name_contains.as_ref().is_none_or(|n| contains(&c.name, n))
                     && description_contains
                         .as_ref()
@@ -276,6 +300,40 @@ impl Pipeline {
                 .client_for(Some(pem))
                 .map_err(|e| Error::invalid("ca_certificate", e))?;
         }
+        let tenants = match (input.tenants, existing) {
+            (Some(tenants), _) => tenants,
+            (None, Some(c)) => c.tenants.clone(),
+            (None, None) => Vec::new(),
+        };
+        if tenants.len() > MAX_SHARED_TENANTS {
+            return Err(Error::invalid(
+                "tenants",
+                format!(
+                    "has {} entries; the limit is {MAX_SHARED_TENANTS}",
+                    tenants.len()
+                ),
+            ));
+        }
+        for (i, tenant) in tenants.iter().enumerate() {
+            check_tenant(&format!("tenants[{i}]"), tenant)?;
+        }
+        if let Some(c) = existing.filter(|c| c.base_url != base_url) {
+            // Webhooks already pointing at it must stay under the new base: its credentials
+            // travel only there.
+            for webhook in self.webhooks() {
+                if webhook.connection_id.as_ref() != Some(&c.id) {
+                    continue;
+                }
+                let url = super::request::destination(webhook.url.as_deref(), Some(&base_url))
+                    .map_err(|m| Error::invalid("base_url", m))?;
+                crate::model::within_base(&url, &base_url).map_err(|m| {
+                    Error::invalid(
+                        "base_url",
+                        format!("webhook {} would send to {m}", webhook.id),
+                    )
+                })?;
+            }
+        }
         let now = self.now();
         Ok(Connection {
             id: existing.map_or_else(ConnectionId::generate, |c| c.id.clone()),
@@ -286,6 +344,7 @@ impl Pipeline {
             headers,
             signing_secret,
             ca_certificate,
+            tenants,
             created_at: existing.map_or(now, |c| c.created_at),
             updated_at: now,
         })

@@ -59,12 +59,7 @@ impl EventInput {
         };
         validate_kind(&self.kind, false).map_err(|m| Error::invalid(field("kind"), m))?;
         if let Some(tenant) = &self.tenant {
-            if tenant.is_empty() || tenant.len() > 128 {
-                return Err(Error::invalid(
-                    field("tenant"),
-                    "must be 1 to 128 characters",
-                ));
-            }
+            super::registry::check_tenant(&field("tenant"), tenant)?;
         }
         if self.attributes.len() > MAX_ATTRIBUTES {
             return Err(Error::invalid(
@@ -99,16 +94,38 @@ impl EventInput {
                 }
             }
         }
+        let occurred_at = match self.occurred_at {
+            Some(at) => at
+                .check_range()
+                .map_err(|m| Error::invalid(field("occurred_at"), m))?,
+            None => now,
+        };
         Ok(Event {
             id,
             kind: self.kind,
             tenant: self.tenant,
-            occurred_at: self.occurred_at.unwrap_or(now),
+            occurred_at,
             received_at: now,
             attributes,
             payload: self.payload,
         })
     }
+}
+
+/// Event kinds only the host emits (`webhook.disabled`, `webhook.response`): subscribers
+/// can trust that an event of these kinds came from the host.
+pub const RESERVED_KIND_PREFIX: &str = "webhook.";
+/// Event ids only the host gives (`evt_response_<delivery>`): an emitter claiming one first
+/// would cut a response chain.
+pub const RESERVED_ID_PREFIX: &str = "evt_response_";
+
+/// Who emits: an application (through the API or the library), or the host itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// An emitter: the host's own kinds and id prefixes are refused.
+    Emitter,
+    /// The host (`webhook.*` events).
+    Host,
 }
 
 /// Most routing attributes an event may carry.
@@ -159,6 +176,15 @@ impl Pipeline {
     /// [`Error::Invalid`] for a bad event (then nothing is stored), [`Error::TooLarge`] for too
     /// many events, or a storage error.
     pub async fn emit(&self, inputs: Vec<EventInput>) -> Result<Vec<EmitResult>, Error> {
+        self.emit_from(inputs, Origin::Emitter).await
+    }
+
+    /// [`Pipeline::emit`] for `origin`: only the host may use its own kinds and id prefixes.
+    pub(super) async fn emit_from(
+        &self,
+        inputs: Vec<EventInput>,
+        origin: Origin,
+    ) -> Result<Vec<EmitResult>, Error> {
         let limit = self.config.api.max_batch_events;
         if inputs.len() > limit {
             return Err(Error::TooLarge {
@@ -176,7 +202,13 @@ impl Pipeline {
         let events = inputs
             .into_iter()
             .enumerate()
-            .map(|(i, input)| self.event_from(input, now, batch.then_some(i)))
+            .map(|(i, input)| {
+                let index = batch.then_some(i);
+                if origin == Origin::Emitter {
+                    check_not_reserved(&input, index)?;
+                }
+                self.event_from(input, now, index)
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
         let ids: Vec<EventId> = events.iter().map(|e| e.id.clone()).collect();
@@ -216,13 +248,9 @@ impl Pipeline {
             .map(|w| {
                 // A delay counts from when the event happened, never into the past.
                 let due = match (w.delay, w.batch) {
-                    (Some(delay), _) => Millis(
-                        (event.occurred_at.as_i64() + delay.as_millis() as i64).max(now.as_i64()),
-                    ),
+                    (Some(delay), _) => event.occurred_at.saturating_add(delay).max(now),
                     // A new batch collects for its window (a batch of one is due at once).
-                    (None, Some(batch)) if batch.max_size > 1 => {
-                        Millis(now.as_i64() + batch.window.as_millis() as i64)
-                    }
+                    (None, Some(batch)) if batch.max_size > 1 => now.saturating_add(batch.window),
                     _ => now,
                 };
                 (w, due)
@@ -236,6 +264,7 @@ impl Pipeline {
                 webhook_id: w.id.clone(),
                 event_id: event.id.clone(),
                 tenant: w.tenant.clone(),
+                event_tenant: event.tenant.clone().filter(|_| w.tenant.is_none()),
                 status: DeliveryStatus::Pending,
                 created_at: now,
                 updated_at: now,
@@ -261,6 +290,34 @@ impl Pipeline {
             })
             .collect()
     }
+}
+
+/// Refuses an emitter's event of the host's own kinds or id prefixes.
+fn check_not_reserved(input: &EventInput, index: Option<usize>) -> Result<(), Error> {
+    let field = |name: &str| match index {
+        Some(i) => format!("events[{i}].{name}"),
+        None => name.to_string(),
+    };
+    if input.kind.starts_with(RESERVED_KIND_PREFIX) {
+        return Err(Error::invalid(
+            field("kind"),
+            format!(
+                "`{}`: kinds starting with `{RESERVED_KIND_PREFIX}` are emitted only by the host",
+                input.kind
+            ),
+        ));
+    }
+    if let Some(id) = input
+        .id
+        .as_deref()
+        .filter(|id| id.starts_with(RESERVED_ID_PREFIX))
+    {
+        return Err(Error::invalid(
+            field("id"),
+            format!("`{id}`: ids starting with `{RESERVED_ID_PREFIX}` are given only by the host"),
+        ));
+    }
+    Ok(())
 }
 
 /// The entity an event is about: the payload value at the JSON `pointer`, as text (strings

@@ -68,6 +68,9 @@ pub struct Page<T> {
     pub data: Vec<T>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<String>,
+    /// Keys of stored records that did not decode and were left out (each is logged).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 impl<T> Page<T> {
@@ -76,6 +79,7 @@ impl<T> Page<T> {
         Page {
             data: self.data.into_iter().map(f).collect(),
             next_cursor: self.next_cursor,
+            unreadable: self.unreadable,
         }
     }
 }
@@ -246,6 +250,7 @@ impl ListQuery {
         Page {
             data: keyed.into_iter().map(|(_, item)| item).collect(),
             next_cursor,
+            unreadable: Vec::new(),
         }
     }
 

@@ -165,6 +165,65 @@ const MAX_BATCH_WINDOW: Duration = Duration::from_secs(3600);
 const MAX_RETRY_STEPS: usize = 50;
 /// Longest single retry delay.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 86_400);
+/// Shortest single retry delay.
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Most event kinds one webhook takes.
+pub const MAX_EVENT_KINDS: usize = 64;
+/// Most attributes one scope names.
+pub const MAX_SCOPE_ATTRIBUTES: usize = 64;
+/// Most accepted values of one scope attribute.
+pub const MAX_SCOPE_VALUES: usize = 256;
+/// Longest accepted scope value, in bytes (as long as an event attribute's value).
+pub const MAX_SCOPE_VALUE: usize = super::ingest::MAX_ATTRIBUTE_VALUE;
+/// Largest plugin config, in bytes of JSON.
+pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+
+/// Fields of a webhook that are never absent: `null` for them is refused rather than read as
+/// "leave unchanged".
+const WEBHOOK_NOT_NULL: &[&str] = &[
+    "name",
+    "enabled",
+    "event_kinds",
+    "scope",
+    "module_id",
+    "config",
+    "method",
+    "headers",
+    "success_statuses",
+    "entity_mode",
+    "signing_secret",
+    "signature_scheme",
+];
+
+/// Refuses `null` for any of `fields` in a JSON object body.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the field.
+pub fn refuse_nulls(body: &[u8], fields: &[&str]) -> Result<(), Error> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) else {
+        return Ok(()); // the typed parse names what is wrong
+    };
+    for field in fields {
+        if map.get(*field).is_some_and(serde_json::Value::is_null) {
+            return Err(Error::invalid(
+                *field,
+                "cannot be null: leave it out to keep its value, or give a value",
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl WebhookInput {
+    /// Parses a webhook definition, refusing `null` where a field cannot be cleared.
+    ///
+    /// # Errors
+    /// [`Error::Json`] for a body that is not a definition, [`Error::Invalid`] for a `null`.
+    pub fn from_json(body: &[u8]) -> Result<WebhookInput, Error> {
+        refuse_nulls(body, WEBHOOK_NOT_NULL)?;
+        serde_json::from_slice(body).map_err(|e| Error::Json(e.to_string()))
+    }
+}
 
 /// Filters for listing deliveries.
 #[derive(Debug, Default, Clone)]
@@ -512,12 +571,48 @@ impl Pipeline {
                 "at least one event kind is required",
             ));
         }
+        if event_kinds.len() > MAX_EVENT_KINDS {
+            return Err(Error::invalid(
+                "event_kinds",
+                format!(
+                    "has {} kinds; the limit is {MAX_EVENT_KINDS}",
+                    event_kinds.len()
+                ),
+            ));
+        }
         for (i, kind) in event_kinds.iter().enumerate() {
             validate_kind(kind, true)
                 .map_err(|m| Error::invalid(format!("event_kinds[{i}]"), m))?;
         }
         let scope = pick(input.scope, existing.map(|w| &w.scope), BTreeMap::new());
+        if scope.len() > MAX_SCOPE_ATTRIBUTES {
+            return Err(Error::invalid(
+                "scope",
+                format!(
+                    "names {} attributes; the limit is {MAX_SCOPE_ATTRIBUTES}",
+                    scope.len()
+                ),
+            ));
+        }
         for (attribute, values) in &scope {
+            if values.len() > MAX_SCOPE_VALUES {
+                return Err(Error::invalid(
+                    format!("scope.{attribute}"),
+                    format!(
+                        "lists {} values; the limit is {MAX_SCOPE_VALUES}",
+                        values.len()
+                    ),
+                ));
+            }
+            if let Some(long) = values.iter().find(|v| v.len() > MAX_SCOPE_VALUE) {
+                return Err(Error::invalid(
+                    format!("scope.{attribute}"),
+                    format!(
+                        "a value is {} bytes; the limit is {MAX_SCOPE_VALUE}",
+                        long.len()
+                    ),
+                ));
+            }
             if attribute.is_empty() || attribute.len() > 128 {
                 return Err(Error::invalid(
                     "scope",
@@ -555,6 +650,13 @@ impl Pipeline {
         if !config.is_object() {
             return Err(Error::invalid("config", "must be a JSON object"));
         }
+        let config_bytes = config.to_string().len();
+        if config_bytes > MAX_CONFIG_BYTES {
+            return Err(Error::invalid(
+                "config",
+                format!("is {config_bytes} bytes of JSON; the limit is {MAX_CONFIG_BYTES}"),
+            ));
+        }
 
         let connection_id = match input.connection_id {
             Some(Some(raw)) => {
@@ -579,20 +681,31 @@ impl Pipeline {
                     format!("is {} bytes; the limit is {}", url.len(), api.max_url_len),
                 ));
             }
+            check_url_characters(url)?;
             if is_absolute(url) {
                 check_url(url, api.max_url_len)?;
             } else if url.contains("://") || url.starts_with("//") {
                 return Err(Error::invalid("url", format!("`{url}` is not a valid URL")));
             }
         }
-        let base = connection_id
+        let connection = connection_id
             .as_ref()
-            .and_then(|id| self.connection_cached(id))
-            .map(|c| c.base_url.clone());
-        let resolved =
-            destination(url.as_deref(), base.as_deref()).map_err(|m| Error::invalid("url", m))?;
+            .and_then(|id| self.connection_cached(id));
+        let base = connection.as_ref().map(|c| c.base_url.as_str());
+        let resolved = destination(url.as_deref(), base).map_err(|m| Error::invalid("url", m))?;
         check_url(&resolved, api.max_url_len)?;
         self.check_destination("url", &resolved)?;
+        if let Some(connection) = &connection {
+            connection.covers(&resolved).map_err(|m| {
+                Error::invalid(
+                    "url",
+                    format!(
+                        "{m}; a connection's credentials go only to its own base URL: give a \
+                         path under it, or no connection"
+                    ),
+                )
+            })?;
+        }
 
         let method = match (&input.method, existing) {
             (Some(m), _) => parse_method(m).map_err(|e| Error::invalid("method", e))?,
@@ -645,6 +758,9 @@ impl Pipeline {
                     let d = parse_duration(text).map_err(|m| Error::invalid(&field, m))?;
                     if d > MAX_RETRY_DELAY {
                         return Err(Error::invalid(field, "must be at most 7d"));
+                    }
+                    if d < MIN_RETRY_DELAY {
+                        return Err(Error::invalid(field, "must be at least 100ms"));
                     }
                     schedule.push(d);
                 }
@@ -838,17 +954,18 @@ impl Pipeline {
         Ok(query.page(items))
     }
 
-    /// One event.
+    /// One event of `tenant` (event ids are unique per tenant; `None`: an event without a
+    /// tenant).
     ///
     /// # Errors
     /// [`Error::NotFound`] or a storage error.
-    pub fn event(&self, id: &str) -> Result<Event, Error> {
+    pub fn event(&self, tenant: Option<&str>, id: &str) -> Result<Event, Error> {
         let not_found = || Error::NotFound {
             kind: "event",
             id: id.to_string(),
         };
         let id = EventId::parse(id).map_err(|_| not_found())?;
-        self.store.event(&id)?.ok_or_else(not_found)
+        self.store.event(tenant, &id)?.ok_or_else(not_found)
     }
 
     /// One delivery.
@@ -862,18 +979,6 @@ impl Pipeline {
         };
         let id = DeliveryId::parse(id).map_err(|_| not_found())?;
         self.store.delivery(&id)?.ok_or_else(not_found)
-    }
-
-    /// Deliveries matching `filter`, newest first, at most `limit`.
-    ///
-    /// # Errors
-    /// On storage failure.
-    pub fn deliveries(
-        &self,
-        filter: &DeliveryFilter,
-        limit: usize,
-    ) -> Result<Vec<Delivery>, Error> {
-        Ok(self.store.deliveries(None, limit, |d| filter.keeps(d))?)
     }
 
     /// Deliveries matching the query's filters (`webhook_id`, `event_id`, `status`,
@@ -902,18 +1007,23 @@ impl Pipeline {
         // order and stops at a full page (plus one, to know whether there is a next page).
         let limit = query.limit;
         let position = |d: &Delivery| SortValue::Text(d.id.to_string());
-        let mut data = self.store.scan_deliveries(
+        let scanned = self.store.scan_deliveries(
             query.descending,
             |d| filter.keeps(d) && query.is_after_cursor(&position(d), d.id.as_str()),
             limit + 1,
         )?;
+        let mut data = scanned.deliveries;
         let more = data.len() > limit;
         data.truncate(limit);
         let next_cursor = more
             .then(|| data.last())
             .flatten()
             .map(|d| query.cursor_for(&position(d), d.id.as_str()));
-        Ok(Page { data, next_cursor })
+        Ok(Page {
+            data,
+            next_cursor,
+            unreadable: scanned.unreadable,
+        })
     }
 }
 
@@ -1010,6 +1120,21 @@ impl Pipeline {
     }
 }
 
+/// Refuses URL text with spaces or control characters (a URL parser would quietly encode or
+/// drop them, so what is stored would not be what was sent).
+fn check_url_characters(url: &str) -> Result<(), Error> {
+    if let Some(bad) = url.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid(
+            "url",
+            format!(
+                "`{}` has the character {bad:?}; percent-encode it",
+                url.escape_debug()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a destination URL: absolute http or https with a host, within the length limit.
 ///
 /// # Errors
@@ -1021,8 +1146,17 @@ pub fn check_url(url: &str, max_len: usize) -> Result<(), Error> {
             format!("is {} bytes; the limit is {max_len}", url.len()),
         ));
     }
+    check_url_characters(url)?;
     let parsed = url::Url::parse(url)
         .map_err(|e| Error::invalid("url", format!("`{url}` is not a valid URL: {e}")))?;
+    // `http:///x` parses (the host becomes `x`), but is not what anyone meant.
+    let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+    if authority.is_empty() || authority.starts_with('/') {
+        return Err(Error::invalid(
+            "url",
+            format!("`{url}` has no host after `://`"),
+        ));
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(Error::invalid(
             "url",

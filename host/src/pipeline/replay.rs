@@ -58,7 +58,10 @@ impl Pipeline {
             return Err(Error::invalid("until", "must be after `since`"));
         }
         let mine = |d: &Delivery| d.webhook_id == webhook.id;
-        let all = self.store.scan_deliveries(false, mine, usize::MAX)?;
+        let all = self
+            .store
+            .scan_deliveries(false, mine, usize::MAX)?
+            .deliveries;
         let replayed: HashSet<&DeliveryId> =
             all.iter().filter_map(|d| d.replay_of.as_ref()).collect();
         let originals: Vec<Delivery> = all
@@ -109,6 +112,7 @@ impl Pipeline {
             webhook_id: original.webhook_id,
             event_id: original.event_id,
             tenant: original.tenant,
+            event_tenant: original.event_tenant,
             status: DeliveryStatus::Pending,
             created_at: now,
             updated_at: now,

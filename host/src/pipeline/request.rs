@@ -15,6 +15,8 @@ pub struct Target {
     pub headers: Vec<(String, String)>,
     /// The connection whose auth is added when sending.
     pub connection_id: Option<ConnectionId>,
+    /// That connection's base URL: every request stays under it.
+    pub base_url: Option<String>,
 }
 
 impl Target {
@@ -42,6 +44,7 @@ impl Target {
             method: webhook.method,
             headers,
             connection_id: webhook.connection_id.clone(),
+            base_url: connection.map(|c| c.base_url.clone()),
         })
     }
 }
@@ -192,7 +195,17 @@ pub fn build(
         Some(wit::Method::Patch) => Method::Patch,
         Some(wit::Method::Delete) => Method::Delete,
     };
-    let url = join_url(&target.url, request.path.as_deref())?;
+    let url = match (&target.base_url, request.path.as_deref()) {
+        // Through a connection, `/x` is a path under the connection's base URL, and no path
+        // may leave it: its credentials travel only there.
+        (Some(base), Some(path)) if path.starts_with('/') => {
+            join_url(base, Some(path.trim_start_matches('/')))?
+        }
+        _ => join_url(&target.url, request.path.as_deref())?,
+    };
+    if let Some(base) = &target.base_url {
+        crate::model::within_base(&url, base).map_err(|m| format!("request path: {m}"))?;
+    }
     let mut headers: Vec<(String, String)> = target.headers.clone();
     let mut set = |name: String, value: String| {
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
@@ -262,6 +275,57 @@ mod tests {
         );
         assert!(destination(Some("/orders"), None).is_err());
         assert!(destination(None, None).is_err());
+    }
+
+    fn connection_target() -> Target {
+        Target {
+            url: "https://erp.example/api/orders".into(),
+            method: Method::Post,
+            headers: Vec::new(),
+            connection_id: Some(ConnectionId::generate()),
+            base_url: Some("https://erp.example/api/orders".into()),
+        }
+    }
+
+    fn with_path(path: &str) -> wit::Request {
+        wit::Request {
+            method: None,
+            path: Some(path.into()),
+            headers: Vec::new(),
+            body: None,
+            content_type: None,
+        }
+    }
+
+    #[test]
+    fn a_connections_requests_never_leave_its_base_url() {
+        let target = connection_target();
+        let id = DeliveryId::generate();
+        let built = |path: &str| build(&target, &id, 0, with_path(path)).map(|r| r.url);
+        assert_eq!(
+            built("/items/7?x=1").unwrap(),
+            "https://erp.example/api/orders/items/7?x=1"
+        );
+        assert_eq!(built("7").unwrap(), "https://erp.example/api/orders/7");
+        // A second slash cannot name another host: it stays a path under the base.
+        assert_eq!(
+            built("//evil.test/x").unwrap(),
+            "https://erp.example/api/orders/evil.test/x"
+        );
+        for escape in [
+            "/../admin",
+            "../../admin",
+            "..//admin",
+            "/%2e%2e/admin",
+            "http://evil.test/x",
+        ] {
+            let refused = built(escape).unwrap_err();
+            assert!(
+                refused.contains("outside the connection's base URL")
+                    || refused.contains("not a full URL"),
+                "{escape}: {refused}"
+            );
+        }
     }
 
     #[test]

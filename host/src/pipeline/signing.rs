@@ -134,10 +134,10 @@ impl Pipeline {
         };
         let (current, issued) = issue(input.secret, scheme, "secret")?;
         let previous = existing.map(|k| k.current);
-        let overlap = self.config.delivery.signature_overlap.as_millis() as i64;
+        let overlap = self.config.delivery.signature_overlap;
         let previous_until = previous
             .as_ref()
-            .map(|_| Millis(self.now().as_i64() + overlap));
+            .map(|_| self.now().saturating_add(overlap));
         self.put_signing_keys(
             &webhook.id,
             &SigningKeys {

@@ -36,7 +36,7 @@ const IN_ORDER_WAIT: Duration = Duration::from_millis(200);
 const STORAGE_ERROR_WAIT: Duration = Duration::from_secs(5);
 
 fn plus(t: Millis, d: Duration) -> Millis {
-    Millis(t.as_i64().saturating_add(d.as_millis() as i64))
+    t.saturating_add(d)
 }
 
 /// The queue as the staging reads it: the store's, with the pipeline's webhooks and the
@@ -341,7 +341,9 @@ impl Pipeline {
         let Some(value) = delivery.extracted_value.clone().filter(|_| emit) else {
             return Ok(());
         };
-        let cause = self.store.event(&delivery.event_id)?;
+        let cause = self
+            .store
+            .event(delivery.events_tenant(), &delivery.event_id)?;
         let depth = cause
             .as_ref()
             .filter(|e| e.kind == RESPONSE_EVENT)
@@ -390,7 +392,10 @@ impl Pipeline {
                 .collect(),
             payload: serde_json::value::to_raw_value(&payload).expect("payload serialises"),
         };
-        match self.emit(vec![input]).await {
+        match self
+            .emit_from(vec![input], super::ingest::Origin::Host)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(super::Error::Store(e)) => Err(e),
             Err(e) => {
@@ -422,7 +427,10 @@ impl Pipeline {
                 .collect(),
             payload: serde_json::value::to_raw_value(&payload).expect("payload serialises"),
         };
-        if let Err(e) = self.emit(vec![input]).await {
+        if let Err(e) = self
+            .emit_from(vec![input], super::ingest::Origin::Host)
+            .await
+        {
             tracing::error!(webhook = %webhook.id, "emitting webhook.disabled: {e}");
         }
     }
@@ -435,7 +443,8 @@ impl Pipeline {
         delivery: &mut Delivery,
     ) -> Result<Option<(Vec<OutboundRequest>, bool)>, StoreError> {
         let call = if delivery.batch_events.is_empty() {
-            let Some(event) = self.store.event(&delivery.event_id)? else {
+            let tenant = delivery.events_tenant();
+            let Some(event) = self.store.event(tenant, &delivery.event_id)? else {
                 finish(
                     delivery,
                     DeliveryStatus::Failed,
@@ -447,7 +456,7 @@ impl Pipeline {
         } else {
             let mut events = Vec::with_capacity(delivery.batch_events.len());
             for id in &delivery.batch_events {
-                let Some(event) = self.store.event(id)? else {
+                let Some(event) = self.store.event(delivery.events_tenant(), id)? else {
                     finish(
                         delivery,
                         DeliveryStatus::Failed,

@@ -179,7 +179,12 @@ fn v6_class(v6: Ipv6Addr) -> Option<&'static str> {
         return v4_class(v4);
     }
     let segments = v6.segments();
-    if segments[..6] == [0; 6] || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    // IPv4-compatible (::/96), NAT64 (64:ff9b::/96) and IPv4-translated (::ffff:0:0:0/96)
+    // addresses carry an IPv4 address in their last 32 bits.
+    if segments[..6] == [0; 6]
+        || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || segments[..6] == [0, 0, 0, 0, 0xffff, 0]
+    {
         let [.., hi, lo] = segments;
         return v4_class(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
     }
@@ -189,8 +194,14 @@ fn v6_class(v6: Ipv6Addr) -> Option<&'static str> {
     let class = match segments[0] {
         s if s & 0xfe00 == 0xfc00 => "private (unique local)",
         s if s & 0xffc0 == 0xfe80 => "link-local",
+        s if s & 0xffc0 == 0xfec0 => "site-local (deprecated)",
         s if s & 0xff00 == 0xff00 => "multicast",
         0x2001 if segments[1] == 0x0db8 => "documentation",
+        // Tunnels whose address carries an IPv4 address the far end forwards to.
+        0x2002 => "6to4 (carries an IPv4 address)",
+        0x2001 if segments[1] == 0 => "Teredo (carries an IPv4 address)",
+        0x0064 if segments[1] == 0xff9b && segments[2] == 1 => "NAT64 (local use)",
+        0x0100 if segments[1..4] == [0, 0, 0] => "discard-only",
         _ => return None,
     };
     Some(class)
@@ -244,6 +255,25 @@ mod tests {
         assert_eq!(class("::ffff:127.0.0.1"), Some("loopback"));
         assert_eq!(class("::ffff:10.0.0.1"), Some("private"));
         assert_eq!(class("64:ff9b::a9fe:a9fe"), Some("cloud metadata"));
+        assert_eq!(class("::ffff:0:7f00:1"), Some("loopback"));
+        assert_eq!(class("::ffff:0:a00:1"), Some("private"));
+        // Deprecated or tunnelling ranges are refused whatever they carry.
+        assert_eq!(
+            class("2002:7f00:1::1"),
+            Some("6to4 (carries an IPv4 address)")
+        );
+        assert_eq!(
+            class("2002:0808:0808::1"),
+            Some("6to4 (carries an IPv4 address)")
+        );
+        assert_eq!(class("fec0::1"), Some("site-local (deprecated)"));
+        assert_eq!(class("feff::1"), Some("site-local (deprecated)"));
+        assert_eq!(
+            class("2001:0:4136:e378::1"),
+            Some("Teredo (carries an IPv4 address)")
+        );
+        assert_eq!(class("64:ff9b:1::a00:1"), Some("NAT64 (local use)"));
+        assert_eq!(class("100::1"), Some("discard-only"));
         for public in ["1.1.1.1", "8.8.8.8", "172.32.0.1", "2606:4700:4700::1111"] {
             assert_eq!(class(public), None, "{public}");
         }

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::model::{Delivery, DeliveryId, Event, EventId};
+use crate::model::{Delivery, DeliveryId, Event};
 
 /// Payload and attribute bytes kept at most.
 const MAX_BYTES: usize = 8 << 20;
@@ -26,8 +26,9 @@ pub(super) struct RecentEvents {
 
 #[derive(Default)]
 struct Inner {
-    events: HashMap<EventId, Arc<Event>>,
-    order: VecDeque<(EventId, usize)>,
+    /// By [`super::event_key`].
+    events: HashMap<String, Arc<Event>>,
+    order: VecDeque<(String, usize)>,
     bytes: usize,
 }
 
@@ -41,8 +42,9 @@ fn size(event: &Event) -> usize {
 }
 
 impl RecentEvents {
-    pub(super) fn get(&self, id: &EventId) -> Option<Arc<Event>> {
-        self.inner.lock().unwrap().events.get(id).cloned()
+    /// The kept event of this [`super::event_key`].
+    pub(super) fn get(&self, key: &str) -> Option<Arc<Event>> {
+        self.inner.lock().unwrap().events.get(key).cloned()
     }
 
     /// Keeps a just-stored event, dropping the oldest kept ones beyond the bound.
@@ -51,16 +53,13 @@ impl RecentEvents {
         if bytes > MAX_EVENT_BYTES {
             return;
         }
+        let key = super::event_key(event.tenant.as_deref(), &event.id);
         let event = Arc::new(event.clone());
         let mut inner = self.inner.lock().unwrap();
-        if inner
-            .events
-            .insert(event.id.clone(), event.clone())
-            .is_some()
-        {
+        if inner.events.insert(key.clone(), event).is_some() {
             return;
         }
-        inner.order.push_back((event.id.clone(), bytes));
+        inner.order.push_back((key, bytes));
         inner.bytes += bytes;
         while inner.bytes > MAX_BYTES {
             let Some((id, bytes)) = inner.order.pop_front() else {
@@ -124,7 +123,7 @@ impl RecentDeliveries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Millis;
+    use crate::model::{EventId, Millis};
     use crate::store::tests::{delivery, event as stored_event};
 
     #[test]
@@ -163,7 +162,7 @@ mod tests {
         let recent = RecentEvents::default();
         let big = event("big", MAX_EVENT_BYTES + 1);
         recent.put(&big);
-        assert!(recent.get(&big.id).is_none());
+        assert!(recent.get(big.id.as_str()).is_none());
         let each = MAX_EVENT_BYTES;
         let fit = MAX_BYTES / each;
         let events: Vec<Event> = (0..=fit).map(|i| event(&format!("e{i}"), each)).collect();
@@ -171,9 +170,9 @@ mod tests {
             recent.put(e);
         }
         // One more than fits: the oldest went.
-        assert!(recent.get(&events[0].id).is_none());
+        assert!(recent.get(events[0].id.as_str()).is_none());
         for kept in [&events[1], &events[fit]] {
-            let got = recent.get(&kept.id).expect("kept");
+            let got = recent.get(kept.id.as_str()).expect("kept");
             assert_eq!(got.payload.get(), kept.payload.get());
         }
     }

@@ -100,13 +100,15 @@ fn insert_cut(
     let mut intent = Intent::default();
     let mut new = Vec::new();
     let mut seen = HashSet::new();
+    let mut keys = Vec::with_capacity(items.len());
     for (i, (event, deliveries)) in items.iter().enumerate() {
-        let id = event.id.as_str();
-        if !seen.insert(id) || trees.events.get(id)?.is_some() {
+        let key = super::event_key(event.tenant.as_deref(), &event.id);
+        keys.push(key.clone());
+        if !seen.insert(key.clone()) || trees.events.get(key.as_str())?.is_some() {
             inserted.push(Inserted::Duplicate);
             continue;
         }
-        intent.events.push(id.to_string());
+        intent.events.push(key);
         for (delivery, (key, _)) in deliveries.iter().zip(&encoded[i].1) {
             intent.deliveries.push(delivery.id.to_string());
             intent.queue.push(key.clone());
@@ -125,12 +127,12 @@ fn insert_cut(
     trees.intents.insert(key, encode(&intent))?;
     let written = (|| -> Result<(), Stop> {
         for &i in &new {
-            let (event, deliveries) = items[i];
+            let (_, deliveries) = items[i];
             let (event_bytes, records) = &encoded[i];
             writes.next()?;
             trees
                 .events
-                .insert(event.id.as_str(), event_bytes.as_slice())?;
+                .insert(keys[i].as_str(), event_bytes.as_slice())?;
             for (delivery, (_, bytes)) in deliveries.iter().zip(records) {
                 writes.next()?;
                 trees
@@ -222,7 +224,11 @@ mod tests {
             let store = super::super::tests::reopen(dir.path(), test_sealer()).unwrap();
             let complete = cut == all_writes;
             for (e, ds) in [(&e1, &d1[..]), (&e2, &d2[..])] {
-                assert_eq!(store.event(&e.id).unwrap().is_some(), complete, "cut {cut}");
+                assert_eq!(
+                    store.event(None, &e.id).unwrap().is_some(),
+                    complete,
+                    "cut {cut}"
+                );
                 for d in ds {
                     assert_eq!(store.delivery(&d.id).unwrap().is_some(), complete);
                     let key = queue_key(d.next_attempt_at.unwrap(), &d.id);

@@ -1,7 +1,8 @@
 //! `shipstation-notify` — ShipStation style: instead of the data, a thin notification
 //! `{"resource_url": …, "resource_type": …}` the receiver follows (with an emitter key) to
 //! fetch the event(s) from this host. Batched webhooks send one notification per batch, whose
-//! URL names every event (`GET /v1/events?ids=…`).
+//! URL names every event (`GET /v1/events?ids=…`). Event ids are unique per tenant, so the
+//! URL of a tenant's event names the tenant too (`?tenant=…`; a batch never mixes tenants).
 //!
 //! Config: `{"base_url": "https://hooks.example"}` (this host, as receivers reach it) and an
 //! optional `"resource_type"`; otherwise it follows the event kind: `order.*` →
@@ -50,11 +51,17 @@ fn notify(events: &[Event]) -> Result<Decision> {
         Some(t) => t,
         None => resource_type(&first.kind)?.to_string(),
     };
-    let resource_url = match events {
-        [one] => format!("{base}/v1/events/{}", one.id),
-        many => {
+    let tenant = first
+        .tenant
+        .as_deref()
+        .map(wasmhooks_guest::template::percent_encode);
+    let resource_url = match (events, tenant) {
+        ([one], None) => format!("{base}/v1/events/{}", one.id),
+        ([one], Some(tenant)) => format!("{base}/v1/events/{}?tenant={tenant}", one.id),
+        (many, tenant) => {
             let ids: Vec<&str> = many.iter().map(|e| e.id.as_str()).collect();
-            format!("{base}/v1/events?ids={}", ids.join(","))
+            let tenant = tenant.map_or(String::new(), |t| format!("&tenant={t}"));
+            format!("{base}/v1/events?ids={}{tenant}", ids.join(","))
         }
     };
     Ok(Decision::send(Request::json(&Notification {
