@@ -194,7 +194,6 @@ proptest! {
 fn accepted_events_and_their_deliveries_read_back() {
     use proptest::test_runner::{Config, TestRunner};
 
-    use crate::model::{Delivery, DeliveryId, DeliveryStatus, WebhookId};
     use crate::store::Store;
 
     let dir = tempfile::tempdir().unwrap();
@@ -221,31 +220,10 @@ fn accepted_events_and_their_deliveries_read_back() {
             let due = stored
                 .occurred_at
                 .saturating_add(std::time::Duration::from_millis(delay_ms));
-            let delivery = Delivery {
-                id: DeliveryId::generate(),
-                webhook_id: WebhookId::generate(),
-                event_id: stored.id.clone(),
-                tenant: stored.tenant.clone(),
-                event_tenant: None,
-                status: DeliveryStatus::Pending,
-                created_at: stored.received_at,
-                updated_at: stored.received_at,
-                next_attempt_at: Some(due),
-                requests: None,
-                rounds: 0,
-                attempts: Vec::new(),
-                logs: Vec::new(),
-                skip_reason: None,
-                error: None,
-                extracted_value: None,
-                replay_of: None,
-                entity: None,
-                in_order: false,
-                batch_events: Vec::new(),
-                batch_limit: 0,
-                replaced: 0,
-                replaced_events: Vec::new(),
-            };
+            let mut delivery = crate::store::tests::delivery(&stored, 0);
+            delivery.tenant = stored.tenant.clone();
+            delivery.created_at = stored.received_at;
+            delivery.next_attempt_at = Some(due);
             store
                 .insert_event(&stored, std::slice::from_ref(&delivery))
                 .unwrap();

@@ -467,6 +467,36 @@ impl Delivery {
     /// How many replaced event ids a delivery keeps.
     pub const REPLACED_KEPT: usize = 20;
 
+    /// A new pending delivery of `event` for `webhook`, due at `due`: no requests, attempts
+    /// or logs yet, not batched, debounced or in order (the router sets those).
+    pub fn pending(webhook: &Webhook, event: &Event, due: Millis, now: Millis) -> Delivery {
+        Delivery {
+            id: DeliveryId::generate(),
+            webhook_id: webhook.id.clone(),
+            event_id: event.id.clone(),
+            tenant: webhook.tenant.clone(),
+            event_tenant: event.tenant.clone().filter(|_| webhook.tenant.is_none()),
+            status: DeliveryStatus::Pending,
+            created_at: now,
+            updated_at: now,
+            next_attempt_at: Some(due),
+            requests: None,
+            rounds: 0,
+            attempts: Vec::new(),
+            logs: Vec::new(),
+            skip_reason: None,
+            error: None,
+            extracted_value: None,
+            replay_of: None,
+            entity: None,
+            in_order: false,
+            batch_events: Vec::new(),
+            batch_limit: 0,
+            replaced: 0,
+            replaced_events: Vec::new(),
+        }
+    }
+
     /// The tenant its events belong to.
     pub fn events_tenant(&self) -> Option<&str> {
         self.event_tenant.as_deref().or(self.tenant.as_deref())

@@ -1228,7 +1228,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{DeliveryStatus, Method};
 
@@ -1350,7 +1350,7 @@ mod tests {
     }
 
     /// A plain pending delivery of `event`, due at `due` (also used by the submodules' tests).
-    pub(super) fn delivery(event: &Event, due: i64) -> Delivery {
+    pub(crate) fn delivery(event: &Event, due: i64) -> Delivery {
         Delivery {
             id: DeliveryId::generate(),
             webhook_id: WebhookId::generate(),

@@ -1,13 +1,9 @@
 //! Connections: shared destinations with auth and default headers. Secrets are write-only.
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::support::{data_dir, Receiver, Server};
-
-fn message(body: &Value) -> &str {
-    body["error"]["message"].as_str().unwrap_or("")
-}
+use crate::support::{data_dir, error_message, Receiver, Server};
 
 #[tokio::test]
 async fn webhooks_send_through_their_connection_with_its_auth_and_headers() {
@@ -140,7 +136,7 @@ async fn webhooks_send_through_their_connection_with_its_auth_and_headers() {
     // A connection in use cannot be deleted; once unused it can.
     let (status, body) = server.delete(&format!("/v1/connections/{erp_id}")).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert!(message(&body).contains(id), "{body}");
+    assert!(error_message(&body).contains(id), "{body}");
     let (status, _) = server.delete(&format!("/v1/webhooks/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = server.delete(&format!("/v1/connections/{erp_id}")).await;
@@ -198,7 +194,7 @@ async fn bad_connections_are_refused_naming_the_field() {
         let (status, answer) = server.post_json("/v1/connections", &body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {answer}");
         assert!(
-            message(&answer).contains(expected),
+            error_message(&answer).contains(expected),
             "{body}: expected {expected:?} in {answer}"
         );
         assert!(
@@ -218,7 +214,8 @@ async fn bad_connections_are_refused_naming_the_field() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
-    assert!(message(&answer).contains("connection `con_01m83j646jgje8srde3sxseqgm` does not exist"));
+    assert!(error_message(&answer)
+        .contains("connection `con_01m83j646jgje8srde3sxseqgm` does not exist"));
     let (status, answer) = server
         .post_json(
             "/v1/webhooks",
@@ -227,7 +224,7 @@ async fn bad_connections_are_refused_naming_the_field() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
-        message(&answer).contains("url: `/orders` is a relative URL"),
+        error_message(&answer).contains("url: `/orders` is a relative URL"),
         "{answer}"
     );
 }

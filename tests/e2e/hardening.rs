@@ -4,11 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{data_dir, Server};
-
-fn message(body: &Value) -> &str {
-    body["error"]["message"].as_str().unwrap_or("")
-}
+use crate::support::{data_dir, error_message, Server};
 
 #[tokio::test]
 async fn bad_definitions_are_refused_by_name() {
@@ -53,7 +49,10 @@ async fn bad_definitions_are_refused_by_name() {
     for (definition, expected) in cases {
         let (status, body) = server.post_json("/v1/webhooks", &definition).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{expected}: {body}");
-        assert!(message(&body).contains(expected), "{expected}: {body}");
+        assert!(
+            error_message(&body).contains(expected),
+            "{expected}: {body}"
+        );
     }
     let (_, list) = server.get("/v1/webhooks").await;
     assert_eq!(
@@ -71,7 +70,7 @@ async fn bad_definitions_are_refused_by_name() {
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {body}");
         assert!(
-            message(&body).starts_with(&format!("{field}: cannot be null")),
+            error_message(&body).starts_with(&format!("{field}: cannot be null")),
             "{body}"
         );
     }
@@ -91,7 +90,7 @@ async fn bad_definitions_are_refused_by_name() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(message(&body).starts_with("tenant: "), "{body}");
+    assert!(error_message(&body).starts_with("tenant: "), "{body}");
 }
 
 #[cfg(unix)]

@@ -3,13 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{data_dir, Server};
-
-fn message(body: &Value) -> &str {
-    body["error"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error message in {body}"))
-}
+use crate::support::{data_dir, error_message, Server};
 
 #[tokio::test]
 async fn every_input_limit_refuses_clearly_and_changes_nothing() {
@@ -36,7 +30,7 @@ async fn every_input_limit_refuses_clearly_and_changes_nothing() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["error"]["code"], "too_large");
     assert_eq!(
-        message(&body),
+        error_message(&body),
         "the event (payload and attributes) is 1011 bytes; the limit is 1000"
     );
 
@@ -51,7 +45,7 @@ async fn every_input_limit_refuses_clearly_and_changes_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    assert!(message(&body).starts_with("events[1] (payload and attributes) is "));
+    assert!(error_message(&body).starts_with("events[1] (payload and attributes) is "));
     let (status, _) = server.get("/v1/events/evt_ok_1").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
@@ -62,7 +56,7 @@ async fn every_input_limit_refuses_clearly_and_changes_nothing() {
     let (status, body) = server.post_json("/v1/events", &json!(batch)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(
-        message(&body),
+        error_message(&body),
         "the event batch is 4 events; the limit is 3"
     );
 
@@ -75,7 +69,10 @@ async fn every_input_limit_refuses_clearly_and_changes_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    assert!(message(&body).contains("api.max_body_bytes"), "{body}");
+    assert!(
+        error_message(&body).contains("api.max_body_bytes"),
+        "{body}"
+    );
 
     // Too many attributes, and an attribute value too long.
     let attributes: serde_json::Map<String, Value> =
@@ -88,7 +85,7 @@ async fn every_input_limit_refuses_clearly_and_changes_nothing() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(
-        message(&body),
+        error_message(&body),
         "attributes: has 65 entries; the limit is 64"
     );
     let (status, body) = server
@@ -99,7 +96,7 @@ async fn every_input_limit_refuses_clearly_and_changes_nothing() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(
-        message(&body),
+        error_message(&body),
         "attributes.shop: is 1025 bytes; the limit is 1024"
     );
 
@@ -112,7 +109,7 @@ async fn every_input_limit_refuses_clearly_and_changes_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    assert!(message(&body).contains("max_module_bytes"), "{body}");
+    assert!(error_message(&body).contains("max_module_bytes"), "{body}");
 
     // Too many headers on a connection or a webhook, and a header value too long.
     let headers: serde_json::Map<String, Value> =
@@ -124,7 +121,10 @@ async fn every_input_limit_refuses_clearly_and_changes_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(message(&body), "headers: has 65 headers; the limit is 64");
+    assert_eq!(
+        error_message(&body),
+        "headers: has 65 headers; the limit is 64"
+    );
     let (status, body) = server
         .post_json(
             "/v1/connections",
@@ -134,7 +134,8 @@ async fn every_input_limit_refuses_clearly_and_changes_nothing() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(
-        message(&body).ends_with("the value of header `x-long` is 8193 bytes; the limit is 8192"),
+        error_message(&body)
+            .ends_with("the value of header `x-long` is 8193 bytes; the limit is 8192"),
         "{body}"
     );
 

@@ -429,6 +429,11 @@ impl Receiver {
     }
 }
 
+/// The message of an API error body (`""` when it is not one).
+pub fn error_message(body: &Value) -> &str {
+    body["error"]["message"].as_str().unwrap_or("")
+}
+
 /// A fresh temp dir for a test's data.
 pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{client_with_key, data_dir, eventually, Receiver, Server};
+use crate::support::{client_with_key, data_dir, error_message, eventually, Receiver, Server};
 
 /// A key of `role` bound to `tenant`, as a client.
 async fn tenant_client(server: &Server, role: &str, tenant: &str) -> reqwest::Client {
@@ -16,10 +16,6 @@ async fn tenant_client(server: &Server, role: &str, tenant: &str) -> reqwest::Cl
         .await;
     assert_eq!(status, StatusCode::CREATED, "{key}");
     client_with_key(key["key"].as_str().unwrap())
-}
-
-fn message(body: &Value) -> &str {
-    body["error"]["message"].as_str().unwrap_or("")
 }
 
 #[tokio::test]
@@ -129,7 +125,7 @@ async fn a_connections_credentials_never_leave_its_base_url() {
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
         assert!(
-            message(&body).contains("outside the connection's base URL"),
+            error_message(&body).contains("outside the connection's base URL"),
             "{body}"
         );
     }
@@ -207,7 +203,7 @@ async fn an_emitter_cannot_poison_lists_with_a_time_past_year_9999() {
             )
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{at}: {body}");
-        assert!(message(&body).starts_with("occurred_at: "), "{body}");
+        assert!(error_message(&body).starts_with("occurred_at: "), "{body}");
     }
     // The last accepted instant plus a delay saturates and reads back.
     let (status, body) = server
@@ -320,7 +316,10 @@ async fn event_ids_belong_to_their_tenant_and_the_hosts_kinds_to_the_host() {
             .send(a.post(format!("{}/v1/events", server.url)).json(&event))
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-        assert!(message(&body).starts_with(&format!("{field}: ")), "{body}");
+        assert!(
+            error_message(&body).starts_with(&format!("{field}: ")),
+            "{body}"
+        );
     }
     let (_, deliveries) = server.get("/v1/deliveries").await;
     assert_eq!(deliveries["data"].as_array().unwrap().len(), 2);

@@ -5,9 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Error, Pipeline};
-use crate::model::{
-    validate_kind, Delivery, DeliveryId, DeliveryStatus, EntityMode, Event, EventId, Millis,
-};
+use crate::model::{validate_kind, Delivery, DeliveryId, EntityMode, Event, EventId, Millis};
 use crate::store::Inserted;
 
 /// An event as emitters send it (API body, CLI, `plugin run` event files).
@@ -260,23 +258,6 @@ impl Pipeline {
                 (w, due, entity)
             })
             .map(|(w, due, entity)| Delivery {
-                id: DeliveryId::generate(),
-                webhook_id: w.id.clone(),
-                event_id: event.id.clone(),
-                tenant: w.tenant.clone(),
-                event_tenant: event.tenant.clone().filter(|_| w.tenant.is_none()),
-                status: DeliveryStatus::Pending,
-                created_at: now,
-                updated_at: now,
-                next_attempt_at: Some(due),
-                requests: None,
-                rounds: 0,
-                attempts: Vec::new(),
-                logs: Vec::new(),
-                skip_reason: None,
-                error: None,
-                extracted_value: None,
-                replay_of: None,
                 in_order: entity.is_some() && w.entity_mode == EntityMode::InOrder,
                 batch_events: if w.batch.is_some() {
                     vec![event.id.clone()]
@@ -285,8 +266,7 @@ impl Pipeline {
                 },
                 batch_limit: w.batch.map_or(0, |b| b.max_size),
                 entity,
-                replaced: 0,
-                replaced_events: Vec::new(),
+                ..Delivery::pending(w, event, due, now)
             })
             .collect()
     }
