@@ -361,15 +361,6 @@ impl Log {
             let blob_id =
                 if over_blob_threshold { Some(reservation_lsn) } else { None };
 
-            self.iobufs.encapsulate(
-                item,
-                message_header,
-                destination,
-                blob_id,
-            )?;
-
-            M.log_reservation_success();
-
             let pointer = if let Some(blob_id) = blob_id {
                 DiskPtr::new_blob(reservation_lid, blob_id)
             } else if let Some(blob_rewrite) = blob_rewrite {
@@ -377,6 +368,41 @@ impl Log {
             } else {
                 DiskPtr::new_inline(reservation_lid)
             };
+
+            if let Err(e) = self.iobufs.encapsulate(
+                item,
+                message_header,
+                &mut destination[..],
+                blob_id,
+            ) {
+                // The slot in the IO buffer is claimed: leave it as a cancelled message,
+                // or the buffer would wait for this writer forever and every later flush
+                // with it (a blob write failing on a full disk hung the database).
+                let mut rest: &mut [u8] = &mut destination[..];
+                message_header.serialize_into(&mut rest);
+                if let Some(blob_id) = blob_id {
+                    blob_id.serialize_into(&mut rest);
+                }
+                let cancelled = Reservation {
+                    iobuf,
+                    log: self,
+                    buf: destination,
+                    flushed: false,
+                    lsn: reservation_lsn,
+                    pointer,
+                    is_blob_rewrite: blob_rewrite.is_some(),
+                    header_len: usize::try_from(
+                        message_header.serialized_size(),
+                    )
+                    .unwrap(),
+                };
+                if let Err(abort_error) = cancelled.abort() {
+                    self.config.set_global_error(abort_error);
+                }
+                return Err(e);
+            }
+
+            M.log_reservation_success();
 
             return Ok(Reservation {
                 iobuf,
