@@ -183,7 +183,11 @@ struct Host {
 impl Host {
     fn start(data_dir: &Path) -> Host {
         let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+        // WASMHOOKS_BENCH_BINARY runs another build (an earlier commit's) for a before/after
+        // comparison on the same machine.
+        let binary = std::env::var_os("WASMHOOKS_BENCH_BINARY")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_wasmhooks").into());
+        let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "error")

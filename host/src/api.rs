@@ -37,7 +37,12 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header (a refusal that passes with time).
+    retry_after: Option<u32>,
 }
+
+/// What `Retry-After` says when storage refuses or fails.
+const STORAGE_RETRY_AFTER: u32 = 30;
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -45,7 +50,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 
@@ -62,6 +73,34 @@ impl From<Error> for ApiError {
                 (StatusCode::BAD_REQUEST, "invalid_module")
             }
             Error::Module(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_module"),
+            Error::LowSpace(_) => {
+                return ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "insufficient_storage",
+                    message,
+                )
+                .retry_after(STORAGE_RETRY_AFTER)
+            }
+            Error::Store(e) if e.is_out_of_space() => {
+                tracing::error!("storage full: {e}");
+                return ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "insufficient_storage",
+                    "the data directory's filesystem is full: nothing of this request was \
+                     stored; retry once space is freed",
+                )
+                .retry_after(STORAGE_RETRY_AFTER);
+            }
+            Error::Store(e) if e.is_unavailable() => {
+                tracing::error!("storage failed: {e}");
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the store could not read or write (the host's log says why): nothing of \
+                     this request was stored; retry later",
+                )
+                .retry_after(STORAGE_RETRY_AFTER);
+            }
             Error::Store(e) => {
                 tracing::error!("storage error: {e}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage_error")
@@ -109,7 +148,13 @@ impl From<QueryRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

@@ -38,12 +38,25 @@ pub struct StoreConfig {
     /// Memory sled may use to cache pages, in bytes: what bounds the host's memory when
     /// millions of deliveries are stored.
     pub cache_bytes: usize,
+    /// Free space the data directory's filesystem keeps: below it (or below
+    /// `min_free_percent`, whichever is larger) new events and new definitions are refused
+    /// with 507 while pending deliveries go on. 0 with a 0 percentage turns the guard off.
+    pub min_free_bytes: u64,
+    /// The same floor as a percentage of the filesystem's size.
+    pub min_free_percent: f64,
+    /// A file of this size kept in the data directory and deleted when the disk runs low
+    /// (at start, or when the floor is crossed), so the store can always open and finish
+    /// its pending work; made again once there is room. 0: none.
+    pub ballast_bytes: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             cache_bytes: 16 << 20,
+            min_free_bytes: 256 << 20,
+            min_free_percent: 1.0,
+            ballast_bytes: 64 << 20,
         }
     }
 }
@@ -481,6 +494,9 @@ impl Config {
         }
         if self.api.max_batch_events == 0 {
             return invalid("api.max_batch_events", "must be at least 1");
+        }
+        if !(0.0..=50.0).contains(&self.store.min_free_percent) {
+            return invalid("store.min_free_percent", "must be 0 to 50");
         }
         if self.api.max_connections == 0 {
             return invalid("api.max_connections", "must be at least 1");

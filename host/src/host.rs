@@ -58,7 +58,7 @@ impl Host {
             );
         }
         let sealer = crate::store::Sealer::new(key);
-        let store = Store::open_with_cache(&config.data_dir, sealer, config.store.cache_bytes)
+        let store = Store::open_guarded(&config.data_dir, sealer, &config.store)
             .map_err(|e| anyhow::anyhow!("opening data dir {}: {e}", config.data_dir.display()))?;
         restrict_files(&config.data_dir).map_err(|e| {
             anyhow::anyhow!("restricting data dir {}: {e}", config.data_dir.display())
@@ -85,11 +85,13 @@ impl Host {
         &self.pipeline
     }
 
-    /// Starts the scheduler (inside a tokio runtime). Calling it twice does nothing.
+    /// Starts the scheduler and the disk watch (inside a tokio runtime). Calling it twice
+    /// does nothing.
     pub fn start(&mut self) {
         if self.scheduler.is_none() {
             let receiver = self.shutdown.subscribe();
             self.scheduler = Some(tokio::spawn(self.pipeline.clone().run_scheduler(receiver)));
+            tokio::spawn(watch_disk(self.pipeline.clone(), self.shutdown.subscribe()));
         }
     }
 
@@ -116,6 +118,22 @@ impl Host {
         if let Err(e) = self.pipeline.store().flush() {
             tracing::error!("final flush failed: {e}");
         }
+    }
+}
+
+/// How often the disk watch measures free space (and makes the ballast again when there is
+/// room); requests measure on their own in between.
+const DISK_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps the free-space guard's view fresh while nothing asks, and the ballast in place.
+async fn watch_disk(pipeline: Arc<Pipeline>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(DISK_WATCH_EVERY) => {}
+        }
+        let pipeline = pipeline.clone();
+        let _ = tokio::task::spawn_blocking(move || pipeline.store().space().maintain()).await;
     }
 }
 

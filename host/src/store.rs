@@ -21,6 +21,7 @@ mod commit;
 mod recent;
 mod round;
 pub mod seal;
+pub mod space;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -52,6 +53,9 @@ pub enum StoreError {
         /// The decode error.
         source: serde_json::Error,
     },
+    /// The store was not opened: too little free space to open it safely.
+    #[error(transparent)]
+    Space(#[from] space::OpenRefused),
     /// A sealed record could not be opened.
     #[error("record {id} in {tree}: {source}")]
     Sealed {
@@ -62,6 +66,25 @@ pub enum StoreError {
         /// Why.
         source: seal::SealError,
     },
+}
+
+impl StoreError {
+    /// Whether the filesystem ran out of space (or quota) under this failure.
+    pub fn is_out_of_space(&self) -> bool {
+        let StoreError::Sled(sled::Error::Io(e)) = self else {
+            return false;
+        };
+        e.kind() == std::io::ErrorKind::StorageFull
+            || e.kind() == std::io::ErrorKind::QuotaExceeded
+            || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            // sled hands out copies of an I/O error that keep only its text.
+            || e.to_string().contains("No space left on device")
+    }
+
+    /// Whether the store itself failed (I/O), rather than one record.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Sled(_))
+    }
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -396,6 +419,8 @@ pub struct Store {
     meta: sled::Tree,
     signing: sled::Tree,
     sealer: Sealer,
+    /// The free-space guard over the data directory.
+    space: Arc<space::SpaceGuard>,
     committer: commit::Committer,
     /// The event, delivery and queue trees and their indexes.
     ingest: EventTrees,
@@ -485,6 +510,29 @@ impl Store {
         sealer: Sealer,
         cache_bytes: usize,
     ) -> Result<Store, StoreError> {
+        let config = crate::config::StoreConfig {
+            cache_bytes,
+            min_free_bytes: 0,
+            min_free_percent: 0.0,
+            ballast_bytes: 0,
+        };
+        Self::open_guarded(dir, sealer, &config)
+    }
+
+    /// Opens the database in `dir` with `config`'s page cache and free-space guard: free
+    /// space is checked (and the ballast released when low) before anything is written.
+    ///
+    /// # Errors
+    /// [`StoreError::Space`] when too little space is left to open safely (nothing was
+    /// written); otherwise as [`Store::open`].
+    pub fn open_guarded(
+        dir: &Path,
+        sealer: Sealer,
+        config: &crate::config::StoreConfig,
+    ) -> Result<Store, StoreError> {
+        let space = Arc::new(space::SpaceGuard::new(dir, config));
+        space.before_open()?;
+        let cache_bytes = config.cache_bytes;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes as u64)
@@ -513,6 +561,7 @@ impl Store {
             meta: db.open_tree("meta")?,
             signing: db.open_tree("signing")?,
             sealer,
+            space,
             committer: commit::Committer::start(db.clone(), ingest.clone()),
             ingest,
             db,
@@ -572,6 +621,11 @@ impl Store {
             Some(plain) => decode(tree, &plain),
             None => decode(tree, stored),
         }
+    }
+
+    /// The free-space guard over the data directory.
+    pub fn space(&self) -> &space::SpaceGuard {
+        &self.space
     }
 
     /// Makes everything written so far durable. Concurrent callers share one flush.
@@ -1664,6 +1718,20 @@ pub(crate) mod tests {
             assert_eq!(scanned.deliveries.len(), 1);
             assert_eq!(scanned.deliveries[0].id, good.id);
         }
+    }
+
+    #[test]
+    fn a_snapshot_left_half_written_by_a_failed_start_is_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
+        let e = event("kept");
+        store.insert_event(&e, &[]).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        // What a start on a full disk left: the snapshot it began and could not fill.
+        std::fs::write(dir.path().join("snap.FFFFFFFFFFFFFFFF.generating"), b"").unwrap();
+        let store = reopen(dir.path(), test_sealer()).unwrap();
+        assert!(store.event(None, &e.id).unwrap().is_some());
     }
 
     #[test]

@@ -98,6 +98,23 @@ impl Server {
     }
 
     async fn launch(data_dir: &Path, env: &[(&str, &str)], ulimit: Option<String>) -> Server {
+        match Self::try_launch(data_dir, env, ulimit).await {
+            Ok(server) => server,
+            Err(log) => panic!("wasmhooks exited before listening:\n{log}"),
+        }
+    }
+
+    /// Starts the binary, or returns what it logged when it exits before listening (a
+    /// refused start).
+    pub async fn try_start(data_dir: &Path, env: &[(&str, &str)]) -> Result<Server, String> {
+        Self::try_launch(data_dir, env, None).await
+    }
+
+    async fn try_launch(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        ulimit: Option<String>,
+    ) -> Result<Server, String> {
         let binary = env!("CARGO_BIN_EXE_wasmhooks");
         let mut command = match ulimit {
             None => Command::new(binary),
@@ -127,6 +144,11 @@ impl Server {
         command.env("WASMHOOKS_PLUGIN__MAX_LIMITS__CPU_TIME", "20s");
         command.env("WASMHOOKS_PLUGIN__LIMITS__CPU_TIME", "10s");
         command.env("WASMHOOKS_API__ADMIN_KEY", ADMIN_KEY);
+        // The free-space guard and its ballast are off: tests run beside each other on
+        // whatever disk the machine has. The disk-fault tests set their own.
+        command.env("WASMHOOKS_STORE__MIN_FREE_BYTES", "0");
+        command.env("WASMHOOKS_STORE__MIN_FREE_PERCENT", "0");
+        command.env("WASMHOOKS_STORE__BALLAST_BYTES", "0");
         // Receivers run on loopback, which the SSRF guard refuses unless allow-listed.
         command.env(
             "WASMHOOKS_DELIVERY__ALLOWED_DESTINATIONS",
@@ -144,19 +166,32 @@ impl Server {
         let stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
         let mut log_lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let log_sink = stderr.clone();
+        let log_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log_finished = log_done.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = log_lines.next_line().await {
                 eprintln!("{line}");
                 log_sink.lock().unwrap().push(line);
             }
+            log_finished.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let first = tokio::time::timeout(DEADLINE, lines.next_line())
             .await
             .expect("server printed its address in time")
-            .expect("read stdout")
-            .expect("server printed a line");
+            .expect("read stdout");
+        let Some(first) = first else {
+            // It exited: hand back what it logged.
+            let _ = tokio::time::timeout(DEADLINE, child.wait()).await;
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            while !log_done.load(std::sync::atomic::Ordering::SeqCst)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            return Err(stderr.lock().unwrap().join("\n"));
+        };
         let url = first
             .strip_prefix("wasmhooks listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {first}"))
@@ -169,14 +204,14 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        Server {
+        Ok(Server {
             child,
             url,
             client: client_with_key(ADMIN_KEY),
             stdout,
             stderr,
             drain,
-        }
+        })
     }
 
     /// Kills the process with SIGKILL (no shutdown, no flush), waits for it to die, and

@@ -46,6 +46,9 @@ pub enum Error {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Free space is under the floor: a write that would grow the store was refused.
+    #[error(transparent)]
+    LowSpace(#[from] crate::store::space::LowSpace),
 }
 
 impl Error {

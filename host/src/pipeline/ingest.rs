@@ -195,6 +195,10 @@ impl Pipeline {
         if inputs.is_empty() {
             return Err(Error::invalid("events", "at least one event is required"));
         }
+        // The host's own events (webhook.*) are part of finishing pending work: they go on.
+        if origin == Origin::Emitter {
+            self.store.space().admit()?;
+        }
         let now = self.now();
         let batch = inputs.len() > 1;
         let events = inputs

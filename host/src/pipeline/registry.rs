@@ -330,6 +330,7 @@ impl Pipeline {
         if let Some(existing) = self.store.module_info(&id)? {
             return Ok((existing, false));
         }
+        self.store.space().admit()?;
         let plugin = self.runtime.validate(bytes)?;
         let info = ModuleInfo {
             id: id.clone(),
@@ -445,6 +446,7 @@ impl Pipeline {
         &self,
         mut input: WebhookInput,
     ) -> Result<(Webhook, super::signing::Issued), Error> {
+        self.store.space().admit()?;
         let given = input.signing_secret.take();
         let scheme = input.signature_scheme.take();
         let (current, issued) = super::signing::issue(given, scheme, "signing_secret")?;

@@ -38,6 +38,7 @@ impl Pipeline {
     /// [`Error::NotFound`] for an unknown delivery, [`Error::Conflict`] when it is still pending
     /// or its webhook was deleted, or a storage error.
     pub async fn replay(&self, id: &str) -> Result<Delivery, Error> {
+        self.store.space().admit()?;
         let original = self.delivery(id)?;
         let replay = self.queue_replay(original)?;
         self.store.commit().await?;
@@ -52,6 +53,7 @@ impl Pipeline {
     /// [`Error::NotFound`] for an unknown webhook, [`Error::Invalid`] for an empty range, or
     /// a storage error.
     pub async fn recover(&self, webhook_id: &str, input: RecoverInput) -> Result<Recovered, Error> {
+        self.store.space().admit()?;
         let webhook = self.webhook(webhook_id)?;
         let until = input.until.unwrap_or_else(|| self.now());
         if until <= input.since {
