@@ -183,9 +183,9 @@ struct Host {
 impl Host {
     fn start(data_dir: &Path) -> Host {
         let started = Instant::now();
-        // WASMHOOKS_BENCH_BINARY runs another build (an earlier commit's) for a before/after
+        // THROUGHPUT_HOST_BINARY runs another build (an earlier commit's) for a before/after
         // comparison on the same machine.
-        let binary = std::env::var_os("WASMHOOKS_BENCH_BINARY")
+        let binary = std::env::var_os("THROUGHPUT_HOST_BINARY")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_wasmhooks").into());
         let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
