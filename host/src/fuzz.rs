@@ -245,3 +245,107 @@ fn accepted_events_and_their_deliveries_read_back() {
         })
         .unwrap();
 }
+
+/// Duration text as the API takes it: any number of any unit, sometimes out of range.
+fn duration_text() -> impl Strategy<Value = String> {
+    let number = prop_oneof![12 => "[1-9][0-9]?", 1 => "[0-9]{1,22}"];
+    let unit = prop_oneof![
+        8 => Just("ms"),
+        8 => Just("s"),
+        1 => Just("m"),
+        1 => Just("h"),
+        1 => Just("d")
+    ];
+    (number, unit).prop_map(|(n, unit)| format!("{n}{unit}"))
+}
+
+/// Every webhook definition the API accepts is stored in a form that reads back as it was
+/// accepted (sealed, with its durations, limits, scope and config).
+#[test]
+fn accepted_webhooks_read_back() {
+    use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::config::Config {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    config.store.min_free_bytes = 0;
+    config.store.min_free_percent = 0.0;
+    config.store.ballast_bytes = 0;
+    config.plugin.precompiled_cache = false;
+    let host = crate::Host::open(config).unwrap();
+    let pipeline = host.pipeline();
+    let (module, _) = pipeline
+        .upload_module("forward", "1", crate::examples::FORWARD)
+        .unwrap();
+    let definition = (
+        prop_oneof![8 => "[a-z][a-z ]{0,11}", 1 => ".{0,12}"],
+        prop::collection::vec("[a-z]{1,5}(\\.[a-z]{1,5}){0,2}(\\.\\*)?", 1..3),
+        proptest::option::of(duration_text()),
+        proptest::option::of(duration_text()),
+        proptest::option::of(prop::collection::vec(duration_text(), 0..4)),
+        proptest::option::of((
+            duration_text(),
+            prop_oneof![4 => 1u32..1000, 1 => any::<u32>()],
+        )),
+        proptest::option::of((
+            duration_text(),
+            prop_oneof![1u32 << 20..1 << 28, any::<u32>()],
+        )),
+        prop::collection::btree_map("[a-z]{1,6}", prop::collection::vec(".{0,6}", 1..3), 0..3),
+        json_value(),
+    );
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = TestRunner::new(RunnerConfig::with_cases(256));
+    runner
+        .run(
+            &definition,
+            |(name, kinds, delay, timeout, retry, batch, limits, scope, config)| {
+                let mut input = json!({
+                    "name": name, "event_kinds": kinds, "module_id": module.id,
+                    "url": "https://example.com/in", "scope": scope,
+                    "config": { "value": config },
+                });
+                if let Some(delay) = delay {
+                    input["delay"] = json!(delay);
+                }
+                if let Some(timeout) = timeout {
+                    input["timeout"] = json!(timeout);
+                }
+                if let Some(retry) = retry {
+                    input["retry_schedule"] = json!(retry);
+                }
+                if let Some((window, max_size)) = batch {
+                    input["batch"] = json!({ "window": window, "max_size": max_size });
+                }
+                if let Some((cpu_time, memory_bytes)) = limits {
+                    input["limits"] = json!({ "cpu_time": cpu_time, "memory_bytes": memory_bytes });
+                }
+                let text = input.to_string();
+                let Ok(input) = crate::pipeline::WebhookInput::from_json(text.as_bytes()) else {
+                    return Ok(());
+                };
+                let webhook = match pipeline.create_webhook(input) {
+                    Ok(webhook) => webhook,
+                    Err(e) => {
+                        if std::env::var_os("FUZZ_SHOW_REFUSALS").is_some() {
+                            eprintln!("refused: {e} <- {}", &text[..text.len().min(300)]);
+                        }
+                        return Ok(());
+                    }
+                };
+                let stored = pipeline.store().webhook(&webhook.id).unwrap();
+                prop_assert_eq!(stored.as_ref(), Some(&webhook));
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            },
+        )
+        .unwrap();
+    // The generator must reach the store, not only the refusals.
+    let accepted = accepted.into_inner();
+    assert!(
+        accepted >= 20,
+        "only {accepted} of 256 definitions were accepted"
+    );
+}
