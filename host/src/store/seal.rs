@@ -132,17 +132,22 @@ pub fn load_key(configured: Option<&str>, file: &Path) -> anyhow::Result<([u8; 3
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key: [u8; 32] = rand::random();
+            // Written aside, synced, then linked into place (never over an existing file): a
+            // write that fails (a full disk) leaves no empty key file to refuse later starts.
+            let aside = file.with_extension("making");
+            let _ = std::fs::remove_file(&aside);
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut out = options
-                .open(file)
-                .map_err(|e| anyhow::anyhow!("creating key file {}: {e}", file.display()))?;
             let text = base64::engine::general_purpose::STANDARD.encode(key);
-            out.write_all(format!("{text}\n").as_bytes())
-                .and_then(|()| out.sync_all())
-                .map_err(|e| anyhow::anyhow!("writing key file {}: {e}", file.display()))?;
+            let written = options.open(&aside).and_then(|mut out| {
+                out.write_all(format!("{text}\n").as_bytes())?;
+                out.sync_all()
+            });
+            let placed = written.and_then(|()| std::fs::hard_link(&aside, file));
+            let _ = std::fs::remove_file(&aside);
+            placed.map_err(|e| anyhow::anyhow!("creating key file {}: {e}", file.display()))?;
             Ok((key, KeySource::Generated(file.to_path_buf())))
         }
         Err(e) => Err(anyhow::anyhow!("reading key file {}: {e}", file.display())),
