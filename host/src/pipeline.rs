@@ -4,6 +4,7 @@
 //! change what exists (modules, webhooks) live in `registry`; emitting events in `ingest`;
 //! the scheduler and the state machine of a delivery in `worker`.
 
+mod checks;
 mod connections;
 pub mod dry_run;
 pub mod endpoints;

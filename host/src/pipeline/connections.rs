@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::checks::{check_headers, check_label, check_tenant, check_text, check_url};
 use super::listing::{contains, ListQuery, Listed, Page, SortValue};
-use super::registry::{check_headers, check_label, check_tenant, check_text, check_url, nullable};
+use super::registry::nullable;
 use super::request::check_header;
 use super::{Error, Pipeline};
 use crate::model::{Connection, ConnectionAuth, ConnectionId, Secret};
@@ -49,7 +50,7 @@ impl ConnectionInput {
     /// # Errors
     /// [`Error::Json`] for a body that is not a definition, [`Error::Invalid`] for a `null`.
     pub fn from_json(body: &[u8]) -> Result<ConnectionInput, Error> {
-        super::registry::refuse_nulls(body, &["name", "base_url", "auth", "headers", "tenants"])?;
+        super::checks::refuse_nulls(body, &["name", "base_url", "auth", "headers", "tenants"])?;
         serde_json::from_slice(body).map_err(|e| Error::Json(e.to_string()))
     }
 }

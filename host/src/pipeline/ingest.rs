@@ -57,7 +57,7 @@ impl EventInput {
         };
         validate_kind(&self.kind, false).map_err(|m| Error::invalid(field("kind"), m))?;
         if let Some(tenant) = &self.tenant {
-            super::registry::check_tenant(&field("tenant"), tenant)?;
+            super::checks::check_tenant(&field("tenant"), tenant)?;
         }
         if self.attributes.len() > MAX_ATTRIBUTES {
             return Err(Error::invalid(

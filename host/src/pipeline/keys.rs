@@ -3,8 +3,8 @@
 
 use serde::Deserialize;
 
+use super::checks::{check_label, check_tenant};
 use super::listing::{contains, ListQuery, Listed, Page, SortValue};
-use super::registry::{check_label, check_tenant};
 use super::{Error, Pipeline};
 use crate::model::{constant_time_eq, generate_key, hash_key, key_id_of, ApiKey, ApiKeyId, Role};
 
