@@ -18,6 +18,8 @@
 
 mod codec;
 mod commit;
+#[cfg(test)]
+mod engine_faults;
 mod recent;
 mod round;
 pub mod seal;

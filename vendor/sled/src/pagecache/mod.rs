@@ -779,7 +779,7 @@ impl PageCache {
         new: Update,
         guard: &'g Guard,
     ) -> Result<(PageId, PageView<'g>)> {
-        let mut allocation_serializer;
+        let mut allocation_serializer = None;
 
         let free_opt = self.free.lock().pop();
 
@@ -814,9 +814,10 @@ impl PageCache {
             // because it is overly-strict, it allows us
             // to flag corruption and bugs during testing
             // much more easily.
-            allocation_serializer = self.next_pid_to_allocate.lock();
-            let pid = *allocation_serializer;
-            *allocation_serializer += 1;
+            let serializer =
+                allocation_serializer.insert(self.next_pid_to_allocate.lock());
+            let pid = **serializer;
+            **serializer += 1;
 
             trace!("allocating pid {} for the first time", pid);
 
@@ -827,16 +828,46 @@ impl PageCache {
             (pid, page_view)
         };
 
-        let new_pointer = self
-            .cas_page(pid, page_view, new, false, guard)?
-            .unwrap_or_else(|e| {
+        let new_pointer = match self.cas_page(pid, page_view, new, false, guard)
+        {
+            Ok(installed) => installed.unwrap_or_else(|e| {
                 panic!(
                     "should always be able to install \
                      a new page during allocation, but \
                      failed for pid {}: {:?}",
                     pid, e
                 )
-            });
+            }),
+            Err(error) => {
+                // When the page was never installed, nothing was logged for this pid (its
+                // log reservation failed, as a blob write does on a full disk): give the
+                // pid back. A fresh pid left allocated would be a hole below later pages,
+                // which recovery cannot represent.
+                match allocation_serializer {
+                    Some(mut serializer) => {
+                        let removed = page_view.entry.compare_and_set(
+                            page_view.read,
+                            Shared::null(),
+                            SeqCst,
+                            guard,
+                        );
+                        if removed.is_ok() {
+                            unsafe {
+                                guard.defer_destroy(page_view.read);
+                            }
+                            *serializer -= 1;
+                        }
+                    }
+                    None => {
+                        if page_view.entry.load(SeqCst, guard) == page_view.read
+                        {
+                            self.free.lock().push(pid);
+                        }
+                    }
+                }
+                return Err(error);
+            }
+        };
 
         Ok((pid, new_pointer))
     }

@@ -208,6 +208,36 @@ impl Snapshot {
     }
 }
 
+/// Pages the log never recorded, below pages it did: a page whose first write failed
+/// while later pages were written (stores written before `allocate_inner` gave such a
+/// page id back). Nothing refers to such a page, so it is free; trailing ones are dropped.
+/// A free page needs a log position for the segment accounting, and borrows the inline
+/// position of the next recorded page, which never frees that page's data.
+fn fill_holes(snapshot: &mut Snapshot) {
+    while snapshot.pt.last() == Some(&PageState::Uninitialized) {
+        snapshot.pt.pop();
+    }
+    let mut next_recorded = None;
+    let mut filled = 0_usize;
+    for state in snapshot.pt.iter_mut().rev() {
+        match state {
+            PageState::Present { base: (lsn, ptr, _), .. }
+            | PageState::Free(lsn, ptr) => {
+                next_recorded = Some((*lsn, DiskPtr::new_inline(ptr.lid())));
+            }
+            PageState::Uninitialized => {
+                let (lsn, ptr) =
+                    next_recorded.expect("trailing holes were dropped");
+                *state = PageState::Free(lsn, ptr);
+                filled += 1;
+            }
+        }
+    }
+    if filled > 0 {
+        warn!("recovered {} never-written pages as free", filled);
+    }
+}
+
 fn advance_snapshot(
     mut iter: LogIter,
     mut snapshot: Snapshot,
@@ -246,6 +276,8 @@ fn advance_snapshot(
 
         snapshot.apply(log_kind, pid, lsn, ptr, sz)?;
     }
+
+    fill_holes(&mut snapshot);
 
     // `snapshot.tip_lid` can be set based on 4 possibilities for the tip of the
     // log:
