@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
+
+use crate::model::duration::{duration_list, duration_text};
 
 /// Everything the host can be configured with.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -448,11 +450,17 @@ impl Config {
             return invalid("store.cache_bytes", "must be at least 1048576 (1 MiB)");
         }
         if let Some(key) = &self.secrets.key {
-            if let Err(message) = crate::store::seal::parse_key(key.expose()) {
+            if let Err(message) = parse_secrets_key(key.expose()) {
                 return invalid("secrets.key", &message);
             }
         }
-        if let Err(message) = crate::sender::Guard::new(&self.delivery.allowed_destinations) {
+        if let Some(Err(message)) = self
+            .delivery
+            .allowed_destinations
+            .iter()
+            .map(|t| parse_network(t))
+            .find(Result::is_err)
+        {
             return invalid("delivery.allowed_destinations", &message);
         }
         if self.delivery.max_in_flight == 0 {
@@ -578,128 +586,36 @@ fn env_table(env: impl IntoIterator<Item = (String, String)>) -> Result<toml::Ta
     Ok(root)
 }
 
-/// Parses `250ms`, `5s`, `5m`, `2h`, `1d` (whole numbers).
+/// Parses a key given as text: base64 of 32 bytes.
 ///
 /// # Errors
-/// A message naming the text and the accepted units.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// A message saying what the key must be.
+pub fn parse_secrets_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| "must be base64 of 32 random bytes (not valid base64)".to_string())?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("must be base64 of 32 random bytes (it has {})", b.len()))
+}
+
+/// Parses an allow-listed destination: an address (`127.0.0.1`, `::1`) or a network
+/// (`10.0.0.0/8`).
+///
+/// # Errors
+/// A message naming the text.
+pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 250ms, 5s, 5m, 2h or 1d"))?;
-    let ms = match unit.trim() {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "`{text}` has an unknown unit; use ms, s, m, h or d"
-            ))
-        }
-    };
-    Ok(Duration::from_millis(n.saturating_mul(ms)))
-}
-
-/// Formats a duration in the largest unit that divides it.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis() as u64;
-    for (unit, size) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-    ] {
-        if ms >= size && ms % size == 0 {
-            return format!("{}{unit}", ms / size);
-        }
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        return Ok(net);
     }
-    format!("{ms}ms")
-}
-
-/// Serde for a [`Duration`] as text such as `5s`.
-pub mod duration_text {
-    use super::*;
-
-    #[allow(missing_docs)]
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_duration(*d))
+    if let Ok(address) = text.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(address));
     }
-
-    #[allow(missing_docs)]
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Serde for an optional [`Duration`] as text such as `5s`.
-pub mod opt_duration_text {
-    use super::*;
-
-    #[allow(missing_docs)]
-    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&format_duration(*d)),
-            None => s.serialize_none(),
-        }
-    }
-
-    #[allow(missing_docs)]
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|t| parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
-
-/// Serde for a list of [`Duration`]s as text such as `["5s", "5m"]`.
-pub mod duration_list {
-    use super::*;
-
-    #[allow(missing_docs)]
-    pub fn serialize<S: serde::Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(list.iter().map(|d| format_duration(*d)))
-    }
-
-    #[allow(missing_docs)]
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|t| parse_duration(t).map_err(serde::de::Error::custom))
-            .collect()
-    }
-}
-
-/// Serde for an optional list of [`Duration`]s as text.
-pub mod opt_duration_list {
-    use super::*;
-
-    #[allow(missing_docs)]
-    pub fn serialize<S: serde::Serializer>(
-        list: &Option<Vec<Duration>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match list {
-            Some(list) => s.collect_seq(list.iter().map(|d| format_duration(*d))),
-            None => s.serialize_none(),
-        }
-    }
-
-    #[allow(missing_docs)]
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
-        Option::<Vec<String>>::deserialize(d)?
-            .map(|list| {
-                list.iter()
-                    .map(|t| parse_duration(t).map_err(serde::de::Error::custom))
-                    .collect()
-            })
-            .transpose()
-    }
+    Err(format!(
+        "`{text}` is neither an IP address nor a network such as 10.0.0.0/8"
+    ))
 }
 
 #[cfg(test)]
@@ -773,15 +689,5 @@ mod tests {
         );
         let err = Config::load(None, env(&[("WASMHOOKS_PLUGIN__STACK_BYTES", "16")])).unwrap_err();
         assert!(err.to_string().contains("plugin.stack_bytes"), "{err}");
-    }
-
-    #[test]
-    fn durations_parse_and_format() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("-5s").is_err());
-        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
     }
 }

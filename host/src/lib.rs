@@ -13,10 +13,8 @@
 //! webhooks, emit events, serve.
 
 pub mod api;
-pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod demo;
 pub mod model;
 pub mod pipeline;
 pub mod runtime;
@@ -28,6 +26,8 @@ mod host;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod layering;
 
 pub use host::Host;
 

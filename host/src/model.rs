@@ -3,6 +3,7 @@
 //! These are what the store persists (as JSON) and what the API shows.
 
 mod connection;
+pub mod duration;
 mod ids;
 mod key;
 mod response_value;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use connection::{within_base, Connection, ConnectionAuth, Secret, SigningKeys};
+pub use duration::{format_duration, parse_duration};
 pub use ids::{ApiKeyId, ConnectionId, DeliveryId, EventId, IdError, ModuleId, WebhookId};
 pub use key::{constant_time_eq, generate_key, hash_key, key_id_of, ApiKey, Role};
 pub use response_value::{ResponsePath, ResponseValue};
@@ -115,21 +117,21 @@ pub struct Webhook {
     /// Request timeout; the host's default when absent.
     #[serde(
         default,
-        with = "crate::config::opt_duration_text",
+        with = "crate::model::duration::opt_duration_text",
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
     /// Retry delays after each failed attempt; the host's schedule when absent.
     #[serde(
         default,
-        with = "crate::config::opt_duration_list",
+        with = "crate::model::duration::opt_duration_list",
         skip_serializing_if = "Option::is_none"
     )]
     pub retry_schedule: Option<Vec<Duration>>,
     /// Wait this long after the event before the delivery is due.
     #[serde(
         default,
-        with = "crate::config::opt_duration_text",
+        with = "crate::model::duration::opt_duration_text",
         skip_serializing_if = "Option::is_none"
     )]
     pub delay: Option<Duration>,
@@ -207,7 +209,7 @@ pub struct LimitOverrides {
     /// Time an evaluation may run, such as `100ms`.
     #[serde(
         default,
-        with = "crate::config::opt_duration_text",
+        with = "crate::model::duration::opt_duration_text",
         skip_serializing_if = "Option::is_none"
     )]
     pub cpu_time: Option<Duration>,
@@ -240,7 +242,7 @@ impl LimitOverrides {
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// How long a batch collects events after its first one.
-    #[serde(with = "crate::config::duration_text")]
+    #[serde(with = "crate::model::duration::duration_text")]
     pub window: Duration,
     /// Most events in one batch; a full batch is due at once.
     pub max_size: u32,

@@ -13,7 +13,7 @@ use super::checks::{
 use super::listing::{contains, ListQuery, Listed, Page, SortValue};
 use super::request::{destination, is_absolute};
 use super::{Error, Pipeline};
-use crate::config::parse_duration;
+use crate::model::parse_duration;
 use crate::model::{
     kind_matches, validate_kind, BatchConfig, ConnectionId, Delivery, DeliveryId, DeliveryStatus,
     EntityMode, Event, EventId, LimitOverrides, Method, Millis, ModuleId, ModuleInfo, Schedule,

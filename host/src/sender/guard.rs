@@ -59,7 +59,7 @@ impl Guard {
     pub fn new(allowed: &[String]) -> Result<Guard, String> {
         let allowed = allowed
             .iter()
-            .map(|text| parse_net(text))
+            .map(|text| crate::config::parse_network(text))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Guard {
             allowed: allowed.into(),
@@ -125,19 +125,6 @@ impl Guard {
 }
 
 /// A network or a single address.
-fn parse_net(text: &str) -> Result<IpNet, String> {
-    let text = text.trim();
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net);
-    }
-    if let Ok(address) = text.parse::<IpAddr>() {
-        return Ok(IpNet::from(address));
-    }
-    Err(format!(
-        "`{text}` is neither an IP address nor a network such as 10.0.0.0/8"
-    ))
-}
-
 /// The kind of a restricted address, or `None` for a public one.
 pub fn restricted_class(address: IpAddr) -> Option<&'static str> {
     match address {

@@ -101,19 +101,6 @@ pub enum KeySource {
     Generated(PathBuf),
 }
 
-/// Parses a key given as text: base64 of 32 bytes.
-///
-/// # Errors
-/// A message saying what the key must be.
-pub fn parse_key(text: &str) -> Result<[u8; 32], String> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|_| "must be base64 of 32 random bytes (not valid base64)".to_string())?;
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| format!("must be base64 of 32 random bytes (it has {})", b.len()))
-}
-
 /// The secrets key: `configured` when given, else read from `file`, else generated into
 /// `file` (created with mode 0600, never overwritten).
 ///
@@ -121,12 +108,13 @@ pub fn parse_key(text: &str) -> Result<[u8; 32], String> {
 /// When the file cannot be read or written, or holds something other than a key.
 pub fn load_key(configured: Option<&str>, file: &Path) -> anyhow::Result<([u8; 32], KeySource)> {
     if let Some(text) = configured {
-        let key = parse_key(text).map_err(|e| anyhow::anyhow!("secrets.key: {e}"))?;
+        let key = crate::config::parse_secrets_key(text)
+            .map_err(|e| anyhow::anyhow!("secrets.key: {e}"))?;
         return Ok((key, KeySource::Configured));
     }
     match std::fs::read_to_string(file) {
         Ok(text) => {
-            let key = parse_key(&text)
+            let key = crate::config::parse_secrets_key(&text)
                 .map_err(|e| anyhow::anyhow!("key file {}: {e}", file.display()))?;
             Ok((key, KeySource::File(file.to_path_buf())))
         }
@@ -211,6 +199,8 @@ mod tests {
         std::fs::write(&file, "short").unwrap();
         let err = load_key(None, &file).unwrap_err().to_string();
         assert!(err.contains("must be base64 of 32 random bytes"), "{err}");
-        assert!(parse_key("AAAA").unwrap_err().contains("it has 3"));
+        assert!(crate::config::parse_secrets_key("AAAA")
+            .unwrap_err()
+            .contains("it has 3"));
     }
 }

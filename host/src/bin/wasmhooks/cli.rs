@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
-use crate::Host;
+use wasmhooks::config::Config;
+use wasmhooks::Host;
 
 /// wasmhooks: webhook delivery with sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -266,9 +266,9 @@ fn verify(
     body: &std::path::Path,
     tolerance: &str,
 ) -> anyhow::Result<ExitCode> {
-    use crate::signature::{self, Verifier};
+    use wasmhooks::signature::{self, Verifier};
     let verifier = Verifier::parse(secret).context("--secret")?;
-    let tolerance = crate::config::parse_duration(tolerance)
+    let tolerance = wasmhooks::model::parse_duration(tolerance)
         .map_err(|e| anyhow::anyhow!("--tolerance: {e}"))?;
     let body = if body.as_os_str() == "-" {
         let mut bytes = Vec::new();

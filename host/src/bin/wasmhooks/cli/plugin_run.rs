@@ -9,12 +9,12 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::PluginRunArgs;
-use crate::config::PluginConfig;
-use crate::model::{LimitOverrides, Method, Millis};
-use crate::pipeline::dry_run;
-use crate::pipeline::request::Target;
-use crate::pipeline::EventInput;
-use crate::runtime::{size_text, NoState, PluginContext, Runtime, RuntimeOptions};
+use wasmhooks::config::PluginConfig;
+use wasmhooks::model::{LimitOverrides, Method, Millis};
+use wasmhooks::pipeline::dry_run;
+use wasmhooks::pipeline::request::Target;
+use wasmhooks::pipeline::EventInput;
+use wasmhooks::runtime::{size_text, NoState, PluginContext, Runtime, RuntimeOptions};
 
 pub(super) fn run(args: &PluginRunArgs) -> anyhow::Result<ExitCode> {
     let (wasm, event) = (&args.wasm, &args.event);
@@ -87,7 +87,7 @@ pub(super) fn run(args: &PluginRunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The cost against each limit, so an author sees how close they are.
-fn print_cost(cost: &crate::runtime::Cost, limits: &crate::config::PluginLimits) {
+fn print_cost(cost: &wasmhooks::runtime::Cost, limits: &wasmhooks::config::PluginLimits) {
     let percent = |used: f64, limit: f64| {
         if limit > 0.0 {
             format!("{:.1}%", used * 100.0 / limit)

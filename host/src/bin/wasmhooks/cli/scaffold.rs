@@ -34,9 +34,9 @@ pub struct NewArgs {
     pub sdk: Option<PathBuf>,
 }
 
-const WIT: &str = include_str!("../../../wit/plugin.wit");
-const EVENT: &str = include_str!("../../../scaffolds/event.json");
-const CONFIG: &str = include_str!("../../../scaffolds/config.json");
+const WIT: &str = include_str!("../../../../../wit/plugin.wit");
+const EVENT: &str = include_str!("../../../../../scaffolds/event.json");
+const CONFIG: &str = include_str!("../../../../../scaffolds/config.json");
 
 /// The files of a language's project: path and template.
 fn templates(lang: Lang) -> Vec<(&'static str, &'static str)> {
@@ -45,56 +45,62 @@ fn templates(lang: Lang) -> Vec<(&'static str, &'static str)> {
         Lang::Rust => files.extend([
             (
                 "Cargo.toml",
-                include_str!("../../../scaffolds/rust/Cargo.toml"),
+                include_str!("../../../../../scaffolds/rust/Cargo.toml"),
             ),
             (
                 "src/lib.rs",
-                include_str!("../../../scaffolds/rust/src/lib.rs"),
+                include_str!("../../../../../scaffolds/rust/src/lib.rs"),
             ),
             (
                 "README.md",
-                include_str!("../../../scaffolds/rust/README.md"),
+                include_str!("../../../../../scaffolds/rust/README.md"),
             ),
             (".gitignore", "target/\n"),
         ]),
         Lang::Js => files.extend([
             (
                 "package.json",
-                include_str!("../../../scaffolds/js/package.json"),
+                include_str!("../../../../../scaffolds/js/package.json"),
             ),
             (
                 "src/logic.js",
-                include_str!("../../../scaffolds/js/src/logic.js"),
+                include_str!("../../../../../scaffolds/js/src/logic.js"),
             ),
             (
                 "src/plugin.js",
-                include_str!("../../../scaffolds/js/src/plugin.js"),
+                include_str!("../../../../../scaffolds/js/src/plugin.js"),
             ),
             (
                 "test/logic.test.js",
-                include_str!("../../../scaffolds/js/test/logic.test.js"),
+                include_str!("../../../../../scaffolds/js/test/logic.test.js"),
             ),
-            ("README.md", include_str!("../../../scaffolds/js/README.md")),
+            (
+                "README.md",
+                include_str!("../../../../../scaffolds/js/README.md"),
+            ),
             ("wit/plugin.wit", WIT),
             (".gitignore", "node_modules/\ndist/\n"),
         ]),
         Lang::Python => files.extend([
-            ("app.py", include_str!("../../../scaffolds/python/app.py")),
+            (
+                "app.py",
+                include_str!("../../../../../scaffolds/python/app.py"),
+            ),
             (
                 "logic.py",
-                include_str!("../../../scaffolds/python/logic.py"),
+                include_str!("../../../../../scaffolds/python/logic.py"),
             ),
             (
                 "test_logic.py",
-                include_str!("../../../scaffolds/python/test_logic.py"),
+                include_str!("../../../../../scaffolds/python/test_logic.py"),
             ),
             (
                 "requirements.txt",
-                include_str!("../../../scaffolds/python/requirements.txt"),
+                include_str!("../../../../../scaffolds/python/requirements.txt"),
             ),
             (
                 "README.md",
-                include_str!("../../../scaffolds/python/README.md"),
+                include_str!("../../../../../scaffolds/python/README.md"),
             ),
             ("wit/plugin.wit", WIT),
             (".gitignore", ".venv/\n__pycache__/\n*.wasm\n"),

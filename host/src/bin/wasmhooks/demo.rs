@@ -10,8 +10,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, Uri};
 use serde_json::{json, Value};
 
-use crate::config::Config;
-use crate::Host;
+use wasmhooks::config::Config;
+use wasmhooks::Host;
 
 /// A request the built-in receiver got.
 struct Received {
@@ -35,8 +35,8 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
     // The demo's receiver is on loopback, which the SSRF guard refuses unless allow-listed.
     config.delivery.allowed_destinations = vec!["127.0.0.1".into()];
     // A one-off admin key for this demo's own API calls.
-    let (_, admin_key) = crate::model::generate_key();
-    config.api.admin_key = Some(crate::model::Secret::new(admin_key.clone()));
+    let (_, admin_key) = wasmhooks::model::generate_key();
+    config.api.admin_key = Some(wasmhooks::model::Secret::new(admin_key.clone()));
 
     // The built-in receiver: records and answers 200.
     let received: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -66,7 +66,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let pipeline = host.pipeline().clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, crate::api::router(pipeline))
+        axum::serve(listener, wasmhooks::api::router(pipeline))
             .with_graceful_shutdown(async {
                 let _ = stop_rx.await;
             })
@@ -82,8 +82,8 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
     let client = reqwest::Client::builder().default_headers(auth).build()?;
     let mut module_ids = Vec::new();
     for (name, bytes) in [
-        ("forward", crate::examples::FORWARD),
-        ("order-threshold", crate::examples::ORDER_THRESHOLD),
+        ("forward", wasmhooks::examples::FORWARD),
+        ("order-threshold", wasmhooks::examples::ORDER_THRESHOLD),
     ] {
         let info = call(
             client

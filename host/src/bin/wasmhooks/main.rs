@@ -2,6 +2,9 @@
 
 use clap::Parser;
 
+mod cli;
+mod demo;
+
 /// mimalloc instead of glibc's malloc: the host allocates per request and per delivery from
 /// many threads, where glibc's arenas cost ~9% of its CPU under load (BENCHMARKS.md).
 #[global_allocator]
@@ -31,8 +34,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let cli = wasmhooks::cli::Cli::parse();
-    match wasmhooks::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
