@@ -1,4 +1,4 @@
-//! Write [wasmhooks](https://github.com/) plugins in Rust.
+//! Write wasmhooks plugins in Rust.
 //!
 //! A plugin is a WebAssembly component that the wasmhooks host runs for every event matching a
 //! webhook. It decides whether to fire and builds the HTTP request(s); the host schedules,

@@ -426,7 +426,7 @@ pub struct Runtime {
     stack_bytes: usize,
     slots: Slots,
     slot_count: usize,
-    /// Slots for quick evaluations on async threads ([`Runtime::evaluate_if_quick`]): one
+    /// Slots for quick evaluations on async threads ([`Runtime::evaluate_quick`]): one
     /// per core, the most such threads there are, beside `slots` so a full `slots` never
     /// sends quick calls back to the blocking pool.
     inline: Slots,

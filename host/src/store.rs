@@ -1286,7 +1286,7 @@ impl Store {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{DeliveryStatus, Method};
+    use crate::model::DeliveryStatus;
 
     pub(super) fn test_sealer() -> Sealer {
         Sealer::new([7; 32])
@@ -1297,8 +1297,7 @@ pub(crate) mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             match Store::open(dir, sealer.clone()) {
-                Err(StoreError::Sled(e)) if std::time::Instant::now() < deadline => {
-                    let _ = e;
+                Err(StoreError::Sled(_)) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
                 other => return other,
@@ -1523,7 +1522,6 @@ pub(crate) mod tests {
             store.delivery(&early.id).unwrap().unwrap().status,
             DeliveryStatus::Delivered
         );
-        let _ = Method::Post;
     }
 
     #[test]

@@ -18,15 +18,12 @@ impl Run {
 }
 
 async fn cli_with(server: &Server, key: Option<&str>, args: &[&str]) -> Run {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmhooks"));
-    for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("WASMHOOKS_")) {
-        command.env_remove(name);
-    }
+    let mut command = crate::support::wasmhooks_command();
     command.env("WASMHOOKS_SERVER", &server.url).args(args);
     if let Some(key) = key {
         command.env("WASMHOOKS_KEY", key);
     }
-    let output = command.output().await.expect("run wasmhooks");
+    let output = crate::support::finish(command).await;
     Run {
         ok: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

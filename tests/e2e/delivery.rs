@@ -197,7 +197,8 @@ async fn the_emit_command_delivers_through_a_running_server() {
     server
         .create_webhook(json!({ "name": "cli", "event_kinds": ["order.created"], "module_id": module, "url": receiver.url }))
         .await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+    let mut command = crate::support::wasmhooks_command();
+    command
         .env("WASMHOOKS_KEY", crate::support::ADMIN_KEY)
         .args([
             "emit",
@@ -208,10 +209,8 @@ async fn the_emit_command_delivers_through_a_running_server() {
             "--id",
             "cli-1",
         ])
-        .args(["--attr", "store_id=7", "--payload", r#"{"id":"A-7"}"#])
-        .output()
-        .await
-        .unwrap();
+        .args(["--attr", "store_id=7", "--payload", r#"{"id":"A-7"}"#]);
+    let output = crate::support::finish(command).await;
     assert!(
         output.status.success(),
         "{}",
@@ -225,12 +224,11 @@ async fn the_emit_command_delivers_through_a_running_server() {
     assert_eq!(event["attributes"], json!({ "store_id": "7" }));
 
     // A refused emit exits non-zero and shows the server's error.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+    let mut command = crate::support::wasmhooks_command();
+    command
         .env("WASMHOOKS_KEY", crate::support::ADMIN_KEY)
-        .args(["emit", "--server", &server.url, "--kind", "bad kind"])
-        .output()
-        .await
-        .unwrap();
+        .args(["emit", "--server", &server.url, "--kind", "bad kind"]);
+    let output = crate::support::finish(command).await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

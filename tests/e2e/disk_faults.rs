@@ -353,7 +353,7 @@ async fn repeated_kills_while_the_store_opens_lose_nothing_acknowledged() {
     // SIGKILL at a different moment of each start: while sled recovers its log, while the
     // host undoes unfinished rounds and seals records, or once it serves.
     for attempt in 0..10u64 {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+        let mut child = tokio::process::Command::from(crate::support::wasmhooks_command())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&dir)
             .env("WASMHOOKS_API__ADMIN_KEY", crate::support::ADMIN_KEY)

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::support::{data_dir, Receiver, Server};
+use crate::support::{data_dir, eventually, Receiver, Server};
 
 #[tokio::test]
 async fn a_hung_receiver_does_not_hold_back_another() {
@@ -34,6 +34,11 @@ async fn a_hung_receiver_does_not_hold_back_another() {
         .map(|i| json!({ "kind": "slow.created", "payload": { "i": i } }))
         .collect();
     server.emit(json!(batch)).await;
+    // The hung endpoint takes its share of slots, and no more.
+    eventually("the hung receiver to hold its endpoint's share", || async {
+        (hung.waiting() == 3).then_some(())
+    })
+    .await;
     let ack = server
         .emit(json!({ "kind": "fast.created", "payload": { "ok": true } }))
         .await;
@@ -42,9 +47,10 @@ async fn a_hung_receiver_does_not_hold_back_another() {
         .await;
     assert_eq!(done["status"], "delivered");
     assert_eq!(healthy.received().len(), 1);
+    assert_eq!(hung.waiting(), 3, "still holding only its share");
     assert!(
         hung.received().is_empty(),
-        "the hung receiver is still holding everything"
+        "nothing was answered while held"
     );
     let (_, pending) = server.get("/v1/deliveries?status=pending&limit=100").await;
     assert_eq!(pending["data"].as_array().unwrap().len(), 40);

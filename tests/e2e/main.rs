@@ -10,6 +10,7 @@ mod crash;
 mod debounce;
 mod definitions;
 mod delivery;
+mod demo;
 mod disk_faults;
 mod examples;
 mod guests;

@@ -5,7 +5,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{data_dir, Receiver, Server};
+use crate::support::{data_dir, run_to_end, wasmhooks_command, Receiver, Server};
 
 /// No allow-list: the harness's `127.0.0.1` entry is removed.
 const GUARDED: &[(&str, &str)] = &[("WASMHOOKS_DELIVERY__ALLOWED_DESTINATIONS", "")];
@@ -112,15 +112,15 @@ async fn a_name_resolving_to_loopback_is_refused_at_connect_time_unless_allow_li
 #[tokio::test]
 async fn a_bad_allow_list_stops_the_server_with_the_setting_named() {
     let (_tmp, dir) = data_dir();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .env(
-            "WASMHOOKS_DELIVERY__ALLOWED_DESTINATIONS",
-            r#"["intranet"]"#,
-        )
-        .output()
-        .unwrap();
+    let output = run_to_end(
+        wasmhooks_command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir)
+            .env(
+                "WASMHOOKS_DELIVERY__ALLOWED_DESTINATIONS",
+                r#"["intranet"]"#,
+            ),
+    );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -327,6 +327,62 @@ impl Server {
     }
 }
 
+/// The binary, without any `WASMHOOKS_*` setting of the environment the tests run in: a
+/// test passes the settings it means.
+pub fn wasmhooks_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wasmhooks"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("WASMHOOKS_")) {
+        command.env_remove(key);
+    }
+    command
+}
+
+/// Runs a command to its end and returns what it printed; one still running after
+/// [`DEADLINE`] is killed and fails the test.
+pub fn run_to_end(command: &mut std::process::Command) -> std::process::Output {
+    use std::io::Read;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).map(|_| bytes)
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{command:?} was still running after {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap().expect("read stdout"),
+        stderr: stderr.join().unwrap().expect("read stderr"),
+    }
+}
+
+/// [`run_to_end`] for an async test.
+pub async fn finish(command: std::process::Command) -> std::process::Output {
+    let mut command = Command::from(command);
+    command.kill_on_drop(true);
+    tokio::time::timeout(DEADLINE, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("still running after {DEADLINE:?}"))
+        .expect("run the command")
+}
+
 /// One request the receiver got.
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -350,6 +406,8 @@ impl Received {
 #[derive(Default)]
 struct ReceiverState {
     received: Mutex<Vec<Received>>,
+    /// Requests that arrived and are held at the gate.
+    waiting: std::sync::atomic::AtomicUsize,
     script: Mutex<VecDeque<Answer>>,
     notify: Notify,
 }
@@ -377,7 +435,13 @@ impl Receiver {
                 let state = handler_state.clone();
                 let mut gate = gate_rx.clone();
                 async move {
+                    state
+                        .waiting
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let _ = gate.wait_for(|open| *open).await;
+                    state
+                        .waiting
+                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     let (status, retry_after, answer) = state
                         .script
                         .lock()
@@ -449,7 +513,12 @@ impl Receiver {
         self.gate.send_replace(true);
     }
 
-    /// Everything answered so far.
+    /// How many requests are held at the gate now.
+    pub fn waiting(&self) -> usize {
+        self.state.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Every request answered so far.
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
     }

@@ -1,20 +1,20 @@
 //! `wasmhooks verify`: a receiver's check of a Standard Webhooks signature, from the shell.
 
-use std::process::Command;
-
 use wasmhooks::signature::SigningSecret;
+
+use crate::support::{run_to_end, wasmhooks_command};
 
 fn verify(secret: &str, timestamp: &str, signature: &str, body: &[u8]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let body_path = dir.path().join("body");
     std::fs::write(&body_path, body).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
-        .args(["verify", "--id", "msg_1", "--timestamp", timestamp])
-        .args(["--signature", signature, "--body"])
-        .arg(&body_path)
-        .env("WASMHOOKS_SIGNING_SECRET", secret)
-        .output()
-        .unwrap();
+    let output = run_to_end(
+        wasmhooks_command()
+            .args(["verify", "--id", "msg_1", "--timestamp", timestamp])
+            .args(["--signature", signature, "--body"])
+            .arg(&body_path)
+            .env("WASMHOOKS_SIGNING_SECRET", secret),
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

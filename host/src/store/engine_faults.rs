@@ -58,7 +58,7 @@ fn run_child(test: &str, dir: &Path) {
 
 /// A leaf split whose new right half is too large to write fails to allocate its page;
 /// later allocations succeed. The failed page must not leave a hole that a restart cannot
-/// recover from (it used to panic: "tried to serialize Uninitialized").
+/// recover from (a hole makes recovery panic with "tried to serialize Uninitialized").
 #[test]
 fn a_page_whose_first_write_failed_leaves_nothing_a_restart_trips_on() {
     let test =

@@ -32,6 +32,9 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
         ..Config::default()
     };
     config.delivery.retry_schedule = vec![Duration::from_secs(1), Duration::from_secs(2)];
+    // The cpu limit counts wall-clock time, and the demo often runs on a machine busy
+    // building: the example plugins get the ceiling (they use microseconds).
+    config.plugin.limits.cpu_time = config.plugin.max_limits.cpu_time;
     // The demo's receiver is on loopback, which the SSRF guard refuses unless allow-listed.
     config.delivery.allowed_destinations = vec!["127.0.0.1".into()];
     // A one-off admin key for this demo's own API calls.
