@@ -335,7 +335,7 @@ fn accepted_webhooks_read_back() {
                         return Ok(());
                     }
                 };
-                let stored = pipeline.store().webhook(&webhook.id).unwrap();
+                let stored = pipeline.storage().webhook(&webhook.id).unwrap();
                 prop_assert_eq!(stored.as_ref(), Some(&webhook));
                 accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(())

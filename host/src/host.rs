@@ -26,6 +26,8 @@ use crate::store::Store;
 /// ```
 pub struct Host {
     pipeline: Arc<Pipeline>,
+    /// The sled store under the pipeline (its disk upkeep is the host's).
+    store: Store,
     shutdown: watch::Sender<bool>,
     scheduler: Option<JoinHandle<()>>,
     first_admin_key: Option<String>,
@@ -63,11 +65,12 @@ impl Host {
         restrict_files(&config.data_dir).map_err(|e| {
             anyhow::anyhow!("restricting data dir {}: {e}", config.data_dir.display())
         })?;
-        let pipeline = Arc::new(Pipeline::new(config, store, clock)?);
+        let pipeline = Arc::new(Pipeline::new(config, Arc::new(store.clone()), clock)?);
         let first_admin_key = pipeline.bootstrap_admin_key()?;
         let (shutdown, _) = watch::channel(false);
         Ok(Host {
             pipeline,
+            store,
             shutdown,
             scheduler: None,
             first_admin_key,
@@ -91,7 +94,7 @@ impl Host {
         if self.scheduler.is_none() {
             let receiver = self.shutdown.subscribe();
             self.scheduler = Some(tokio::spawn(self.pipeline.clone().run_scheduler(receiver)));
-            tokio::spawn(watch_disk(self.pipeline.clone(), self.shutdown.subscribe()));
+            tokio::spawn(watch_disk(self.store.clone(), self.shutdown.subscribe()));
         }
     }
 
@@ -115,7 +118,7 @@ impl Host {
         if let Some(handle) = self.scheduler.take() {
             let _ = handle.await;
         }
-        if let Err(e) = self.pipeline.store().flush() {
+        if let Err(e) = self.store.flush() {
             tracing::error!("final flush failed: {e}");
         }
     }
@@ -126,14 +129,14 @@ impl Host {
 const DISK_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keeps the free-space guard's view fresh while nothing asks, and the ballast in place.
-async fn watch_disk(pipeline: Arc<Pipeline>, mut shutdown: watch::Receiver<bool>) {
+async fn watch_disk(store: Store, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             () = tokio::time::sleep(DISK_WATCH_EVERY) => {}
         }
-        let pipeline = pipeline.clone();
-        let _ = tokio::task::spawn_blocking(move || pipeline.store().space().maintain()).await;
+        let store = store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.space().maintain()).await;
     }
 }
 

@@ -14,7 +14,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 2),
     ("runtime", 3),
     ("sender", 3),
-    ("store", 3),
+    ("storage", 3),
+    // The sled engine sits beside the pipeline, which reaches storage only through the
+    // `storage` traits; `host` wires the two together.
+    ("store", 4),
     ("pipeline", 4),
     ("api", 5),
     ("host", 6),
@@ -22,6 +25,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("Host", 6),
     ("fuzz", 7),
 ];
+
+/// Pairs the layers would allow that are kept apart: (module, the module it may not name).
+const KEPT_APART: &[(&str, &str)] = &[("api", "store")];
 
 fn layer_of(module: &str) -> Option<u8> {
     LAYERS
@@ -115,6 +121,13 @@ fn violations(src: &Path) -> Vec<String> {
             if named == module || named == "self" {
                 continue;
             }
+            if KEPT_APART.contains(&(module.as_str(), named.as_str())) {
+                wrong.push(format!(
+                    "{}: `{module}` names `crate::{named}`, which it is kept apart from",
+                    file.display()
+                ));
+                continue;
+            }
             match layer_of(&named) {
                 Some(other) if other < layer => {}
                 Some(other) => wrong.push(format!(
@@ -154,11 +167,11 @@ fn a_module_naming_one_above_or_beside_it_is_caught() {
     std::fs::write(dir.path().join("model.rs"), "use crate::signature::Signer;").unwrap();
     std::fs::write(
         dir.path().join("store/queue.rs"),
-        "use crate::{model::Delivery, pipeline::Thing};\nfn f() { crate::sender::send(); }",
+        "use crate::{model::Delivery, pipeline::Thing};\nfn f() { crate::api::serve(); }",
     )
     .unwrap();
     let wrong = violations(dir.path());
     assert_eq!(wrong.len(), 2, "{wrong:?}");
-    assert!(wrong[0].contains("names `crate::pipeline`"), "{wrong:?}");
-    assert!(wrong[1].contains("names `crate::sender`"), "{wrong:?}");
+    assert!(wrong[0].contains("names `crate::api`"), "{wrong:?}");
+    assert!(wrong[1].contains("names `crate::pipeline`"), "{wrong:?}");
 }

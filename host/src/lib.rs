@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod runtime;
 pub mod sender;
 pub mod signature;
+pub mod storage;
 pub mod store;
 
 mod host;

@@ -36,7 +36,7 @@ use crate::runtime::{
     RuntimeOptions,
 };
 use crate::sender::Sender;
-use crate::store::Store;
+use crate::storage::Storage;
 
 pub use connections::ConnectionInput;
 pub use error::Error;
@@ -50,7 +50,7 @@ pub use signing::{RotateInput, Rotated};
 /// Everything the pipeline works with.
 pub struct Pipeline {
     config: Config,
-    store: Store,
+    store: Arc<dyn Storage>,
     runtime: Arc<Runtime>,
     sender: Sender,
     clock: Arc<dyn Clock>,
@@ -67,6 +67,8 @@ pub struct Pipeline {
     /// Deliveries being worked on now, with the due time they were started for, so the
     /// scheduler does not start them twice.
     in_flight: Mutex<HashMap<DeliveryId, Millis>>,
+    /// This pipeline's id as the holder of claims on deliveries (random per start).
+    holder: u64,
     /// Due deliveries staged per endpoint, and the sweep of the queue.
     staging: Mutex<staging::Staging>,
     /// Webhooks' signers, unsealed and parsed once (see `signing.rs`).
@@ -78,7 +80,11 @@ impl Pipeline {
     ///
     /// # Errors
     /// When the sandbox or the HTTP client cannot be built, or stored webhooks cannot be read.
-    pub fn new(config: Config, store: Store, clock: Arc<dyn Clock>) -> anyhow::Result<Pipeline> {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Storage>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Pipeline> {
         let mut options = RuntimeOptions::new(&config.plugin);
         if config.plugin.precompiled_cache {
             let dir = config.data_dir.join("precompiled");
@@ -124,6 +130,7 @@ impl Pipeline {
             webhook_writes: Mutex::new(()),
             endpoints,
             in_flight: Mutex::new(HashMap::new()),
+            holder: rand::random(),
             signers: RwLock::default(),
             staging: Mutex::default(),
         })
@@ -134,8 +141,8 @@ impl Pipeline {
         &self.config
     }
 
-    /// The store.
-    pub fn store(&self) -> &Store {
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.store
     }
 
@@ -236,7 +243,7 @@ pub fn to_wit_event(event: &Event) -> wit::Event {
 
 /// Plugin state of one webhook, backed by the store.
 struct StoredState {
-    store: Store,
+    store: Arc<dyn Storage>,
     webhook: WebhookId,
 }
 

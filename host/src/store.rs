@@ -16,6 +16,7 @@
 //! then flushes once for all of them (group commit). [`Store::commit`] makes everything
 //! written so far durable, sharing that flush.
 
+mod claims;
 mod codec;
 mod commit;
 #[cfg(test)]
@@ -24,6 +25,7 @@ mod recent;
 mod round;
 pub mod seal;
 pub mod space;
+mod storage_impl;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +37,8 @@ use sled::transaction::{
 };
 
 pub use seal::Sealer;
+
+use crate::storage::{parse_queue_key, queue_key, Inserted, QueueEntry, Scanned};
 
 use crate::model::{
     ApiKey, ApiKeyId, Connection, ConnectionId, Delivery, DeliveryId, Event, EventId, Millis,
@@ -96,16 +100,6 @@ impl From<TransactionError<StoreError>> for StoreError {
             TransactionError::Storage(e) => StoreError::Sled(e),
         }
     }
-}
-
-/// Result of [`Store::insert_event`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inserted {
-    /// The event is new; these deliveries carry it (new ones, or waiting ones of the same
-    /// entity whose event it replaced).
-    New(Vec<DeliveryId>),
-    /// An event with this id was already stored; nothing changed.
-    Duplicate,
 }
 
 /// The events tree's key of an event: its id, after its tenant and a zero byte when it has
@@ -426,6 +420,8 @@ pub struct Store {
     committer: commit::Committer,
     /// The event, delivery and queue trees and their indexes.
     ingest: EventTrees,
+    /// Claims on deliveries: in memory, since only this process opens the files.
+    claims: Arc<claims::Claims>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -445,52 +441,8 @@ fn context(tree: &str, key: &[u8]) -> Vec<u8> {
     context
 }
 
-/// The queue key of a delivery due at `due`.
-pub fn queue_key(due: Millis, id: &DeliveryId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(8 + id.as_str().len());
-    key.extend_from_slice(&queue_due_prefix(due));
-    key.extend_from_slice(id.as_str().as_bytes());
-    key
-}
-
-/// The start of the queue keys due at `due`: every key of a delivery due then or later sorts
-/// at or after it.
-pub fn queue_due_prefix(due: Millis) -> [u8; 8] {
-    (due.as_i64().max(0) as u64).to_be_bytes()
-}
-
-/// Splits a queue key into due time and delivery id.
-pub fn parse_queue_key(key: &[u8]) -> Option<(Millis, DeliveryId)> {
-    let (due, id) = key.split_at_checked(8)?;
-    let due = u64::from_be_bytes(due.try_into().ok()?);
-    let id = DeliveryId::parse(std::str::from_utf8(id).ok()?).ok()?;
-    Some((Millis(due as i64), id))
-}
-
 /// Most unreadable records one scan names (all are logged).
 const MAX_UNREADABLE_NAMED: usize = 100;
-
-/// What [`Store::scan_deliveries`] found.
-#[derive(Debug, Default)]
-pub struct Scanned {
-    /// The deliveries kept, in walk order.
-    pub deliveries: Vec<Delivery>,
-    /// Keys of records that did not decode (at most 100 are named).
-    pub unreadable: Vec<String>,
-}
-
-/// One entry of the due queue, as the scheduler reads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueEntry {
-    /// When the delivery is due.
-    pub due: Millis,
-    /// The delivery.
-    pub id: DeliveryId,
-    /// Its webhook (the entry's value); `None` when unreadable.
-    pub webhook: Option<WebhookId>,
-    /// The entry's key ([`queue_key`]).
-    pub key: Vec<u8>,
-}
 
 impl Store {
     /// Opens (or creates) the database in `dir`, sealing credentials with `sealer`. Records
@@ -566,6 +518,7 @@ impl Store {
             space,
             committer: commit::Committer::start(db.clone(), ingest.clone()),
             ingest,
+            claims: Arc::default(),
             db,
         };
         let undone = round::undo_unfinished(&store.ingest)?;
@@ -886,7 +839,7 @@ impl Store {
     ///
     /// # Errors
     /// On storage failure or a corrupt record.
-    pub fn claim(&self, read: &Delivery, due: Millis) -> Result<bool, StoreError> {
+    pub fn close_collecting(&self, read: &Delivery, due: Millis) -> Result<bool, StoreError> {
         let id = &read.id;
         let claimed = (
             &self.ingest.deliveries,
@@ -1305,6 +1258,21 @@ pub(crate) mod tests {
         }
     }
 
+    /// Opens the sled store for the storage conformance suite.
+    struct SledOpener;
+
+    impl crate::storage::conformance::Opener for SledOpener {
+        type Opened = Store;
+        fn open(&self, dir: &Path) -> Store {
+            reopen(dir, test_sealer()).unwrap()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sled_store_keeps_the_storage_contract() {
+        crate::storage::conformance::run(&SledOpener).await;
+    }
+
     fn connection() -> Connection {
         Connection {
             id: ConnectionId::parse("con_01JB0000000000000000000000").unwrap(),
@@ -1558,8 +1526,8 @@ pub(crate) mod tests {
             vec![(Millis(5000), first.id.clone())]
         );
         // A worker that read the old state cannot claim it; one that read the new state can.
-        assert!(!store.claim(&first, Millis(1000)).unwrap());
-        assert!(store.claim(&waiting, Millis(5000)).unwrap());
+        assert!(!store.close_collecting(&first, Millis(1000)).unwrap());
+        assert!(store.close_collecting(&waiting, Millis(5000)).unwrap());
         // Once claimed, a newer event gets a delivery of its own; other entities always do.
         let third = for_entity(&e3, 6000, "sku-1");
         let other = for_entity(&e4, 6000, "sku-2");

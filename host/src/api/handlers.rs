@@ -42,14 +42,14 @@ pub async fn healthz(State(p): State<AppState>) -> Json<Value> {
         Allocator::Pooling => "pooling",
         Allocator::OnDemand => "on-demand",
     };
-    let space = p.store().space().status();
+    let space = p.storage().space_status();
     let mut storage = json!({
         "free_bytes": space.free,
         "floor_bytes": space.floor,
         "accepting": space.accepting,
     });
     if !space.accepting {
-        storage["reason"] = json!(crate::store::space::LowSpace {
+        storage["reason"] = json!(crate::storage::LowSpace {
             free: space.free,
             floor: space.floor,
         }
@@ -58,7 +58,7 @@ pub async fn healthz(State(p): State<AppState>) -> Json<Value> {
     Json(json!({
         // Degraded: deliveries go on, new events are refused (storage.reason says why).
         "status": if space.accepting { "ok" } else { "degraded" },
-        "queue": p.store().queue_len(),
+        "queue": p.storage().queue_len(),
         "storage": storage,
         "plugins": { "allocator": allocator, "evaluation_slots": runtime.slots() },
     }))

@@ -141,7 +141,7 @@ impl Pipeline {
     /// # Errors
     /// [`Error::Invalid`] naming the first bad or missing field, or a storage error.
     pub fn create_connection(&self, input: ConnectionInput) -> Result<Connection, Error> {
-        self.store.space().admit()?;
+        self.store.admit()?;
         let connection = self.merge_connection(None, input)?;
         self.save_connection(connection)
     }

@@ -1,7 +1,7 @@
 //! The errors of pipeline operations, each with the HTTP status it maps to in the API.
 
 use crate::runtime::ValidationError;
-use crate::store::StoreError;
+use crate::storage::StorageError;
 
 /// Why an operation was refused or failed. Refusals change nothing.
 #[derive(Debug, thiserror::Error)]
@@ -45,10 +45,10 @@ pub enum Error {
     Module(#[from] ValidationError),
     /// Storage failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] StorageError),
     /// Free space is under the floor: a write that would grow the store was refused.
     #[error(transparent)]
-    LowSpace(#[from] crate::store::space::LowSpace),
+    LowSpace(#[from] crate::storage::LowSpace),
 }
 
 impl Error {

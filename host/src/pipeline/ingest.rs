@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::{Error, Pipeline};
 use crate::model::{validate_kind, Delivery, DeliveryId, EntityMode, Event, EventId, Millis};
-use crate::store::Inserted;
+use crate::storage::Inserted;
 
 /// An event as emitters send it (API body, CLI, `plugin run` event files).
 #[derive(Debug, Deserialize)]
@@ -197,7 +197,7 @@ impl Pipeline {
         }
         // The host's own events (webhook.*) are part of finishing pending work: they go on.
         if origin == Origin::Emitter {
-            self.store.space().admit()?;
+            self.store.admit()?;
         }
         let now = self.now();
         let batch = inputs.len() > 1;

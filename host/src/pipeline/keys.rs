@@ -82,7 +82,7 @@ impl Pipeline {
     /// # Errors
     /// [`Error::Invalid`] naming a bad field, or a storage error.
     pub fn create_key(&self, input: KeyInput) -> Result<(ApiKey, String), Error> {
-        self.store.space().admit()?;
+        self.store.admit()?;
         let name = input
             .name
             .ok_or_else(|| Error::invalid("name", "is required"))?;

@@ -315,7 +315,7 @@ impl Pipeline {
         if let Some(existing) = self.store.module_info(&id)? {
             return Ok((existing, false));
         }
-        self.store.space().admit()?;
+        self.store.admit()?;
         let plugin = self.runtime.validate(bytes)?;
         let info = ModuleInfo {
             id: id.clone(),
@@ -431,7 +431,7 @@ impl Pipeline {
         &self,
         mut input: WebhookInput,
     ) -> Result<(Webhook, super::signing::Issued), Error> {
-        self.store.space().admit()?;
+        self.store.admit()?;
         let given = input.signing_secret.take();
         let scheme = input.signature_scheme.take();
         let (current, issued) = super::signing::issue(given, scheme, "signing_secret")?;
@@ -996,7 +996,9 @@ impl Pipeline {
         let position = |d: &Delivery| SortValue::Text(d.id.to_string());
         let scanned = self.store.scan_deliveries(
             query.descending,
-            |d| filter.keeps(d) && query.is_after_cursor(&position(d), d.id.as_str()),
+            &mut |d: &Delivery| {
+                filter.keeps(d) && query.is_after_cursor(&position(d), d.id.as_str())
+            },
             limit + 1,
         )?;
         let mut data = scanned.deliveries;

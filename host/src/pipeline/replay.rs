@@ -38,7 +38,7 @@ impl Pipeline {
     /// [`Error::NotFound`] for an unknown delivery, [`Error::Conflict`] when it is still pending
     /// or its webhook was deleted, or a storage error.
     pub async fn replay(&self, id: &str) -> Result<Delivery, Error> {
-        self.store.space().admit()?;
+        self.store.admit()?;
         let original = self.delivery(id)?;
         let replay = self.queue_replay(original)?;
         self.store.commit().await?;
@@ -53,16 +53,16 @@ impl Pipeline {
     /// [`Error::NotFound`] for an unknown webhook, [`Error::Invalid`] for an empty range, or
     /// a storage error.
     pub async fn recover(&self, webhook_id: &str, input: RecoverInput) -> Result<Recovered, Error> {
-        self.store.space().admit()?;
+        self.store.admit()?;
         let webhook = self.webhook(webhook_id)?;
         let until = input.until.unwrap_or_else(|| self.now());
         if until <= input.since {
             return Err(Error::invalid("until", "must be after `since`"));
         }
-        let mine = |d: &Delivery| d.webhook_id == webhook.id;
+        let mut mine = |d: &Delivery| d.webhook_id == webhook.id;
         let all = self
             .store
-            .scan_deliveries(false, mine, usize::MAX)?
+            .scan_deliveries(false, &mut mine, usize::MAX)?
             .deliveries;
         let replayed: HashSet<&DeliveryId> =
             all.iter().filter_map(|d| d.replay_of.as_ref()).collect();

@@ -242,7 +242,7 @@ impl Pipeline {
         &self,
         id: &WebhookId,
         keys: &SigningKeys,
-    ) -> Result<(), crate::store::StoreError> {
+    ) -> Result<(), crate::storage::StorageError> {
         self.store.put_signing_keys(id, keys)?;
         self.signers.write().unwrap().remove(id);
         Ok(())

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::model::{DeliveryId, Millis, WebhookId};
-use crate::store::{queue_due_prefix, QueueEntry, StoreError};
+use crate::storage::{queue_due_prefix, QueueEntry, StorageError};
 
 /// Most due deliveries staged in memory, waiting for their endpoint.
 pub(super) const MAX_STAGED: usize = 65_536;
@@ -51,9 +51,9 @@ pub(super) trait QueueView {
     fn entries<'a>(
         &'a self,
         from: Bound<&[u8]>,
-    ) -> Box<dyn Iterator<Item = Result<QueueEntry, StoreError>> + 'a>;
+    ) -> Box<dyn Iterator<Item = Result<QueueEntry, StorageError>> + 'a>;
     /// Whether the queue still holds `key`.
-    fn contains(&self, key: &[u8]) -> Result<bool, StoreError>;
+    fn contains(&self, key: &[u8]) -> Result<bool, StorageError>;
     /// The earliest due time written to the queue since the last call.
     fn take_written_due(&self) -> Option<Millis>;
     /// A webhook's endpoint.
@@ -134,7 +134,7 @@ impl Staging {
         now: Millis,
         at: Instant,
         wait: &mut Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StorageError> {
         if self
             .swept_from_head
             .is_none_or(|t| at.saturating_duration_since(t) >= FULL_SWEEP_EVERY)
@@ -166,7 +166,7 @@ impl Staging {
     }
 
     /// Offers the entries kept aside whose delivery is neither staged nor in flight now.
-    fn look_again(&mut self, view: &dyn QueueView, at: Instant) -> Result<(), StoreError> {
+    fn look_again(&mut self, view: &dyn QueueView, at: Instant) -> Result<(), StorageError> {
         if self.revisit.is_empty()
             || self
                 .revisited_at
@@ -191,7 +191,7 @@ impl Staging {
     }
 
     /// Continues (or starts) a refill for the endpoints whose lines have room again.
-    fn refill(&mut self, view: &dyn QueueView, budget: &mut usize) -> Result<(), StoreError> {
+    fn refill(&mut self, view: &dyn QueueView, budget: &mut usize) -> Result<(), StorageError> {
         if self.refill.is_none() {
             let ready: Vec<Endpoint> = self
                 .left_behind
@@ -259,7 +259,7 @@ impl Staging {
         now: Millis,
         wait: &mut Duration,
         budget: &mut usize,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StorageError> {
         if *budget == 0 || self.staged.len() >= MAX_STAGED {
             return Ok(());
         }
@@ -329,7 +329,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::store::{parse_queue_key, queue_key};
+    use crate::storage::{parse_queue_key, queue_key};
 
     /// A queue in memory that counts the entries read.
     #[derive(Default)]
@@ -369,7 +369,7 @@ mod tests {
         fn entries<'a>(
             &'a self,
             from: Bound<&[u8]>,
-        ) -> Box<dyn Iterator<Item = Result<QueueEntry, StoreError>> + 'a> {
+        ) -> Box<dyn Iterator<Item = Result<QueueEntry, StorageError>> + 'a> {
             // Lazily, a few entries at a time (like sled's iterator): a pass reads only
             // what it looks at.
             let mut next = match from {
@@ -403,7 +403,7 @@ mod tests {
             }))
         }
 
-        fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        fn contains(&self, key: &[u8]) -> Result<bool, StorageError> {
             Ok(self.entries.borrow().contains_key(key))
         }
 

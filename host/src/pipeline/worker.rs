@@ -24,7 +24,7 @@ use crate::model::{
     OutboundRequest, ResponsePath, Webhook, WebhookId,
 };
 use crate::runtime::{wit, Answer, Call};
-use crate::store::{QueueEntry, StoreError};
+use crate::storage::{Claim, QueueEntry, StorageError};
 
 /// How long the scheduler sleeps at most when nothing wakes it.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
@@ -32,6 +32,8 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 const PAUSED_WAIT: Duration = Duration::from_secs(60);
 /// How long an in-order delivery waits at least before it looks again at the delivery ahead.
 const IN_ORDER_WAIT: Duration = Duration::from_millis(200);
+/// Added to the longest a step of a delivery can take, for how long a claim lasts.
+const CLAIM_MARGIN: Duration = Duration::from_secs(60);
 /// How long a delivery waits after a storage error before it is tried again.
 const STORAGE_ERROR_WAIT: Duration = Duration::from_secs(5);
 
@@ -47,11 +49,11 @@ impl QueueView for StoreView<'_> {
     fn entries<'a>(
         &'a self,
         from: std::ops::Bound<&[u8]>,
-    ) -> Box<dyn Iterator<Item = Result<QueueEntry, StoreError>> + 'a> {
+    ) -> Box<dyn Iterator<Item = Result<QueueEntry, StorageError>> + 'a> {
         Box::new(self.0.store.due_from(from))
     }
 
-    fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+    fn contains(&self, key: &[u8]) -> Result<bool, StorageError> {
         self.0.store.queue_contains(key)
     }
 
@@ -104,7 +106,7 @@ impl Pipeline {
     /// endpoint (see [`staging`](super::staging): each queue entry is read about once, however
     /// long the backlog). Starting work then pops from the lines of endpoints with room, so
     /// one slow receiver holds back only its own line.
-    fn start_due(self: &Arc<Self>, permits: &Arc<Semaphore>) -> Result<Duration, StoreError> {
+    fn start_due(self: &Arc<Self>, permits: &Arc<Semaphore>) -> Result<Duration, StorageError> {
         let now = self.now();
         let mut wait = IDLE_WAIT;
         let mut staging = self.staging.lock().unwrap();
@@ -193,16 +195,16 @@ impl Pipeline {
         }
     }
 
-    /// Moves one delivery a step forward.
-    async fn process(&self, due: Millis, id: &DeliveryId) -> Result<(), StoreError> {
-        let Some(mut delivery) = self.store.delivery(id)? else {
-            return self.store.remove_queue_entry(due, id);
-        };
-        if delivery.status.is_final() || delivery.next_attempt_at != Some(due) {
-            // A stale entry: the delivery moved on.
-            return self.store.remove_queue_entry(due, id);
-        }
+    /// Moves one delivery a step forward, under a claim: nothing is written for it unless
+    /// the claim still holds.
+    async fn process(&self, due: Millis, id: &DeliveryId) -> Result<(), StorageError> {
         let now = self.now();
+        let until = plus(now, self.claim_for());
+        let Some((claim, mut delivery)) = self.store.claim(id, due, self.holder, until, now)?
+        else {
+            // Gone, finished, moved on (its stale entry is dropped), or another holder's.
+            return Ok(());
+        };
         delivery.updated_at = now;
         let Some(webhook) = self.webhook_cached(&delivery.webhook_id) else {
             finish(
@@ -210,18 +212,18 @@ impl Pipeline {
                 DeliveryStatus::Failed,
                 "the webhook was deleted".into(),
             );
-            return self.store.update_delivery(&delivery, Some(due));
+            return self.finish_claimed(&claim, &delivery);
         };
         if !webhook.enabled {
             delivery.next_attempt_at = Some(plus(now, PAUSED_WAIT));
-            return self.store.update_delivery(&delivery, Some(due));
+            return self.finish_claimed(&claim, &delivery);
         }
         if let Some(schedule) = &webhook.schedule {
             // Checked when the webhook was saved; a zone that no longer resolves sends now.
             let opening = schedule.check().ok().and_then(|s| s.next_opening(now));
             if let Some(opening) = opening {
                 delivery.next_attempt_at = Some(opening);
-                return self.store.update_delivery(&delivery, Some(due));
+                return self.finish_claimed(&claim, &delivery);
             }
         }
 
@@ -235,14 +237,14 @@ impl Pipeline {
                         .and_then(|d| d.next_attempt_at)
                         .map_or(now, |t| plus(t, Duration::from_millis(1)));
                     delivery.next_attempt_at = Some(after.max(plus(now, IN_ORDER_WAIT)));
-                    return self.store.update_delivery(&delivery, Some(due));
+                    return self.finish_claimed(&claim, &delivery);
                 }
             }
         }
         if delivery.requests.is_none() {
             let collecting =
                 (delivery.entity.is_some() && !delivery.in_order) || delivery.batch_limit > 1;
-            if collecting && !self.store.claim(&delivery, due)? {
+            if collecting && !self.store.close(&claim, &delivery)? {
                 // A newer event changed it meanwhile; it is queued again as it is now.
                 return Ok(());
             }
@@ -253,11 +255,12 @@ impl Pipeline {
                     // sending: after a crash the plugin would decide anew on state that
                     // already holds this event's change. Without state changes deciding
                     // again gives the same requests, and the write is saved.
-                    if wrote_state {
-                        self.store.update_delivery(&delivery, None)?;
+                    if wrote_state && !self.store.finish(&claim, &delivery, true)? {
+                        self.claim_lost(&delivery);
+                        return Ok(());
                     }
                 }
-                None => return self.store.update_delivery(&delivery, Some(due)),
+                None => return self.finish_claimed(&claim, &delivery),
             }
         }
 
@@ -267,9 +270,36 @@ impl Pipeline {
             // the delivery's: a crash in between resends, and the event is not doubled.
             self.emit_response_event(&webhook, &mut delivery).await?;
         }
-        self.store.update_delivery(&delivery, Some(due))?;
+        self.finish_claimed(&claim, &delivery)?;
         self.after_round(&webhook, &delivery, &round).await;
         Ok(())
+    }
+
+    /// How long a claim lasts: longer than a delivery's round can take (the plugin's time,
+    /// then each request it may build, one after another, up to its timeout), with room to
+    /// spare.
+    fn claim_for(&self) -> Duration {
+        let limits = &self.config.plugin.max_limits;
+        let requests = u32::try_from(limits.requests).unwrap_or(u32::MAX);
+        CLAIM_MARGIN
+            .saturating_add(limits.cpu_time)
+            .saturating_add(self.config.delivery.timeout.saturating_mul(requests))
+    }
+
+    /// Writes a claimed delivery's new state and ends the claim.
+    fn finish_claimed(&self, claim: &Claim, delivery: &Delivery) -> Result<(), StorageError> {
+        if !self.store.finish(claim, delivery, false)? {
+            self.claim_lost(delivery);
+        }
+        Ok(())
+    }
+
+    /// Another holder claimed the delivery after this one's claim lapsed: its work stands.
+    fn claim_lost(&self, delivery: &Delivery) {
+        tracing::warn!(
+            delivery = %delivery.id,
+            "the claim lapsed and another holder took the delivery; this result is dropped"
+        );
     }
 
     /// What a round means for its webhook: a success ends a failure streak; the first
@@ -333,7 +363,7 @@ impl Pipeline {
         &self,
         webhook: &Webhook,
         delivery: &mut Delivery,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StorageError> {
         let emit = webhook
             .response_value
             .as_ref()
@@ -441,7 +471,7 @@ impl Pipeline {
         &self,
         webhook: &Webhook,
         delivery: &mut Delivery,
-    ) -> Result<Option<(Vec<OutboundRequest>, bool)>, StoreError> {
+    ) -> Result<Option<(Vec<OutboundRequest>, bool)>, StorageError> {
         let call = if delivery.batch_events.is_empty() {
             let tenant = delivery.events_tenant();
             let Some(event) = self.store.event(tenant, &delivery.event_id)? else {

@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::StoreConfig;
+pub use crate::storage::{mib, LowSpace, SpaceStatus};
 
 /// The ballast file's name in the data directory.
 pub const BALLAST_FILE: &str = "ballast";
@@ -67,33 +68,6 @@ pub fn measure(dir: &Path) -> std::io::Result<Space> {
     }
 }
 
-/// What the guard last saw.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpaceStatus {
-    /// Free bytes.
-    pub free: u64,
-    /// The floor in force (0: the guard is off).
-    pub floor: u64,
-    /// Whether new writes are accepted (free space at or above the floor).
-    pub accepting: bool,
-}
-
-/// Why a write that would grow the store was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the data directory's filesystem has {} free, below the floor of {} \
-     (store.min_free_bytes / store.min_free_percent); new events and definitions are refused \
-     until space is freed, pending deliveries go on",
-    mib(*free),
-    mib(*floor)
-)]
-pub struct LowSpace {
-    /// Free bytes.
-    pub free: u64,
-    /// The floor.
-    pub floor: u64,
-}
-
 /// Why the store was not opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenRefused {
@@ -113,11 +87,6 @@ pub enum OpenRefused {
     /// The filesystem could not be measured.
     #[error("measuring its free space: {0}")]
     Measure(#[from] std::io::Error),
-}
-
-/// Bytes as MiB with one decimal, for messages.
-pub fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 /// The guard over one data directory.

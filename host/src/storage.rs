@@ -1,0 +1,320 @@
+//! What the host needs from storage, as traits: the catalog of definitions, events and
+//! deliveries with the due queue, plugin state, the host's own secrets, and how much room is
+//! left. The pipeline works only through these; the `store` module implements them on sled,
+//! and a networked database can implement them for several hosts (the contract below says
+//! what any implementation must keep, and [`conformance`] checks it).
+//!
+//! # The contract
+//! - **Acknowledged means durable.** When [`Deliveries::insert_and_commit`] returns, its
+//!   events and deliveries survive a crash; [`Capacity::commit`] does the same for every
+//!   write before it.
+//! - **Ingest is idempotent and all-or-nothing.** An event id already stored (per tenant) is
+//!   [`Inserted::Duplicate`] and changes nothing; a batch whose write fails leaves none of
+//!   its events behind.
+//! - **The queue.** Every unfinished delivery with a `next_attempt_at` has one entry at that
+//!   time; entries are read in (due, delivery id) order through opaque *positions*
+//!   ([`queue_key`]). An entry whose time the delivery no longer names is stale: readers drop
+//!   it ([`Deliveries::remove_queue_entry`]).
+//! - **Claims.** A worker claims a due delivery before working on it
+//!   ([`Deliveries::claim`]): at most one holder has a claim at a time; a claim lapses at its
+//!   `until` and the delivery is then free to claim again; a delivery that moved on (another
+//!   due time, finished) cannot be claimed for the old time. Finishing
+//!   ([`Deliveries::finish`]) writes the new state only while the claim still holds, that
+//!   is, while no other holder has claimed the delivery since. A shared database keeps claims
+//!   in its rows (a lease); one process owning its files may keep them in memory, since a
+//!   restart ends every claim anyway.
+//! - **Routing indexes.** A debounced delivery (an entity, not in order) waiting to be
+//!   claimed takes a newer event of its entity instead of a new delivery; an in-order
+//!   delivery is first in line only when no earlier one of its entity is unfinished; a batch
+//!   delivery takes events until claimed or full.
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+use std::future::Future;
+use std::ops::Bound;
+use std::pin::Pin;
+
+use crate::model::{
+    ApiKey, ApiKeyId, Connection, ConnectionId, Delivery, DeliveryId, Event, EventId, Millis,
+    ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
+};
+
+/// A future a storage call returns.
+pub type StorageFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'a>>;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The storage could not read or write at all (I/O, a lost connection).
+    #[error("storage: {source}")]
+    Unavailable {
+        /// What the engine reported.
+        source: Box<dyn std::error::Error + Send + Sync>,
+        /// Whether it ran out of space (or quota).
+        out_of_space: bool,
+    },
+    /// One record could not be read (it does not decode, or its seal does not open).
+    #[error("{source}")]
+    Record {
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StorageError {
+    /// Whether the storage ran out of space (or quota) under this failure.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Unavailable {
+                out_of_space: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether the storage itself failed, rather than one record.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StorageError::Unavailable { .. })
+    }
+}
+
+/// Result of storing one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The event is new; these deliveries carry it (new ones, or waiting ones of the same
+    /// entity whose event it replaced).
+    New(Vec<DeliveryId>),
+    /// An event with this id was already stored; nothing changed.
+    Duplicate,
+}
+
+/// What [`Deliveries::scan_deliveries`] found.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// The deliveries kept, in walk order.
+    pub deliveries: Vec<Delivery>,
+    /// Keys of records that did not decode (at most 100 are named).
+    pub unreadable: Vec<String>,
+}
+
+/// One entry of the due queue, as the scheduler reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// When the delivery is due.
+    pub due: Millis,
+    /// The delivery.
+    pub id: DeliveryId,
+    /// Its webhook; `None` when unreadable.
+    pub webhook: Option<WebhookId>,
+    /// The entry's position ([`queue_key`]).
+    pub key: Vec<u8>,
+}
+
+/// A claim on a delivery ([`Deliveries::claim`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The delivery.
+    pub id: DeliveryId,
+    /// The due time it was claimed for.
+    pub due: Millis,
+    /// Who holds it (a host's random id).
+    pub holder: u64,
+    /// When it lapses.
+    pub until: Millis,
+}
+
+/// The position of a delivery due at `due` in the queue: positions sort by due time, then
+/// delivery id.
+pub fn queue_key(due: Millis, id: &DeliveryId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + id.as_str().len());
+    key.extend_from_slice(&queue_due_prefix(due));
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+/// The start of the positions due at `due`: every delivery due then or later sorts at or
+/// after it.
+pub fn queue_due_prefix(due: Millis) -> [u8; 8] {
+    (due.as_i64().max(0) as u64).to_be_bytes()
+}
+
+/// Splits a queue position into due time and delivery id.
+pub fn parse_queue_key(key: &[u8]) -> Option<(Millis, DeliveryId)> {
+    let (due, id) = key.split_at_checked(8)?;
+    let due = u64::from_be_bytes(due.try_into().ok()?);
+    let id = DeliveryId::parse(std::str::from_utf8(id).ok()?).ok()?;
+    Some((Millis(due as i64), id))
+}
+
+/// Free space as the storage last saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpaceStatus {
+    /// Free bytes.
+    pub free: u64,
+    /// The floor in force (0: no floor).
+    pub floor: u64,
+    /// Whether new writes are accepted (free space at or above the floor).
+    pub accepting: bool,
+}
+
+/// Why a write that would grow the storage was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the data directory's filesystem has {} free, below the floor of {} \
+     (store.min_free_bytes / store.min_free_percent); new events and definitions are refused \
+     until space is freed, pending deliveries go on",
+    mib(*free),
+    mib(*floor)
+)]
+pub struct LowSpace {
+    /// Free bytes.
+    pub free: u64,
+    /// The floor.
+    pub floor: u64,
+}
+
+/// Bytes as MiB with one decimal, for messages.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// Definitions: modules, webhooks, connections, API keys and webhooks' signing secrets.
+/// Credentials are kept sealed at rest.
+pub trait Catalog: Send + Sync {
+    /// Stores a module's bytes and description.
+    fn put_module(&self, info: &ModuleInfo, bytes: &[u8]) -> Result<(), StorageError>;
+    /// Removes a module.
+    fn delete_module(&self, id: &ModuleId) -> Result<(), StorageError>;
+    /// A module's description.
+    fn module_info(&self, id: &ModuleId) -> Result<Option<ModuleInfo>, StorageError>;
+    /// A module's bytes.
+    fn module_bytes(&self, id: &ModuleId) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Every module's description, in id order.
+    fn modules(&self) -> Result<Vec<ModuleInfo>, StorageError>;
+    /// Stores a webhook.
+    fn put_webhook(&self, webhook: &Webhook) -> Result<(), StorageError>;
+    /// Removes a webhook with its plugin state and signing secrets.
+    fn delete_webhook(&self, id: &WebhookId) -> Result<(), StorageError>;
+    /// One webhook.
+    fn webhook(&self, id: &WebhookId) -> Result<Option<Webhook>, StorageError>;
+    /// Every webhook, in id order.
+    fn webhooks(&self) -> Result<Vec<Webhook>, StorageError>;
+    /// Stores a connection.
+    fn put_connection(&self, connection: &Connection) -> Result<(), StorageError>;
+    /// Removes a connection.
+    fn delete_connection(&self, id: &ConnectionId) -> Result<(), StorageError>;
+    /// Every connection, in id order.
+    fn connections(&self) -> Result<Vec<Connection>, StorageError>;
+    /// Stores an API key (its hash).
+    fn put_api_key(&self, key: &ApiKey) -> Result<(), StorageError>;
+    /// One API key.
+    fn api_key(&self, id: &ApiKeyId) -> Result<Option<ApiKey>, StorageError>;
+    /// Every API key, in id order.
+    fn api_keys(&self) -> Result<Vec<ApiKey>, StorageError>;
+    /// A webhook's signing secrets.
+    fn signing_keys(&self, id: &WebhookId) -> Result<Option<SigningKeys>, StorageError>;
+    /// Stores a webhook's signing secrets.
+    fn put_signing_keys(&self, id: &WebhookId, keys: &SigningKeys) -> Result<(), StorageError>;
+}
+
+/// Events, deliveries and the due queue (see the contract in the module docs).
+pub trait Deliveries: Send + Sync {
+    /// Stores events with their deliveries (routing debounced and batched ones into waiting
+    /// deliveries) and makes them durable: all or none.
+    fn insert_and_commit(
+        &self,
+        items: Vec<(Event, Vec<Delivery>)>,
+    ) -> StorageFuture<'_, Vec<Inserted>>;
+    /// One event of `tenant` (or of none).
+    fn event(&self, tenant: Option<&str>, id: &EventId) -> Result<Option<Event>, StorageError>;
+    /// One delivery.
+    fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StorageError>;
+    /// Walks deliveries in id (creation) order, newest first when `descending`, keeping
+    /// those `keep` accepts until `limit` are kept. A record that does not decode is named
+    /// in [`Scanned::unreadable`] and passed over.
+    fn scan_deliveries(
+        &self,
+        descending: bool,
+        keep: &mut dyn FnMut(&Delivery) -> bool,
+        limit: usize,
+    ) -> Result<Scanned, StorageError>;
+    /// Claims the delivery due at `due` for `holder` until `until`, and returns it as
+    /// stored. `None` when it is gone, finished or due at another time (its entry at `due`
+    /// is stale and removed), or when another holder's claim has not lapsed at `now`. The
+    /// same holder may claim again.
+    fn claim(
+        &self,
+        id: &DeliveryId,
+        due: Millis,
+        holder: u64,
+        until: Millis,
+        now: Millis,
+    ) -> Result<Option<(Claim, Delivery)>, StorageError>;
+    /// Before a claimed collecting delivery (debounced, or a batch) is evaluated: closes it
+    /// to newer events, if it still holds the events `read` has. `false` means a newer event
+    /// changed it since it was read; it is due again as it is now, and the claim is over.
+    fn close(&self, claim: &Claim, read: &Delivery) -> Result<bool, StorageError>;
+    /// Writes a claimed delivery's new state, if `claim` still holds (no other holder has
+    /// claimed the delivery since); `false` when it does not, and nothing was written. With
+    /// `keep` the claim goes on (a save midway); otherwise the queue entry moves from the
+    /// claimed due time to the delivery's `next_attempt_at` and the claim ends.
+    fn finish(&self, claim: &Claim, delivery: &Delivery, keep: bool) -> Result<bool, StorageError>;
+    /// Writes a delivery's new state and moves its queue entry from `old_due` to its
+    /// `next_attempt_at` (removed when final), without a claim: for deliveries no worker
+    /// holds (replayed, recovered, or put off after a storage error).
+    fn update_delivery(
+        &self,
+        delivery: &Delivery,
+        old_due: Option<Millis>,
+    ) -> Result<(), StorageError>;
+    /// For an in-order delivery: the first unfinished delivery of its webhook and entity.
+    fn first_in_line(&self, delivery: &Delivery) -> Result<Option<DeliveryId>, StorageError>;
+    /// Queue entries from `from` on, in position order.
+    fn due_from<'a>(
+        &'a self,
+        from: Bound<&[u8]>,
+    ) -> Box<dyn Iterator<Item = Result<QueueEntry, StorageError>> + 'a>;
+    /// Whether the queue holds the entry at `key`.
+    fn queue_contains(&self, key: &[u8]) -> Result<bool, StorageError>;
+    /// The earliest due time among entries written since the last call (`None`: none).
+    fn take_written_due(&self) -> Option<Millis>;
+    /// Removes a queue entry (of a delivery that vanished or moved on).
+    fn remove_queue_entry(&self, due: Millis, id: &DeliveryId) -> Result<(), StorageError>;
+    /// Number of queue entries.
+    fn queue_len(&self) -> usize;
+}
+
+/// Plugin state, per webhook.
+pub trait PluginStates: Send + Sync {
+    /// One value.
+    fn state_get(&self, webhook: &WebhookId, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Bytes (keys plus values) a webhook's state holds.
+    fn state_size(&self, webhook: &WebhookId) -> Result<usize, StorageError>;
+    /// Applies an evaluation's writes (a value, or `None` to remove) at once.
+    fn state_apply(
+        &self,
+        webhook: &WebhookId,
+        changes: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(), StorageError>;
+}
+
+/// The host's own secrets and durability.
+pub trait Capacity: Send + Sync {
+    /// A random 32-byte secret under `name`, made on first use and kept.
+    fn host_secret(&self, name: &str) -> Result<[u8; 32], StorageError>;
+    /// Whether a write that grows the storage may go ahead now.
+    fn admit(&self) -> Result<(), LowSpace>;
+    /// Free space as last seen.
+    fn space_status(&self) -> SpaceStatus;
+    /// Makes everything written so far durable; concurrent callers share the work.
+    fn commit(&self) -> StorageFuture<'_, ()>;
+    /// Makes everything written so far durable, blocking (shutdown, tests).
+    fn flush(&self) -> Result<(), StorageError>;
+}
+
+/// Everything the host stores.
+pub trait Storage: Catalog + Deliveries + PluginStates + Capacity {}
+
+impl<T: Catalog + Deliveries + PluginStates + Capacity> Storage for T {}

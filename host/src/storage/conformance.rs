@@ -1,0 +1,422 @@
+//! The storage contract as tests: every implementation of [`Storage`] runs [`run`] with a
+//! way to open (and reopen) its storage in a directory, and must pass every check. The sled
+//! store runs it in its tests; a second engine runs the same suite.
+
+use std::ops::Bound;
+use std::path::Path;
+
+use crate::model::{
+    Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis, Webhook, WebhookId,
+};
+
+use super::{Capacity, Catalog, Claim, Deliveries, Inserted, PluginStates, Storage};
+
+/// Opens the storage kept in a directory (again, after the last handle to it was dropped).
+pub trait Opener {
+    /// The storage.
+    type Opened: Storage;
+    /// Opens it.
+    fn open(&self, dir: &Path) -> Self::Opened;
+}
+
+/// Runs every check, each in a directory of its own.
+pub async fn run(opener: &impl Opener) {
+    acknowledged_events_survive_a_reopen(opener).await;
+    ingest_is_idempotent_and_ids_are_per_tenant(opener).await;
+    the_queue_reads_in_due_order_from_any_position(opener).await;
+    a_new_state_moves_the_queue_entry_and_a_final_one_removes_it(opener).await;
+    claims_are_exclusive_until_they_lapse_and_finish_only_while_held(opener).await;
+    a_stale_entry_cannot_be_claimed_and_is_dropped(opener).await;
+    a_debounced_delivery_takes_newer_events_until_closed(opener).await;
+    a_batch_takes_events_until_closed_or_full(opener).await;
+    in_order_deliveries_wait_for_the_first_in_line(opener).await;
+    definitions_state_and_secrets_read_back(opener).await;
+}
+
+fn event(id: &str, tenant: Option<&str>) -> Event {
+    Event {
+        id: EventId::parse(id).unwrap(),
+        kind: "order.created".into(),
+        tenant: tenant.map(str::to_string),
+        occurred_at: Millis(1),
+        received_at: Millis(2),
+        attributes: vec![],
+        payload: serde_json::value::RawValue::from_string(format!("{{\"id\":\"{id}\"}}")).unwrap(),
+    }
+}
+
+fn webhook() -> Webhook {
+    serde_json::from_value(serde_json::json!({
+        "id": WebhookId::generate(),
+        "name": "conformance",
+        "enabled": true,
+        "event_kinds": ["*"],
+        "config": {},
+        "method": "POST",
+        "headers": {},
+        "module_id": "mod_00000000000000000000000000000000",
+        "url": "https://receiver.example/in",
+        "created_at": "1970-01-01T00:00:00Z",
+        "updated_at": "1970-01-01T00:00:00Z",
+    }))
+    .expect("a minimal webhook")
+}
+
+fn pending(webhook: &Webhook, event: &Event, due: i64) -> Delivery {
+    Delivery::pending(webhook, event, Millis(due), Millis(due))
+}
+
+async fn insert(storage: &impl Storage, event: &Event, deliveries: &[Delivery]) -> Inserted {
+    let mut inserted = storage
+        .insert_and_commit(vec![(event.clone(), deliveries.to_vec())])
+        .await
+        .unwrap();
+    inserted.pop().unwrap()
+}
+
+fn due_entries(storage: &impl Storage) -> Vec<(Millis, DeliveryId)> {
+    storage
+        .due_from(Bound::Unbounded)
+        .map(|entry| entry.map(|e| (e.due, e.id)).unwrap())
+        .collect()
+}
+
+fn claim(storage: &impl Storage, d: &Delivery, holder: u64, now: i64) -> Option<Claim> {
+    let due = d.next_attempt_at.unwrap();
+    storage
+        .claim(&d.id, due, holder, Millis(now + 60_000), Millis(now))
+        .unwrap()
+        .map(|(claim, _)| claim)
+}
+
+async fn acknowledged_events_survive_a_reopen(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let w = webhook();
+    let e = event("kept", Some("acme"));
+    let d = pending(&w, &e, 5_000);
+    {
+        let storage = opener.open(dir.path());
+        assert_eq!(
+            insert(&storage, &e, std::slice::from_ref(&d)).await,
+            Inserted::New(vec![d.id.clone()])
+        );
+    }
+    let storage = opener.open(dir.path());
+    let found = storage.event(Some("acme"), &e.id).unwrap().unwrap();
+    assert_eq!(found.payload.get(), e.payload.get());
+    assert_eq!(storage.delivery(&d.id).unwrap().as_ref(), Some(&d));
+    assert_eq!(due_entries(&storage), vec![(Millis(5_000), d.id.clone())]);
+}
+
+async fn ingest_is_idempotent_and_ids_are_per_tenant(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    let w = webhook();
+    let a = event("order-1", Some("a"));
+    let first = pending(&w, &a, 1_000);
+    assert!(matches!(
+        insert(&storage, &a, std::slice::from_ref(&first)).await,
+        Inserted::New(_)
+    ));
+    // The same id again: a duplicate, and nothing of it is stored.
+    let again = pending(&w, &a, 2_000);
+    assert_eq!(
+        insert(&storage, &a, std::slice::from_ref(&again)).await,
+        Inserted::Duplicate
+    );
+    assert!(storage.delivery(&again.id).unwrap().is_none());
+    // The same id of another tenant is another event.
+    let b = event("order-1", Some("b"));
+    assert!(matches!(
+        insert(&storage, &b, &[pending(&w, &b, 1_000)]).await,
+        Inserted::New(_)
+    ));
+    assert!(storage.event(None, &a.id).unwrap().is_none());
+    assert!(storage.event(Some("c"), &a.id).unwrap().is_none());
+    assert_eq!(due_entries(&storage).len(), 2);
+}
+
+async fn the_queue_reads_in_due_order_from_any_position(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    let w = webhook();
+    let mut expected = Vec::new();
+    for (i, due) in [7_000, 1_000, 5_000, 1_000, 3_000].into_iter().enumerate() {
+        let e = event(&format!("q-{i}"), None);
+        let d = pending(&w, &e, due);
+        insert(&storage, &e, std::slice::from_ref(&d)).await;
+        expected.push((Millis(due), d.id));
+    }
+    expected.sort();
+    assert_eq!(due_entries(&storage), expected);
+    assert_eq!(storage.queue_len(), 5);
+    // From a position: the entries after it, in order; each carries its webhook.
+    let all: Vec<_> = storage
+        .due_from(Bound::Unbounded)
+        .map(Result::unwrap)
+        .collect();
+    let rest: Vec<_> = storage
+        .due_from(Bound::Excluded(all[1].key.as_slice()))
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rest, all[2..]);
+    assert!(all.iter().all(|e| e.webhook.as_ref() == Some(&w.id)));
+    assert!(storage.queue_contains(&all[0].key).unwrap());
+    // Writes are reported by their earliest due time, once.
+    let _ = storage.take_written_due();
+    let e = event("q-late", None);
+    insert(&storage, &e, &[pending(&w, &e, 500)]).await;
+    assert_eq!(storage.take_written_due(), Some(Millis(500)));
+    assert_eq!(storage.take_written_due(), None);
+}
+
+async fn a_new_state_moves_the_queue_entry_and_a_final_one_removes_it(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    let w = webhook();
+    let e = event("moving", None);
+    let mut d = pending(&w, &e, 1_000);
+    insert(&storage, &e, std::slice::from_ref(&d)).await;
+    d.next_attempt_at = Some(Millis(9_000));
+    d.rounds = 1;
+    storage.update_delivery(&d, Some(Millis(1_000))).unwrap();
+    assert_eq!(due_entries(&storage), vec![(Millis(9_000), d.id.clone())]);
+    d.status = DeliveryStatus::Delivered;
+    d.next_attempt_at = None;
+    storage.update_delivery(&d, Some(Millis(9_000))).unwrap();
+    assert!(due_entries(&storage).is_empty());
+    assert_eq!(
+        storage.delivery(&d.id).unwrap().unwrap().status,
+        DeliveryStatus::Delivered
+    );
+}
+
+async fn claims_are_exclusive_until_they_lapse_and_finish_only_while_held(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    let w = webhook();
+    let e = event("claimed", None);
+    let d = pending(&w, &e, 1_000);
+    insert(&storage, &e, std::slice::from_ref(&d)).await;
+    let (a, b) = (1, 2);
+    let (first, read) = storage
+        .claim(&d.id, Millis(1_000), a, Millis(61_000), Millis(1_000))
+        .unwrap()
+        .expect("a due delivery can be claimed");
+    assert_eq!(read, d);
+    // Exclusive while it runs; the holder itself may claim again.
+    assert!(claim(&storage, &d, b, 2_000).is_none());
+    assert!(claim(&storage, &d, b, 60_999).is_none());
+    let first = {
+        let again = storage
+            .claim(&d.id, Millis(1_000), a, Millis(61_000), Millis(2_000))
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(again.holder, first.holder);
+        again
+    };
+    // Lapsed: another holder takes it, and the first one's result is not written.
+    let second = claim(&storage, &d, b, 61_000).expect("a lapsed claim frees the delivery");
+    let mut late = d.clone();
+    late.status = DeliveryStatus::Delivered;
+    late.next_attempt_at = None;
+    assert!(!storage.finish(&first, &late, false).unwrap());
+    assert_eq!(storage.delivery(&d.id).unwrap().as_ref(), Some(&d));
+    // The holder in force finishes: written, the entry moved, the claim over.
+    let mut done = d.clone();
+    done.next_attempt_at = Some(Millis(70_000));
+    done.rounds = 1;
+    assert!(
+        storage.finish(&second, &done, true).unwrap(),
+        "a save midway"
+    );
+    assert!(storage.finish(&second, &done, false).unwrap());
+    assert_eq!(due_entries(&storage), vec![(Millis(70_000), d.id.clone())]);
+    assert!(
+        !storage.finish(&second, &done, false).unwrap(),
+        "finished once"
+    );
+    let third = claim(&storage, &done, a, 70_000).expect("due again, free to claim");
+    assert_eq!(third.due, Millis(70_000));
+}
+
+async fn a_stale_entry_cannot_be_claimed_and_is_dropped(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    let w = webhook();
+    let e = event("stale", None);
+    let mut d = pending(&w, &e, 1_000);
+    insert(&storage, &e, std::slice::from_ref(&d)).await;
+    // Moved to 4 s, with the entry at 1 s left behind (as a crash between writes leaves it).
+    d.next_attempt_at = Some(Millis(4_000));
+    storage.update_delivery(&d, None).unwrap();
+    assert_eq!(due_entries(&storage).len(), 2);
+    let stale = storage
+        .claim(&d.id, Millis(1_000), 1, Millis(9_000), Millis(1_000))
+        .unwrap();
+    assert!(stale.is_none());
+    assert_eq!(due_entries(&storage), vec![(Millis(4_000), d.id.clone())]);
+    // A finished delivery cannot be claimed either; a missing one neither.
+    d.status = DeliveryStatus::Failed;
+    storage.update_delivery(&d, None).unwrap();
+    assert!(claim(&storage, &d, 1, 4_000).is_none());
+    let missing = DeliveryId::generate();
+    assert!(storage
+        .claim(&missing, Millis(1), 1, Millis(9), Millis(1))
+        .unwrap()
+        .is_none());
+}
+
+async fn a_debounced_delivery_takes_newer_events_until_closed(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    let w = webhook();
+    let of = |e: &Event, due: i64, entity: &str| {
+        let mut d = pending(&w, e, due);
+        d.entity = Some(entity.into());
+        d
+    };
+    let (e1, e2, e3, e4) = (
+        event("d1", None),
+        event("d2", None),
+        event("d3", None),
+        event("d4", None),
+    );
+    let first = of(&e1, 1_000, "sku-1");
+    insert(&storage, &e1, std::slice::from_ref(&first)).await;
+    // A newer event of the entity: carried by the waiting delivery, due at its own time.
+    assert_eq!(
+        insert(&storage, &e2, &[of(&e2, 5_000, "sku-1")]).await,
+        Inserted::New(vec![first.id.clone()])
+    );
+    let waiting = storage.delivery(&first.id).unwrap().unwrap();
+    assert_eq!(waiting.event_id, e2.id);
+    assert_eq!(
+        due_entries(&storage),
+        vec![(Millis(5_000), first.id.clone())]
+    );
+    // Claimed and closed as it was read; closing as an older read is refused.
+    let claim = claim(&storage, &waiting, 1, 5_000).unwrap();
+    assert!(!storage.close(&claim, &first).unwrap());
+    let claim = self::claim(&storage, &waiting, 1, 5_000).unwrap();
+    assert!(storage.close(&claim, &waiting).unwrap());
+    // Closed: a newer event gets a delivery of its own; another entity always does.
+    let third = of(&e3, 6_000, "sku-1");
+    assert_eq!(
+        insert(&storage, &e3, std::slice::from_ref(&third)).await,
+        Inserted::New(vec![third.id.clone()])
+    );
+    let other = of(&e4, 6_000, "sku-2");
+    assert_eq!(
+        insert(&storage, &e4, std::slice::from_ref(&other)).await,
+        Inserted::New(vec![other.id.clone()])
+    );
+}
+
+async fn a_batch_takes_events_until_closed_or_full(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    let w = webhook();
+    let of = |e: &Event| {
+        let mut d = pending(&w, e, 1_000);
+        d.batch_limit = 2;
+        d.batch_events = vec![e.id.clone()];
+        d
+    };
+    let events: Vec<Event> = (0..4).map(|i| event(&format!("b{i}"), None)).collect();
+    let first = of(&events[0]);
+    insert(&storage, &events[0], std::slice::from_ref(&first)).await;
+    assert_eq!(
+        insert(&storage, &events[1], &[of(&events[1])]).await,
+        Inserted::New(vec![first.id.clone()])
+    );
+    let batch = storage.delivery(&first.id).unwrap().unwrap();
+    assert_eq!(
+        batch.batch_events,
+        vec![events[0].id.clone(), events[1].id.clone()]
+    );
+    // Full: the next event starts a batch of its own, which closing then ends.
+    let next = of(&events[2]);
+    assert_eq!(
+        insert(&storage, &events[2], std::slice::from_ref(&next)).await,
+        Inserted::New(vec![next.id.clone()])
+    );
+    let claim = claim(&storage, &next, 1, 1_000).unwrap();
+    assert!(storage.close(&claim, &next).unwrap());
+    let last = of(&events[3]);
+    assert_eq!(
+        insert(&storage, &events[3], std::slice::from_ref(&last)).await,
+        Inserted::New(vec![last.id.clone()])
+    );
+}
+
+async fn in_order_deliveries_wait_for_the_first_in_line(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    let w = webhook();
+    let of = |e: &Event, entity: &str| {
+        let mut d = pending(&w, e, 1_000);
+        d.entity = Some(entity.into());
+        d.in_order = true;
+        d
+    };
+    let (e1, e2, e3) = (event("f1", None), event("f2", None), event("f3", None));
+    let mut first = of(&e1, "sku-1");
+    let second = of(&e2, "sku-1");
+    let elsewhere = of(&e3, "sku-2");
+    for (e, d) in [(&e1, &first), (&e2, &second), (&e3, &elsewhere)] {
+        // In order: never merged, each its own delivery.
+        assert_eq!(
+            insert(&storage, e, std::slice::from_ref(d)).await,
+            Inserted::New(vec![d.id.clone()])
+        );
+    }
+    assert_eq!(
+        storage.first_in_line(&second).unwrap(),
+        Some(first.id.clone())
+    );
+    assert_eq!(
+        storage.first_in_line(&elsewhere).unwrap(),
+        Some(elsewhere.id.clone())
+    );
+    // Once the first is finished, the second is first in line.
+    first.status = DeliveryStatus::Delivered;
+    first.next_attempt_at = None;
+    storage
+        .update_delivery(&first, Some(Millis(1_000)))
+        .unwrap();
+    assert_eq!(
+        storage.first_in_line(&second).unwrap(),
+        Some(second.id.clone())
+    );
+    // A delivery that is not in order has no line.
+    assert_eq!(storage.first_in_line(&pending(&w, &e1, 1)).unwrap(), None);
+}
+
+async fn definitions_state_and_secrets_read_back(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let w = webhook();
+    let secret = {
+        let storage = opener.open(dir.path());
+        storage.put_webhook(&w).unwrap();
+        assert_eq!(storage.webhook(&w.id).unwrap().as_ref(), Some(&w));
+        storage
+            .state_apply(&w.id, &[("k".into(), Some(b"v".to_vec()))])
+            .unwrap();
+        let secret = storage.host_secret("conformance").unwrap();
+        assert_eq!(storage.host_secret("conformance").unwrap(), secret);
+        assert_ne!(storage.host_secret("other").unwrap(), secret);
+        storage.flush().unwrap();
+        secret
+    };
+    let storage = opener.open(dir.path());
+    assert_eq!(storage.webhooks().unwrap(), vec![w.clone()]);
+    assert_eq!(storage.state_get(&w.id, "k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(storage.state_size(&w.id).unwrap(), 2);
+    assert_eq!(storage.host_secret("conformance").unwrap(), secret);
+    storage.state_apply(&w.id, &[("k".into(), None)]).unwrap();
+    assert_eq!(storage.state_get(&w.id, "k").unwrap(), None);
+    storage.delete_webhook(&w.id).unwrap();
+    assert!(storage.webhook(&w.id).unwrap().is_none());
+}

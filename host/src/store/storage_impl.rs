@@ -1,0 +1,226 @@
+//! The storage traits on the sled store: each call is the store's own method, with its error
+//! turned into the engine-neutral [`StorageError`]; claims are kept in memory ([`Claims`]).
+//!
+//! [`Claims`]: super::claims::Claims
+
+use std::ops::Bound;
+
+use crate::model::{
+    ApiKey, ApiKeyId, Connection, ConnectionId, Delivery, DeliveryId, Event, EventId, Millis,
+    ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
+};
+use crate::storage::{
+    Capacity, Catalog, Claim, Deliveries, Inserted, LowSpace, PluginStates, QueueEntry, Scanned,
+    SpaceStatus, StorageError, StorageFuture,
+};
+
+use super::{Store, StoreError};
+
+impl From<StoreError> for StorageError {
+    fn from(error: StoreError) -> Self {
+        let out_of_space = error.is_out_of_space();
+        if error.is_unavailable() {
+            StorageError::Unavailable {
+                source: Box::new(error),
+                out_of_space,
+            }
+        } else {
+            StorageError::Record {
+                source: Box::new(error),
+            }
+        }
+    }
+}
+
+impl Catalog for Store {
+    fn put_module(&self, info: &ModuleInfo, bytes: &[u8]) -> Result<(), StorageError> {
+        Ok(Store::put_module(self, info, bytes)?)
+    }
+    fn delete_module(&self, id: &ModuleId) -> Result<(), StorageError> {
+        Ok(Store::delete_module(self, id)?)
+    }
+    fn module_info(&self, id: &ModuleId) -> Result<Option<ModuleInfo>, StorageError> {
+        Ok(Store::module_info(self, id)?)
+    }
+    fn module_bytes(&self, id: &ModuleId) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(Store::module_bytes(self, id)?.map(|bytes| bytes.to_vec()))
+    }
+    fn modules(&self) -> Result<Vec<ModuleInfo>, StorageError> {
+        Ok(Store::modules(self)?)
+    }
+    fn put_webhook(&self, webhook: &Webhook) -> Result<(), StorageError> {
+        Ok(Store::put_webhook(self, webhook)?)
+    }
+    fn delete_webhook(&self, id: &WebhookId) -> Result<(), StorageError> {
+        Ok(Store::delete_webhook(self, id)?)
+    }
+    fn webhook(&self, id: &WebhookId) -> Result<Option<Webhook>, StorageError> {
+        Ok(Store::webhook(self, id)?)
+    }
+    fn webhooks(&self) -> Result<Vec<Webhook>, StorageError> {
+        Ok(Store::webhooks(self)?)
+    }
+    fn put_connection(&self, connection: &Connection) -> Result<(), StorageError> {
+        Ok(Store::put_connection(self, connection)?)
+    }
+    fn delete_connection(&self, id: &ConnectionId) -> Result<(), StorageError> {
+        Ok(Store::delete_connection(self, id)?)
+    }
+    fn connections(&self) -> Result<Vec<Connection>, StorageError> {
+        Ok(Store::connections(self)?)
+    }
+    fn put_api_key(&self, key: &ApiKey) -> Result<(), StorageError> {
+        Ok(Store::put_api_key(self, key)?)
+    }
+    fn api_key(&self, id: &ApiKeyId) -> Result<Option<ApiKey>, StorageError> {
+        Ok(Store::api_key(self, id)?)
+    }
+    fn api_keys(&self) -> Result<Vec<ApiKey>, StorageError> {
+        Ok(Store::api_keys(self)?)
+    }
+    fn signing_keys(&self, id: &WebhookId) -> Result<Option<SigningKeys>, StorageError> {
+        Ok(Store::signing_keys(self, id)?)
+    }
+    fn put_signing_keys(&self, id: &WebhookId, keys: &SigningKeys) -> Result<(), StorageError> {
+        Ok(Store::put_signing_keys(self, id, keys)?)
+    }
+}
+
+impl Deliveries for Store {
+    fn insert_and_commit(
+        &self,
+        items: Vec<(Event, Vec<Delivery>)>,
+    ) -> StorageFuture<'_, Vec<Inserted>> {
+        Box::pin(async move { Ok(Store::insert_and_commit(self, items).await?) })
+    }
+
+    fn event(&self, tenant: Option<&str>, id: &EventId) -> Result<Option<Event>, StorageError> {
+        Ok(Store::event(self, tenant, id)?)
+    }
+
+    fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StorageError> {
+        Ok(Store::delivery(self, id)?)
+    }
+
+    fn scan_deliveries(
+        &self,
+        descending: bool,
+        keep: &mut dyn FnMut(&Delivery) -> bool,
+        limit: usize,
+    ) -> Result<Scanned, StorageError> {
+        Ok(Store::scan_deliveries(self, descending, keep, limit)?)
+    }
+
+    fn claim(
+        &self,
+        id: &DeliveryId,
+        due: Millis,
+        holder: u64,
+        until: Millis,
+        now: Millis,
+    ) -> Result<Option<(Claim, Delivery)>, StorageError> {
+        let current = Store::delivery(self, id)?;
+        let Some(delivery) =
+            current.filter(|d| !d.status.is_final() && d.next_attempt_at == Some(due))
+        else {
+            // The entry at `due` is stale: the delivery is gone, finished or due at another
+            // time (where its own entry is).
+            Store::remove_queue_entry(self, due, id)?;
+            return Ok(None);
+        };
+        let claim = Claim {
+            id: id.clone(),
+            due,
+            holder,
+            until,
+        };
+        Ok(self.claims.take(claim, now).map(|claim| (claim, delivery)))
+    }
+
+    fn close(&self, claim: &Claim, read: &Delivery) -> Result<bool, StorageError> {
+        let closed = Store::close_collecting(self, read, claim.due)?;
+        if !closed {
+            self.claims.end(claim);
+        }
+        Ok(closed)
+    }
+
+    fn finish(&self, claim: &Claim, delivery: &Delivery, keep: bool) -> Result<bool, StorageError> {
+        let old_due = if keep { None } else { Some(claim.due) };
+        match self.claims.while_held(claim, keep, || {
+            Store::update_delivery(self, delivery, old_due)
+        }) {
+            Some(written) => written.map(|()| true).map_err(StorageError::from),
+            None => Ok(false),
+        }
+    }
+
+    fn update_delivery(
+        &self,
+        delivery: &Delivery,
+        old_due: Option<Millis>,
+    ) -> Result<(), StorageError> {
+        Ok(Store::update_delivery(self, delivery, old_due)?)
+    }
+
+    fn first_in_line(&self, delivery: &Delivery) -> Result<Option<DeliveryId>, StorageError> {
+        Ok(Store::first_in_line(self, delivery)?)
+    }
+
+    fn due_from<'a>(
+        &'a self,
+        from: Bound<&[u8]>,
+    ) -> Box<dyn Iterator<Item = Result<QueueEntry, StorageError>> + 'a> {
+        Box::new(Store::due_from(self, from).map(|entry| entry.map_err(StorageError::from)))
+    }
+
+    fn queue_contains(&self, key: &[u8]) -> Result<bool, StorageError> {
+        Ok(Store::queue_contains(self, key)?)
+    }
+
+    fn take_written_due(&self) -> Option<Millis> {
+        Store::take_written_due(self)
+    }
+
+    fn remove_queue_entry(&self, due: Millis, id: &DeliveryId) -> Result<(), StorageError> {
+        Ok(Store::remove_queue_entry(self, due, id)?)
+    }
+
+    fn queue_len(&self) -> usize {
+        Store::queue_len(self)
+    }
+}
+
+impl PluginStates for Store {
+    fn state_get(&self, webhook: &WebhookId, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(Store::state_get(self, webhook, key)?)
+    }
+    fn state_size(&self, webhook: &WebhookId) -> Result<usize, StorageError> {
+        Ok(Store::state_size(self, webhook)?)
+    }
+    fn state_apply(
+        &self,
+        webhook: &WebhookId,
+        changes: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(), StorageError> {
+        Ok(Store::state_apply(self, webhook, changes)?)
+    }
+}
+
+impl Capacity for Store {
+    fn host_secret(&self, name: &str) -> Result<[u8; 32], StorageError> {
+        Ok(Store::host_secret(self, name)?)
+    }
+    fn admit(&self) -> Result<(), LowSpace> {
+        self.space().admit()
+    }
+    fn space_status(&self) -> SpaceStatus {
+        self.space().status()
+    }
+    fn commit(&self) -> StorageFuture<'_, ()> {
+        Box::pin(async move { Ok(Store::commit(self).await?) })
+    }
+    fn flush(&self) -> Result<(), StorageError> {
+        Ok(Store::flush(self)?)
+    }
+}
