@@ -12,6 +12,7 @@ mod error;
 mod ingest;
 mod keys;
 pub mod listing;
+mod outcome;
 mod registry;
 mod replay;
 pub mod request;

@@ -17,13 +17,67 @@ use crate::model::{Connection, ConnectionAuth, Method, OutboundRequest};
 
 pub use guard::{Guard, Refused};
 
+/// Why a request got no usable response. The texts are what an attempt records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The request would take a connection's credentials outside its base URL.
+    #[error("not sent: {0}")]
+    OutsideConnection(String),
+    /// The connection's CA certificate does not load.
+    #[error("connection ca_certificate {0}")]
+    CaCertificate(String),
+    /// The URL does not parse.
+    #[error("invalid url `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The SSRF guard refused the destination.
+    #[error("{0}")]
+    Refused(Refused),
+    /// No response within the timeout. `detail` starts with `: ` when there is one.
+    #[error("timed out{detail}")]
+    TimedOut {
+        /// The error chain underneath.
+        detail: String,
+    },
+    /// The connection could not be made.
+    #[error("connection failed{detail}")]
+    ConnectFailed {
+        /// The error chain underneath.
+        detail: String,
+    },
+    /// Any other failure of the request.
+    #[error("request failed{detail}")]
+    RequestFailed {
+        /// The error chain underneath.
+        detail: String,
+    },
+    /// The status came, and the body broke off.
+    #[error("reading response body: {0}")]
+    ReadingBody(Box<TransportError>),
+}
+
+impl TransportError {
+    /// Whether the receiver was too slow to answer (headers or body): a sign of overload.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            TransportError::TimedOut { .. } => true,
+            TransportError::ReadingBody(inner) => inner.is_timeout(),
+            _ => false,
+        }
+    }
+}
+
 /// What came back from one request.
 #[derive(Debug, Clone)]
 pub struct SendResult {
     /// Status, when a response came.
     pub status: Option<u16>,
-    /// Transport error, when none came.
-    pub error: Option<String>,
+    /// Transport error, when none came (or the body broke off).
+    pub error: Option<TransportError>,
     /// Response headers (lower-case names).
     pub headers: Vec<(String, String)>,
     /// Response body, cut to the limit.
@@ -117,7 +171,7 @@ impl Sender {
     ) -> SendResult {
         let started = Instant::now();
         let auth = connection.map(|c| &c.auth);
-        let failed = |error: String| SendResult {
+        let failed = |error: TransportError| SendResult {
             status: None,
             error: Some(error),
             headers: Vec::new(),
@@ -127,11 +181,11 @@ impl Sender {
         // A connection's credentials and CAs serve only its own base URL, whatever a stored
         // request says (it may predate a change of the base).
         if let Some(Err(refused)) = connection.map(|c| c.covers(&request.url)) {
-            return failed(format!("not sent: {refused}"));
+            return failed(TransportError::OutsideConnection(refused.to_string()));
         }
         let client = match self.client_for(connection.and_then(|c| c.ca_certificate.as_deref())) {
             Ok(client) => client,
-            Err(e) => return failed(format!("connection ca_certificate {e}")),
+            Err(e) => return failed(TransportError::CaCertificate(e.to_string())),
         };
         let method = match request.method {
             Method::Get => reqwest::Method::GET,
@@ -149,7 +203,12 @@ impl Sender {
         // Parsed once: the guard checks the same `Url` reqwest sends to.
         let mut url = match url::Url::parse(&request.url) {
             Ok(url) => url,
-            Err(e) => return failed(format!("invalid url `{}`: {e}", request.url)),
+            Err(e) => {
+                return failed(TransportError::InvalidUrl {
+                    url: request.url.clone(),
+                    reason: e.to_string(),
+                })
+            }
         };
         let mut auth_header: Option<(String, String)> = None;
         match auth {
@@ -170,7 +229,7 @@ impl Sender {
             }
         }
         if let Err(refused) = self.guard.check_url(&url) {
-            return failed(refused.to_string());
+            return failed(TransportError::Refused(refused));
         }
         let mut builder = client.request(method, url);
         if let Some(timeout) = timeout {
@@ -224,7 +283,7 @@ impl Sender {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    error = Some(format!("reading response body: {}", describe(&e)));
+                    error = Some(TransportError::ReadingBody(Box::new(describe(&e))));
                     break;
                 }
             }
@@ -256,28 +315,27 @@ fn client_builder(
         .user_agent(concat!("wasmhooks/", env!("CARGO_PKG_VERSION")))
 }
 
-fn describe(err: &reqwest::Error) -> String {
+fn describe(err: &reqwest::Error) -> TransportError {
     // A refusal by the guard says everything; the layers around it add nothing.
     let mut source = std::error::Error::source(err);
     while let Some(inner) = source {
         if let Some(refused) = inner.downcast_ref::<Refused>() {
-            return refused.to_string();
+            return TransportError::Refused(refused.clone());
         }
         source = inner.source();
     }
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut text = kind.to_string();
+    let mut detail = String::new();
     let mut source = std::error::Error::source(err);
     while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
+        detail.push_str(": ");
+        detail.push_str(&inner.to_string());
         source = inner.source();
     }
-    text
+    if err.is_timeout() {
+        TransportError::TimedOut { detail }
+    } else if err.is_connect() {
+        TransportError::ConnectFailed { detail }
+    } else {
+        TransportError::RequestFailed { detail }
+    }
 }

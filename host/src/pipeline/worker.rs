@@ -17,8 +17,9 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
+use super::outcome::{self, RetryRules, Round, RoundFacts};
 use super::staging::{Endpoint, QueueView};
-use super::{endpoints, request, retry, to_wit_event, Pipeline};
+use super::{endpoints, request, to_wit_event, Pipeline};
 use crate::model::{
     Attempt, AttemptOutcome, Delivery, DeliveryId, DeliveryStatus, EventId, LogLine, Millis,
     OutboundRequest, ResponsePath, Webhook, WebhookId,
@@ -207,7 +208,7 @@ impl Pipeline {
         };
         delivery.updated_at = now;
         let Some(webhook) = self.webhook_cached(&delivery.webhook_id) else {
-            finish(
+            outcome::end(
                 &mut delivery,
                 DeliveryStatus::Failed,
                 "the webhook was deleted".into(),
@@ -306,39 +307,17 @@ impl Pipeline {
     /// failure starts one; 410 Gone, or a delivery dying after failing for longer than
     /// `auto_disable_after`, disables the webhook and emits `webhook.disabled`.
     async fn after_round(&self, webhook: &Webhook, delivery: &Delivery, round: &Round) {
-        let now = self.now();
         let limit = self.config.delivery.auto_disable_after;
-        let disable = if round.gone {
-            Some("the receiver answered 410 Gone".to_string())
-        } else {
-            let streak = if round.any_success {
-                None
-            } else {
-                webhook.failing_since
-            };
-            streak
-                .filter(|since| {
-                    delivery.status == DeliveryStatus::Dead
-                        && now.as_i64() - since.as_i64() >= limit.as_millis() as i64
-                })
-                .map(|since| format!("every delivery has failed since {since}"))
-        };
+        let change = outcome::after_round(webhook, delivery, round, limit, self.now());
         // The common case changes nothing: skip the webhook lock and copy.
-        let streak_unchanged = if round.any_success {
-            webhook.failing_since.is_none()
-        } else {
-            !round.any_failure || webhook.failing_since.is_some()
-        };
-        if disable.is_none() && streak_unchanged {
+        if change.is_none() {
             return;
         }
         let result = self.change_webhook(&webhook.id, |w| {
-            if round.any_success {
-                w.failing_since = None;
-            } else if round.any_failure && w.failing_since.is_none() {
-                w.failing_since = Some(now);
+            if let Some(failing_since) = change.failing_since {
+                w.failing_since = failing_since;
             }
-            if let Some(reason) = &disable {
+            if let Some(reason) = &change.disable {
                 if w.enabled {
                     w.enabled = false;
                     w.disabled_reason = Some(reason.clone());
@@ -475,7 +454,7 @@ impl Pipeline {
         let call = if delivery.batch_events.is_empty() {
             let tenant = delivery.events_tenant();
             let Some(event) = self.store.event(tenant, &delivery.event_id)? else {
-                finish(
+                outcome::end(
                     delivery,
                     DeliveryStatus::Failed,
                     "the event is missing".into(),
@@ -487,7 +466,7 @@ impl Pipeline {
             let mut events = Vec::with_capacity(delivery.batch_events.len());
             for id in &delivery.batch_events {
                 let Some(event) = self.store.event(delivery.events_tenant(), id)? else {
-                    finish(
+                    outcome::end(
                         delivery,
                         DeliveryStatus::Failed,
                         format!("event {id} of the batch is missing"),
@@ -502,7 +481,7 @@ impl Pipeline {
         let plugin = match self.plugin(module) {
             Ok(plugin) => plugin,
             Err(e) => {
-                finish(
+                outcome::end(
                     delivery,
                     DeliveryStatus::Failed,
                     format!("loading module {module}: {e}"),
@@ -520,11 +499,11 @@ impl Pipeline {
         delivery.logs = evaluation.logs;
         match evaluation.result {
             Err(e) => {
-                finish(delivery, DeliveryStatus::Failed, e.to_string());
+                outcome::end(delivery, DeliveryStatus::Failed, e.to_string());
                 Ok(None)
             }
             Ok(Answer::Verdict(_)) => {
-                finish(
+                outcome::end(
                     delivery,
                     DeliveryStatus::Failed,
                     "plugin answered a verdict to an event".into(),
@@ -554,7 +533,7 @@ impl Pipeline {
                 match built {
                     Ok(built) => Ok(Some((built, wrote_state))),
                     Err(e) => {
-                        finish(delivery, DeliveryStatus::Failed, e);
+                        outcome::end(delivery, DeliveryStatus::Failed, e);
                         Ok(None)
                     }
                 }
@@ -582,9 +561,7 @@ impl Pipeline {
     /// Sends every request not yet accepted and decides the delivery's next state.
     async fn send_round(&self, webhook: &Webhook, delivery: &mut Delivery) -> Round {
         let mut report = Round::default();
-        // The longest wait a failing receiver asked for, and whether it asked to slow down.
-        let mut retry_after: Option<Duration> = None;
-        let mut slow_down = false;
+        let mut facts = RoundFacts::default();
         delivery.rounds += 1;
         let round = delivery.rounds;
         let hook = self
@@ -598,56 +575,17 @@ impl Pipeline {
             .and_then(|r| r.path.as_deref())
             .and_then(|p| ResponsePath::parse(p).ok());
         let mut requests = delivery.requests.take().unwrap_or_default();
-        let mut failed_for_good = None;
-        let mut last_failure = None;
         for (index, request) in requests.iter_mut().enumerate() {
             if request.delivered {
                 continue;
             }
             let started_at = self.now();
-            let timestamp = (started_at.as_i64() / 1000).to_string();
-            let connection = request
-                .connection_id
-                .as_ref()
-                .and_then(|id| self.connection_cached(id));
-            let message_id = request
-                .headers
-                .iter()
-                .find(|(name, _)| name == "webhook-id")
-                .map_or("", |(_, value)| value.as_str());
-            let signature = self.signature(
-                webhook,
-                connection.as_deref(),
-                message_id,
-                started_at.as_i64() / 1000,
-                &request.body,
-            );
-            let mut extra = vec![("webhook-timestamp", timestamp.as_str())];
-            if let Some(signature) = &signature {
-                extra.push(("webhook-signature", signature.as_str()));
-            }
-            let result = self
-                .sender
-                .send(request, &extra, connection.as_deref(), webhook.timeout)
-                .await;
-            let mut outcome = match result.status {
-                Some(s) if webhook.is_success(s) && result.error.is_none() => {
-                    AttemptOutcome::Success
-                }
-                _ => AttemptOutcome::Retry,
-            };
-            let mut note = match (result.status, &result.error) {
-                (_, Some(e)) => e.clone(),
-                (Some(s), None) => format!("receiver answered {s}"),
-                (None, None) => "no response".into(),
-            };
-            if result.status == Some(410) && outcome != AttemptOutcome::Success {
-                // Gone: the receiver asks us to stop (Standard Webhooks).
-                outcome = AttemptOutcome::Fail;
-                note = "receiver answered 410 Gone; the webhook was disabled".into();
-                report.gone = true;
-            }
-            let mut hook_set_value = false;
+            let result = self.send_signed(webhook, request, started_at).await;
+            let mut judged = outcome::judge(result.status, result.error.as_ref(), |s| {
+                webhook.is_success(s)
+            });
+            report.gone |= judged.gone;
+            let mut hook_value = None;
             if let (Some(plugin), Some(status)) = (&hook, result.status) {
                 let response = wit::Response {
                     request_index: index as u32,
@@ -661,32 +599,12 @@ impl Pipeline {
                     .await;
                 self.keep_state(webhook, &evaluation);
                 delivery.logs.extend(evaluation.logs);
-                match evaluation.result {
-                    Ok(Answer::Verdict(wit::Verdict::UseDefault)) => {}
-                    Ok(Answer::Verdict(wit::Verdict::Success(value))) => {
-                        outcome = AttemptOutcome::Success;
-                        hook_set_value = value.is_some();
-                        if value.is_some() {
-                            delivery.extracted_value = value;
-                        }
-                    }
-                    Ok(Answer::Verdict(wit::Verdict::Retry(why))) => {
-                        outcome = AttemptOutcome::Retry;
-                        note = format!("response hook asked to retry: {why}");
-                    }
-                    Ok(Answer::Verdict(wit::Verdict::Fail(why))) => {
-                        outcome = AttemptOutcome::Fail;
-                        note = format!("response hook failed the delivery: {why}");
-                    }
-                    Ok(Answer::Decision(_)) => {}
-                    Err(e) => {
-                        outcome = AttemptOutcome::Retry;
-                        note = format!("response hook: {e}");
-                    }
-                }
+                hook_value = outcome::apply_hook(&mut judged, &evaluation.result);
             }
-            if outcome == AttemptOutcome::Success && !hook_set_value {
-                if let Some(path) = response_path.as_ref() {
+            if judged.outcome == AttemptOutcome::Success {
+                if hook_value.is_some() {
+                    delivery.extracted_value = hook_value;
+                } else if let Some(path) = response_path.as_ref() {
                     match extract_value(path, &result.body) {
                         Ok(value) => delivery.extracted_value = Some(value),
                         Err(why) => delivery.logs.push(LogLine {
@@ -696,125 +614,88 @@ impl Pipeline {
                     }
                 }
             }
+            if judged.outcome == AttemptOutcome::Retry {
+                facts.signals.note(
+                    result.status,
+                    result.error.as_ref(),
+                    &result.headers,
+                    self.now(),
+                );
+            }
             delivery.attempts.push(Attempt {
                 number: round,
                 request_index: index as u32,
                 started_at,
                 duration_ms: result.duration.as_millis() as u64,
                 status: result.status,
-                error: result.error,
+                error: result.error.map(|e| e.to_string()),
                 response_headers: result.headers,
                 response_body: String::from_utf8_lossy(&result.body).into_owned(),
-                outcome,
+                outcome: judged.outcome,
             });
-            if outcome == AttemptOutcome::Retry {
-                let attempt = delivery.attempts.last().expect("just pushed");
-                if matches!(attempt.status, Some(429 | 502 | 503 | 504))
-                    || attempt
-                        .error
-                        .as_deref()
-                        .is_some_and(|e| e.starts_with("timed out"))
-                {
-                    slow_down = true;
-                }
-                if let Some(wait) = retry_after_of(&attempt.response_headers, self.now()) {
-                    retry_after = Some(retry_after.map_or(wait, |w| w.max(wait)));
-                }
-            }
-            match outcome {
+            match judged.outcome {
                 AttemptOutcome::Success => {
                     request.delivered = true;
                     report.any_success = true;
                 }
                 AttemptOutcome::Retry => {
-                    last_failure = Some(note);
+                    facts.last_failure = Some(judged.note);
                     report.any_failure = true;
                 }
                 AttemptOutcome::Fail => {
-                    failed_for_good = Some(note);
+                    facts.failed_for_good = Some(judged.note);
                     report.any_failure = true;
                 }
             }
         }
-        let all_delivered = requests.iter().all(|r| r.delivered);
+        facts.all_delivered = requests.iter().all(|r| r.delivered);
         delivery.requests = Some(requests);
-
-        let now = self.now();
-        if all_delivered {
-            delivery.status = DeliveryStatus::Delivered;
-            delivery.next_attempt_at = None;
-            delivery.error = None;
-        } else if let Some(why) = failed_for_good {
-            finish(delivery, DeliveryStatus::Failed, why);
-        } else {
-            let why = last_failure.unwrap_or_default();
-            let schedule = webhook
+        let delivery_config = &self.config.delivery;
+        let rules = RetryRules {
+            schedule: webhook
                 .retry_schedule
-                .as_ref()
-                .unwrap_or(&self.config.delivery.retry_schedule);
-            let delivery_config = &self.config.delivery;
-            let next = retry::next_delay(schedule, delivery_config.jitter, round + 1).map(|wait| {
-                let wait = if slow_down {
-                    wait.max(delivery_config.slow_down_wait)
-                } else {
-                    wait
-                };
-                match retry_after {
-                    Some(asked) => wait.max(asked.min(delivery_config.max_retry_after)),
-                    None => wait,
-                }
-            });
-            match next {
-                Some(wait) => {
-                    delivery.status = DeliveryStatus::Pending;
-                    delivery.next_attempt_at = Some(plus(now, wait));
-                    delivery.error = Some(why);
-                }
-                None => finish(
-                    delivery,
-                    DeliveryStatus::Dead,
-                    format!(
-                        "gave up after {round} attempt{}; last: {why}",
-                        if round == 1 { "" } else { "s" }
-                    ),
-                ),
-            }
-        }
-        delivery.updated_at = now;
+                .as_deref()
+                .unwrap_or(&delivery_config.retry_schedule),
+            jitter: delivery_config.jitter,
+            slow_down_wait: delivery_config.slow_down_wait,
+            max_retry_after: delivery_config.max_retry_after,
+        };
+        outcome::settle(delivery, facts, &rules, self.now());
         report
     }
-}
 
-/// What one send round showed about the receiver.
-#[derive(Debug, Default)]
-struct Round {
-    /// Some request was accepted.
-    any_success: bool,
-    /// Some request failed.
-    any_failure: bool,
-    /// The receiver answered 410 Gone.
-    gone: bool,
-}
-
-/// The wait a `Retry-After` header asks for: seconds, or an HTTP date.
-fn retry_after_of(headers: &[(String, String)], now: Millis) -> Option<Duration> {
-    let value = headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))?
-        .1
-        .trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    /// Sends one request with its Standard Webhooks timestamp and signature for `at`.
+    async fn send_signed(
+        &self,
+        webhook: &Webhook,
+        request: &OutboundRequest,
+        at: Millis,
+    ) -> crate::sender::SendResult {
+        let timestamp = (at.as_i64() / 1000).to_string();
+        let connection = request
+            .connection_id
+            .as_ref()
+            .and_then(|id| self.connection_cached(id));
+        let message_id = request
+            .headers
+            .iter()
+            .find(|(name, _)| name == "webhook-id")
+            .map_or("", |(_, value)| value.as_str());
+        let signature = self.signature(
+            webhook,
+            connection.as_deref(),
+            message_id,
+            at.as_i64() / 1000,
+            &request.body,
+        );
+        let mut extra = vec![("webhook-timestamp", timestamp.as_str())];
+        if let Some(signature) = &signature {
+            extra.push(("webhook-signature", signature.as_str()));
+        }
+        self.sender
+            .send(request, &extra, connection.as_deref(), webhook.timeout)
+            .await
     }
-    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
-    let ms = at.as_millisecond() - now.as_i64();
-    Some(Duration::from_millis(ms.max(0) as u64))
-}
-
-fn finish(delivery: &mut Delivery, status: DeliveryStatus, error: String) {
-    delivery.status = status;
-    delivery.error = Some(error);
-    delivery.next_attempt_at = None;
 }
 
 /// The kind of the follow-up event carrying a response value.
@@ -832,29 +713,4 @@ fn extract_value(path: &ResponsePath, body: &[u8]) -> Result<String, String> {
     })?;
     path.extract(&document)
         .ok_or_else(|| format!("`{}` is not in the response (or is null)", path.as_str()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_takes_seconds_and_http_dates() {
-        let header = |v: &str| vec![("Retry-After".to_string(), v.to_string())];
-        let now = Millis(1_445_412_480_000); // 2015-10-21T07:28:00Z
-        assert_eq!(
-            retry_after_of(&header("120"), now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            retry_after_of(&header("Wed, 21 Oct 2015 07:30:00 GMT"), now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            retry_after_of(&header("Wed, 21 Oct 2015 07:00:00 GMT"), now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(retry_after_of(&header("soon"), now), None);
-        assert_eq!(retry_after_of(&[], now), None);
-    }
 }
