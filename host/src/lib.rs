@@ -2,12 +2,18 @@
 //! component.
 //!
 //! # Layout
-//! Each layer imports only the layers below it:
-//! - [`cli`], `main.rs`: parse arguments, call the library.
-//! - [`api`]: REST routes and the one mapping from errors to JSON responses.
-//! - [`pipeline`]: ingest → router → scheduler → evaluation → sender → outcome.
-//! - [`runtime`] (the wasmtime sandbox), [`sender`] (HTTP), [`store`] (sled).
-//! - [`model`], [`config`], [`clock`]: domain types, settings, time.
+//! Each layer names only the layers below it (`layering.rs` checks every `crate::` path):
+//! - `host` ([`Host`]): opens the sled store and wires it under the pipeline; the
+//!   `wasmhooks` binary (`src/bin/wasmhooks`: the CLI, the demo, `plugin run`) uses only the
+//!   library's public API.
+//! - [`api`]: REST routes, the listener, and the one mapping from errors to JSON responses.
+//! - [`pipeline`]: ingest → routing → scheduling (`staging`) → evaluation → sending →
+//!   outcome (`outcome`: pure functions); beside it [`store`], the sled implementation of
+//!   the storage traits, which the pipeline never names.
+//! - [`runtime`] (the wasmtime sandbox), [`sender`] (HTTP, the SSRF guard), [`storage`] (the
+//!   storage traits, their contract and its conformance suite).
+//! - [`config`], [`clock`]: settings, time.
+//! - [`model`]: domain types; [`signature`]: Standard Webhooks signing.
 //!
 //! [`Host`] ties them together for embedding: open a data dir, register modules and
 //! webhooks, emit events, serve.

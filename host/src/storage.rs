@@ -2,7 +2,7 @@
 //! deliveries with the due queue, plugin state, the host's own secrets, and how much room is
 //! left. The pipeline works only through these; the `store` module implements them on sled,
 //! and a networked database can implement them for several hosts (the contract below says
-//! what any implementation must keep, and [`conformance`] checks it).
+//! what any implementation must keep, and the `conformance` test suite checks it).
 //!
 //! # The contract
 //! - **Acknowledged means durable.** When [`Deliveries::insert_and_commit`] returns, its

@@ -216,7 +216,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             {
                 let store = Store::open(dir.path(), test_sealer()).unwrap();
-                let encoded = super::super::encode_items(&items);
+                let encoded = super::super::ingest::encode_items(&items);
                 let result = insert_cut(&store.ingest, &items, &encoded, Some(cut));
                 assert_eq!(result.is_ok(), cut == all_writes, "cut after {cut} writes");
                 store.flush().unwrap();
@@ -258,7 +258,7 @@ mod tests {
         let e = event("evt_left");
         let ds = [delivery(&e, 5)];
         let items: Vec<(&Event, &[Delivery])> = vec![(&e, &ds)];
-        let encoded = super::super::encode_items(&items);
+        let encoded = super::super::ingest::encode_items(&items);
         // The event written, its delivery not: as after a failed round whose undo failed.
         assert!(insert_cut(&store.ingest, &items, &encoded, Some(2)).is_err());
         assert!(store.ingest.events.get(e.id.as_str()).unwrap().is_some());

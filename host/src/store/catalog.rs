@@ -1,0 +1,218 @@
+//! Definitions in the sled store: modules, webhooks, connections, API keys and signing
+//! secrets (credentials sealed at rest).
+
+use super::*;
+
+impl Store {
+    // ----- modules -----
+
+    /// Stores a module's bytes and description (overwriting the description).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_module(&self, info: &ModuleInfo, bytes: &[u8]) -> Result<(), StoreError> {
+        (&self.modules, &self.module_info).transaction(|(modules, infos)| {
+            modules.insert(info.id.as_str().as_bytes(), bytes)?;
+            infos.insert(info.id.as_str().as_bytes(), encode(info))?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// Deletes a module's bytes and description.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn delete_module(&self, id: &ModuleId) -> Result<(), StoreError> {
+        (&self.modules, &self.module_info).transaction(|(modules, infos)| {
+            modules.remove(id.as_str().as_bytes())?;
+            infos.remove(id.as_str().as_bytes())?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// A module's description.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn module_info(&self, id: &ModuleId) -> Result<Option<ModuleInfo>, StoreError> {
+        self.module_info
+            .get(id.as_str())?
+            .map(|v| decode("module_info", &v))
+            .transpose()
+    }
+
+    /// A module's component bytes.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn module_bytes(&self, id: &ModuleId) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.modules.get(id.as_str())?)
+    }
+
+    /// Every module's description, in id order.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn modules(&self) -> Result<Vec<ModuleInfo>, StoreError> {
+        self.module_info
+            .iter()
+            .values()
+            .map(|v| decode("module_info", &v?))
+            .collect()
+    }
+
+    // ----- webhooks -----
+
+    /// Stores a webhook (create or replace).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        // Sealed: its headers and plugin config may hold tokens.
+        let key = webhook.id.as_str().as_bytes();
+        let sealed = self
+            .sealer
+            .seal(&context("webhooks", key), &encode(webhook));
+        self.webhooks.insert(key, sealed)?;
+        Ok(())
+    }
+
+    /// Deletes a webhook and its plugin state.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn delete_webhook(&self, id: &WebhookId) -> Result<(), StoreError> {
+        self.webhooks.remove(id.as_str())?;
+        self.signing.remove(id.as_str())?;
+        let mut prefix = id.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        for key in self.plugin_state.scan_prefix(&prefix).keys() {
+            self.plugin_state.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// One webhook.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn webhook(&self, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
+        self.webhooks
+            .get(id.as_str())?
+            .map(|v| self.decode_sealed("webhooks", id.as_str().as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Every webhook, oldest first.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
+        self.webhooks
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                self.decode_sealed("webhooks", &key, &value)
+            })
+            .collect()
+    }
+
+    // ----- connections -----
+
+    /// Stores a connection (create or replace).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_connection(&self, connection: &Connection) -> Result<(), StoreError> {
+        let key = connection.id.as_str().as_bytes();
+        let sealed = self
+            .sealer
+            .seal(&context("connections", key), &encode(connection));
+        self.connections.insert(key, sealed)?;
+        Ok(())
+    }
+
+    /// Deletes a connection.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn delete_connection(&self, id: &ConnectionId) -> Result<(), StoreError> {
+        self.connections.remove(id.as_str())?;
+        Ok(())
+    }
+
+    /// Every connection, oldest first.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn connections(&self) -> Result<Vec<Connection>, StoreError> {
+        self.connections
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                self.decode_sealed("connections", &key, &value)
+            })
+            .collect()
+    }
+
+    // ----- API keys -----
+
+    /// Stores an API key (create or replace).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        self.api_keys.insert(key.id.as_str(), encode(key))?;
+        Ok(())
+    }
+
+    /// One API key.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn api_key(&self, id: &ApiKeyId) -> Result<Option<ApiKey>, StoreError> {
+        self.api_keys
+            .get(id.as_str())?
+            .map(|v| decode("api_keys", &v))
+            .transpose()
+    }
+
+    /// Every API key, oldest first.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        self.api_keys
+            .iter()
+            .values()
+            .map(|v| decode("api_keys", &v?))
+            .collect()
+    }
+
+    // ----- signing secrets -----
+
+    /// A webhook's signing secrets.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn signing_keys(&self, id: &WebhookId) -> Result<Option<SigningKeys>, StoreError> {
+        let key = id.as_str().as_bytes();
+        self.signing
+            .get(key)?
+            .map(|v| self.decode_sealed("signing", key, &v))
+            .transpose()
+    }
+
+    /// Stores a webhook's signing secrets.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_signing_keys(&self, id: &WebhookId, keys: &SigningKeys) -> Result<(), StoreError> {
+        let key = id.as_str().as_bytes();
+        let sealed = self.sealer.seal(&context("signing", key), &encode(keys));
+        self.signing.insert(key, sealed)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,348 @@
+//! Events, deliveries and the due queue in the sled store.
+
+use super::*;
+
+impl Store {
+    // ----- events and deliveries -----
+
+    /// Stores a new event and queues its deliveries, all or nothing; an event whose id is
+    /// already stored changes nothing. A delivery with an entity whose webhook already has a
+    /// replaceable delivery waiting for that entity is not added: the waiting one takes this
+    /// event and the new due time instead (debounce). Not durable until [`Store::commit`].
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn insert_event(
+        &self,
+        event: &Event,
+        deliveries: &[Delivery],
+    ) -> Result<Inserted, StoreError> {
+        let mut inserted = self.insert_events(&[(event, deliveries)])?;
+        Ok(inserted.pop().expect("one result per event"))
+    }
+
+    /// [`Store::insert_event`] for several events: all are stored or none (see
+    /// [`EventTrees::insert_events`]). Not durable until [`Store::commit`].
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn insert_events(
+        &self,
+        items: &[(&Event, &[Delivery])],
+    ) -> Result<Vec<Inserted>, StoreError> {
+        self.ingest.insert_events(items)
+    }
+
+    /// Stores events with their deliveries and makes them durable, as the events of one API
+    /// call: together with those of every other call waiting meanwhile, in one round and
+    /// one flush on the commit thread. A flush (and a sled transaction, which writes out
+    /// and syncs sled's current log buffer when it begins) per call cost more than the
+    /// call's writes; shared, many calls pay for one.
+    ///
+    /// # Errors
+    /// On storage failure (then none of the events is stored).
+    pub async fn insert_and_commit(
+        &self,
+        items: Vec<(Event, Vec<Delivery>)>,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        self.committer.insert(items).await
+    }
+
+    /// Before a collecting delivery (debounced, or a batch) is evaluated: checks that it is
+    /// still as the worker read it (due at `due`, the same events) and takes it out of the
+    /// debounce and batch indexes, so no newer event can change it any more. `false` means it
+    /// changed meanwhile.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn close_collecting(&self, read: &Delivery, due: Millis) -> Result<bool, StoreError> {
+        let id = &read.id;
+        let claimed = (
+            &self.ingest.deliveries,
+            &self.ingest.debounce,
+            &self.ingest.batches,
+        )
+            .transaction(|(dtree, debounce, batches)| {
+                let Some(raw) = dtree.get(id.as_str())? else {
+                    return Ok(false);
+                };
+                let current: Delivery = decode("deliveries", &raw).map_err(abort)?;
+                if current.next_attempt_at != Some(due)
+                    || current.event_id != read.event_id
+                    || current.batch_events != read.batch_events
+                    || !current.replaceable()
+                {
+                    return Ok(false);
+                }
+                if let Some(entity) = &current.entity {
+                    let index = debounce_key(&current, entity);
+                    if debounce.get(&index)?.as_deref() == Some(id.as_str().as_bytes()) {
+                        debounce.remove(index)?;
+                    }
+                }
+                let index = partition_key(&current);
+                if batches.get(&index)?.as_deref() == Some(id.as_str().as_bytes()) {
+                    batches.remove(index)?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(true)
+            })?;
+        Ok(claimed)
+    }
+
+    /// One event of `tenant` (or of none).
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn event(&self, tenant: Option<&str>, id: &EventId) -> Result<Option<Event>, StoreError> {
+        let key = event_key(tenant, id);
+        if let Some(event) = self.ingest.recent.get(&key) {
+            return Ok(Some(Event::clone(&event)));
+        }
+        if let Some(event) = self.stored_event(&key)? {
+            return Ok(Some(event));
+        }
+        // Events stored before ids were scoped per tenant are keyed by the id alone.
+        match tenant {
+            Some(tenant) => Ok(self
+                .stored_event(id.as_str())?
+                .filter(|e| e.tenant.as_deref() == Some(tenant))),
+            None => Ok(None),
+        }
+    }
+
+    fn stored_event(&self, key: &str) -> Result<Option<Event>, StoreError> {
+        self.ingest
+            .events
+            .get(key)?
+            .map(|v| {
+                codec::decode_event(&v).map_err(|source| StoreError::Corrupt {
+                    tree: "events",
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// One delivery.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError> {
+        if let Some(delivery) = self.ingest.recent_deliveries.get(id) {
+            return Ok(Some(delivery));
+        }
+        self.ingest
+            .deliveries
+            .get(id.as_str())?
+            .map(|v| decode("deliveries", &v))
+            .transpose()
+    }
+
+    /// Walks deliveries in id (creation) order — newest first when `descending` — keeping
+    /// those `keep` accepts, until `limit` are kept. A record that does not decode is logged,
+    /// named in [`Scanned::unreadable`] and passed over: one bad record never hides the rest.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn scan_deliveries(
+        &self,
+        descending: bool,
+        mut keep: impl FnMut(&Delivery) -> bool,
+        limit: usize,
+    ) -> Result<Scanned, StoreError> {
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
+            Box::new(self.ingest.deliveries.iter().rev())
+        } else {
+            Box::new(self.ingest.deliveries.iter())
+        };
+        let mut out = Scanned::default();
+        for item in iter {
+            let (key, value) = item?;
+            let delivery: Delivery = match decode("deliveries", &value) {
+                Ok(delivery) => delivery,
+                Err(e) => {
+                    let key = String::from_utf8_lossy(&key).into_owned();
+                    tracing::error!(delivery = %key, "unreadable delivery record passed over: {e}");
+                    if out.unreadable.len() < MAX_UNREADABLE_NAMED {
+                        out.unreadable.push(key);
+                    }
+                    continue;
+                }
+            };
+            if keep(&delivery) {
+                out.deliveries.push(delivery);
+                if out.deliveries.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a delivery's new state and moves its queue entry from `old_due` to its
+    /// `next_attempt_at` (removed when the delivery is final), in one transaction.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn update_delivery(
+        &self,
+        delivery: &Delivery,
+        old_due: Option<Millis>,
+    ) -> Result<(), StoreError> {
+        let bytes = encode(delivery);
+        let old_key = old_due.map(|due| queue_key(due, &delivery.id));
+        let new_key = match (delivery.status.is_final(), delivery.next_attempt_at) {
+            (false, Some(due)) => Some(queue_key(due, &delivery.id)),
+            _ => None,
+        };
+        let finished_in_line = fifo_key(delivery).filter(|_| delivery.status.is_final());
+        if finished_in_line.is_none() && delivery.entity.is_none() && delivery.batch_limit <= 1 {
+            // No other record to keep in step, and nothing else writes this delivery (no
+            // debounce or batch can replace its event): three plain writes, ordered so a crash
+            // between any two leaves it scheduled. The new queue entry first, then the record,
+            // then the old entry's removal: an entry whose due time the record does not name
+            // is dropped as stale when the scheduler meets it.
+            if let Some(key) = &new_key {
+                self.ingest
+                    .queue
+                    .insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
+            }
+            self.ingest
+                .deliveries
+                .insert(delivery.id.as_str().as_bytes(), bytes)?;
+            self.ingest.recent_deliveries.forget([&delivery.id]);
+            if let Some(key) = old_key.filter(|k| Some(k) != new_key.as_ref()) {
+                self.ingest.queue.remove(key)?;
+            }
+            if let Some(due) = new_key.as_ref().and(delivery.next_attempt_at) {
+                self.ingest.written.note(due);
+            }
+            return Ok(());
+        }
+        (
+            &self.ingest.deliveries,
+            &self.ingest.queue,
+            &self.ingest.fifo,
+        )
+            .transaction(|(dtree, queue, fifo)| {
+                dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
+                if let Some(line) = &finished_in_line {
+                    fifo.remove(line.as_slice())?;
+                }
+                if let Some(key) = &old_key {
+                    queue.remove(key.as_slice())?;
+                }
+                if let Some(key) = &new_key {
+                    queue.insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
+        self.ingest.recent_deliveries.forget([&delivery.id]);
+        if let Some(due) = new_key.as_ref().and(delivery.next_attempt_at) {
+            self.ingest.written.note(due);
+        }
+        Ok(())
+    }
+
+    /// For an in-order delivery: the first unfinished delivery of its webhook and entity
+    /// (itself when nothing earlier is unfinished).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn first_in_line(&self, delivery: &Delivery) -> Result<Option<DeliveryId>, StoreError> {
+        let Some(entity) = delivery.entity.as_deref().filter(|_| delivery.in_order) else {
+            return Ok(None);
+        };
+        let mut prefix = debounce_key(delivery, entity);
+        prefix.push(0);
+        let Some(first) = self.ingest.fifo.scan_prefix(&prefix).keys().next() else {
+            return Ok(None);
+        };
+        let first = first?;
+        Ok(std::str::from_utf8(&first[prefix.len()..])
+            .ok()
+            .and_then(|id| DeliveryId::parse(id).ok()))
+    }
+
+    /// Queue entries in due order, up to `limit`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn due_entries(&self, limit: usize) -> Result<Vec<(Millis, DeliveryId)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.ingest.queue.iter().keys().take(limit) {
+            let key = item?;
+            match parse_queue_key(&key) {
+                Some(entry) => out.push(entry),
+                None => {
+                    tracing::warn!(key = ?key, "dropping malformed queue key");
+                    self.ingest.queue.remove(key)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Queue entries from `from` on, in due order, lazily: due time, delivery, the webhook
+    /// (the entry's value, so the scheduler can apply per-endpoint limits without reading the
+    /// delivery) and the key, so a sweep can continue where the last one stopped. Malformed
+    /// keys are skipped.
+    pub fn due_from(
+        &self,
+        from: std::ops::Bound<&[u8]>,
+    ) -> impl Iterator<Item = Result<QueueEntry, StoreError>> + '_ {
+        use std::ops::Bound;
+        let start = match from {
+            Bound::Included(key) => Bound::Included(sled::IVec::from(key)),
+            Bound::Excluded(key) => Bound::Excluded(sled::IVec::from(key)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        self.ingest
+            .queue
+            .range::<sled::IVec, _>((start, Bound::Unbounded))
+            .filter_map(|item| match item {
+                Err(e) => Some(Err(StoreError::from(e))),
+                Ok((key, value)) => {
+                    let (due, id) = parse_queue_key(&key)?;
+                    let webhook = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|w| WebhookId::parse(w).ok());
+                    Some(Ok(QueueEntry {
+                        due,
+                        id,
+                        webhook,
+                        key: key.to_vec(),
+                    }))
+                }
+            })
+    }
+
+    /// Whether the queue holds `key`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn queue_contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.ingest.queue.contains_key(key)?)
+    }
+
+    /// The earliest due time among queue entries written since the last call (`None`: none
+    /// written). Each entry is noted after it is written, so a sweep of the queue from that
+    /// due time on finds every one.
+    pub fn take_written_due(&self) -> Option<Millis> {
+        self.ingest.written.take()
+    }
+
+    /// Removes a queue entry (for deliveries that vanished).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn remove_queue_entry(&self, due: Millis, id: &DeliveryId) -> Result<(), StoreError> {
+        self.ingest.queue.remove(queue_key(due, id))?;
+        Ok(())
+    }
+
+    /// Number of queue entries.
+    pub fn queue_len(&self) -> usize {
+        self.ingest.queue.len()
+    }
+}

@@ -1,0 +1,306 @@
+//! How events and their deliveries are written: the index keys that route a debounced,
+//! in-order or batched delivery, and the ingest round that stores a call's events
+//! together (a transaction when an index must change with them, ordered writes with an
+//! intent record otherwise).
+
+use super::*;
+
+/// The events tree's key of an event: its id, after its tenant and a zero byte when it has
+/// one. Event ids are unique per tenant: two tenants' events of the same id are two events.
+pub fn event_key(tenant: Option<&str>, id: &EventId) -> String {
+    match tenant {
+        None => id.as_str().to_string(),
+        Some(tenant) => format!("{tenant}\0{id}"),
+    }
+}
+
+/// The key of a webhook's index entries for one delivery: the webhook id, then, when the
+/// webhook takes several tenants' events, a 1 byte and the events' tenant. One tenant's
+/// events never join another's batch or replace another's waiting event.
+pub(super) fn partition_key(delivery: &Delivery) -> Vec<u8> {
+    let webhook = delivery.webhook_id.as_str();
+    let mut key = Vec::with_capacity(webhook.len() + 1);
+    key.extend_from_slice(webhook.as_bytes());
+    if let Some(tenant) = &delivery.event_tenant {
+        key.push(1);
+        key.extend_from_slice(tenant.as_bytes());
+    }
+    key
+}
+
+/// The key of the debounce index: the partition ([`partition_key`]), a zero byte, the
+/// entity.
+pub(super) fn debounce_key(delivery: &Delivery, entity: &str) -> Vec<u8> {
+    let mut key = partition_key(delivery);
+    key.push(0);
+    key.extend_from_slice(entity.as_bytes());
+    key
+}
+
+/// The key of an in-order delivery in the FIFO index: its entity's prefix (partition, zero,
+/// entity, zero) then its id, so one entity's unfinished deliveries sort by creation.
+pub(super) fn fifo_key(delivery: &Delivery) -> Option<Vec<u8>> {
+    let entity = delivery.entity.as_deref().filter(|_| delivery.in_order)?;
+    let mut key = debounce_key(delivery, entity);
+    key.push(0);
+    key.extend_from_slice(delivery.id.as_str().as_bytes());
+    Some(key)
+}
+
+pub(super) fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(err)
+}
+
+/// An event's record, and its deliveries' queue keys and records, encoded before the
+/// transaction (which may run more than once).
+pub(super) type EncodedEvent = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// The trees a transactional event insertion writes (some delivery is debounced, in order or
+/// batched; plain ones go through [`round`]).
+pub(super) struct IngestTrees<'a> {
+    events: &'a TransactionalTree,
+    dtree: &'a TransactionalTree,
+    queue: &'a TransactionalTree,
+    debounce: &'a TransactionalTree,
+    fifo: &'a TransactionalTree,
+    batches: &'a TransactionalTree,
+}
+
+/// Events' records, and their deliveries' queue keys and records.
+pub(super) fn encode_items(items: &[(&Event, &[Delivery])]) -> Vec<EncodedEvent> {
+    items
+        .iter()
+        .map(|(event, deliveries)| {
+            let deliveries = deliveries
+                .iter()
+                .map(|d| {
+                    let due = d.next_attempt_at.unwrap_or(d.created_at);
+                    (queue_key(due, &d.id), encode(d))
+                })
+                .collect();
+            (codec::encode_event(event), deliveries)
+        })
+        .collect()
+}
+
+/// One event of [`Store::insert_events`], inside its transaction.
+pub(super) fn insert_one(
+    trees: &IngestTrees<'_>,
+    event: &Event,
+    event_bytes: &[u8],
+    deliveries: &[Delivery],
+    encoded: &[(Vec<u8>, Vec<u8>)],
+) -> Result<Inserted, ConflictableTransactionError<StoreError>> {
+    let IngestTrees {
+        events,
+        dtree,
+        queue,
+        debounce,
+        fifo,
+        batches,
+    } = trees;
+    let event_key = event_key(event.tenant.as_deref(), &event.id);
+    if events.get(event_key.as_str())?.is_some() {
+        return Ok(Inserted::Duplicate);
+    }
+    events.insert(event_key.as_bytes(), event_bytes)?;
+    let mut carried = Vec::with_capacity(deliveries.len());
+    for (delivery, (key, bytes)) in deliveries.iter().zip(encoded) {
+        let plain = delivery.batch_limit <= 1 && delivery.entity.is_none();
+        if !plain {
+            if delivery.batch_limit > 1 {
+                // Join the webhook's collecting batch if it has room.
+                let index = partition_key(delivery);
+                let index = index.as_slice();
+                let open = match batches.get(index)? {
+                    Some(id) => dtree.get(&id)?,
+                    None => None,
+                };
+                if let Some(raw) = open {
+                    let mut open: Delivery = decode("deliveries", &raw).map_err(abort)?;
+                    if open.replaceable() && open.batch_events.len() < open.batch_limit as usize {
+                        open.batch_events.push(event.id.clone());
+                        open.updated_at = delivery.created_at;
+                        if open.batch_events.len() >= open.batch_limit as usize {
+                            // Full: due now, and no longer collecting.
+                            if let Some(old) = open.next_attempt_at {
+                                queue.remove(queue_key(old, &open.id))?;
+                            }
+                            open.next_attempt_at = Some(delivery.created_at);
+                            queue.insert(
+                                queue_key(delivery.created_at, &open.id),
+                                open.webhook_id.as_str().as_bytes(),
+                            )?;
+                            batches.remove(index)?;
+                        }
+                        dtree.insert(open.id.as_str().as_bytes(), encode(&open))?;
+                        carried.push(open.id);
+                        continue;
+                    }
+                }
+                batches.insert(index, delivery.id.as_str().as_bytes())?;
+            } else if let Some(line) = fifo_key(delivery) {
+                fifo.insert(line, &[] as &[u8])?;
+            } else if let Some(entity) = &delivery.entity {
+                let index = debounce_key(delivery, entity);
+                let waiting = match debounce.get(&index)? {
+                    Some(id) => dtree.get(&id)?,
+                    None => None,
+                };
+                if let Some(raw) = waiting {
+                    let mut waiting: Delivery = decode("deliveries", &raw).map_err(abort)?;
+                    if waiting.replaceable() {
+                        if let Some(old) = waiting.next_attempt_at {
+                            queue.remove(queue_key(old, &waiting.id))?;
+                        }
+                        let due = delivery.next_attempt_at.unwrap_or(delivery.created_at);
+                        waiting.replace_event(event.id.clone(), due, delivery.created_at);
+                        queue.insert(
+                            queue_key(due, &waiting.id),
+                            waiting.webhook_id.as_str().as_bytes(),
+                        )?;
+                        dtree.insert(waiting.id.as_str().as_bytes(), encode(&waiting))?;
+                        carried.push(waiting.id);
+                        continue;
+                    }
+                }
+                debounce.insert(index, delivery.id.as_str().as_bytes())?;
+            }
+        }
+        dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
+        queue.insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
+        carried.push(delivery.id.clone());
+    }
+    Ok(Inserted::New(carried))
+}
+
+/// The trees an event's insertion writes, apart from the [`Store`] so the commit thread can
+/// insert without holding the store (and its handle to that thread).
+#[derive(Clone)]
+pub(super) struct EventTrees {
+    pub(super) events: sled::Tree,
+    pub(super) deliveries: sled::Tree,
+    pub(super) queue: sled::Tree,
+    pub(super) debounce: sled::Tree,
+    pub(super) fifo: sled::Tree,
+    pub(super) batches: sled::Tree,
+    /// Plain ingest rounds not yet finished (see [`round`]).
+    pub(super) intents: sled::Tree,
+    /// Held while events are inserted: rounds never overlap, and an id's check for a
+    /// duplicate and its writes are one step.
+    pub(super) ingest_lock: Arc<std::sync::Mutex<()>>,
+    pub(super) recent: Arc<recent::RecentEvents>,
+    pub(super) recent_deliveries: Arc<recent::RecentDeliveries>,
+    pub(super) written: Arc<WrittenDue>,
+}
+
+/// The earliest due time among the queue entries written since the scheduler last asked
+/// ([`Store::take_written_due`]): its sweep walks the queue once, in key order, and an entry
+/// written behind where it has got to (due no later than the entries it already passed) is
+/// found by going back to that due time instead of walking the whole queue again.
+pub(super) struct WrittenDue(std::sync::atomic::AtomicI64);
+
+impl Default for WrittenDue {
+    fn default() -> Self {
+        WrittenDue(std::sync::atomic::AtomicI64::new(i64::MAX))
+    }
+}
+
+impl WrittenDue {
+    /// Notes an entry due at `due`, once it is written (so whoever takes the mark finds it).
+    pub(super) fn note(&self, due: Millis) {
+        self.0
+            .fetch_min(due.as_i64(), std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub(super) fn take(&self) -> Option<Millis> {
+        let due = self.0.swap(i64::MAX, std::sync::atomic::Ordering::AcqRel);
+        (due != i64::MAX).then_some(Millis(due))
+    }
+}
+
+impl EventTrees {
+    /// Stores events and queues their deliveries: all are stored or none (after a crash
+    /// too); a later event sees the earlier ones' writes (a repeated id is a duplicate, a
+    /// second event of an entity debounces onto the first's delivery). When no delivery is
+    /// debounced, in order or batched, as ordered writes under an intent ([`round`]);
+    /// otherwise in one transaction.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub(super) fn insert_events(
+        &self,
+        items: &[(&Event, &[Delivery])],
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let encoded = encode_items(items);
+        let _ingest = self.ingest_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let is_plain = |d: &&Delivery| d.batch_limit <= 1 && d.entity.is_none();
+        let plain = items
+            .iter()
+            .flat_map(|(_, deliveries)| deliveries.iter())
+            .all(|d| is_plain(&d));
+        // Kept before they can be read or written through sled (see `recent`).
+        let kept = || {
+            items
+                .iter()
+                .flat_map(|(_, deliveries)| deliveries.iter())
+                .filter(is_plain)
+        };
+        self.recent_deliveries.put(kept());
+        let result = if plain {
+            round::insert_plain(self, items, &encoded).map_err(TransactionError::Abort)
+        } else {
+            (
+                &self.events,
+                &self.deliveries,
+                &self.queue,
+                &self.debounce,
+                &self.fifo,
+                &self.batches,
+            )
+                .transaction(|(events, dtree, queue, debounce, fifo, batches)| {
+                    let trees = IngestTrees {
+                        events,
+                        dtree,
+                        queue,
+                        debounce,
+                        fifo,
+                        batches,
+                    };
+                    items
+                        .iter()
+                        .zip(&encoded)
+                        .map(|((event, deliveries), (event_bytes, encoded))| {
+                            insert_one(&trees, event, event_bytes, deliveries, encoded)
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+        };
+        let result = match result {
+            Ok(result) => result,
+            Err(e) => {
+                self.recent_deliveries.forget(kept().map(|d| &d.id));
+                return Err(e.into());
+            }
+        };
+        for ((event, deliveries), inserted) in items.iter().zip(&result) {
+            if matches!(inserted, Inserted::New(_)) {
+                self.recent.put(event);
+            } else {
+                self.recent_deliveries
+                    .forget(deliveries.iter().filter(is_plain).map(|d| &d.id));
+            }
+        }
+        // A debounced or batched delivery moves to the new delivery's due time, or to its
+        // creation time when full: both are covered by the earliest of either.
+        let earliest = items
+            .iter()
+            .flat_map(|(_, deliveries)| deliveries.iter())
+            .map(|d| d.next_attempt_at.unwrap_or(d.created_at).min(d.created_at))
+            .min();
+        if let Some(due) = earliest {
+            self.written.note(due);
+        }
+        Ok(result)
+    }
+}
