@@ -1,23 +1,23 @@
 //! Durable storage in sled: the implementation of the [`crate::storage`] traits.
 //!
-//! Files: [`catalog`] (definitions), [`ingest`] (how events and their deliveries are written,
-//! with the routing indexes), [`round`] (the intent log that makes a plain ingest round
-//! all-or-nothing), [`commit`] (group commit on one thread), [`recent`] (the hot cache of
-//! records just written), [`deliveries`] (events, deliveries and the due queue), [`claims`]
-//! (claims on deliveries, in memory), [`state`] (plugin state, the host's secrets), [`seal`]
-//! (credentials encrypted at rest), [`codec`] (event records), [`space`] (the free-space
+//! Files: `catalog` (definitions), `ingest` (how events and their deliveries are written,
+//! with the routing indexes), `round` (the intent log that makes a plain ingest round
+//! all-or-nothing), `commit` (group commit on one thread), `recent` (the hot cache of
+//! records just written), `deliveries` (events, deliveries and the due queue), `claims`
+//! (claims on deliveries, in memory), `state` (plugin state, the host's secrets), [`seal`]
+//! (credentials encrypted at rest), `codec` (event records), [`space`] (the free-space
 //! guard) and `storage_impl` (the traits on [`Store`]).
 //!
 //! Values are JSON; records holding credentials (connections, signing secrets) are sealed
 //! with the host's secrets key ([`seal`]). The queue tree is keyed by `due time (u64
 //! big-endian ms) ++ delivery id`, so iterating it walks deliveries in due order and a million pending deliveries cost disk,
-//! not memory. Event records are LZ4-compressed ([`codec`]).
+//! not memory. Event records are LZ4-compressed (`codec`).
 //!
 //! Changes that must be atomic with an index (an event whose deliveries are debounced, in
 //! order or batched; a collecting or in-order delivery's new state) are sled transactions.
 //! sled makes every operation on every tree wait while one runs, so the hot paths avoid
 //! them: plain events are stored with ordered writes made all-or-nothing by an intent record
-//! ([`round`]), and a plain delivery's new state is three ordered writes (see
+//! (`round`), and a plain delivery's new state is three ordered writes (see
 //! [`Store::update_delivery`]); both rely on sled recovering a prefix of its log. Ingest
 //! runs many API calls at once on the commit thread ([`Store::insert_and_commit`]), which
 //! then flushes once for all of them (group commit). [`Store::commit`] makes everything

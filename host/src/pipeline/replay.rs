@@ -47,7 +47,7 @@ impl Pipeline {
     }
 
     /// Replays every failed or dead delivery of a webhook created in the range, except those
-    /// already replayed, oldest first (at most [`MAX_RECOVER`] per call).
+    /// already replayed, oldest first (at most `MAX_RECOVER` per call).
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown webhook, [`Error::Invalid`] for an empty range, or
