@@ -22,7 +22,7 @@ impl Store {
     }
 
     /// [`Store::insert_event`] for several events: all are stored or none (see
-    /// [`EventTrees::insert_events`]). Not durable until [`Store::commit`].
+    /// `EventTrees::insert_events`). Not durable until [`Store::commit`].
     ///
     /// # Errors
     /// On storage failure.
