@@ -6,19 +6,22 @@
 
 mod checks;
 mod connections;
+mod delivery_reads;
 pub mod dry_run;
 pub mod endpoints;
 mod error;
 mod ingest;
 mod keys;
 pub mod listing;
+mod modules;
 mod outcome;
-mod registry;
 mod replay;
 pub mod request;
 pub mod retry;
 mod signing;
 mod staging;
+mod webhook_input;
+mod webhooks;
 mod worker;
 
 use std::collections::HashMap;
@@ -40,13 +43,14 @@ use crate::sender::Sender;
 use crate::storage::Storage;
 
 pub use connections::ConnectionInput;
+pub use delivery_reads::DeliveryFilter;
 pub use error::Error;
 pub use ingest::{EmitResult, EventInput, MAX_ATTRIBUTES};
 pub use keys::{KeyInput, Principal};
 pub use listing::{ListQuery, Page};
-pub use registry::{DeliveryFilter, WebhookInput};
 pub use replay::{RecoverInput, Recovered};
 pub use signing::{RotateInput, Rotated};
+pub use webhook_input::WebhookInput;
 
 /// Everything the pipeline works with.
 pub struct Pipeline {

@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use super::checks::{check_headers, check_label, check_tenant, check_text, check_url};
 use super::listing::{contains, ListQuery, Listed, Page, SortValue};
-use super::registry::nullable;
 use super::request::check_header;
+use super::webhook_input::nullable;
 use super::{Error, Pipeline};
 use crate::model::{Connection, ConnectionAuth, ConnectionId, Secret};
 

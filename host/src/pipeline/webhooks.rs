@@ -1,0 +1,201 @@
+//! Webhooks: create, change, delete, look up and list (the pipeline's in-memory copy is
+//! read for routing; the store is the truth).
+
+use std::sync::Arc;
+
+use super::listing::{contains, ListQuery, Listed, Page, SortValue};
+use super::webhook_input::WebhookInput;
+use super::{Error, Pipeline};
+use crate::model::SigningKeys;
+use crate::model::{kind_matches, Webhook, WebhookId};
+
+impl Listed for Webhook {
+    fn list_id(&self) -> &str {
+        self.id.as_str()
+    }
+
+    fn sort_value(&self, field: &str) -> SortValue {
+        match field {
+            "name" => SortValue::Text(self.name.to_lowercase()),
+            "updated_at" => SortValue::Int(self.updated_at.as_i64()),
+            _ => SortValue::Int(self.created_at.as_i64()),
+        }
+    }
+}
+
+impl Pipeline {
+    /// Creates a webhook after checking every field.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the first bad or missing field, [`Error::NotFound`] for an
+    /// unknown module or connection, or a storage error. Nothing is stored on error.
+    pub fn create_webhook(&self, input: WebhookInput) -> Result<Webhook, Error> {
+        self.create_webhook_signed(input)
+            .map(|(webhook, _)| webhook)
+    }
+
+    /// Creates a webhook and its signing secret: the one given (checked), or a new one of
+    /// the requested scheme; returns what to tell the caller about it (a generated symmetric
+    /// secret, shown once, or a key pair's public key).
+    ///
+    /// # Errors
+    /// As [`Pipeline::create_webhook`], and [`Error::Invalid`] for a bad `signing_secret`.
+    pub fn create_webhook_signed(
+        &self,
+        mut input: WebhookInput,
+    ) -> Result<(Webhook, super::signing::Issued), Error> {
+        self.store.admit()?;
+        let given = input.signing_secret.take();
+        let scheme = input.signature_scheme.take();
+        let (current, issued) = super::signing::issue(given, scheme, "signing_secret")?;
+        let webhook = self.merge_webhook(None, input)?;
+        self.put_signing_keys(
+            &webhook.id,
+            &SigningKeys {
+                current,
+                previous: None,
+                previous_until: None,
+            },
+        )?;
+        Ok((self.save_webhook(webhook)?, issued))
+    }
+
+    /// Changes the fields given in `input`; the result is checked like a new webhook. Takes
+    /// effect on the next evaluation (module and config included), no restart.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown webhook, module or connection, [`Error::Invalid`]
+    /// naming the first bad field, or a storage error. Nothing changes on error.
+    pub fn update_webhook(&self, id: &str, input: WebhookInput) -> Result<Webhook, Error> {
+        if input.signature_scheme.is_some() {
+            return Err(Error::invalid(
+                "signature_scheme",
+                "is chosen when the webhook is created, or with POST /v1/webhooks/{id}/rotate-secret",
+            ));
+        }
+        if input.signing_secret.is_some() {
+            return Err(Error::invalid(
+                "signing_secret",
+                "is set when the webhook is created, or changed with POST /v1/webhooks/{id}/rotate-secret (which keeps the old one valid for a while)",
+            ));
+        }
+        let _writing = self.webhook_writes.lock().unwrap();
+        let existing = self.webhook(id)?;
+        let webhook = self.merge_webhook(Some(&existing), input)?;
+        self.save_webhook(webhook)
+    }
+
+    /// Deletes a webhook. Its pending deliveries end as failed ("the webhook was deleted");
+    /// its history stays readable.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or a storage error.
+    pub fn delete_webhook(&self, id: &str) -> Result<Webhook, Error> {
+        let _writing = self.webhook_writes.lock().unwrap();
+        let existing = self.webhook(id)?;
+        self.store.delete_webhook(&existing.id)?;
+        self.signers.write().unwrap().remove(&existing.id);
+        self.webhooks.write().unwrap().remove(&existing.id);
+        self.forget_endpoints();
+        self.wake.notify_one();
+        Ok(existing)
+    }
+
+    /// Changes a stored webhook from inside the host (failure streaks, auto-disable), under
+    /// the same lock as API updates so neither overwrites the other. Returns the new webhook,
+    /// or `None` when it no longer exists or `change` left it as it was.
+    pub(super) fn change_webhook(
+        &self,
+        id: &WebhookId,
+        change: impl FnOnce(&mut Webhook),
+    ) -> Result<Option<Webhook>, Error> {
+        let _writing = self.webhook_writes.lock().unwrap();
+        let Some(current) = self.webhook_cached(id) else {
+            return Ok(None);
+        };
+        let mut changed = (*current).clone();
+        change(&mut changed);
+        if changed == *current {
+            return Ok(None);
+        }
+        changed.updated_at = self.now();
+        self.save_webhook(changed).map(Some)
+    }
+
+    fn save_webhook(&self, webhook: Webhook) -> Result<Webhook, Error> {
+        self.store.put_webhook(&webhook)?;
+        self.webhooks
+            .write()
+            .unwrap()
+            .insert(webhook.id.clone(), Arc::new(webhook.clone()));
+        self.forget_endpoints();
+        Ok(webhook)
+    }
+
+    /// One webhook.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`].
+    pub fn webhook(&self, id: &str) -> Result<Webhook, Error> {
+        WebhookId::parse(id)
+            .ok()
+            .and_then(|id| self.webhook_cached(&id))
+            .map(|w| (*w).clone())
+            .ok_or_else(|| Error::NotFound {
+                kind: "webhook",
+                id: id.to_string(),
+            })
+    }
+
+    /// Every webhook, oldest first.
+    pub fn webhooks(&self) -> Vec<Webhook> {
+        let mut all: Vec<Webhook> = self
+            .webhooks
+            .read()
+            .unwrap()
+            .values()
+            .map(|w| (**w).clone())
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Webhooks matching the query's filters (`name`, `name_contains`,
+    /// `description_contains`, `enabled`, `tenant`, `module_id`, `connection_id`,
+    /// `event_kind`: takes this kind), ordered by `created_at`, `updated_at` or `name`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad parameter.
+    pub fn list_webhooks(&self, mut query: ListQuery) -> Result<Page<Webhook>, Error> {
+        let name = query.take("name");
+        let name_contains = query.take("name_contains");
+        let description_contains = query.take("description_contains");
+        let enabled = query.take_bool("enabled")?;
+        let tenant = query.take("tenant");
+        let module_id = query.take("module_id");
+        let connection_id = query.take("connection_id");
+        let event_kind = query.take("event_kind");
+        query.finish()?;
+        let items = self
+            .webhooks()
+            .into_iter()
+            .filter(|w| {
+                name.as_ref().is_none_or(|n| &w.name == n)
+                    && name_contains.as_ref().is_none_or(|n| contains(&w.name, n))
+                    && description_contains
+                        .as_ref()
+                        .is_none_or(|n| w.description.as_ref().is_some_and(|d| contains(d, n)))
+                    && enabled.is_none_or(|e| w.enabled == e)
+                    && tenant.as_ref().is_none_or(|t| w.tenant.as_ref() == Some(t))
+                    && module_id.as_ref().is_none_or(|m| w.module_id.as_str() == m)
+                    && connection_id
+                        .as_ref()
+                        .is_none_or(|c| w.connection_id.as_ref().is_some_and(|id| id.as_str() == c))
+                    && event_kind
+                        .as_ref()
+                        .is_none_or(|k| w.event_kinds.iter().any(|p| kind_matches(p, k)))
+            })
+            .collect();
+        Ok(query.page(items))
+    }
+}
