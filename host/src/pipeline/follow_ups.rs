@@ -1,0 +1,155 @@
+//! What a round leads to beyond the delivery: its webhook's failure streak and
+//! auto-disable (`webhook.disabled`), and the `webhook.response` follow-up event.
+
+use super::outcome::{self, Round};
+use super::Pipeline;
+use crate::model::{Delivery, EventId, LogLine, Webhook};
+use crate::storage::StorageError;
+
+impl Pipeline {
+    /// What a round means for its webhook: a success ends a failure streak; the first
+    /// failure starts one; 410 Gone, or a delivery dying after failing for longer than
+    /// `auto_disable_after`, disables the webhook and emits `webhook.disabled`.
+    pub(super) async fn after_round(&self, webhook: &Webhook, delivery: &Delivery, round: &Round) {
+        let limit = self.config.delivery.auto_disable_after;
+        let change = outcome::after_round(webhook, delivery, round, limit, self.now());
+        // The common case changes nothing: skip the webhook lock and copy.
+        if change.is_none() {
+            return;
+        }
+        let result = self.change_webhook(&webhook.id, |w| {
+            if let Some(failing_since) = change.failing_since {
+                w.failing_since = failing_since;
+            }
+            if let Some(reason) = &change.disable {
+                if w.enabled {
+                    w.enabled = false;
+                    w.disabled_reason = Some(reason.clone());
+                }
+            }
+        });
+        match result {
+            Ok(Some(changed)) if !changed.enabled && webhook.enabled => {
+                let reason = changed.disabled_reason.clone().unwrap_or_default();
+                tracing::warn!(webhook = %changed.id, "disabled: {reason}");
+                self.emit_webhook_disabled(&changed, &reason).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(webhook = %webhook.id, "recording the failure streak: {e}"),
+        }
+    }
+
+    /// Emits `webhook.response` for a delivered delivery with a value, when its webhook
+    /// asks for it. Attributes `webhook_id`, `delivery_id` and `depth` (how many follow-ups
+    /// led here); a chain stops at [`MAX_RESPONSE_DEPTH`] with a log line.
+    pub(super) async fn emit_response_event(
+        &self,
+        webhook: &Webhook,
+        delivery: &mut Delivery,
+    ) -> Result<(), StorageError> {
+        let emit = webhook
+            .response_value
+            .as_ref()
+            .is_some_and(|r| r.emit_event);
+        let Some(value) = delivery.extracted_value.clone().filter(|_| emit) else {
+            return Ok(());
+        };
+        let cause = self
+            .store
+            .event(delivery.events_tenant(), &delivery.event_id)?;
+        let depth = cause
+            .as_ref()
+            .filter(|e| e.kind == RESPONSE_EVENT)
+            .and_then(|e| {
+                e.attributes
+                    .iter()
+                    .find(|(k, _)| k == "depth")
+                    .map(|(_, v)| v.as_str())
+            })
+            .and_then(|d| d.parse::<u32>().ok())
+            .unwrap_or(0)
+            + 1;
+        if depth > MAX_RESPONSE_DEPTH {
+            delivery.logs.push(LogLine {
+                level: "warn".into(),
+                message: format!(
+                    "{RESPONSE_EVENT} not emitted: {MAX_RESPONSE_DEPTH} follow-ups in a row \
+                     (a loop of webhooks answering each other?)"
+                ),
+            });
+            return Ok(());
+        }
+        let payload = serde_json::json!({
+            "webhook_id": webhook.id,
+            "webhook_name": webhook.name,
+            "delivery_id": delivery.id,
+            "event_id": delivery.event_id,
+            "event_kind": cause.as_ref().map(|e| e.kind.as_str()),
+            "value": value,
+        });
+        let id = EventId::parse(&format!("evt_response_{}", delivery.id))
+            .expect("delivery ids make valid event ids");
+        let attributes = [
+            ("webhook_id", webhook.id.to_string()),
+            ("delivery_id", delivery.id.to_string()),
+            ("depth", depth.to_string()),
+        ];
+        let input = super::EventInput {
+            id: Some(id.to_string()),
+            kind: RESPONSE_EVENT.into(),
+            tenant: webhook.tenant.clone(),
+            occurred_at: None,
+            attributes: attributes
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect(),
+            payload: serde_json::value::to_raw_value(&payload).expect("payload serialises"),
+        };
+        match self
+            .emit_from(vec![input], super::ingest::Origin::Host)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(super::Error::Store(e)) => Err(e),
+            Err(e) => {
+                // A value too large for an event, say: the delivery keeps it; say why.
+                delivery.logs.push(LogLine {
+                    level: "warn".into(),
+                    message: format!("{RESPONSE_EVENT} not emitted: {e}"),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Emits `webhook.disabled` (attribute `webhook_id`; payload id, name, reason) so host
+    /// applications and other webhooks can react.
+    pub(super) async fn emit_webhook_disabled(&self, webhook: &Webhook, reason: &str) {
+        let payload = serde_json::json!({
+            "webhook_id": webhook.id,
+            "name": webhook.name,
+            "reason": reason,
+        });
+        let input = super::EventInput {
+            id: None,
+            kind: "webhook.disabled".into(),
+            tenant: webhook.tenant.clone(),
+            occurred_at: None,
+            attributes: [("webhook_id".to_string(), webhook.id.to_string().into())]
+                .into_iter()
+                .collect(),
+            payload: serde_json::value::to_raw_value(&payload).expect("payload serialises"),
+        };
+        if let Err(e) = self
+            .emit_from(vec![input], super::ingest::Origin::Host)
+            .await
+        {
+            tracing::error!(webhook = %webhook.id, "emitting webhook.disabled: {e}");
+        }
+    }
+}
+
+/// The kind of the follow-up event carrying a response value.
+pub const RESPONSE_EVENT: &str = "webhook.response";
+/// Most `webhook.response` events in a row, each caused by the one before.
+pub const MAX_RESPONSE_DEPTH: u32 = 8;

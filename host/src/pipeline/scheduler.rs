@@ -1,0 +1,177 @@
+//! The scheduler: sweeps the due queue in due order, stages due deliveries in memory per
+//! endpoint (`staging`), and starts them as their endpoint and `max_in_flight` allow.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
+
+use super::staging::{Endpoint, QueueView};
+use super::worker::plus;
+use super::{endpoints, Pipeline};
+use crate::model::{DeliveryId, Millis, WebhookId};
+use crate::storage::{QueueEntry, StorageError};
+
+/// How long the scheduler sleeps at most when nothing wakes it.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// How long a delivery waits after a storage error before it is tried again.
+const STORAGE_ERROR_WAIT: Duration = Duration::from_secs(5);
+
+/// The queue as the staging reads it: the store's, with the pipeline's webhooks and the
+/// deliveries in flight.
+struct StoreView<'a>(&'a Pipeline);
+
+impl QueueView for StoreView<'_> {
+    fn entries<'a>(
+        &'a self,
+        from: std::ops::Bound<&[u8]>,
+    ) -> Box<dyn Iterator<Item = Result<QueueEntry, StorageError>> + 'a> {
+        Box::new(self.0.store.due_from(from))
+    }
+
+    fn contains(&self, key: &[u8]) -> Result<bool, StorageError> {
+        self.0.store.queue_contains(key)
+    }
+
+    fn take_written_due(&self) -> Option<Millis> {
+        self.0.store.take_written_due()
+    }
+
+    fn endpoint(&self, webhook: &WebhookId) -> Endpoint {
+        self.0
+            .webhook_cached(webhook)
+            .and_then(|w| self.0.endpoint(&w))
+            .map(Arc::from)
+    }
+
+    fn in_flight(&self, id: &DeliveryId) -> Option<Millis> {
+        self.0.in_flight.lock().unwrap().get(id).copied()
+    }
+}
+
+impl Pipeline {
+    /// Runs the scheduler until `shutdown` turns true; then waits for deliveries in flight.
+    pub async fn run_scheduler(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let max = self.config.delivery.max_in_flight;
+        let permits = Arc::new(Semaphore::new(max));
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let wait = match self.start_due(&permits) {
+                Ok(wait) => wait,
+                Err(e) => {
+                    tracing::error!("scheduler: reading the queue failed: {e}");
+                    STORAGE_ERROR_WAIT
+                }
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Let deliveries in flight finish their current step.
+        let _ = permits.acquire_many(max as u32).await;
+    }
+
+    /// Starts every due delivery there is room for — overall (`max_in_flight`) and at its
+    /// endpoint (concurrency and rate) — and returns how long to wait before looking again.
+    ///
+    /// Due deliveries are first *staged*: read from the queue into an in-memory line per
+    /// endpoint (see [`staging`](super::staging): each queue entry is read about once, however
+    /// long the backlog). Starting work then pops from the lines of endpoints with room, so
+    /// one slow receiver holds back only its own line.
+    pub(super) fn start_due(
+        self: &Arc<Self>,
+        permits: &Arc<Semaphore>,
+    ) -> Result<Duration, StorageError> {
+        let now = self.now();
+        let mut wait = IDLE_WAIT;
+        let mut staging = self.staging.lock().unwrap();
+        staging.stage(&StoreView(self), now, std::time::Instant::now(), &mut wait)?;
+
+        let mut started = Vec::new();
+        'lines: for (endpoint, line) in staging.lines_mut() {
+            while let Some((due, id)) = line.front().cloned() {
+                if permits.available_permits() == 0 {
+                    break 'lines;
+                }
+                if let Some(endpoint) = endpoint {
+                    match self
+                        .endpoints
+                        .try_start(endpoint, std::time::Instant::now())
+                    {
+                        Ok(()) => {}
+                        Err(endpoints::Busy::Full) => continue 'lines,
+                        Err(endpoints::Busy::RateLimited(token)) => {
+                            wait = wait.min(token.max(Duration::from_millis(1)));
+                            continue 'lines;
+                        }
+                    }
+                }
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    if let Some(endpoint) = endpoint {
+                        self.endpoints.finish(endpoint);
+                    }
+                    break 'lines;
+                };
+                line.pop_front();
+                self.in_flight.lock().unwrap().insert(id.clone(), due);
+                started.push(id.clone());
+                self.spawn_delivery(due, id, endpoint.clone(), permit);
+            }
+        }
+        staging.started(&started);
+        Ok(wait)
+    }
+
+    /// Runs one delivery on its own task; when it ends, frees its endpoint and permit and
+    /// wakes the scheduler.
+    pub(super) fn spawn_delivery(
+        self: &Arc<Self>,
+        due: Millis,
+        id: DeliveryId,
+        endpoint: Option<Arc<str>>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let this = self.clone();
+        let span = tracing::info_span!("wasmhooks.delivery", delivery = %id);
+        tokio::spawn(
+            async move {
+                if let Err(e) = this.process(due, &id).await {
+                    tracing::error!("storage error, will retry: {e}");
+                    this.postpone(due, &id);
+                }
+                if let Some(endpoint) = &endpoint {
+                    this.endpoints.finish(endpoint);
+                }
+                this.in_flight.lock().unwrap().remove(&id);
+                drop(permit);
+                this.wake.notify_one();
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Forgets the endpoints worked out per webhook (after a webhook or connection changed).
+    pub(super) fn forget_endpoints(&self) {
+        self.staging.lock().unwrap().forget_endpoints();
+    }
+
+    pub(super) fn postpone(&self, due: Millis, id: &DeliveryId) {
+        let result = self.store.delivery(id).and_then(|d| match d {
+            Some(mut d) if !d.status.is_final() => {
+                d.next_attempt_at = Some(plus(self.now(), STORAGE_ERROR_WAIT));
+                self.store.update_delivery(&d, Some(due))
+            }
+            _ => self.store.remove_queue_entry(due, id),
+        });
+        if let Err(e) = result {
+            // Its queue entry stays where it was; the next sweep from the head of the queue
+            // (within `staging::FULL_SWEEP_EVERY`) finds it again.
+            tracing::error!("could not postpone: {e}");
+        }
+    }
+}

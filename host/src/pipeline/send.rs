@@ -1,0 +1,162 @@
+//! Sending a round: each request not yet accepted, signed, through the sender; the
+//! response hook and `outcome` decide what each attempt means.
+
+use super::outcome::{self, RetryRules, Round, RoundFacts};
+use super::Pipeline;
+use crate::model::{
+    Attempt, AttemptOutcome, Delivery, LogLine, Millis, OutboundRequest, ResponsePath, Webhook,
+};
+use crate::runtime::{wit, Call};
+
+impl Pipeline {
+    /// Sends every request not yet accepted and decides the delivery's next state.
+    pub(super) async fn send_round(&self, webhook: &Webhook, delivery: &mut Delivery) -> Round {
+        let mut report = Round::default();
+        let mut facts = RoundFacts::default();
+        delivery.rounds += 1;
+        let round = delivery.rounds;
+        let hook = self
+            .plugin(&webhook.module_id)
+            .ok()
+            .filter(|p| p.has_response_hook());
+        // Checked when the webhook was saved.
+        let response_path = webhook
+            .response_value
+            .as_ref()
+            .and_then(|r| r.path.as_deref())
+            .and_then(|p| ResponsePath::parse(p).ok());
+        let mut requests = delivery.requests.take().unwrap_or_default();
+        for (index, request) in requests.iter_mut().enumerate() {
+            if request.delivered {
+                continue;
+            }
+            let started_at = self.now();
+            let result = self.send_signed(webhook, request, started_at).await;
+            let mut judged = outcome::judge(result.status, result.error.as_ref(), |s| {
+                webhook.is_success(s)
+            });
+            report.gone |= judged.gone;
+            let mut hook_value = None;
+            if let (Some(plugin), Some(status)) = (&hook, result.status) {
+                let response = wit::Response {
+                    request_index: index as u32,
+                    status,
+                    headers: result.headers.clone(),
+                    body: result.body.clone(),
+                };
+                let ctx = self.plugin_context(webhook);
+                let evaluation = self
+                    .run_plugin(plugin.clone(), ctx, Call::Response(response))
+                    .await;
+                self.keep_state(webhook, &evaluation);
+                delivery.logs.extend(evaluation.logs);
+                hook_value = outcome::apply_hook(&mut judged, &evaluation.result);
+            }
+            if judged.outcome == AttemptOutcome::Success {
+                if hook_value.is_some() {
+                    delivery.extracted_value = hook_value;
+                } else if let Some(path) = response_path.as_ref() {
+                    match extract_value(path, &result.body) {
+                        Ok(value) => delivery.extracted_value = Some(value),
+                        Err(why) => delivery.logs.push(LogLine {
+                            level: "warn".into(),
+                            message: format!("response value: {why}"),
+                        }),
+                    }
+                }
+            }
+            if judged.outcome == AttemptOutcome::Retry {
+                facts.signals.note(
+                    result.status,
+                    result.error.as_ref(),
+                    &result.headers,
+                    self.now(),
+                );
+            }
+            delivery.attempts.push(Attempt {
+                number: round,
+                request_index: index as u32,
+                started_at,
+                duration_ms: result.duration.as_millis() as u64,
+                status: result.status,
+                error: result.error.map(|e| e.to_string()),
+                response_headers: result.headers,
+                response_body: String::from_utf8_lossy(&result.body).into_owned(),
+                outcome: judged.outcome,
+            });
+            match judged.outcome {
+                AttemptOutcome::Success => {
+                    request.delivered = true;
+                    report.any_success = true;
+                }
+                AttemptOutcome::Retry => {
+                    facts.last_failure = Some(judged.note);
+                    report.any_failure = true;
+                }
+                AttemptOutcome::Fail => {
+                    facts.failed_for_good = Some(judged.note);
+                    report.any_failure = true;
+                }
+            }
+        }
+        facts.all_delivered = requests.iter().all(|r| r.delivered);
+        delivery.requests = Some(requests);
+        let delivery_config = &self.config.delivery;
+        let rules = RetryRules {
+            schedule: webhook
+                .retry_schedule
+                .as_deref()
+                .unwrap_or(&delivery_config.retry_schedule),
+            jitter: delivery_config.jitter,
+            slow_down_wait: delivery_config.slow_down_wait,
+            max_retry_after: delivery_config.max_retry_after,
+        };
+        outcome::settle(delivery, facts, &rules, self.now());
+        report
+    }
+
+    /// Sends one request with its Standard Webhooks timestamp and signature for `at`.
+    pub(super) async fn send_signed(
+        &self,
+        webhook: &Webhook,
+        request: &OutboundRequest,
+        at: Millis,
+    ) -> crate::sender::SendResult {
+        let timestamp = (at.as_i64() / 1000).to_string();
+        let connection = request
+            .connection_id
+            .as_ref()
+            .and_then(|id| self.connection_cached(id));
+        let message_id = request
+            .headers
+            .iter()
+            .find(|(name, _)| name == "webhook-id")
+            .map_or("", |(_, value)| value.as_str());
+        let signature = self.signature(
+            webhook,
+            connection.as_deref(),
+            message_id,
+            at.as_i64() / 1000,
+            &request.body,
+        );
+        let mut extra = vec![("webhook-timestamp", timestamp.as_str())];
+        if let Some(signature) = &signature {
+            extra.push(("webhook-signature", signature.as_str()));
+        }
+        self.sender
+            .send(request, &extra, connection.as_deref(), webhook.timeout)
+            .await
+    }
+}
+
+/// The value at `path` in a JSON response body, or why there is none.
+fn extract_value(path: &ResponsePath, body: &[u8]) -> Result<String, String> {
+    let document: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "the response is not JSON ({e}), so `{}` has no value",
+            path.as_str()
+        )
+    })?;
+    path.extract(&document)
+        .ok_or_else(|| format!("`{}` is not in the response (or is null)", path.as_str()))
+}
