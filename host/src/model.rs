@@ -353,6 +353,40 @@ pub enum AttemptOutcome {
     Fail,
 }
 
+/// How a delivery is routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryMode<'a> {
+    /// One event, delivered on its own.
+    Plain,
+    /// Waiting deliveries of one entity take a newer event instead of a new delivery, until
+    /// evaluated.
+    Debounced {
+        /// The entity.
+        entity: &'a str,
+    },
+    /// One entity's deliveries go one at a time, in the order they were made.
+    InOrder {
+        /// The entity.
+        entity: &'a str,
+    },
+    /// Events join an open batch until it is evaluated or holds `limit`.
+    Batched {
+        /// The most events a batch holds.
+        limit: u32,
+    },
+}
+
+impl DeliveryMode<'_> {
+    /// Whether the delivery may still change with newer events (debounced, or a batch), so
+    /// it must be closed to them before it is evaluated.
+    pub fn collects(&self) -> bool {
+        matches!(
+            self,
+            DeliveryMode::Debounced { .. } | DeliveryMode::Batched { .. }
+        )
+    }
+}
+
 /// One HTTP attempt of one request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -502,6 +536,20 @@ impl Delivery {
     /// The tenant its events belong to.
     pub fn events_tenant(&self) -> Option<&str> {
         self.event_tenant.as_deref().or(self.tenant.as_deref())
+    }
+
+    /// How the delivery is routed, as its webhook decided when it was made.
+    pub fn mode(&self) -> DeliveryMode<'_> {
+        if self.batch_limit > 1 {
+            return DeliveryMode::Batched {
+                limit: self.batch_limit,
+            };
+        }
+        match (self.entity.as_deref(), self.in_order) {
+            (None, _) => DeliveryMode::Plain,
+            (Some(entity), true) => DeliveryMode::InOrder { entity },
+            (Some(entity), false) => DeliveryMode::Debounced { entity },
+        }
     }
 
     /// Whether a newer event may still replace this delivery's event: pending and not yet

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use super::outcome::{self};
+use super::outcome;
 use super::Pipeline;
-use crate::model::{Delivery, DeliveryId, DeliveryStatus, Millis};
+use crate::model::{Delivery, DeliveryId, DeliveryMode, DeliveryStatus, Millis};
 use crate::storage::{Claim, StorageError};
 
 /// How long a paused webhook's delivery waits before it is looked at again.
@@ -58,7 +58,7 @@ impl Pipeline {
             }
         }
 
-        if delivery.in_order {
+        if let DeliveryMode::InOrder { .. } = delivery.mode() {
             if let Some(first) = self.store.first_in_line(&delivery)? {
                 if first != delivery.id {
                     // An earlier delivery of the entity is unfinished: go after its next
@@ -73,9 +73,7 @@ impl Pipeline {
             }
         }
         if delivery.requests.is_none() {
-            let collecting =
-                (delivery.entity.is_some() && !delivery.in_order) || delivery.batch_limit > 1;
-            if collecting && !self.store.close(&claim, &delivery)? {
+            if delivery.mode().collects() && !self.store.close(&claim, &delivery)? {
                 // A newer event changed it meanwhile; it is queued again as it is now.
                 return Ok(());
             }

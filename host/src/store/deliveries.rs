@@ -1,6 +1,7 @@
 //! Events, deliveries and the due queue in the sled store.
 
 use super::*;
+use crate::model::DeliveryMode;
 
 impl Store {
     // ----- events and deliveries -----
@@ -196,7 +197,7 @@ impl Store {
             _ => None,
         };
         let finished_in_line = fifo_key(delivery).filter(|_| delivery.status.is_final());
-        if finished_in_line.is_none() && delivery.entity.is_none() && delivery.batch_limit <= 1 {
+        if finished_in_line.is_none() && delivery.mode() == DeliveryMode::Plain {
             // No other record to keep in step, and nothing else writes this delivery (no
             // debounce or batch can replace its event): three plain writes, ordered so a crash
             // between any two leaves it scheduled. The new queue entry first, then the record,
@@ -250,7 +251,7 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn first_in_line(&self, delivery: &Delivery) -> Result<Option<DeliveryId>, StoreError> {
-        let Some(entity) = delivery.entity.as_deref().filter(|_| delivery.in_order) else {
+        let DeliveryMode::InOrder { entity } = delivery.mode() else {
             return Ok(None);
         };
         let mut prefix = debounce_key(delivery, entity);

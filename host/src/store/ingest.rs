@@ -4,6 +4,7 @@
 //! intent record otherwise).
 
 use super::*;
+use crate::model::DeliveryMode;
 
 /// The events tree's key of an event: its id, after its tenant and a zero byte when it has
 /// one. Event ids are unique per tenant: two tenants' events of the same id are two events.
@@ -40,7 +41,9 @@ pub(super) fn debounce_key(delivery: &Delivery, entity: &str) -> Vec<u8> {
 /// The key of an in-order delivery in the FIFO index: its entity's prefix (partition, zero,
 /// entity, zero) then its id, so one entity's unfinished deliveries sort by creation.
 pub(super) fn fifo_key(delivery: &Delivery) -> Option<Vec<u8>> {
-    let entity = delivery.entity.as_deref().filter(|_| delivery.in_order)?;
+    let DeliveryMode::InOrder { entity } = delivery.mode() else {
+        return None;
+    };
     let mut key = debounce_key(delivery, entity);
     key.push(0);
     key.extend_from_slice(delivery.id.as_str().as_bytes());
@@ -106,9 +109,9 @@ pub(super) fn insert_one(
     events.insert(event_key.as_bytes(), event_bytes)?;
     let mut carried = Vec::with_capacity(deliveries.len());
     for (delivery, (key, bytes)) in deliveries.iter().zip(encoded) {
-        let plain = delivery.batch_limit <= 1 && delivery.entity.is_none();
-        if !plain {
-            if delivery.batch_limit > 1 {
+        match delivery.mode() {
+            DeliveryMode::Plain => {}
+            DeliveryMode::Batched { .. } => {
                 // Join the webhook's collecting batch if it has room.
                 let index = partition_key(delivery);
                 let index = index.as_slice();
@@ -139,9 +142,13 @@ pub(super) fn insert_one(
                     }
                 }
                 batches.insert(index, delivery.id.as_str().as_bytes())?;
-            } else if let Some(line) = fifo_key(delivery) {
-                fifo.insert(line, &[] as &[u8])?;
-            } else if let Some(entity) = &delivery.entity {
+            }
+            DeliveryMode::InOrder { .. } => {
+                if let Some(line) = fifo_key(delivery) {
+                    fifo.insert(line, &[] as &[u8])?;
+                }
+            }
+            DeliveryMode::Debounced { entity } => {
                 let index = debounce_key(delivery, entity);
                 let waiting = match debounce.get(&index)? {
                     Some(id) => dtree.get(&id)?,
@@ -234,7 +241,7 @@ impl EventTrees {
     ) -> Result<Vec<Inserted>, StoreError> {
         let encoded = encode_items(items);
         let _ingest = self.ingest_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let is_plain = |d: &&Delivery| d.batch_limit <= 1 && d.entity.is_none();
+        let is_plain = |d: &&Delivery| d.mode() == DeliveryMode::Plain;
         let plain = items
             .iter()
             .flat_map(|(_, deliveries)| deliveries.iter())
