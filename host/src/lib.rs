@@ -19,6 +19,7 @@
 //! webhooks, emit events, serve.
 
 pub mod api;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod model;

@@ -53,6 +53,8 @@ pub struct Server {
     pub url: String,
     /// A client that sends the admin key with every request.
     pub client: reqwest::Client,
+    /// The library's API client, with the admin key.
+    pub api: wasmhooks::client::Client,
     /// What the server printed on stdout after the address line.
     pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// Its log lines (stderr).
@@ -206,6 +208,7 @@ impl Server {
         });
         Ok(Server {
             child,
+            api: wasmhooks::client::Client::new(&url, Some(ADMIN_KEY)).unwrap(),
             url,
             client: client_with_key(ADMIN_KEY),
             stdout,
@@ -234,16 +237,30 @@ impl Server {
         (status, body)
     }
 
+    /// Calls the API through the library's client; the status and body, whatever they are.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<wasmhooks::client::Body>,
+    ) -> (StatusCode, Value) {
+        let answer = self
+            .api
+            .call(method, path, &[], body)
+            .await
+            .expect("request to wasmhooks");
+        (StatusCode::from_u16(answer.status).unwrap(), answer.body)
+    }
+
     /// GET a path.
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(self.client.get(format!("{}{path}", self.url)))
-            .await
+        self.call(reqwest::Method::GET, path, None).await
     }
 
     /// POST JSON to a path.
     pub async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        self.send(self.client.post(format!("{}{path}", self.url)).json(body))
-            .await
+        let body = wasmhooks::client::Body::Json(body.clone());
+        self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     /// POST raw bytes with a content type.
@@ -264,15 +281,14 @@ impl Server {
 
     /// Uploads a module and returns its id.
     pub async fn upload(&self, name: &str, bytes: &[u8]) -> String {
-        let (status, body) = self
-            .post_raw(
-                &format!("/v1/modules?name={name}&version=1.0.0"),
-                "application/wasm",
-                bytes.to_vec(),
-            )
-            .await;
-        assert!(status.is_success(), "upload {name}: {status} {body}");
-        body["id"].as_str().unwrap().to_string()
+        match self
+            .api
+            .upload_module(name, Some("1.0.0"), bytes.to_vec())
+            .await
+        {
+            Ok(module) => module.id.to_string(),
+            Err(e) => panic!("upload {name}: {e}"),
+        }
     }
 
     /// Creates a webhook and returns its JSON.
@@ -282,11 +298,12 @@ impl Server {
         body
     }
 
-    /// Emits (one event object or an array) and expects 202.
+    /// Emits (one event object or an array) and expects it acknowledged.
     pub async fn emit(&self, events: Value) -> Value {
-        let (status, body) = self.post_json("/v1/events", &events).await;
-        assert_eq!(status, StatusCode::ACCEPTED, "emit: {body}");
-        body
+        self.api
+            .emit(&events)
+            .await
+            .unwrap_or_else(|e| panic!("emit: {e}"))
     }
 
     /// Waits until a delivery reaches a final status and returns it.
@@ -316,14 +333,13 @@ impl Server {
 
     /// PATCH JSON to a path.
     pub async fn patch_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        self.send(self.client.patch(format!("{}{path}", self.url)).json(body))
-            .await
+        let body = wasmhooks::client::Body::Json(body.clone());
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
     }
 
     /// DELETE a path.
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        self.send(self.client.delete(format!("{}{path}", self.url)))
-            .await
+        self.call(reqwest::Method::DELETE, path, None).await
     }
 }
 

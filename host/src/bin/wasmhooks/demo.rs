@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, Uri};
-use serde_json::{json, Value};
+use serde_json::json;
 
+use wasmhooks::client::Client;
 use wasmhooks::config::Config;
 use wasmhooks::Host;
 
@@ -77,36 +78,31 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
     });
     println!("wasmhooks demo: API on {api}, receiver on {receiver_url}\n");
 
-    let mut auth = reqwest::header::HeaderMap::new();
-    auth.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {admin_key}").parse()?,
-    );
-    let client = reqwest::Client::builder().default_headers(auth).build()?;
+    let client = Client::new(&api, Some(&admin_key))?;
     let mut module_ids = Vec::new();
     for (name, bytes) in [
         ("forward", wasmhooks::examples::FORWARD),
         ("order-threshold", wasmhooks::examples::ORDER_THRESHOLD),
     ] {
-        let info = call(
-            client
-                .post(format!("{api}/v1/modules?name={name}&version=0.1.0"))
-                .header("content-type", "application/wasm")
-                .body(bytes.to_vec()),
-        )
-        .await?;
+        let info = client
+            .upload_module(name, Some("0.1.0"), bytes.to_vec())
+            .await?;
         println!(
             "uploaded module {name:<16} {} ({} bytes)",
-            info["id"].as_str().unwrap_or(""),
+            info.id,
             bytes.len()
         );
-        module_ids.push(info["id"].as_str().unwrap_or_default().to_string());
+        module_ids.push(info.id.to_string());
     }
-    let connection = call(client.post(format!("{api}/v1/connections")).json(&json!({
-        "name": "Back office", "base_url": format!("{receiver_url}/back-office"),
-        "auth": { "type": "bearer", "token": "demo-token" }, "headers": { "x-shop": "demo" }
-    })))
-    .await?;
+    let connection = client
+        .post(
+            "/v1/connections",
+            &json!({
+                "name": "Back office", "base_url": format!("{receiver_url}/back-office"),
+                "auth": { "type": "bearer", "token": "demo-token" }, "headers": { "x-shop": "demo" }
+            }),
+        )
+        .await?;
     println!(
         "created connection {} {:?} (bearer auth; the token is write-only)",
         connection["id"].as_str().unwrap_or(""),
@@ -120,12 +116,10 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
                 "connection_id": connection["id"], "url": "/big-orders" }),
     ];
     for webhook in webhooks {
-        let created = call(client.post(format!("{api}/v1/webhooks")).json(&webhook)).await?;
+        let created = client.create_webhook(&webhook).await?;
         println!(
-            "created webhook {} {:?} for {}",
-            created["id"].as_str().unwrap_or(""),
-            created["name"].as_str().unwrap_or(""),
-            created["event_kinds"]
+            "created webhook {} {:?} for {:?}",
+            created.id, created.name, created.event_kinds
         );
     }
     let events = json!([
@@ -134,7 +128,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
         { "id": "demo-order-2", "kind": "order.created", "attributes": { "store_id": "7" },
           "payload": { "id": "A-1002", "amount": 250, "currency": "EUR", "customer": { "email": "bo@example.com" } } },
     ]);
-    let emitted = call(client.post(format!("{api}/v1/events")).json(&events)).await?;
+    let emitted = client.emit(&events).await?;
     let expected: usize = emitted["data"]
         .as_array()
         .map(|a| {
@@ -148,7 +142,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
     // Wait until every delivery has ended.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let deliveries = loop {
-        let page = call(client.get(format!("{api}/v1/deliveries"))).await?;
+        let page = client.get("/v1/deliveries").await?;
         let list = page["data"].as_array().cloned().unwrap_or_default();
         if list.len() >= expected && list.iter().all(|d| d["status"] != "pending") {
             break list;
@@ -195,14 +189,4 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
     let _ = server.await;
     host.shutdown().await;
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-    let response = request.send().await?;
-    let status = response.status();
-    let body: Value = response.json().await?;
-    if !status.is_success() {
-        bail!("API answered {status}: {body}");
-    }
-    Ok(body)
 }

@@ -341,17 +341,10 @@ pub enum EventCommand {
     },
 }
 
-/// An API client for one command.
+/// The API client, run to completion for one command.
 pub struct Client {
-    base: String,
-    http: reqwest::Client,
+    api: wasmhooks::client::Client,
     runtime: tokio::runtime::Runtime,
-}
-
-/// What a call answered.
-pub struct Answer {
-    status: reqwest::StatusCode,
-    body: Value,
 }
 
 impl Client {
@@ -360,20 +353,8 @@ impl Client {
     /// # Errors
     /// When the key is not a valid header value or the runtime cannot start.
     pub fn new(remote: &Remote) -> anyhow::Result<Client> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(key) = &remote.key {
-            headers.insert(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {key}")
-                    .parse()
-                    .context("the API key has characters that cannot be sent")?,
-            );
-        }
         Ok(Client {
-            base: remote.server.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .default_headers(headers)
-                .build()?,
+            api: wasmhooks::client::Client::new(&remote.server, remote.key.as_deref())?,
             runtime: super::runtime()?,
         })
     }
@@ -385,36 +366,19 @@ impl Client {
         query: &[(String, String)],
         body: Option<Body>,
     ) -> anyhow::Result<Answer> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url).query(query);
-        request = match body {
-            None => request,
-            Some(Body::Json(value)) => request.json(&value),
-            Some(Body::Wasm(bytes)) => request
-                .header("content-type", "application/wasm")
-                .body(bytes),
-        };
-        self.runtime.block_on(async {
-            let response = request
-                .send()
-                .await
-                .with_context(|| format!("calling {url}"))?;
-            let status = response.status();
-            let text = response.text().await?;
-            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            Ok(Answer { status, body })
-        })
+        Ok(self
+            .runtime
+            .block_on(self.api.call(method, path, query, body))?)
     }
 }
 
-enum Body {
-    Json(Value),
-    Wasm(Vec<u8>),
+fn succeeded(answer: &Answer) -> bool {
+    (200..300).contains(&answer.status)
 }
 
 /// Prints an answer: the error on stderr (exit 1), or the body as pretty JSON.
 fn show(answer: Answer) -> anyhow::Result<ExitCode> {
-    if !answer.status.is_success() {
+    if !succeeded(&answer) {
         return Ok(fail(&answer));
     }
     println!("{}", serde_json::to_string_pretty(&answer.body)?);
@@ -422,15 +386,8 @@ fn show(answer: Answer) -> anyhow::Result<ExitCode> {
 }
 
 fn fail(answer: &Answer) -> ExitCode {
-    let error = &answer.body["error"];
-    match (error["code"].as_str(), error["message"].as_str()) {
-        (Some(code), Some(message)) => {
-            eprintln!("error: {message} ({} {code})", answer.status.as_u16())
-        }
-        _ => eprintln!(
-            "error: the server answered {}: {}",
-            answer.status, answer.body
-        ),
+    if let Err(error) = answer.clone().into_result() {
+        eprintln!("error: {error}");
     }
     ExitCode::FAILURE
 }
@@ -467,7 +424,7 @@ fn list(
             q.push(("cursor".into(), c.clone()));
         }
         let answer = client.call(reqwest::Method::GET, path, &q, None)?;
-        if !answer.status.is_success() {
+        if !succeeded(&answer) {
             return Ok(fail(&answer));
         }
         if args.json {
@@ -711,6 +668,7 @@ const KEY_COLUMNS: Columns = &[
 ];
 
 use reqwest::Method as M;
+use wasmhooks::client::{Answer, Body};
 
 /// Runs a module command.
 ///
@@ -892,7 +850,7 @@ pub fn key(remote: &Remote, command: KeyCommand) -> anyhow::Result<ExitCode> {
                 body["tenant"] = tenant.into();
             }
             let answer = c.call(M::POST, "/v1/keys", &[], Some(Body::Json(body)))?;
-            if answer.status.is_success() {
+            if succeeded(&answer) {
                 eprintln!("the key is shown only this once; store it now");
             }
             show(answer)
@@ -929,7 +887,7 @@ pub fn event(remote: &Remote, command: EventCommand) -> anyhow::Result<ExitCode>
 pub fn emit(remote: &Remote, body: Value) -> anyhow::Result<ExitCode> {
     let c = Client::new(remote)?;
     let answer = c.call(M::POST, "/v1/events", &[], Some(Body::Json(body)))?;
-    if !answer.status.is_success() {
+    if !succeeded(&answer) {
         return Ok(fail(&answer));
     }
     println!("{}", answer.body);
