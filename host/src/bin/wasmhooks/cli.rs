@@ -4,6 +4,7 @@
 
 mod plugin_run;
 mod remote;
+mod remote_args;
 mod scaffold;
 
 use std::path::PathBuf;
