@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 pub use connection::{within_base, Connection, ConnectionAuth, Secret, SigningKeys};
 pub use delivery::{
-    Attempt, AttemptOutcome, Delivery, DeliveryMode, DeliveryStatus, LogLine, OutboundRequest,
+    Attempt, AttemptOutcome, Delivery, DeliveryMode, DeliveryStatus, LogLevel, LogLine,
+    OutboundRequest,
 };
 pub use duration::{format_duration, parse_duration};
 pub use ids::{ApiKeyId, ConnectionId, DeliveryId, EventId, IdError, ModuleId, WebhookId};

@@ -135,10 +135,45 @@ pub struct Attempt {
 /// A line the plugin logged (or printed) during evaluation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
-    /// `trace`…`error`, or `stdout` / `stderr` for printed output.
-    pub level: String,
+    /// How important, or which stream it was printed to.
+    pub level: LogLevel,
     /// The text.
     pub message: String,
+}
+
+/// A log line's level: the plugin's `log` levels, or the stream it printed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// `trace`
+    Trace,
+    /// `debug`
+    Debug,
+    /// `info`
+    Info,
+    /// `warn`
+    Warn,
+    /// `error`
+    Error,
+    /// Printed to standard output.
+    Stdout,
+    /// Printed to standard error.
+    Stderr,
+}
+
+impl LogLevel {
+    /// The level's name, as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+            LogLevel::Stdout => "stdout",
+            LogLevel::Stderr => "stderr",
+        }
+    }
 }
 
 /// One (webhook, event) pair moving towards the receiver.

@@ -12,11 +12,23 @@ use super::{to_wit_event, Error, EventInput, Pipeline};
 use crate::model::{DeliveryId, Event, LogLine, OutboundRequest};
 use crate::runtime::{wit, Answer, Call, Cost, LoadedPlugin, PluginContext, Runtime};
 
+/// What the plugin decided, in a dry run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// It would send the requests shown.
+    Send,
+    /// It would skip the event, for the reason shown.
+    Skip,
+    /// It failed (or the host refused to build a request it asked for).
+    Error,
+}
+
 /// What a dry run found.
 #[derive(Debug, Serialize)]
 pub struct DryRun {
-    /// `send`, `skip` or `error`.
-    pub decision: &'static str,
+    /// What the plugin decided.
+    pub decision: Decision,
     /// The skip reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -65,7 +77,7 @@ pub fn evaluate(
         })
         .collect();
     let mut run = DryRun {
-        decision: "error",
+        decision: Decision::Error,
         reason: None,
         requests: Vec::new(),
         error: None,
@@ -76,16 +88,16 @@ pub fn evaluate(
     };
     match evaluation.result {
         Ok(Answer::Decision(wit::Decision::Skip(reason))) => {
-            run.decision = "skip";
+            run.decision = Decision::Skip;
             run.reason = Some(reason);
         }
         Ok(Answer::Decision(wit::Decision::Send(requests))) => {
-            run.decision = "send";
+            run.decision = Decision::Send;
             let id = DeliveryId::generate();
             let target = match target {
                 Ok(target) => target,
                 Err(e) => {
-                    run.decision = "error";
+                    run.decision = Decision::Error;
                     run.error = Some(e.to_string());
                     return run;
                 }
@@ -94,7 +106,7 @@ pub fn evaluate(
                 match request::build(target, &id, i, r) {
                     Ok(built) => run.requests.push(built),
                     Err(e) => {
-                        run.decision = "error";
+                        run.decision = Decision::Error;
                         run.error = Some(e);
                         break;
                     }

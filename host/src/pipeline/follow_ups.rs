@@ -71,7 +71,7 @@ impl Pipeline {
             + 1;
         if depth > MAX_RESPONSE_DEPTH {
             delivery.logs.push(LogLine {
-                level: "warn".into(),
+                level: crate::model::LogLevel::Warn,
                 message: format!(
                     "{RESPONSE_EVENT} not emitted: {MAX_RESPONSE_DEPTH} follow-ups in a row \
                      (a loop of webhooks answering each other?)"
@@ -114,7 +114,7 @@ impl Pipeline {
             Err(e) => {
                 // A value too large for an event, say: the delivery keeps it; say why.
                 delivery.logs.push(LogLine {
-                    level: "warn".into(),
+                    level: crate::model::LogLevel::Warn,
                     message: format!("{RESPONSE_EVENT} not emitted: {e}"),
                 });
                 Ok(())

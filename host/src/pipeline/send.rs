@@ -59,7 +59,7 @@ impl Pipeline {
                     match extract_value(path, &result.body) {
                         Ok(value) => delivery.extracted_value = Some(value),
                         Err(why) => delivery.logs.push(LogLine {
-                            level: "warn".into(),
+                            level: crate::model::LogLevel::Warn,
                             message: format!("response value: {why}"),
                         }),
                     }

@@ -95,25 +95,25 @@ impl HostState {
         // Logged once, so a plugin that ignores the error still shows why on its delivery.
         if !self.state_refused {
             self.state_refused = true;
-            self.log.note("warn", message.clone());
+            self.log.note(crate::model::LogLevel::Warn, message.clone());
         }
         Err(message)
     }
 }
 
-fn level_name(level: LogLevel) -> &'static str {
+fn level_of(level: LogLevel) -> crate::model::LogLevel {
     match level {
-        LogLevel::Trace => "trace",
-        LogLevel::Debug => "debug",
-        LogLevel::Info => "info",
-        LogLevel::Warn => "warn",
-        LogLevel::Error => "error",
+        LogLevel::Trace => crate::model::LogLevel::Trace,
+        LogLevel::Debug => crate::model::LogLevel::Debug,
+        LogLevel::Info => crate::model::LogLevel::Info,
+        LogLevel::Warn => crate::model::LogLevel::Warn,
+        LogLevel::Error => crate::model::LogLevel::Error,
     }
 }
 
 impl host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
-        self.log.log(level_name(level), message);
+        self.log.log(level_of(level), message);
     }
 
     fn config(&mut self) -> String {

@@ -14,7 +14,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use super::size_text;
-use crate::model::LogLine;
+use crate::model::{LogLevel, LogLine};
 
 /// Longest line kept from printed output; longer ones are split.
 const MAX_LINE: usize = 4096;
@@ -42,10 +42,10 @@ pub(super) enum Stream {
 }
 
 impl Stream {
-    fn level(self) -> &'static str {
+    fn level(self) -> LogLevel {
         match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
+            Stream::Stdout => LogLevel::Stdout,
+            Stream::Stderr => LogLevel::Stderr,
         }
     }
 }
@@ -73,25 +73,23 @@ impl LogSink {
     }
 
     /// A line from the `log` import (or the host, on the plugin's behalf).
-    pub(super) fn log(&self, level: &str, message: String) {
+    pub(super) fn log(&self, level: LogLevel, message: String) {
         let mut inner = self.inner.lock().unwrap();
         if inner.used + message.len() > inner.limit {
             inner.dropped += message.len();
             return;
         }
         inner.used += message.len();
-        inner.lines.push(LogLine {
-            level: level.into(),
-            message,
-        });
+        inner.lines.push(LogLine { level, message });
     }
 
     /// A line the host adds about the plugin, kept even when the log is full.
-    pub(super) fn note(&self, level: &str, message: String) {
-        self.inner.lock().unwrap().lines.push(LogLine {
-            level: level.into(),
-            message,
-        });
+    pub(super) fn note(&self, level: LogLevel, message: String) {
+        self.inner
+            .lock()
+            .unwrap()
+            .lines
+            .push(LogLine { level, message });
     }
 
     /// Bytes the guest printed.
@@ -114,7 +112,7 @@ impl LogSink {
                 partial.remove(0);
             }
             inner.lines.push(LogLine {
-                level: stream.level().into(),
+                level: stream.level(),
                 message: String::from_utf8_lossy(&line).into_owned(),
             });
         }
@@ -127,7 +125,7 @@ impl LogSink {
             let rest = std::mem::take(&mut inner.partial[stream as usize]);
             if !rest.is_empty() {
                 inner.lines.push(LogLine {
-                    level: stream.level().into(),
+                    level: stream.level(),
                     message: String::from_utf8_lossy(&rest).into_owned(),
                 });
             }
@@ -139,7 +137,7 @@ impl LogSink {
                 inner.dropped
             );
             inner.lines.push(LogLine {
-                level: "warn".into(),
+                level: LogLevel::Warn,
                 message,
             });
         }
@@ -232,14 +230,14 @@ mod tests {
     fn printed_lines_are_split_and_a_flood_is_bounded_and_named() {
         let sink = LogSink::new(32);
         sink.print(Stream::Stdout, b"one\ntw");
-        sink.log("info", "hello".into());
+        sink.log(LogLevel::Info, "hello".into());
         sink.print(Stream::Stdout, b"o\n");
         sink.print(Stream::Stderr, &[b'x'; 100]);
         let done = sink.finish();
         let text: Vec<String> = done
             .lines
             .iter()
-            .map(|l| format!("{}:{}", l.level, l.message))
+            .map(|l| format!("{}:{}", l.level.as_str(), l.message))
             .collect();
         assert_eq!(text[0], "stdout:one");
         assert_eq!(text[1], "info:hello");

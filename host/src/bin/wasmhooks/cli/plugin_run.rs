@@ -69,7 +69,7 @@ pub(super) fn run(args: &PluginRunArgs) -> anyhow::Result<ExitCode> {
         limits: limits.clone(),
     };
     let run = dry_run::evaluate(&runtime, &plugin, ctx, Ok(&target), &event);
-    let code = if run.decision == "error" {
+    let code = if run.decision == wasmhooks::pipeline::dry_run::Decision::Error {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
