@@ -2,6 +2,7 @@
 //! down cleanly.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -13,10 +14,42 @@ use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 
+/// Why a host could not open its data directory and start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data directory could not be made (or made private).
+    #[error("{action} data dir {}: {source}", dir.display())]
+    DataDir {
+        /// What was being done (`creating`, `restricting`).
+        action: &'static str,
+        /// The directory.
+        dir: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The secrets key could not be had.
+    #[error(transparent)]
+    Key(#[from] crate::store::seal::KeyError),
+    /// The store did not open.
+    #[error("opening data dir {}: {source}", dir.display())]
+    Store {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: crate::store::StoreError,
+    },
+    /// The pipeline could not start.
+    #[error(transparent)]
+    Start(#[from] crate::pipeline::StartError),
+    /// The first admin key could not be stored.
+    #[error("creating the first admin key: {0}")]
+    AdminKey(#[from] crate::pipeline::Error),
+}
+
 /// A running (or ready to run) wasmhooks host.
 ///
 /// ```no_run
-/// # async fn demo() -> anyhow::Result<()> {
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let mut host = wasmhooks::Host::open(wasmhooks::config::Config::default())?;
 /// host.start();
 /// let (info, _) = host.pipeline().upload_module("forward", "1", wasmhooks::examples::FORWARD)?;
@@ -38,7 +71,7 @@ impl Host {
     ///
     /// # Errors
     /// When the store cannot be opened or the sandbox cannot be built.
-    pub fn open(config: Config) -> anyhow::Result<Host> {
+    pub fn open(config: Config) -> Result<Host, OpenError> {
         Self::open_with_clock(config, Arc::new(SystemClock))
     }
 
@@ -46,9 +79,14 @@ impl Host {
     ///
     /// # Errors
     /// When the store cannot be opened or the sandbox cannot be built.
-    pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Host> {
-        create_private_dir(&config.data_dir)
-            .map_err(|e| anyhow::anyhow!("creating data dir {}: {e}", config.data_dir.display()))?;
+    pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Host, OpenError> {
+        let dir = config.data_dir.clone();
+        let data_dir = |action, source| OpenError::DataDir {
+            action,
+            dir: dir.clone(),
+            source,
+        };
+        create_private_dir(&dir).map_err(|e| data_dir("creating", e))?;
         let key_file = config.secrets.key_file(&config.data_dir);
         let configured = config.secrets.key.as_ref().map(|k| k.expose());
         let (key, source) = crate::store::seal::load_key(configured, &key_file)?;
@@ -60,11 +98,13 @@ impl Host {
             );
         }
         let sealer = crate::store::Sealer::new(key);
-        let store = Store::open_guarded(&config.data_dir, sealer, &config.store)
-            .map_err(|e| anyhow::anyhow!("opening data dir {}: {e}", config.data_dir.display()))?;
-        restrict_files(&config.data_dir).map_err(|e| {
-            anyhow::anyhow!("restricting data dir {}: {e}", config.data_dir.display())
+        let store = Store::open_guarded(&dir, sealer, &config.store).map_err(|source| {
+            OpenError::Store {
+                dir: dir.clone(),
+                source,
+            }
         })?;
+        restrict_files(&dir).map_err(|e| data_dir("restricting", e))?;
         let pipeline = Arc::new(Pipeline::new(config, Arc::new(store.clone()), clock)?);
         let first_admin_key = pipeline.bootstrap_admin_key()?;
         let (shutdown, _) = watch::channel(false);

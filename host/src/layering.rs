@@ -176,3 +176,19 @@ fn a_module_naming_one_above_or_beside_it_is_caught() {
     assert!(wrong[0].contains("names `crate::api`"), "{wrong:?}");
     assert!(wrong[1].contains("names `crate::pipeline`"), "{wrong:?}");
 }
+
+#[test]
+fn the_library_returns_typed_errors() {
+    // anyhow is for the binary; the library's errors are enums a caller can match on.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let using: Vec<String> = library_files(&src)
+        .into_iter()
+        .filter(|(_, file)| {
+            std::fs::read_to_string(file)
+                .unwrap()
+                .contains(concat!("anyhow", "::"))
+        })
+        .map(|(_, file)| file.display().to_string())
+        .collect();
+    assert!(using.is_empty(), "anyhow in the library: {using:?}");
+}

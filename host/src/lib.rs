@@ -37,7 +37,7 @@ mod fuzz;
 #[cfg(test)]
 mod layering;
 
-pub use host::Host;
+pub use host::{Host, OpenError};
 
 /// The example plugin components built from `plugins/` (see `build.rs`).
 pub mod examples {

@@ -31,7 +31,6 @@ mod worker;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use anyhow::Context;
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
@@ -48,7 +47,7 @@ use crate::storage::Storage;
 
 pub use connections::ConnectionInput;
 pub use delivery_reads::DeliveryFilter;
-pub use error::Error;
+pub use error::{Error, StartError};
 pub use ingest::{EmitResult, EventInput, MAX_ATTRIBUTES};
 pub use keys::{KeyInput, Principal};
 pub use listing::{ListQuery, Page};
@@ -93,19 +92,18 @@ impl Pipeline {
         config: Config,
         store: Arc<dyn Storage>,
         clock: Arc<dyn Clock>,
-    ) -> anyhow::Result<Pipeline> {
+    ) -> Result<Pipeline, StartError> {
         let mut options = RuntimeOptions::new(&config.plugin);
         if config.plugin.precompiled_cache {
             let dir = config.data_dir.join("precompiled");
             let key = store.host_secret("artifact_key")?;
-            options.cache = Some(
-                ArtifactCache::new(&dir, key)
-                    .with_context(|| format!("creating {}", dir.display()))?,
-            );
+            let cache = ArtifactCache::new(&dir, key)
+                .map_err(|source| StartError::ArtifactCache { dir, source })?;
+            options.cache = Some(cache);
         }
         let runtime = Arc::new(Runtime::new(options)?);
         let guard = crate::sender::Guard::new(&config.delivery.allowed_destinations)
-            .map_err(|e| anyhow::anyhow!("delivery.allowed_destinations: {e}"))?;
+            .map_err(StartError::Destinations)?;
         let sender = Sender::new(
             config.delivery.timeout,
             config.delivery.response_body_limit,

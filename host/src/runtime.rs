@@ -45,7 +45,8 @@ pub use cache::{compatibility, ArtifactCache};
 use engine::{build_engine, thread_cpu_time, Limiter, StoreData};
 pub use engine::{Allocator, RuntimeOptions};
 pub use evaluation::{
-    size_text, Answer, Call, Cost, Evaluation, PluginContext, PluginError, ValidationError,
+    size_text, Answer, Call, Cost, Evaluation, PluginContext, PluginError, SandboxError,
+    ValidationError,
 };
 pub use host_impl::{NoState, PluginState, StateChange};
 pub use slots::QuickSlot;
@@ -150,15 +151,16 @@ impl Runtime {
     ///
     /// # Errors
     /// When wasmtime rejects the configuration (unsupported CPU, for example).
-    pub fn new(options: RuntimeOptions) -> anyhow::Result<Runtime> {
+    pub fn new(options: RuntimeOptions) -> Result<Runtime, SandboxError> {
         let (engine, allocator) = build_engine(&options)?;
         let mut linker = Linker::<StoreData>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(SandboxError::of)?;
         Webhook::add_to_linker::<StoreData, HasSelf<host_impl::HostState>>(&mut linker, |d| {
             &mut d.host
-        })?;
+        })
+        .map_err(SandboxError::of)?;
         let watchdog = if options.epoch {
-            Some(watchdog::Watchdog::start(&engine)?)
+            Some(watchdog::Watchdog::start(&engine).map_err(SandboxError::of)?)
         } else {
             None
         };

@@ -60,3 +60,28 @@ impl Error {
         }
     }
 }
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The plugin sandbox could not be built.
+    #[error(transparent)]
+    Sandbox(#[from] crate::runtime::SandboxError),
+    /// The precompiled-artifact cache directory could not be made.
+    #[error("creating {}: {source}", dir.display())]
+    ArtifactCache {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// An allow-listed destination does not parse.
+    #[error("delivery.allowed_destinations: {0}")]
+    Destinations(String),
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// Stored definitions could not be read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}

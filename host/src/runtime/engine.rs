@@ -141,7 +141,7 @@ pub(super) fn engine_config(options: &RuntimeOptions) -> wasmtime::Config {
 
 /// The engine: pooled when asked and possible, otherwise on demand with memories reserved
 /// only as large as the memory ceiling (bounds-checked, so a small address space suffices).
-pub(super) fn build_engine(options: &RuntimeOptions) -> anyhow::Result<(Engine, Allocator)> {
+pub(super) fn build_engine(options: &RuntimeOptions) -> Result<(Engine, Allocator), SandboxError> {
     if options.pooling {
         let slots =
             u32::try_from(options.concurrency + inline_slot_count() + 2).unwrap_or(u32::MAX);
@@ -175,5 +175,6 @@ pub(super) fn build_engine(options: &RuntimeOptions) -> anyhow::Result<(Engine, 
         .memory_reservation(reservation)
         .memory_reservation_for_growth(0)
         .memory_guard_size(64 << 10);
-    Ok((Engine::new(&config)?, Allocator::OnDemand))
+    let engine = Engine::new(&config).map_err(SandboxError::of)?;
+    Ok((engine, Allocator::OnDemand))
 }

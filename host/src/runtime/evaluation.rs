@@ -160,3 +160,15 @@ pub struct PluginContext {
     /// The limits this evaluation runs under.
     pub limits: PluginLimits,
 }
+
+/// Why the sandbox could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("building the plugin sandbox: {0}")]
+pub struct SandboxError(pub String);
+
+impl SandboxError {
+    /// From an engine error, with its whole chain of causes.
+    pub(super) fn of(error: impl std::fmt::Display) -> SandboxError {
+        SandboxError(format!("{error:#}"))
+    }
+}

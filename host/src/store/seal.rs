@@ -101,21 +101,55 @@ pub enum KeySource {
     Generated(PathBuf),
 }
 
+/// Why the secrets key could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The configured key is not a key.
+    #[error("secrets.key: {0}")]
+    Configured(String),
+    /// The key file holds something other than a key.
+    #[error("key file {}: {message}", file.display())]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The key file could not be read.
+    #[error("reading key file {}: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A new key file could not be written.
+    #[error("creating key file {}: {source}", file.display())]
+    Create {
+        /// The file.
+        file: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+}
+
 /// The secrets key: `configured` when given, else read from `file`, else generated into
 /// `file` (created with mode 0600, never overwritten).
 ///
 /// # Errors
 /// When the file cannot be read or written, or holds something other than a key.
-pub fn load_key(configured: Option<&str>, file: &Path) -> anyhow::Result<([u8; 32], KeySource)> {
+pub fn load_key(configured: Option<&str>, file: &Path) -> Result<([u8; 32], KeySource), KeyError> {
     if let Some(text) = configured {
-        let key = crate::config::parse_secrets_key(text)
-            .map_err(|e| anyhow::anyhow!("secrets.key: {e}"))?;
+        let key = crate::config::parse_secrets_key(text).map_err(KeyError::Configured)?;
         return Ok((key, KeySource::Configured));
     }
     match std::fs::read_to_string(file) {
         Ok(text) => {
-            let key = crate::config::parse_secrets_key(&text)
-                .map_err(|e| anyhow::anyhow!("key file {}: {e}", file.display()))?;
+            let key =
+                crate::config::parse_secrets_key(&text).map_err(|message| KeyError::Invalid {
+                    file: file.to_path_buf(),
+                    message,
+                })?;
             Ok((key, KeySource::File(file.to_path_buf())))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -135,10 +169,16 @@ pub fn load_key(configured: Option<&str>, file: &Path) -> anyhow::Result<([u8; 3
             });
             let placed = written.and_then(|()| std::fs::hard_link(&aside, file));
             let _ = std::fs::remove_file(&aside);
-            placed.map_err(|e| anyhow::anyhow!("creating key file {}: {e}", file.display()))?;
+            placed.map_err(|source| KeyError::Create {
+                file: file.to_path_buf(),
+                source,
+            })?;
             Ok((key, KeySource::Generated(file.to_path_buf())))
         }
-        Err(e) => Err(anyhow::anyhow!("reading key file {}: {e}", file.display())),
+        Err(source) => Err(KeyError::Read {
+            file: file.to_path_buf(),
+            source,
+        }),
     }
 }
 
