@@ -59,6 +59,14 @@ use crate::model::{
     ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
 };
 
+// The store needs the vendored sled's full-disk fixes (vendor/sled/PATCHED.md): sled from
+// crates.io loses data on a full disk. A crate embedding wasmhooks must carry the same
+// `[patch.crates-io]` section as this workspace's Cargo.toml.
+const _: () = assert!(
+    sled::WASMHOOKS_PATCH_LEVEL >= 4,
+    "wasmhooks needs its vendored sled: copy [patch.crates-io] from its Cargo.toml"
+);
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
