@@ -277,6 +277,7 @@ fn accepted_webhooks_read_back() {
     let host = crate::Host::open(config).unwrap();
     let pipeline = host.pipeline();
     let (module, _) = pipeline
+        .catalog()
         .upload_module("forward", "1", crate::examples::FORWARD)
         .unwrap();
     let definition = (
@@ -326,7 +327,7 @@ fn accepted_webhooks_read_back() {
                 let Ok(input) = crate::pipeline::WebhookInput::from_json(text.as_bytes()) else {
                     return Ok(());
                 };
-                let webhook = match pipeline.create_webhook(input) {
+                let webhook = match pipeline.catalog().create_webhook(input) {
                     Ok(webhook) => webhook,
                     Err(e) => {
                         if std::env::var_os("FUZZ_SHOW_REFUSALS").is_some() {

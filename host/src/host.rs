@@ -52,7 +52,7 @@ pub enum OpenError {
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let mut host = wasmhooks::Host::open(wasmhooks::config::Config::default())?;
 /// host.start();
-/// let (info, _) = host.pipeline().upload_module("forward", "1", wasmhooks::examples::FORWARD)?;
+/// let (info, _) = host.pipeline().catalog().upload_module("forward", "1", wasmhooks::examples::FORWARD)?;
 /// # let _ = info;
 /// host.shutdown().await;
 /// # Ok(()) }
@@ -106,7 +106,7 @@ impl Host {
         })?;
         restrict_files(&dir).map_err(|e| data_dir("restricting", e))?;
         let pipeline = Arc::new(Pipeline::new(config, Arc::new(store.clone()), clock)?);
-        let first_admin_key = pipeline.bootstrap_admin_key()?;
+        let first_admin_key = pipeline.catalog().bootstrap_admin_key()?;
         let (shutdown, _) = watch::channel(false);
         Ok(Host {
             pipeline,

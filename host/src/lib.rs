@@ -7,9 +7,11 @@
 //!   `wasmhooks` binary (`src/bin/wasmhooks`: the CLI, the demo, `plugin run`) uses only the
 //!   library's public API.
 //! - [`api`]: REST routes, the listener, and the one mapping from errors to JSON responses.
-//! - [`pipeline`]: ingest → routing → scheduling (`staging`) → evaluation → sending →
-//!   outcome (`outcome`: pure functions); beside it [`store`], the sled implementation of
-//!   the storage traits, which the pipeline never names.
+//! - [`pipeline`]: the flow — ingest → scheduling (`staging`) → one delivery under its claim
+//!   → evaluation → sending → outcome (`outcome`: pure functions).
+//! - [`catalog`]: what operators define (webhooks, modules, connections, keys, signing
+//!   secrets), read by the flow; beside it [`store`], the sled implementation of the storage
+//!   traits, which neither the catalog nor the pipeline names.
 //! - [`runtime`] (the wasmtime sandbox), [`sender`] (HTTP, the SSRF guard), [`storage`] (the
 //!   storage traits, their contract and its conformance suite).
 //! - [`config`], [`clock`]: settings, time.
@@ -19,6 +21,7 @@
 //! webhooks, emit events, serve.
 
 pub mod api;
+pub mod catalog;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -28,6 +28,13 @@ pub use response_value::{ResponsePath, ResponseValue};
 pub use schedule::{CheckedSchedule, Schedule, Window};
 pub use time::Millis;
 
+/// Most routing attributes an event may carry.
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Longest attribute name, in bytes.
+pub const MAX_ATTRIBUTE_NAME: usize = 128;
+/// Longest attribute value, in bytes.
+pub const MAX_ATTRIBUTE_VALUE: usize = 1024;
+
 /// One event emitted by a host application, as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Event {

@@ -1,35 +1,27 @@
 //! The delivery pipeline: ingest → router → due queue → plugin evaluation → sender → outcome.
 //!
-//! [`Pipeline`] owns the store, the sandbox, the HTTP sender and the clock. Operations that
-//! change what exists (modules, webhooks) live in `registry`; emitting events in `ingest`;
-//! the scheduler and the state machine of a delivery in `worker`.
+//! [`Pipeline`] owns the flow: emitting events (`ingest`), the scheduler and its staging, one
+//! delivery under its claim (`worker`), evaluation, sending, the outcome and what follows
+//! from it, replays, and reading what happened. What operators define is the [`Catalog`]
+//! beneath it, which the pipeline reads.
 
-mod checks;
-mod connections;
 mod delivery_reads;
 pub mod dry_run;
 pub mod endpoints;
-mod error;
 mod evaluation;
 mod follow_ups;
 mod ingest;
-mod keys;
-pub mod listing;
-mod modules;
 mod outcome;
 mod replay;
-pub mod request;
 pub mod retry;
 mod scheduler;
 mod send;
-mod signing;
 mod staging;
-mod webhook_input;
-mod webhooks;
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -45,33 +37,29 @@ use crate::runtime::{
 use crate::sender::Sender;
 use crate::storage::Storage;
 
-pub use connections::ConnectionInput;
+pub use crate::catalog::{
+    listing, request, Catalog, ConnectionInput, Error, KeyInput, ListQuery, Page, Principal,
+    RotateInput, Rotated, StartError, WebhookInput,
+};
 pub use delivery_reads::DeliveryFilter;
-pub use error::{Error, StartError};
 pub use ingest::{EmitResult, EventInput, MAX_ATTRIBUTES};
-pub use keys::{KeyInput, Principal};
-pub use listing::{ListQuery, Page};
 pub use replay::{RecoverInput, Recovered};
-pub use signing::{RotateInput, Rotated};
-pub use webhook_input::WebhookInput;
 
 /// Everything the pipeline works with.
 pub struct Pipeline {
     config: Config,
+    /// What operators defined, with its in-memory copies.
+    catalog: Arc<Catalog>,
     store: Arc<dyn Storage>,
     runtime: Arc<Runtime>,
     sender: Sender,
     clock: Arc<dyn Clock>,
-    /// Webhooks by id, kept in memory for routing (the store is the truth).
-    webhooks: RwLock<HashMap<WebhookId, Arc<Webhook>>>,
-    /// Connections by id, kept in memory for sending (the store is the truth).
-    connections: RwLock<HashMap<ConnectionId, Arc<Connection>>>,
-    /// Wakes the scheduler when work may be due.
-    wake: Notify,
-    /// Held while a webhook is read, changed and written (API updates and host changes).
-    webhook_writes: Mutex<()>,
+    /// Wakes the scheduler when work may be due (the catalog wakes it after a change).
+    wake: Arc<Notify>,
     /// Per-endpoint concurrency and rate limits.
     endpoints: endpoints::Endpoints,
+    /// The catalog's generation the endpoint limits were last made for.
+    endpoints_generation: AtomicU64,
     /// Deliveries being worked on now, with the due time they were started for, so the
     /// scheduler does not start them twice.
     in_flight: Mutex<HashMap<DeliveryId, Millis>>,
@@ -79,8 +67,6 @@ pub struct Pipeline {
     holder: u64,
     /// Due deliveries staged per endpoint, and the sweep of the queue.
     staging: Mutex<staging::Staging>,
-    /// Webhooks' signers, unsealed and parsed once (see `signing.rs`).
-    signers: RwLock<HashMap<WebhookId, Arc<signing::CachedSigners>>>,
 }
 
 impl Pipeline {
@@ -110,16 +96,15 @@ impl Pipeline {
             config.delivery.endpoint_concurrency.max(64),
             guard,
         )?;
-        let webhooks = store
-            .webhooks()?
-            .into_iter()
-            .map(|w| (w.id.clone(), Arc::new(w)))
-            .collect();
-        let connections = store
-            .connections()?
-            .into_iter()
-            .map(|c| (c.id.clone(), Arc::new(c)))
-            .collect();
+        let wake = Arc::new(Notify::new());
+        let catalog = Arc::new(Catalog::open(
+            config.clone(),
+            store.clone(),
+            runtime.clone(),
+            sender.clone(),
+            clock.clone(),
+            wake.clone(),
+        )?);
         let endpoints = endpoints::Endpoints::new(
             config.delivery.endpoint_concurrency,
             config.delivery.endpoint_rate,
@@ -127,20 +112,23 @@ impl Pipeline {
         );
         Ok(Pipeline {
             config,
+            catalog,
             store,
             runtime,
             sender,
             clock,
-            webhooks: RwLock::new(webhooks),
-            connections: RwLock::new(connections),
-            wake: Notify::new(),
-            webhook_writes: Mutex::new(()),
+            wake,
             endpoints,
+            endpoints_generation: AtomicU64::new(0),
             in_flight: Mutex::new(HashMap::new()),
             holder: rand::random(),
-            signers: RwLock::default(),
             staging: Mutex::default(),
         })
+    }
+
+    /// What operators defined: modules, webhooks, connections, keys, signing secrets.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
     }
 
     /// The settings in force.
@@ -175,15 +163,8 @@ impl Pipeline {
         }
     }
 
-    /// The loaded plugin of a module, compiled (or read from its artifact) on first use.
     fn plugin(&self, module: &ModuleId) -> Result<Arc<LoadedPlugin>, String> {
-        self.runtime.load(module, || {
-            self.store
-                .module_bytes(module)
-                .ok()
-                .flatten()
-                .map(|b| b.to_vec())
-        })
+        self.catalog.plugin(module)
     }
 
     /// Keeps an evaluation's state writes when it produced an answer; a failed evaluation's
@@ -201,23 +182,11 @@ impl Pipeline {
     }
 
     fn webhook_cached(&self, id: &WebhookId) -> Option<Arc<Webhook>> {
-        self.webhooks.read().unwrap().get(id).cloned()
+        self.catalog.webhook_cached(id)
     }
 
     fn connection_cached(&self, id: &ConnectionId) -> Option<Arc<Connection>> {
-        self.connections.read().unwrap().get(id).cloned()
-    }
-
-    /// Where `webhook`'s requests go now, through its connection.
-    ///
-    /// # Errors
-    /// When its connection is gone or the URL does not resolve.
-    pub fn target(&self, webhook: &Webhook) -> Result<request::Target, String> {
-        let connection = webhook
-            .connection_id
-            .as_ref()
-            .and_then(|id| self.connection_cached(id));
-        request::Target::resolve(webhook, connection.as_deref())
+        self.catalog.connection_cached(id)
     }
 
     /// The endpoint (origin) `webhook`'s requests go to — only the URL is resolved, for the

@@ -49,6 +49,7 @@ async fn a_newer_event_for_the_same_entity_replaces_the_waiting_one() {
     host.start();
     let p = host.pipeline().clone();
     let (module, _) = p
+        .catalog()
         .upload_module("order-threshold", "1", wasmhooks::examples::ORDER_THRESHOLD)
         .unwrap();
     // "Fire if the amount is still ≥ 100 five days after it last changed."
@@ -57,7 +58,7 @@ async fn a_newer_event_for_the_same_entity_replaces_the_waiting_one() {
         "config": { "threshold": 100 }, "url": receiver.url, "delay": "5d", "entity_key": "/id"
     }))
     .unwrap();
-    p.create_webhook(webhook).unwrap();
+    p.catalog().create_webhook(webhook).unwrap();
 
     // Day 0: A goes high. Day 2: A drops back — the same delivery now carries the drop and
     // waits five days from it.

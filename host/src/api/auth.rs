@@ -43,7 +43,7 @@ pub async fn require(
             _ => return unauthorized("the Authorization header must be `Bearer <key>`"),
         },
     };
-    let Some(principal) = pipeline.authenticate(&token) else {
+    let Some(principal) = pipeline.catalog().authenticate(&token) else {
         return unauthorized("invalid or revoked API key");
     };
     let allowed = match access {

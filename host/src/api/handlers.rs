@@ -79,7 +79,7 @@ pub async fn create_key(
     body: Body,
 ) -> ApiResult<Response> {
     let input: KeyInput = parse_json(&headers, &body?)?;
-    let (key, text) = p.create_key(input)?;
+    let (key, text) = p.catalog().create_key(input)?;
     let mut view = key.public();
     view["key"] = json!(text);
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -88,13 +88,13 @@ pub async fn create_key(
 pub async fn list_keys(State(p): State<AppState>, params: Params) -> ApiResult<Response> {
     let Query(params) = params?;
     let query = list_query(params, &["created_at", "name"], false)?;
-    Ok(Json(p.list_keys(query)?.map(|k| k.public())).into_response())
+    Ok(Json(p.catalog().list_keys(query)?.map(|k| k.public())).into_response())
 }
 
 pub async fn get_key(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(p.api_key(&id)?.public()).into_response())
+    Ok(Json(p.catalog().api_key(&id)?.public()).into_response())
 }
 
 pub async fn revoke_key(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(p.revoke_key(&id)?.public()).into_response())
+    Ok(Json(p.catalog().revoke_key(&id)?.public()).into_response())
 }

@@ -129,12 +129,12 @@ impl Pipeline {
     /// [`Error::NotFound`] for an unknown webhook, [`Error::Invalid`] for a bad event, or the
     /// module failing to load.
     pub fn dry_run(&self, webhook_id: &str, input: EventInput) -> Result<DryRun, Error> {
-        let webhook = self.webhook(webhook_id)?;
+        let webhook = self.catalog.webhook(webhook_id)?;
         let event = self.event_from(input, self.now(), None)?;
         let plugin = self
             .plugin(&webhook.module_id)
             .map_err(|e| Error::invalid("module_id", e))?;
-        let target = self.target(&webhook);
+        let target = self.catalog.target(&webhook);
         Ok(evaluate(
             &self.runtime,
             &plugin,

@@ -91,13 +91,14 @@ impl Pipeline {
                     delivery.next_attempt_at = None;
                     return Ok(None);
                 }
-                let built: Result<Vec<_>, String> = self.target(webhook).and_then(|target| {
-                    requests
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, r)| request::build(&target, &delivery.id, i, r))
-                        .collect()
-                });
+                let built: Result<Vec<_>, String> =
+                    self.catalog.target(webhook).and_then(|target| {
+                        requests
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, r)| request::build(&target, &delivery.id, i, r))
+                            .collect()
+                    });
                 match built {
                     Ok(built) => Ok(Some((built, wrote_state))),
                     Err(e) => {

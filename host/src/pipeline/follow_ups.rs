@@ -17,7 +17,7 @@ impl Pipeline {
         if change.is_none() {
             return;
         }
-        let result = self.change_webhook(&webhook.id, |w| {
+        let result = self.catalog.change_webhook(&webhook.id, |w| {
             if let Some(failing_since) = change.failing_since {
                 w.failing_since = failing_since;
             }

@@ -57,7 +57,7 @@ impl EventInput {
         };
         validate_kind(&self.kind, false).map_err(|m| Error::invalid(field("kind"), m))?;
         if let Some(tenant) = &self.tenant {
-            super::checks::check_tenant(&field("tenant"), tenant)?;
+            crate::catalog::check_tenant(&field("tenant"), tenant)?;
         }
         if self.attributes.len() > MAX_ATTRIBUTES {
             return Err(Error::invalid(
@@ -126,12 +126,7 @@ pub(super) enum Origin {
     Host,
 }
 
-/// Most routing attributes an event may carry.
-pub const MAX_ATTRIBUTES: usize = 64;
-/// Longest attribute name, in bytes.
-pub const MAX_ATTRIBUTE_NAME: usize = 128;
-/// Longest attribute value, in bytes.
-pub const MAX_ATTRIBUTE_VALUE: usize = 1024;
+pub use crate::model::{MAX_ATTRIBUTES, MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTE_VALUE};
 
 impl Pipeline {
     /// Builds a stored event from an input within the configured size (`api.max_event_bytes`:
@@ -242,10 +237,8 @@ impl Pipeline {
 
     /// One pending delivery for every enabled webhook that takes this event.
     fn route(&self, event: &Event, now: Millis) -> Vec<Delivery> {
-        let webhooks = self.webhooks.read().unwrap();
-        let mut matching: Vec<_> = webhooks.values().filter(|w| w.takes(event)).collect();
-        matching.sort_by(|a, b| a.id.cmp(&b.id));
-        matching
+        self.catalog
+            .takers(event)
             .into_iter()
             .map(|w| {
                 // A delay counts from when the event happened, never into the past.
@@ -270,7 +263,7 @@ impl Pipeline {
                 },
                 batch_limit: w.batch.map_or(0, |b| b.max_size),
                 entity,
-                ..Delivery::pending(w, event, due, now)
+                ..Delivery::pending(&w, event, due, now)
             })
             .collect()
     }

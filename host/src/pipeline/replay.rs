@@ -54,7 +54,7 @@ impl Pipeline {
     /// a storage error.
     pub async fn recover(&self, webhook_id: &str, input: RecoverInput) -> Result<Recovered, Error> {
         self.store.admit()?;
-        let webhook = self.webhook(webhook_id)?;
+        let webhook = self.catalog.webhook(webhook_id)?;
         let until = input.until.unwrap_or_else(|| self.now());
         if until <= input.since {
             return Err(Error::invalid("until", "must be after `since`"));

@@ -1,6 +1,7 @@
 //! The scheduler: sweeps the due queue in due order, stages due deliveries in memory per
 //! endpoint (`staging`), and starts them as their endpoint and `max_in_flight` allow.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +88,11 @@ impl Pipeline {
         self: &Arc<Self>,
         permits: &Arc<Semaphore>,
     ) -> Result<Duration, StorageError> {
+        let generation = self.catalog.generation();
+        if self.endpoints_generation.swap(generation, Ordering::AcqRel) != generation {
+            // A webhook or connection changed: endpoints are worked out anew.
+            self.forget_endpoints();
+        }
         let now = self.now();
         let mut wait = IDLE_WAIT;
         let mut staging = self.staging.lock().unwrap();
@@ -156,7 +162,7 @@ impl Pipeline {
     }
 
     /// Forgets the endpoints worked out per webhook (after a webhook or connection changed).
-    pub(super) fn forget_endpoints(&self) {
+    fn forget_endpoints(&self) {
         self.staging.lock().unwrap().forget_endpoints();
     }
 

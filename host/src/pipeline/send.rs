@@ -132,7 +132,7 @@ impl Pipeline {
             .iter()
             .find(|(name, _)| name == "webhook-id")
             .map_or("", |(_, value)| value.as_str());
-        let signature = self.signature(
+        let signature = self.catalog.signature(
             webhook,
             connection.as_deref(),
             message_id,

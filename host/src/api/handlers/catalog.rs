@@ -52,10 +52,11 @@ pub async fn upload_module(
         .ok_or_else(|| Error::invalid("name", "the query parameter `name` is required"))?;
     let version = query.version.unwrap_or_else(|| "0.0.0".to_string());
     let pipeline = p.clone();
-    let (info, created) =
-        tokio::task::spawn_blocking(move || pipeline.upload_module(&name, &version, &body))
-            .await
-            .map_err(internal)??;
+    let (info, created) = tokio::task::spawn_blocking(move || {
+        pipeline.catalog().upload_module(&name, &version, &body)
+    })
+    .await
+    .map_err(internal)??;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -67,7 +68,7 @@ pub async fn upload_module(
 pub async fn list_modules(State(p): State<AppState>, params: Params) -> ApiResult<Response> {
     let Query(params) = params?;
     let query = list_query(params, &["created_at", "name", "size"], false)?;
-    Ok(Json(p.list_modules(query)?).into_response())
+    Ok(Json(p.catalog().list_modules(query)?).into_response())
 }
 
 pub async fn get_module(
@@ -78,12 +79,13 @@ pub async fn get_module(
 ) -> ApiResult<Response> {
     let Query(params) = params?;
     let expanded = expand(&params, &["webhooks"])?;
-    let info = p.module(&id)?;
+    let info = p.catalog().module(&id)?;
     // A shared module shows a tenant-bound caller only its own tenant's webhooks.
     let users: Vec<Webhook> = p
+        .catalog()
         .module_users(&info.id)
         .iter()
-        .filter_map(|id| p.webhook(id.as_str()).ok())
+        .filter_map(|id| p.catalog().webhook(id.as_str()).ok())
         .filter(|w| who.sees(w.tenant.as_deref()))
         .collect();
     let mut view = serde_json::to_value(&info).map_err(internal)?;
@@ -98,7 +100,7 @@ pub async fn delete_module(
     State(p): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(p.delete_module(&id)?).into_response())
+    Ok(Json(p.catalog().delete_module(&id)?).into_response())
 }
 
 // ----- connections -----
@@ -111,7 +113,7 @@ pub async fn create_connection(
     let body = body?;
     let _: Box<RawValue> = parse_json(&headers, &body)?;
     let input = ConnectionInput::from_json(&body)?;
-    let connection = p.create_connection(input)?;
+    let connection = p.catalog().create_connection(input)?;
     Ok((StatusCode::CREATED, Json(connection.public())).into_response())
 }
 
@@ -122,7 +124,7 @@ pub async fn list_connections(
 ) -> ApiResult<Response> {
     let Query(params) = params?;
     let query = list_query(params, &["created_at", "updated_at", "name"], false)?;
-    let page = p.list_connections(query, who.tenant.as_deref())?;
+    let page = p.catalog().list_connections(query, who.tenant.as_deref())?;
     Ok(Json(page.map(|c| c.public())).into_response())
 }
 
@@ -138,6 +140,7 @@ pub async fn get_connection(
     let mut view = connection.public();
     if expanded.iter().any(|e| e == "webhooks") {
         let hooks: Vec<Webhook> = p
+            .catalog()
             .webhooks()
             .into_iter()
             .filter(|w| w.connection_id.as_ref() == Some(&connection.id))
@@ -157,20 +160,20 @@ pub async fn update_connection(
     let body = body?;
     let _: Box<RawValue> = parse_json(&headers, &body)?;
     let input = ConnectionInput::from_json(&body)?;
-    Ok(Json(p.update_connection(&id, input)?.public()).into_response())
+    Ok(Json(p.catalog().update_connection(&id, input)?.public()).into_response())
 }
 
 pub async fn delete_connection(
     State(p): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(p.delete_connection(&id)?.public()).into_response())
+    Ok(Json(p.catalog().delete_connection(&id)?.public()).into_response())
 }
 
 /// The connection, if the caller may see it: a tenant-bound key sees only connections
 /// shared with its tenant (others are "not found").
 fn visible_connection(p: &AppState, who: &Principal, id: &str) -> ApiResult<Connection> {
-    let connection = p.connection(id)?;
+    let connection = p.catalog().connection(id)?;
     if !connection.shared_with(who.tenant.as_deref()) {
         return Err(not_found("connection", id));
     }
@@ -190,7 +193,7 @@ fn check_connection_use(p: &AppState, who: &Principal, input: &WebhookInput) -> 
 
 /// The webhook, if the caller may see it (others' webhooks are "not found").
 fn visible_webhook(p: &AppState, who: &Principal, id: &str) -> ApiResult<Webhook> {
-    let webhook = p.webhook(id)?;
+    let webhook = p.catalog().webhook(id)?;
     if !who.sees(webhook.tenant.as_deref()) {
         return Err(not_found("webhook", id));
     }
@@ -227,7 +230,7 @@ pub async fn create_webhook(
     let mut input = WebhookInput::from_json(&body)?;
     pin_tenant(&who, &mut input)?;
     check_connection_use(&p, &who, &input)?;
-    let (webhook, issued) = p.create_webhook_signed(input)?;
+    let (webhook, issued) = p.catalog().create_webhook_signed(input)?;
     let mut view = serde_json::to_value(&webhook).map_err(internal)?;
     // A secret the host generated is shown this once; a given one is never echoed. A key
     // pair's public key is shown (it cannot sign).
@@ -250,7 +253,7 @@ pub async fn list_webhooks(
         params.insert("tenant".into(), tenant.clone());
     }
     let query = list_query(params, &["created_at", "updated_at", "name"], false)?;
-    Ok(Json(p.list_webhooks(query)?).into_response())
+    Ok(Json(p.catalog().list_webhooks(query)?).into_response())
 }
 
 pub async fn get_webhook(
@@ -263,13 +266,13 @@ pub async fn get_webhook(
     let expanded = expand(&params, &["module", "connection"])?;
     let webhook = visible_webhook(&p, &who, &id)?;
     let mut view = serde_json::to_value(&webhook).map_err(internal)?;
-    let public_keys = p.signing_public_keys(&webhook)?;
+    let public_keys = p.catalog().signing_public_keys(&webhook)?;
     if !public_keys.is_empty() {
         view["signing_public_keys"] = json!(public_keys);
     }
     for item in expanded {
         match item.as_str() {
-            "module" => view["module"] = json!(p.module(webhook.module_id.as_str()).ok()),
+            "module" => view["module"] = json!(p.catalog().module(webhook.module_id.as_str()).ok()),
             "connection" => {
                 view["connection"] = webhook
                     .connection_id
@@ -298,7 +301,7 @@ pub async fn update_webhook(
         pin_tenant(&who, &mut input)?;
     }
     check_connection_use(&p, &who, &input)?;
-    Ok(Json(p.update_webhook(&id, input)?).into_response())
+    Ok(Json(p.catalog().update_webhook(&id, input)?).into_response())
 }
 
 pub async fn delete_webhook(
@@ -307,7 +310,7 @@ pub async fn delete_webhook(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     visible_webhook(&p, &who, &id)?;
-    Ok(Json(p.delete_webhook(&id)?).into_response())
+    Ok(Json(p.catalog().delete_webhook(&id)?).into_response())
 }
 
 pub async fn enable_webhook(
@@ -332,7 +335,7 @@ fn set_enabled(p: &AppState, who: &Principal, id: &str, enabled: bool) -> ApiRes
         enabled: Some(enabled),
         ..WebhookInput::default()
     };
-    Ok(Json(p.update_webhook(id, input)?).into_response())
+    Ok(Json(p.catalog().update_webhook(id, input)?).into_response())
 }
 
 pub async fn test_webhook(
@@ -383,7 +386,7 @@ pub async fn rotate_webhook_secret(
     } else {
         parse_json(&headers, &body)?
     };
-    Ok(Json(p.rotate_signing_secret(&id, input)?).into_response())
+    Ok(Json(p.catalog().rotate_signing_secret(&id, input)?).into_response())
 }
 
 // ----- deliveries -----

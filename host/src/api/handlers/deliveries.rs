@@ -64,7 +64,7 @@ pub async fn get_delivery(
             }
             "webhook" => {
                 // The delivery's tenant is its webhook's, so a caller who sees one sees both.
-                let webhook = p.webhook(delivery.webhook_id.as_str()).ok();
+                let webhook = p.catalog().webhook(delivery.webhook_id.as_str()).ok();
                 view.webhook = Some(webhook.filter(|w| who.sees(w.tenant.as_deref())));
             }
             _ => {}

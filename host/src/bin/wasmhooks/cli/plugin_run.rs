@@ -9,10 +9,10 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::PluginRunArgs;
+use wasmhooks::catalog::request::Target;
 use wasmhooks::config::PluginConfig;
 use wasmhooks::model::{LimitOverrides, Method, Millis};
 use wasmhooks::pipeline::dry_run;
-use wasmhooks::pipeline::request::Target;
 use wasmhooks::pipeline::EventInput;
 use wasmhooks::runtime::{size_text, NoState, PluginContext, Runtime, RuntimeOptions};
 

@@ -11,7 +11,7 @@ use super::checks::{
     refuse_nulls,
 };
 use super::request::{destination, is_absolute};
-use super::{Error, Pipeline};
+use super::{Catalog, Error};
 use crate::model::parse_duration;
 use crate::model::{
     validate_kind, BatchConfig, ConnectionId, EntityMode, LimitOverrides, Method, ModuleId,
@@ -175,7 +175,7 @@ pub const MAX_SCOPE_ATTRIBUTES: usize = 64;
 /// Most accepted values of one scope attribute.
 pub const MAX_SCOPE_VALUES: usize = 256;
 /// Longest accepted scope value, in bytes (as long as an event attribute's value).
-pub const MAX_SCOPE_VALUE: usize = super::ingest::MAX_ATTRIBUTE_VALUE;
+pub const MAX_SCOPE_VALUE: usize = crate::model::MAX_ATTRIBUTE_VALUE;
 /// Largest plugin config, in bytes of JSON.
 pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
 
@@ -224,7 +224,7 @@ pub fn parse_method(text: &str) -> Result<Method, String> {
     }
 }
 
-impl Pipeline {
+impl Catalog {
     /// Applies `input` over `existing` (or over nothing, for a create) and checks the result.
     pub(super) fn merge_webhook(
         &self,

@@ -2,7 +2,7 @@
 
 use super::checks::check_label;
 use super::listing::{contains, ListQuery, Listed, Page, SortValue};
-use super::{Error, Pipeline};
+use super::{Catalog, Error};
 use crate::model::{ModuleId, ModuleInfo, WebhookId};
 use crate::runtime::WORLD;
 
@@ -20,7 +20,7 @@ impl Listed for ModuleInfo {
     }
 }
 
-impl Pipeline {
+impl Catalog {
     /// Stores a plugin module after validating it against the world. Uploading the same
     /// bytes again returns the stored module (`false`: not newly created).
     ///

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::checks::{check_label, check_tenant};
 use super::listing::{contains, ListQuery, Listed, Page, SortValue};
-use super::{Error, Pipeline};
+use super::{Catalog, Error};
 use crate::model::{constant_time_eq, generate_key, hash_key, key_id_of, ApiKey, ApiKeyId, Role};
 
 /// Who is calling: the role and tenant of the key that authenticated the request.
@@ -63,7 +63,7 @@ impl Listed for ApiKey {
     }
 }
 
-impl Pipeline {
+impl Catalog {
     /// On a first start without a configured admin key, creates an admin key and returns its
     /// text (to print once). Otherwise returns `None`.
     ///

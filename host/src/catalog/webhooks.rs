@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::listing::{contains, ListQuery, Listed, Page, SortValue};
 use super::webhook_input::WebhookInput;
-use super::{Error, Pipeline};
+use super::{Catalog, Error};
 use crate::model::SigningKeys;
 use crate::model::{kind_matches, Webhook, WebhookId};
 
@@ -23,7 +23,7 @@ impl Listed for Webhook {
     }
 }
 
-impl Pipeline {
+impl Catalog {
     /// Creates a webhook after checking every field.
     ///
     /// # Errors
@@ -39,7 +39,7 @@ impl Pipeline {
     /// secret, shown once, or a key pair's public key).
     ///
     /// # Errors
-    /// As [`Pipeline::create_webhook`], and [`Error::Invalid`] for a bad `signing_secret`.
+    /// As [`Catalog::create_webhook`], and [`Error::Invalid`] for a bad `signing_secret`.
     pub fn create_webhook_signed(
         &self,
         mut input: WebhookInput,
@@ -96,15 +96,14 @@ impl Pipeline {
         self.store.delete_webhook(&existing.id)?;
         self.signers.write().unwrap().remove(&existing.id);
         self.webhooks.write().unwrap().remove(&existing.id);
-        self.forget_endpoints();
-        self.wake.notify_one();
+        self.changed();
         Ok(existing)
     }
 
     /// Changes a stored webhook from inside the host (failure streaks, auto-disable), under
     /// the same lock as API updates so neither overwrites the other. Returns the new webhook,
     /// or `None` when it no longer exists or `change` left it as it was.
-    pub(super) fn change_webhook(
+    pub fn change_webhook(
         &self,
         id: &WebhookId,
         change: impl FnOnce(&mut Webhook),
@@ -128,7 +127,7 @@ impl Pipeline {
             .write()
             .unwrap()
             .insert(webhook.id.clone(), Arc::new(webhook.clone()));
-        self.forget_endpoints();
+        self.changed();
         Ok(webhook)
     }
 

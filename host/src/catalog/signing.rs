@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, Pipeline};
+use super::{Catalog, Error};
 use crate::model::{Connection, Millis, Secret, SigningKeys, Webhook, WebhookId};
 use crate::signature::{signature_header, Signer};
 
@@ -116,7 +116,7 @@ pub struct Rotated {
     pub previous_valid_until: Option<Millis>,
 }
 
-impl Pipeline {
+impl Catalog {
     /// Makes a new signing secret current for a webhook; the old one keeps signing for the
     /// configured overlap.
     ///
@@ -175,7 +175,7 @@ impl Pipeline {
 
     /// The `webhook-signature` header for one attempt, or `None` when nothing signs for this
     /// webhook (one created before signing existed, until its secret is rotated).
-    pub(super) fn signature(
+    pub fn signature(
         &self,
         webhook: &Webhook,
         connection: Option<&Connection>,

@@ -9,7 +9,7 @@ use super::checks::{check_headers, check_label, check_tenant, check_text, check_
 use super::listing::{contains, ListQuery, Listed, Page, SortValue};
 use super::request::check_header;
 use super::webhook_input::nullable;
-use super::{Error, Pipeline};
+use super::{Catalog, Error};
 use crate::model::{Connection, ConnectionAuth, ConnectionId, Secret};
 
 /// A connection as the API and CLI take it: everything on create, the fields to change on
@@ -135,7 +135,7 @@ pub fn check_signing_secret(secret: &Secret) -> Result<(), Error> {
         .map_err(|e| Error::invalid("signing_secret", e.to_string()))
 }
 
-impl Pipeline {
+impl Catalog {
     /// Creates a connection after checking every field.
     ///
     /// # Errors
@@ -178,7 +178,7 @@ impl Pipeline {
         }
         self.store.delete_connection(&existing.id)?;
         self.connections.write().unwrap().remove(&existing.id);
-        self.forget_endpoints();
+        self.changed();
         Ok(existing)
     }
 
@@ -236,7 +236,7 @@ impl Pipeline {
             .write()
             .unwrap()
             .insert(connection.id.clone(), Arc::new(connection.clone()));
-        self.forget_endpoints();
+        self.changed();
         Ok(connection)
     }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::request::check_header;
-use super::{Error, Pipeline};
+use super::{Catalog, Error};
 
 /// Refuses `null` for any of `fields` in a JSON object body.
 ///
@@ -105,7 +105,7 @@ pub fn check_label(field: &str, value: &str, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
-impl Pipeline {
+impl Catalog {
     /// Refuses a URL whose host is a restricted address that is not allow-listed (names are
     /// checked when they resolve, at send time).
     pub(super) fn check_destination(&self, field: &str, url: &str) -> Result<(), Error> {
