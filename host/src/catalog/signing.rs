@@ -202,7 +202,7 @@ impl Catalog {
     }
 
     /// A webhook's signers, read from the store (and unsealed and parsed) once and kept
-    /// until its keys change ([`Pipeline::put_signing_keys`]).
+    /// until its keys change (`Catalog::put_signing_keys`).
     fn webhook_signers(&self, webhook: &Webhook) -> Option<Arc<CachedSigners>> {
         if let Some(signers) = self.signers.read().unwrap().get(&webhook.id) {
             return Some(signers.clone());
