@@ -182,7 +182,7 @@ pub fn mib(bytes: u64) -> String {
 
 /// Definitions: modules, webhooks, connections, API keys and webhooks' signing secrets.
 /// Credentials are kept sealed at rest.
-pub trait Catalog: Send + Sync {
+pub trait Definitions: Send + Sync {
     /// Stores a module's bytes and description.
     fn put_module(&self, info: &ModuleInfo, bytes: &[u8]) -> Result<(), StorageError>;
     /// Removes a module.
@@ -315,6 +315,6 @@ pub trait Capacity: Send + Sync {
 }
 
 /// Everything the host stores.
-pub trait Storage: Catalog + Deliveries + PluginStates + Capacity {}
+pub trait Storage: Definitions + Deliveries + PluginStates + Capacity {}
 
-impl<T: Catalog + Deliveries + PluginStates + Capacity> Storage for T {}
+impl<T: Definitions + Deliveries + PluginStates + Capacity> Storage for T {}

@@ -9,7 +9,7 @@ use crate::model::{
     Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis, Webhook, WebhookId,
 };
 
-use super::{Capacity, Catalog, Claim, Deliveries, Inserted, PluginStates, Storage};
+use super::{Capacity, Claim, Definitions, Deliveries, Inserted, PluginStates, Storage};
 
 /// Opens the storage kept in a directory (again, after the last handle to it was dropped).
 pub trait Opener {

@@ -10,8 +10,8 @@ use crate::model::{
     ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
 };
 use crate::storage::{
-    Capacity, Catalog, Claim, Deliveries, Inserted, LowSpace, PluginStates, QueueEntry, Scanned,
-    SpaceStatus, StorageError, StorageFuture,
+    Capacity, Claim, Definitions, Deliveries, Inserted, LowSpace, PluginStates, QueueEntry,
+    Scanned, SpaceStatus, StorageError, StorageFuture,
 };
 
 use super::{Store, StoreError};
@@ -32,7 +32,7 @@ impl From<StoreError> for StorageError {
     }
 }
 
-impl Catalog for Store {
+impl Definitions for Store {
     fn put_module(&self, info: &ModuleInfo, bytes: &[u8]) -> Result<(), StorageError> {
         Ok(Store::put_module(self, info, bytes)?)
     }
