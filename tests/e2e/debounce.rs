@@ -29,7 +29,8 @@ async fn emit(p: &Pipeline, sku: &str, amount: u32) -> String {
 }
 
 async fn status_of(p: &Pipeline, id: &str) -> DeliveryStatus {
-    p.delivery(id).unwrap().status
+    let id = wasmhooks::model::DeliveryId::parse(id).unwrap();
+    p.delivery(&id).unwrap().status
 }
 
 #[tokio::test]
@@ -69,7 +70,9 @@ async fn a_newer_event_for_the_same_entity_replaces_the_waiting_one() {
         a,
         "the waiting delivery took the newer event"
     );
-    let waiting = p.delivery(&a).unwrap();
+    let waiting = p
+        .delivery(&wasmhooks::model::DeliveryId::parse(&a).unwrap())
+        .unwrap();
     assert_eq!(waiting.replaced, 1);
     assert_eq!(
         waiting.next_attempt_at,

@@ -29,6 +29,39 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
+/// The id in a request's path: one that does not parse names nothing that exists.
+fn path_id<T, E>(
+    kind: &'static str,
+    id: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> ApiResult<T> {
+    parse(id).map_err(|_| not_found(kind, id))
+}
+
+fn webhook_id(id: &str) -> ApiResult<crate::model::WebhookId> {
+    path_id("webhook", id, crate::model::WebhookId::parse)
+}
+
+fn connection_id(id: &str) -> ApiResult<crate::model::ConnectionId> {
+    path_id("connection", id, crate::model::ConnectionId::parse)
+}
+
+fn module_id(id: &str) -> ApiResult<crate::model::ModuleId> {
+    path_id("module", id, crate::model::ModuleId::parse)
+}
+
+fn key_id(id: &str) -> ApiResult<crate::model::ApiKeyId> {
+    path_id("API key", id, crate::model::ApiKeyId::parse)
+}
+
+fn event_id(id: &str) -> ApiResult<crate::model::EventId> {
+    path_id("event", id, crate::model::EventId::parse)
+}
+
+fn delivery_id(id: &str) -> ApiResult<crate::model::DeliveryId> {
+    path_id("delivery", id, crate::model::DeliveryId::parse)
+}
+
 fn not_found(kind: &'static str, id: &str) -> ApiError {
     Error::NotFound {
         kind,
@@ -92,9 +125,9 @@ pub async fn list_keys(State(p): State<AppState>, params: Params) -> ApiResult<R
 }
 
 pub async fn get_key(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(p.catalog().api_key(&id)?.public()).into_response())
+    Ok(Json(p.catalog().api_key(&key_id(&id)?)?.public()).into_response())
 }
 
 pub async fn revoke_key(State(p): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(p.catalog().revoke_key(&id)?.public()).into_response())
+    Ok(Json(p.catalog().revoke_key(&key_id(&id)?)?.public()).into_response())
 }

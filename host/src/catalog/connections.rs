@@ -151,7 +151,11 @@ impl Catalog {
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::Invalid`] naming the first bad field, or a storage error.
-    pub fn update_connection(&self, id: &str, input: ConnectionInput) -> Result<Connection, Error> {
+    pub fn update_connection(
+        &self,
+        id: &ConnectionId,
+        input: ConnectionInput,
+    ) -> Result<Connection, Error> {
         let existing = self.connection(id)?;
         let connection = self.merge_connection(Some(&existing), input)?;
         self.save_connection(connection)
@@ -161,7 +165,7 @@ impl Catalog {
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::Conflict`] naming the webhooks, or a storage error.
-    pub fn delete_connection(&self, id: &str) -> Result<Connection, Error> {
+    pub fn delete_connection(&self, id: &ConnectionId) -> Result<Connection, Error> {
         let existing = self.connection(id)?;
         let users: Vec<String> = self
             .webhooks()
@@ -186,10 +190,8 @@ impl Catalog {
     ///
     /// # Errors
     /// [`Error::NotFound`].
-    pub fn connection(&self, id: &str) -> Result<Connection, Error> {
-        ConnectionId::parse(id)
-            .ok()
-            .and_then(|id| self.connection_cached(&id))
+    pub fn connection(&self, id: &ConnectionId) -> Result<Connection, Error> {
+        self.connection_cached(id)
             .map(|c| (*c).clone())
             .ok_or_else(|| Error::NotFound {
                 kind: "connection",

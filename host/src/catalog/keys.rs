@@ -125,20 +125,18 @@ impl Catalog {
     ///
     /// # Errors
     /// [`Error::NotFound`] or a storage error.
-    pub fn api_key(&self, id: &str) -> Result<ApiKey, Error> {
-        let not_found = || Error::NotFound {
+    pub fn api_key(&self, id: &ApiKeyId) -> Result<ApiKey, Error> {
+        self.store.api_key(id)?.ok_or_else(|| Error::NotFound {
             kind: "API key",
             id: id.to_string(),
-        };
-        let id = ApiKeyId::parse(id).map_err(|_| not_found())?;
-        self.store.api_key(&id)?.ok_or_else(not_found)
+        })
     }
 
     /// Revokes a key: it authenticates nothing from now on. Revoking twice is a no-op.
     ///
     /// # Errors
     /// [`Error::NotFound`] or a storage error.
-    pub fn revoke_key(&self, id: &str) -> Result<ApiKey, Error> {
+    pub fn revoke_key(&self, id: &ApiKeyId) -> Result<ApiKey, Error> {
         let mut key = self.api_key(id)?;
         if key.revoked_at.is_none() {
             key.revoked_at = Some(self.now());

@@ -69,13 +69,11 @@ impl Catalog {
     ///
     /// # Errors
     /// [`Error::NotFound`] or a storage error.
-    pub fn module(&self, id: &str) -> Result<ModuleInfo, Error> {
-        let not_found = || Error::NotFound {
+    pub fn module(&self, id: &ModuleId) -> Result<ModuleInfo, Error> {
+        self.store.module_info(id)?.ok_or_else(|| Error::NotFound {
             kind: "module",
             id: id.to_string(),
-        };
-        let id = ModuleId::parse(id).map_err(|_| not_found())?;
-        self.store.module_info(&id)?.ok_or_else(not_found)
+        })
     }
 
     /// The webhooks that use a module, oldest first.
@@ -97,7 +95,7 @@ impl Catalog {
     /// # Errors
     /// [`Error::NotFound`], [`Error::Conflict`] naming the webhooks that use it, or a storage
     /// error.
-    pub fn delete_module(&self, id: &str) -> Result<ModuleInfo, Error> {
+    pub fn delete_module(&self, id: &ModuleId) -> Result<ModuleInfo, Error> {
         let info = self.module(id)?;
         let users = self.module_users(&info.id);
         if !users.is_empty() {

@@ -122,7 +122,11 @@ impl Catalog {
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::Invalid`] for a bad secret, or a storage error.
-    pub fn rotate_signing_secret(&self, id: &str, input: RotateInput) -> Result<Rotated, Error> {
+    pub fn rotate_signing_secret(
+        &self,
+        id: &WebhookId,
+        input: RotateInput,
+    ) -> Result<Rotated, Error> {
         let webhook = self.webhook(id)?;
         let _writing = self.webhook_writes.lock().unwrap();
         let existing = self.store.signing_keys(&webhook.id)?;

@@ -66,7 +66,7 @@ impl Catalog {
     /// # Errors
     /// [`Error::NotFound`] for an unknown webhook, module or connection, [`Error::Invalid`]
     /// naming the first bad field, or a storage error. Nothing changes on error.
-    pub fn update_webhook(&self, id: &str, input: WebhookInput) -> Result<Webhook, Error> {
+    pub fn update_webhook(&self, id: &WebhookId, input: WebhookInput) -> Result<Webhook, Error> {
         if input.signature_scheme.is_some() {
             return Err(Error::invalid(
                 "signature_scheme",
@@ -90,7 +90,7 @@ impl Catalog {
     ///
     /// # Errors
     /// [`Error::NotFound`] or a storage error.
-    pub fn delete_webhook(&self, id: &str) -> Result<Webhook, Error> {
+    pub fn delete_webhook(&self, id: &WebhookId) -> Result<Webhook, Error> {
         let _writing = self.webhook_writes.lock().unwrap();
         let existing = self.webhook(id)?;
         self.store.delete_webhook(&existing.id)?;
@@ -135,10 +135,8 @@ impl Catalog {
     ///
     /// # Errors
     /// [`Error::NotFound`].
-    pub fn webhook(&self, id: &str) -> Result<Webhook, Error> {
-        WebhookId::parse(id)
-            .ok()
-            .and_then(|id| self.webhook_cached(&id))
+    pub fn webhook(&self, id: &WebhookId) -> Result<Webhook, Error> {
+        self.webhook_cached(id)
             .map(|w| (*w).clone())
             .ok_or_else(|| Error::NotFound {
                 kind: "webhook",

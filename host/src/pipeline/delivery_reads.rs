@@ -42,26 +42,24 @@ impl Pipeline {
     ///
     /// # Errors
     /// [`Error::NotFound`] or a storage error.
-    pub fn event(&self, tenant: Option<&str>, id: &str) -> Result<Event, Error> {
-        let not_found = || Error::NotFound {
-            kind: "event",
-            id: id.to_string(),
-        };
-        let id = EventId::parse(id).map_err(|_| not_found())?;
-        self.store.event(tenant, &id)?.ok_or_else(not_found)
+    pub fn event(&self, tenant: Option<&str>, id: &EventId) -> Result<Event, Error> {
+        self.store
+            .event(tenant, id)?
+            .ok_or_else(|| Error::NotFound {
+                kind: "event",
+                id: id.to_string(),
+            })
     }
 
     /// One delivery.
     ///
     /// # Errors
     /// [`Error::NotFound`] or a storage error.
-    pub fn delivery(&self, id: &str) -> Result<Delivery, Error> {
-        let not_found = || Error::NotFound {
+    pub fn delivery(&self, id: &DeliveryId) -> Result<Delivery, Error> {
+        self.store.delivery(id)?.ok_or_else(|| Error::NotFound {
             kind: "delivery",
             id: id.to_string(),
-        };
-        let id = DeliveryId::parse(id).map_err(|_| not_found())?;
-        self.store.delivery(&id)?.ok_or_else(not_found)
+        })
     }
 
     /// Deliveries matching the query's filters (`webhook_id`, `event_id`, `status`,

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::request::{self, Target};
 use super::{to_wit_event, Error, EventInput, Pipeline};
-use crate::model::{DeliveryId, Event, LogLine, OutboundRequest};
+use crate::model::{DeliveryId, Event, LogLine, OutboundRequest, WebhookId};
 use crate::runtime::{wit, Answer, Call, Cost, LoadedPlugin, PluginContext, Runtime};
 
 /// What the plugin decided, in a dry run.
@@ -128,7 +128,7 @@ impl Pipeline {
     /// # Errors
     /// [`Error::NotFound`] for an unknown webhook, [`Error::Invalid`] for a bad event, or the
     /// module failing to load.
-    pub fn dry_run(&self, webhook_id: &str, input: EventInput) -> Result<DryRun, Error> {
+    pub fn dry_run(&self, webhook_id: &WebhookId, input: EventInput) -> Result<DryRun, Error> {
         let webhook = self.catalog.webhook(webhook_id)?;
         let event = self.event_from(input, self.now(), None)?;
         let plugin = self

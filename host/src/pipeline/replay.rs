@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use super::{Error, Pipeline};
-use crate::model::{Delivery, DeliveryId, DeliveryStatus, Millis};
+use crate::model::{Delivery, DeliveryId, DeliveryStatus, Millis, WebhookId};
 
 /// Which deliveries `recover` replays: the failed and dead ones created in `[since, until)`.
 #[derive(Debug, Deserialize)]
@@ -37,7 +37,7 @@ impl Pipeline {
     /// # Errors
     /// [`Error::NotFound`] for an unknown delivery, [`Error::Conflict`] when it is still pending
     /// or its webhook was deleted, or a storage error.
-    pub async fn replay(&self, id: &str) -> Result<Delivery, Error> {
+    pub async fn replay(&self, id: &DeliveryId) -> Result<Delivery, Error> {
         self.store.admit()?;
         let original = self.delivery(id)?;
         let replay = self.queue_replay(original)?;
@@ -52,7 +52,11 @@ impl Pipeline {
     /// # Errors
     /// [`Error::NotFound`] for an unknown webhook, [`Error::Invalid`] for an empty range, or
     /// a storage error.
-    pub async fn recover(&self, webhook_id: &str, input: RecoverInput) -> Result<Recovered, Error> {
+    pub async fn recover(
+        &self,
+        webhook_id: &WebhookId,
+        input: RecoverInput,
+    ) -> Result<Recovered, Error> {
         self.store.admit()?;
         let webhook = self.catalog.webhook(webhook_id)?;
         let until = input.until.unwrap_or_else(|| self.now());

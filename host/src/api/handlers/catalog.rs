@@ -15,7 +15,7 @@ use crate::pipeline::{
     ConnectionInput, Error, EventInput, Principal, RecoverInput, RotateInput, WebhookInput,
 };
 
-use super::{internal, not_found, Body, Params};
+use super::{connection_id, internal, module_id, not_found, webhook_id, Body, Params};
 
 /// The query of a module upload.
 #[derive(serde::Deserialize)]
@@ -79,13 +79,13 @@ pub async fn get_module(
 ) -> ApiResult<Response> {
     let Query(params) = params?;
     let expanded = expand(&params, &["webhooks"])?;
-    let info = p.catalog().module(&id)?;
+    let info = p.catalog().module(&module_id(&id)?)?;
     // A shared module shows a tenant-bound caller only its own tenant's webhooks.
     let users: Vec<Webhook> = p
         .catalog()
         .module_users(&info.id)
         .iter()
-        .filter_map(|id| p.catalog().webhook(id.as_str()).ok())
+        .filter_map(|id| p.catalog().webhook(id).ok())
         .filter(|w| who.sees(w.tenant.as_deref()))
         .collect();
     let mut view = serde_json::to_value(&info).map_err(internal)?;
@@ -100,7 +100,7 @@ pub async fn delete_module(
     State(p): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(p.catalog().delete_module(&id)?).into_response())
+    Ok(Json(p.catalog().delete_module(&module_id(&id)?)?).into_response())
 }
 
 // ----- connections -----
@@ -160,20 +160,30 @@ pub async fn update_connection(
     let body = body?;
     let _: Box<RawValue> = parse_json(&headers, &body)?;
     let input = ConnectionInput::from_json(&body)?;
-    Ok(Json(p.catalog().update_connection(&id, input)?.public()).into_response())
+    Ok(Json(
+        p.catalog()
+            .update_connection(&connection_id(&id)?, input)?
+            .public(),
+    )
+    .into_response())
 }
 
 pub async fn delete_connection(
     State(p): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(p.catalog().delete_connection(&id)?.public()).into_response())
+    Ok(Json(
+        p.catalog()
+            .delete_connection(&connection_id(&id)?)?
+            .public(),
+    )
+    .into_response())
 }
 
 /// The connection, if the caller may see it: a tenant-bound key sees only connections
 /// shared with its tenant (others are "not found").
 fn visible_connection(p: &AppState, who: &Principal, id: &str) -> ApiResult<Connection> {
-    let connection = p.catalog().connection(id)?;
+    let connection = p.catalog().connection(&connection_id(id)?)?;
     if !connection.shared_with(who.tenant.as_deref()) {
         return Err(not_found("connection", id));
     }
@@ -193,7 +203,7 @@ fn check_connection_use(p: &AppState, who: &Principal, input: &WebhookInput) -> 
 
 /// The webhook, if the caller may see it (others' webhooks are "not found").
 fn visible_webhook(p: &AppState, who: &Principal, id: &str) -> ApiResult<Webhook> {
-    let webhook = p.catalog().webhook(id)?;
+    let webhook = p.catalog().webhook(&webhook_id(id)?)?;
     if !who.sees(webhook.tenant.as_deref()) {
         return Err(not_found("webhook", id));
     }
@@ -272,7 +282,7 @@ pub async fn get_webhook(
     }
     for item in expanded {
         match item.as_str() {
-            "module" => view["module"] = json!(p.catalog().module(webhook.module_id.as_str()).ok()),
+            "module" => view["module"] = json!(p.catalog().module(&webhook.module_id).ok()),
             "connection" => {
                 view["connection"] = webhook
                     .connection_id
@@ -301,7 +311,7 @@ pub async fn update_webhook(
         pin_tenant(&who, &mut input)?;
     }
     check_connection_use(&p, &who, &input)?;
-    Ok(Json(p.catalog().update_webhook(&id, input)?).into_response())
+    Ok(Json(p.catalog().update_webhook(&webhook_id(&id)?, input)?).into_response())
 }
 
 pub async fn delete_webhook(
@@ -310,7 +320,7 @@ pub async fn delete_webhook(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     visible_webhook(&p, &who, &id)?;
-    Ok(Json(p.catalog().delete_webhook(&id)?).into_response())
+    Ok(Json(p.catalog().delete_webhook(&webhook_id(&id)?)?).into_response())
 }
 
 pub async fn enable_webhook(
@@ -335,7 +345,7 @@ fn set_enabled(p: &AppState, who: &Principal, id: &str, enabled: bool) -> ApiRes
         enabled: Some(enabled),
         ..WebhookInput::default()
     };
-    Ok(Json(p.catalog().update_webhook(id, input)?).into_response())
+    Ok(Json(p.catalog().update_webhook(&webhook_id(id)?, input)?).into_response())
 }
 
 pub async fn test_webhook(
@@ -345,10 +355,10 @@ pub async fn test_webhook(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    visible_webhook(&p, &who, &id)?;
+    let webhook = visible_webhook(&p, &who, &id)?;
     let input: EventInput = parse_json(&headers, &body?)?;
     let pipeline = p.clone();
-    let run = tokio::task::spawn_blocking(move || pipeline.dry_run(&id, input))
+    let run = tokio::task::spawn_blocking(move || pipeline.dry_run(&webhook.id, input))
         .await
         .map_err(internal)??;
     Ok(Json(run).into_response())
@@ -363,7 +373,7 @@ pub async fn recover_webhook(
 ) -> ApiResult<Response> {
     visible_webhook(&p, &who, &id)?;
     let input: RecoverInput = parse_json(&headers, &body?)?;
-    let recovered = p.recover(&id, input).await?;
+    let recovered = p.recover(&webhook_id(&id)?, input).await?;
     let data: Vec<Value> = recovered.replayed.iter().map(Delivery::summary).collect();
     Ok((
         StatusCode::ACCEPTED,
@@ -386,7 +396,11 @@ pub async fn rotate_webhook_secret(
     } else {
         parse_json(&headers, &body)?
     };
-    Ok(Json(p.catalog().rotate_signing_secret(&id, input)?).into_response())
+    Ok(Json(
+        p.catalog()
+            .rotate_signing_secret(&webhook_id(&id)?, input)?,
+    )
+    .into_response())
 }
 
 // ----- deliveries -----

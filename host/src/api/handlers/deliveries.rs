@@ -9,10 +9,10 @@ use super::super::{expand, list_query, ApiResult, AppState};
 use crate::model::{Delivery, Webhook};
 use crate::pipeline::Principal;
 
-use super::{not_found, Params};
+use super::{delivery_id, not_found, Params};
 
 fn visible_delivery(p: &AppState, who: &Principal, id: &str) -> ApiResult<Delivery> {
-    let delivery = p.delivery(id)?;
+    let delivery = p.delivery(&delivery_id(id)?)?;
     if !who.sees(delivery.tenant.as_deref()) {
         return Err(not_found("delivery", id));
     }
@@ -59,12 +59,12 @@ pub async fn get_delivery(
     for item in expanded {
         match item.as_str() {
             "event" => {
-                let event = p.event(delivery.events_tenant(), delivery.event_id.as_str());
+                let event = p.event(delivery.events_tenant(), &delivery.event_id);
                 view.event = Some(event.ok());
             }
             "webhook" => {
                 // The delivery's tenant is its webhook's, so a caller who sees one sees both.
-                let webhook = p.catalog().webhook(delivery.webhook_id.as_str()).ok();
+                let webhook = p.catalog().webhook(&delivery.webhook_id).ok();
                 view.webhook = Some(webhook.filter(|w| who.sees(w.tenant.as_deref())));
             }
             _ => {}
@@ -79,7 +79,7 @@ pub async fn replay_delivery(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     visible_delivery(&p, &who, &id)?;
-    let replay = p.replay(&id).await?;
+    let replay = p.replay(&delivery_id(&id)?).await?;
     Ok((StatusCode::ACCEPTED, Json(replay)).into_response())
 }
 

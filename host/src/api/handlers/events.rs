@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use super::super::{parse_json, ApiError, ApiResult, AppState};
 use crate::pipeline::{Error, EventInput, Principal};
 
-use super::{Body, Params};
+use super::{event_id, Body, Params};
 
 pub async fn emit_events(
     State(p): State<AppState>,
@@ -96,7 +96,7 @@ pub async fn get_event(
         )
         .into());
     }
-    let event = p.event(tenant.as_deref(), &id)?;
+    let event = p.event(tenant.as_deref(), &event_id(&id)?)?;
     Ok(Json(event).into_response())
 }
 
@@ -134,7 +134,7 @@ pub async fn list_events(
     }
     let mut events = Vec::with_capacity(ids.len());
     for id in ids {
-        events.push(p.event(tenant.as_deref(), id)?);
+        events.push(p.event(tenant.as_deref(), &event_id(id)?)?);
     }
     Ok(Json(Data { data: events }).into_response())
 }
