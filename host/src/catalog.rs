@@ -26,8 +26,10 @@ use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::model::{Connection, ConnectionId, Event, Millis, ModuleId, Webhook, WebhookId};
-use crate::runtime::{LoadedPlugin, Runtime};
+use crate::model::{
+    Connection, ConnectionId, Event, Invalid, Millis, ModuleId, Webhook, WebhookId,
+};
+use crate::runtime::{LoadError, LoadedPlugin, Runtime};
 use crate::sender::Sender;
 use crate::storage::{Storage, StorageError};
 
@@ -129,7 +131,7 @@ impl Catalog {
     ///
     /// # Errors
     /// When the module is gone or does not load.
-    pub fn plugin(&self, module: &ModuleId) -> Result<Arc<LoadedPlugin>, String> {
+    pub fn plugin(&self, module: &ModuleId) -> Result<Arc<LoadedPlugin>, LoadError> {
         self.runtime.load(module, || {
             self.store
                 .module_bytes(module)
@@ -143,7 +145,7 @@ impl Catalog {
     ///
     /// # Errors
     /// When its connection is gone or the URL does not resolve.
-    pub fn target(&self, webhook: &Webhook) -> Result<request::Target, String> {
+    pub fn target(&self, webhook: &Webhook) -> Result<request::Target, Invalid> {
         let connection = webhook
             .connection_id
             .as_ref()

@@ -194,3 +194,33 @@ fn the_library_returns_typed_errors() {
         .collect();
     assert!(using.is_empty(), "anyhow in the library: {using:?}");
 }
+
+#[test]
+fn public_functions_return_typed_errors_not_strings() {
+    // A rule broken is `model::Invalid`; other failures have their own error types.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    for (_, file) in library_files(&src) {
+        let source = std::fs::read_to_string(&file).unwrap();
+        let mut rest = source.as_str();
+        while let Some(at) = rest.find("pub fn ") {
+            let signature = &rest[at..];
+            let end = signature.find(['{', ';']).unwrap_or(signature.len());
+            let returns = signature[..end]
+                .rsplit_once("->")
+                .map_or("", |(_, r)| r.trim());
+            if returns.starts_with("Result<") && returns.ends_with(", String>") {
+                let name: String = signature["pub fn ".len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                found.push(format!("{}: {name}", file.display()));
+            }
+            rest = &signature["pub fn ".len()..];
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "Result<_, String> in public functions: {found:?}"
+    );
+}

@@ -28,6 +28,45 @@ pub use response_value::{ResponsePath, ResponseValue};
 pub use schedule::{CheckedSchedule, Schedule, Window};
 pub use time::Millis;
 
+/// A value that breaks a rule; the message says which (and, where it helps, what to write
+/// instead). Callers add the field's name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(message: String) -> Self {
+        Invalid(message)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(message: &str) -> Self {
+        Invalid(message.to_string())
+    }
+}
+
+impl From<Invalid> for String {
+    fn from(invalid: Invalid) -> Self {
+        invalid.0
+    }
+}
+
+impl std::ops::Deref for Invalid {
+    type Target = str;
+
+    /// The message.
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<&str> for Invalid {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// Most routing attributes an event may carry.
 pub const MAX_ATTRIBUTES: usize = 64;
 /// Longest attribute name, in bytes.
@@ -358,7 +397,7 @@ pub fn kind_matches(pattern: &str, kind: &str) -> bool {
 ///
 /// # Errors
 /// A message naming the bad kind and the rule.
-pub fn validate_kind(kind: &str, pattern: bool) -> Result<(), String> {
+pub fn validate_kind(kind: &str, pattern: bool) -> Result<(), Invalid> {
     if pattern && kind == "*" {
         return Ok(());
     }
@@ -378,13 +417,13 @@ pub fn validate_kind(kind: &str, pattern: bool) -> Result<(), String> {
     if ok {
         Ok(())
     } else if pattern {
-        Err(format!(
+        Err(Invalid::from(format!(
             "event kind pattern `{kind}` is invalid: use dot-separated names like `order.created`, a wildcard like `order.*`, or `*`"
-        ))
+        )))
     } else {
-        Err(format!(
+        Err(Invalid::from(format!(
             "event kind `{kind}` is invalid: use dot-separated names of letters, digits, `_` and `-`, like `order.created`"
-        ))
+        )))
     }
 }
 

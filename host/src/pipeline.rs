@@ -163,7 +163,7 @@ impl Pipeline {
         }
     }
 
-    fn plugin(&self, module: &ModuleId) -> Result<Arc<LoadedPlugin>, String> {
+    fn plugin(&self, module: &ModuleId) -> Result<Arc<LoadedPlugin>, crate::runtime::LoadError> {
         self.catalog.plugin(module)
     }
 

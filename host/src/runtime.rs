@@ -41,11 +41,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::config::{PluginConfig, PluginLimits};
 use crate::model::{LogLine, ModuleId};
 
-pub use cache::{compatibility, ArtifactCache};
+pub use cache::{compatibility, ArtifactCache, ArtifactRejected};
 use engine::{build_engine, thread_cpu_time, Limiter, StoreData};
 pub use engine::{Allocator, RuntimeOptions};
 pub use evaluation::{
-    size_text, Answer, Call, Cost, Evaluation, PluginContext, PluginError, SandboxError,
+    size_text, Answer, Call, Cost, Evaluation, LoadError, PluginContext, PluginError, SandboxError,
     ValidationError,
 };
 pub use host_impl::{NoState, PluginState, StateChange};
@@ -260,15 +260,15 @@ impl Runtime {
         &self,
         id: &ModuleId,
         bytes: impl FnOnce() -> Option<Vec<u8>>,
-    ) -> Result<Arc<LoadedPlugin>, String> {
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
         if let Some(plugin) = self.loaded.lock().unwrap().get(id) {
             return Ok(plugin.clone());
         }
         if let Some(plugin) = self.load_artifact(id) {
             return Ok(self.remember(id.clone(), plugin));
         }
-        let bytes = bytes().ok_or_else(|| format!("module {id} is not stored"))?;
-        let plugin = self.validate(&bytes).map_err(|e| e.to_string())?;
+        let bytes = bytes().ok_or_else(|| LoadError::Missing(id.clone()))?;
+        let plugin = self.validate(&bytes)?;
         Ok(self.insert(id.clone(), plugin))
     }
 

@@ -4,6 +4,7 @@
 
 pub mod guard;
 
+use crate::model::Invalid;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -129,7 +130,7 @@ impl Sender {
     ///
     /// # Errors
     /// When the PEM text holds no certificate or one that does not parse.
-    pub fn client_for(&self, ca_pem: Option<&str>) -> Result<reqwest::Client, String> {
+    pub fn client_for(&self, ca_pem: Option<&str>) -> Result<reqwest::Client, Invalid> {
         let Some(pem) = ca_pem else {
             return Ok(self.client.clone());
         };
@@ -140,7 +141,9 @@ impl Sender {
         let certificates = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
             .map_err(|e| format!("not PEM certificates: {e}"))?;
         if certificates.is_empty() {
-            return Err("holds no `-----BEGIN CERTIFICATE-----` block".into());
+            return Err(Invalid::from(
+                "holds no `-----BEGIN CERTIFICATE-----` block",
+            ));
         }
         let mut builder = client_builder(self.timeout, self.idle_per_host, &self.guard);
         for certificate in certificates {

@@ -77,7 +77,7 @@ pub enum StartError {
     },
     /// An allow-listed destination does not parse.
     #[error("delivery.allowed_destinations: {0}")]
-    Destinations(String),
+    Destinations(crate::model::Invalid),
     /// The HTTP client could not be built.
     #[error("building the HTTP client: {0}")]
     Http(#[from] reqwest::Error),

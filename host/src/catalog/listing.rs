@@ -169,10 +169,10 @@ impl ListQuery {
     ///
     /// # Errors
     /// [`Error::Invalid`] on the parameter with the parser's message.
-    pub fn take_parsed<T>(
+    pub fn take_parsed<T, E: Into<String>>(
         &mut self,
         name: &'static str,
-        parse: impl FnOnce(&str) -> Result<T, String>,
+        parse: impl FnOnce(&str) -> Result<T, E>,
     ) -> Result<Option<T>, Error> {
         self.take(name)
             .map(|text| parse(&text).map_err(|m| Error::invalid(name, m)))

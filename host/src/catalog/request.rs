@@ -1,5 +1,6 @@
 //! Turning a plugin's request into the exact HTTP request that will be sent (and re-sent).
 
+use crate::model::Invalid;
 use crate::model::{Connection, ConnectionId, DeliveryId, Method, OutboundRequest, Webhook};
 use crate::runtime::wit;
 
@@ -24,9 +25,11 @@ impl Target {
     ///
     /// # Errors
     /// When the webhook names a connection that is not given, or the URL does not resolve.
-    pub fn resolve(webhook: &Webhook, connection: Option<&Connection>) -> Result<Target, String> {
+    pub fn resolve(webhook: &Webhook, connection: Option<&Connection>) -> Result<Target, Invalid> {
         let url = match (&webhook.connection_id, connection) {
-            (Some(id), None) => return Err(format!("connection {id} does not exist")),
+            (Some(id), None) => {
+                return Err(Invalid::from(format!("connection {id} does not exist")))
+            }
             (_, conn) => destination(webhook.url.as_deref(), conn.map(|c| c.base_url.as_str()))?,
         };
         let mut headers: Vec<(String, String)> = Vec::new();
@@ -58,7 +61,7 @@ pub fn is_absolute(url: &str) -> bool {
 ///
 /// # Errors
 /// A relative URL without a base, or a result that is not a valid URL.
-pub fn destination(url: Option<&str>, base: Option<&str>) -> Result<String, String> {
+pub fn destination(url: Option<&str>, base: Option<&str>) -> Result<String, Invalid> {
     match (url, base) {
         (Some(url), _) if is_absolute(url) => Ok(url.to_string()),
         (Some(path), Some(base)) => {
@@ -69,13 +72,13 @@ pub fn destination(url: Option<&str>, base: Option<&str>) -> Result<String, Stri
             );
             url::Url::parse(&joined)
                 .map(|_| joined.clone())
-                .map_err(|e| format!("`{joined}` is not a valid URL: {e}"))
+                .map_err(|e| Invalid(format!("`{joined}` is not a valid URL: {e}")))
         }
         (None, Some(base)) => Ok(base.to_string()),
-        (Some(path), None) => Err(format!(
+        (Some(path), None) => Err(Invalid::from(format!(
             "`{path}` is a relative URL; give an absolute http(s) URL or a connection"
-        )),
-        (None, None) => Err("a url or a connection is required".into()),
+        ))),
+        (None, None) => Err(Invalid::from("a url or a connection is required")),
     }
 }
 
@@ -107,25 +110,27 @@ pub const MAX_HEADER_VALUE: usize = 8 * 1024;
 ///
 /// # Errors
 /// A message naming the header and what is wrong with it.
-pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+pub fn check_header(name: &str, value: &str) -> Result<(), Invalid> {
     if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-        return Err(format!("`{name}` is not a valid header name"));
+        return Err(Invalid::from(format!(
+            "`{name}` is not a valid header name"
+        )));
     }
     if value.len() > MAX_HEADER_VALUE {
-        return Err(format!(
+        return Err(Invalid::from(format!(
             "the value of header `{name}` is {} bytes; the limit is {MAX_HEADER_VALUE}",
             value.len()
-        ));
+        )));
     }
     if http::HeaderValue::from_str(value).is_err() {
-        return Err(format!(
+        return Err(Invalid::from(format!(
             "the value of header `{name}` has invalid characters"
-        ));
+        )));
     }
     if forbidden_header(name) {
-        return Err(format!(
+        return Err(Invalid::from(format!(
             "header `{name}` is reserved (hop-by-hop, framing or webhook-* headers are set by the host)"
-        ));
+        )));
     }
     Ok(())
 }
@@ -144,14 +149,14 @@ pub fn message_id(delivery: &DeliveryId, index: usize) -> String {
 ///
 /// # Errors
 /// When the path is a full URL or the result is not a valid URL.
-pub fn join_url(base: &str, path: Option<&str>) -> Result<String, String> {
+pub fn join_url(base: &str, path: Option<&str>) -> Result<String, Invalid> {
     let Some(path) = path.filter(|p| !p.is_empty()) else {
         return Ok(base.to_string());
     };
     if path.contains("://") || path.starts_with("//") {
-        return Err(format!(
+        return Err(Invalid::from(format!(
             "request path `{path}` must be a path and query, not a full URL"
-        ));
+        )));
     }
     let mut url = url::Url::parse(base).map_err(|e| format!("webhook URL `{base}`: {e}"))?;
     let (p, q) = match path.split_once('?') {
@@ -186,7 +191,7 @@ pub fn build(
     delivery: &DeliveryId,
     index: usize,
     request: wit::Request,
-) -> Result<OutboundRequest, String> {
+) -> Result<OutboundRequest, Invalid> {
     let method = match request.method {
         None => target.method,
         Some(wit::Method::Get) => Method::Get,
@@ -221,10 +226,10 @@ pub fn build(
         set("content-type".into(), content_type);
     }
     if headers.len() > MAX_HEADERS {
-        return Err(format!(
+        return Err(Invalid::from(format!(
             "the request has {} headers; the limit is {MAX_HEADERS}",
             headers.len()
-        ));
+        )));
     }
     headers.push(("webhook-id".into(), message_id(delivery, index)));
     Ok(OutboundRequest {

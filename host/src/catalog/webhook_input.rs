@@ -1,6 +1,7 @@
 //! A webhook definition as the API and CLI take it, and how it is checked and merged onto
 //! the stored webhook (or onto nothing, for a create).
 
+use crate::model::Invalid;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -211,16 +212,16 @@ impl WebhookInput {
 ///
 /// # Errors
 /// A message listing the supported methods.
-pub fn parse_method(text: &str) -> Result<Method, String> {
+pub fn parse_method(text: &str) -> Result<Method, Invalid> {
     match text.to_ascii_uppercase().as_str() {
         "GET" => Ok(Method::Get),
         "POST" => Ok(Method::Post),
         "PUT" => Ok(Method::Put),
         "PATCH" => Ok(Method::Patch),
         "DELETE" => Ok(Method::Delete),
-        _ => Err(format!(
+        _ => Err(Invalid::from(format!(
             "`{text}` is not supported; use GET, POST, PUT, PATCH or DELETE"
-        )),
+        ))),
     }
 }
 

@@ -2,6 +2,7 @@
 //! checked for unknown keys, then every value checked; and the text formats of settings
 //! other modules parse (the secrets key, allow-listed networks).
 
+use crate::model::Invalid;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -101,7 +102,7 @@ impl Config {
         }
         if let Some(key) = &self.secrets.key {
             if let Err(message) = parse_secrets_key(key.expose()) {
-                return invalid("secrets.key", &message);
+                return invalid("secrets.key", &message.0);
             }
         }
         if let Some(Err(message)) = self
@@ -111,7 +112,7 @@ impl Config {
             .map(|t| parse_network(t))
             .find(Result::is_err)
         {
-            return invalid("delivery.allowed_destinations", &message);
+            return invalid("delivery.allowed_destinations", &message.0);
         }
         if self.delivery.max_in_flight == 0 {
             return invalid("delivery.max_in_flight", "must be at least 1");
@@ -240,14 +241,17 @@ fn env_table(env: impl IntoIterator<Item = (String, String)>) -> Result<toml::Ta
 ///
 /// # Errors
 /// A message saying what the key must be.
-pub fn parse_secrets_key(text: &str) -> Result<[u8; 32], String> {
+pub fn parse_secrets_key(text: &str) -> Result<[u8; 32], Invalid> {
     use base64::Engine as _;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
-        .map_err(|_| "must be base64 of 32 random bytes (not valid base64)".to_string())?;
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| format!("must be base64 of 32 random bytes (it has {})", b.len()))
+        .map_err(|_| Invalid::from("must be base64 of 32 random bytes (not valid base64)"))?;
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        Invalid(format!(
+            "must be base64 of 32 random bytes (it has {})",
+            b.len()
+        ))
+    })
 }
 
 /// Parses an allow-listed destination: an address (`127.0.0.1`, `::1`) or a network
@@ -255,7 +259,7 @@ pub fn parse_secrets_key(text: &str) -> Result<[u8; 32], String> {
 ///
 /// # Errors
 /// A message naming the text.
-pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+pub fn parse_network(text: &str) -> Result<ipnet::IpNet, Invalid> {
     let text = text.trim();
     if let Ok(net) = text.parse::<ipnet::IpNet>() {
         return Ok(net);
@@ -263,9 +267,9 @@ pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
     if let Ok(address) = text.parse::<std::net::IpAddr>() {
         return Ok(ipnet::IpNet::from(address));
     }
-    Err(format!(
+    Err(Invalid::from(format!(
         "`{text}` is neither an IP address nor a network such as 10.0.0.0/8"
-    ))
+    )))
 }
 
 #[cfg(test)]

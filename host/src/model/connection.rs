@@ -2,6 +2,7 @@
 //! headers and a signing secret. Secrets are write-only: they are stored, used when sending,
 //! and never shown (see [`Connection::public`]).
 
+use super::Invalid;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -142,7 +143,7 @@ impl Connection {
     ///
     /// # Errors
     /// A message naming the URL and the base it leaves.
-    pub fn covers(&self, url: &str) -> Result<(), String> {
+    pub fn covers(&self, url: &str) -> Result<(), Invalid> {
         within_base(url, &self.base_url)
     }
 
@@ -157,13 +158,13 @@ impl Connection {
 ///
 /// # Errors
 /// A message naming the URL and the base it leaves.
-pub fn within_base(url: &str, base: &str) -> Result<(), String> {
+pub fn within_base(url: &str, base: &str) -> Result<(), Invalid> {
     let outside = || format!("`{url}` is outside the connection's base URL `{base}`");
     let (Ok(target), Ok(base_url)) = (url::Url::parse(url), url::Url::parse(base)) else {
-        return Err(outside());
+        return Err(Invalid::from(outside()));
     };
     if target.origin() != base_url.origin() {
-        return Err(outside());
+        return Err(Invalid::from(outside()));
     }
     let base_path = base_url.path().trim_end_matches('/');
     let path = target.path();
@@ -175,7 +176,7 @@ pub fn within_base(url: &str, base: &str) -> Result<(), String> {
     if under {
         Ok(())
     } else {
-        Err(outside())
+        Err(Invalid::from(outside()))
     }
 }
 

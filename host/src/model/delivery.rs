@@ -32,9 +32,11 @@ impl DeliveryStatus {
     ///
     /// # Errors
     /// On an unknown name; the message lists the known ones.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
         serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|_| {
-            format!("unknown status `{text}`; use pending, delivered, failed, dead or skipped")
+            Invalid(format!(
+                "unknown status `{text}`; use pending, delivered, failed, dead or skipped"
+            ))
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Durations as text (`250ms`, `5s`, `5m`, `2h`, `1d`): how settings, webhook fields and the
 //! REST API write them, with the serde adapters for each shape.
 
+use super::Invalid;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -9,7 +10,7 @@ use serde::{Deserialize, Deserializer};
 ///
 /// # Errors
 /// A message naming the text and the accepted units.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -25,9 +26,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3_600_000,
         "d" => 86_400_000,
         _ => {
-            return Err(format!(
+            return Err(Invalid::from(format!(
                 "`{text}` has an unknown unit; use ms, s, m, h or d"
-            ))
+            )))
         }
     };
     Ok(Duration::from_millis(n.saturating_mul(ms)))

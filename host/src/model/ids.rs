@@ -3,6 +3,7 @@
 //! Generated ids are a 48-bit millisecond timestamp followed by 80 random bits, in Crockford
 //! base32 (26 characters, like a ULID), so sorting ids sorts by creation time.
 
+use super::Invalid;
 use std::fmt;
 
 use rand::RngCore;
@@ -147,21 +148,21 @@ impl EventId {
     ///
     /// # Errors
     /// When the id is empty, too long, or has other characters.
-    pub fn parse(value: &str) -> Result<Self, String> {
+    pub fn parse(value: &str) -> Result<Self, Invalid> {
         if value.is_empty() || value.len() > Self::MAX_LEN {
-            return Err(format!(
+            return Err(Invalid::from(format!(
                 "event id must be 1 to {} characters, got {}",
                 Self::MAX_LEN,
                 value.len()
-            ));
+            )));
         }
         if let Some(bad) = value
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
         {
-            return Err(format!(
+            return Err(Invalid::from(format!(
                 "event id `{value}` has the character {bad:?}; use letters, digits and _ - . :"
-            ));
+            )));
         }
         Ok(EventId(value.to_string()))
     }

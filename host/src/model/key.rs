@@ -1,6 +1,7 @@
 //! API keys: a role, an optional tenant, and the SHA-256 of the key text (the key itself is
 //! shown once, when it is created, and never stored).
 
+use super::Invalid;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -21,11 +22,13 @@ impl Role {
     ///
     /// # Errors
     /// A message naming the known roles.
-    pub fn parse(text: &str) -> Result<Role, String> {
+    pub fn parse(text: &str) -> Result<Role, Invalid> {
         match text {
             "admin" => Ok(Role::Admin),
             "emitter" => Ok(Role::Emitter),
-            _ => Err(format!("unknown role `{text}`; use admin or emitter")),
+            _ => Err(Invalid::from(format!(
+                "unknown role `{text}`; use admin or emitter"
+            ))),
         }
     }
 }

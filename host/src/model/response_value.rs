@@ -5,6 +5,7 @@
 //! character, spaces included; `\.` is a dot inside a key and `\\` a backslash. A key of
 //! digits indexes an array (and is an ordinary key in an object).
 
+use super::Invalid;
 use serde::{Deserialize, Serialize};
 
 /// Longest path, in bytes.
@@ -37,15 +38,15 @@ impl ResponsePath {
     ///
     /// # Errors
     /// A message naming what is wrong: empty, too long, an empty key, a bad escape.
-    pub fn parse(text: &str) -> Result<ResponsePath, String> {
+    pub fn parse(text: &str) -> Result<ResponsePath, Invalid> {
         if text.is_empty() {
-            return Err("must not be empty".into());
+            return Err(Invalid::from("must not be empty"));
         }
         if text.len() > MAX_PATH_LEN {
-            return Err(format!(
+            return Err(Invalid::from(format!(
                 "is {} bytes; the limit is {MAX_PATH_LEN}",
                 text.len()
-            ));
+            )));
         }
         let mut segments = vec![String::new()];
         let mut chars = text.chars();
@@ -54,27 +55,27 @@ impl ResponsePath {
                 '\\' => match chars.next() {
                     Some(escaped @ ('.' | '\\')) => segments.last_mut().unwrap().push(escaped),
                     Some(other) => {
-                        return Err(format!(
+                        return Err(Invalid::from(format!(
                             "`\\{other}` is not an escape; use `\\.` for a dot in a key and `\\\\` for a backslash"
-                        ))
+                        )))
                     }
-                    None => return Err("ends with a lone `\\`".into()),
+                    None => return Err(Invalid::from("ends with a lone `\\`")),
                 },
                 '.' => segments.push(String::new()),
                 c => segments.last_mut().unwrap().push(c),
             }
         }
         if let Some(i) = segments.iter().position(String::is_empty) {
-            return Err(format!(
+            return Err(Invalid::from(format!(
                 "key {} is empty (two dots in a row, or a dot at an end)",
                 i + 1
-            ));
+            )));
         }
         if segments.len() > MAX_SEGMENTS {
-            return Err(format!(
+            return Err(Invalid::from(format!(
                 "has {} keys; the limit is {MAX_SEGMENTS}",
                 segments.len()
-            ));
+            )));
         }
         Ok(ResponsePath {
             text: text.to_string(),

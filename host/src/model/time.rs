@@ -1,5 +1,6 @@
 //! Instants as milliseconds since the Unix epoch, shown as RFC 3339 text in JSON.
 
+use super::Invalid;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -22,10 +23,10 @@ impl Millis {
     ///
     /// # Errors
     /// When the text is not an RFC 3339 timestamp with an offset.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
         text.parse::<jiff::Timestamp>()
             .map(|t| Millis(t.as_millisecond()))
-            .map_err(|e| format!("`{text}` is not an RFC 3339 timestamp: {e}"))
+            .map_err(|e| Invalid(format!("`{text}` is not an RFC 3339 timestamp: {e}")))
     }
 
     /// Milliseconds since the epoch.
@@ -44,14 +45,14 @@ impl Millis {
     ///
     /// # Errors
     /// A message naming the range.
-    pub fn check_range(self) -> Result<Millis, String> {
+    pub fn check_range(self) -> Result<Millis, Invalid> {
         if (Self::EARLIEST.0..=Self::LATEST.0).contains(&self.0) {
             Ok(self)
         } else {
-            Err(format!(
+            Err(Invalid::from(format!(
                 "{} is outside the accepted range 1970-01-01T00:00:00Z to 9999-12-30T00:00:00Z",
                 self
-            ))
+            )))
         }
     }
 }

@@ -107,7 +107,7 @@ pub fn evaluate(
                     Ok(built) => run.requests.push(built),
                     Err(e) => {
                         run.decision = Decision::Error;
-                        run.error = Some(e);
+                        run.error = Some(e.0);
                         break;
                     }
                 }
@@ -133,13 +133,13 @@ impl Pipeline {
         let event = self.event_from(input, self.now(), None)?;
         let plugin = self
             .plugin(&webhook.module_id)
-            .map_err(|e| Error::invalid("module_id", e))?;
+            .map_err(|e| Error::invalid("module_id", e.to_string()))?;
         let target = self.catalog.target(&webhook);
         Ok(evaluate(
             &self.runtime,
             &plugin,
             self.plugin_context(&webhook),
-            target.as_ref().map_err(String::as_str),
+            target.as_ref().map_err(|e| e.0.as_str()),
             &event,
         ))
     }

@@ -7,7 +7,7 @@ use tracing::Instrument;
 
 use super::outcome::{self};
 use super::{request, to_wit_event, Pipeline};
-use crate::model::{Delivery, DeliveryStatus, OutboundRequest, Webhook};
+use crate::model::{Delivery, DeliveryStatus, Invalid, OutboundRequest, Webhook};
 use crate::runtime::{wit, Answer, Call};
 use crate::storage::StorageError;
 
@@ -91,7 +91,7 @@ impl Pipeline {
                     delivery.next_attempt_at = None;
                     return Ok(None);
                 }
-                let built: Result<Vec<_>, String> =
+                let built: Result<Vec<_>, Invalid> =
                     self.catalog.target(webhook).and_then(|target| {
                         requests
                             .into_iter()
@@ -102,7 +102,7 @@ impl Pipeline {
                 match built {
                     Ok(built) => Ok(Some((built, wrote_state))),
                     Err(e) => {
-                        outcome::end(delivery, DeliveryStatus::Failed, e);
+                        outcome::end(delivery, DeliveryStatus::Failed, e.0);
                         Ok(None)
                     }
                 }

@@ -34,6 +34,11 @@ pub struct ArtifactCache {
     key: [u8; 32],
 }
 
+/// Why a compiled artifact on disk is not used (it is compiled again instead).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ArtifactRejected(pub String);
+
 impl ArtifactCache {
     /// A cache in `dir` (created when missing) whose artifacts are authenticated with `key`.
     ///
@@ -66,21 +71,27 @@ impl ArtifactCache {
 
     /// The path of the artifact of `id` for engines with `compat`, once its tag proves this
     /// host wrote it. `Err` says why a file that exists was not used.
-    pub fn verified(&self, id: &ModuleId, compat: &str) -> Result<Option<PathBuf>, String> {
+    pub fn verified(
+        &self,
+        id: &ModuleId,
+        compat: &str,
+    ) -> Result<Option<PathBuf>, ArtifactRejected> {
         let name = Self::name(id, compat);
         let path = self.dir.join(&name);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("reading {name}: {e}")),
+            Err(e) => return Err(ArtifactRejected(format!("reading {name}: {e}"))),
         };
         let Some(split) = bytes.len().checked_sub(MAC_LEN) else {
-            return Err(format!("{name} is truncated"));
+            return Err(ArtifactRejected(format!("{name} is truncated")));
         };
         let (artifact, tag) = bytes.split_at(split);
-        self.mac(&name, artifact)
-            .verify_slice(tag)
-            .map_err(|_| format!("{name} was not written by this host (authentication failed)"))?;
+        self.mac(&name, artifact).verify_slice(tag).map_err(|_| {
+            ArtifactRejected(format!(
+                "{name} was not written by this host (authentication failed)"
+            ))
+        })?;
         Ok(Some(path))
     }
 

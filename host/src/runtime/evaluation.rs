@@ -172,3 +172,14 @@ impl SandboxError {
         SandboxError(format!("{error:#}"))
     }
 }
+
+/// Why a stored module could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// No module is stored under the id.
+    #[error("module {0} is not stored")]
+    Missing(ModuleId),
+    /// The stored bytes no longer validate (they did at upload: a corrupt store).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}

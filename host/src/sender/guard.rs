@@ -56,7 +56,7 @@ impl Guard {
     ///
     /// # Errors
     /// Names the first entry that is neither an address nor a network.
-    pub fn new(allowed: &[String]) -> Result<Guard, String> {
+    pub fn new(allowed: &[String]) -> Result<Guard, crate::model::Invalid> {
         let allowed = allowed
             .iter()
             .map(|text| crate::config::parse_network(text))

@@ -140,15 +140,15 @@ pub enum KeyError {
 /// When the file cannot be read or written, or holds something other than a key.
 pub fn load_key(configured: Option<&str>, file: &Path) -> Result<([u8; 32], KeySource), KeyError> {
     if let Some(text) = configured {
-        let key = crate::config::parse_secrets_key(text).map_err(KeyError::Configured)?;
+        let key = crate::config::parse_secrets_key(text).map_err(|e| KeyError::Configured(e.0))?;
         return Ok((key, KeySource::Configured));
     }
     match std::fs::read_to_string(file) {
         Ok(text) => {
             let key =
-                crate::config::parse_secrets_key(&text).map_err(|message| KeyError::Invalid {
+                crate::config::parse_secrets_key(&text).map_err(|invalid| KeyError::Invalid {
                     file: file.to_path_buf(),
-                    message,
+                    message: invalid.0,
                 })?;
             Ok((key, KeySource::File(file.to_path_buf())))
         }
