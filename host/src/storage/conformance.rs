@@ -1,6 +1,8 @@
 //! The storage contract as tests: every implementation of [`Storage`] runs [`run`] with a
-//! way to open (and reopen) its storage in a directory, and must pass every check. The sled
-//! store runs it in its tests; a second engine runs the same suite.
+//! way to open (and reopen) its storage in a directory, and
+//! [`a_crash_mid_ingest_leaves_every_event_whole_or_absent`] from a test of its own (the
+//! check runs that test again as a child process and kills it); it must pass every check.
+//! The sled store runs both in its tests; a second engine runs the same.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -419,4 +421,118 @@ async fn definitions_state_and_secrets_read_back(opener: &impl Opener) {
     assert_eq!(storage.state_get(&w.id, "k").unwrap(), None);
     storage.delete_webhook(&w.id).unwrap();
     assert!(storage.webhook(&w.id).unwrap().is_none());
+}
+
+/// Set in the child process of [`a_crash_mid_ingest_leaves_every_event_whole_or_absent`]:
+/// the directory its storage is in.
+const CRASH_CHILD_DIR: &str = "WASMHOOKS_CONFORMANCE_CRASH_DIR";
+/// Events per ingest call in the crash check; some are debounced (they change an index).
+const CRASH_BATCH: usize = 8;
+
+/// A crash in the middle of ingest: a child process ingests batches without end, naming each
+/// batch on stdout once it is acknowledged, and is killed (SIGKILL) after some have been.
+/// Reopened, the storage holds every acknowledged event, and every event it holds is whole:
+/// its delivery stored and queued. `test` is the name of the test calling this, which runs
+/// again as the child.
+pub async fn a_crash_mid_ingest_leaves_every_event_whole_or_absent(
+    opener: &impl Opener,
+    test: &str,
+) {
+    if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
+        ingest_until_killed(opener, Path::new(&dir)).await;
+    }
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CRASH_CHILD_DIR, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acked = Vec::new();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines {
+        let line = line.unwrap();
+        if let Some(batch) = line.strip_prefix("acked batch ") {
+            acked.push(batch.parse::<usize>().unwrap());
+            if acked.len() >= 40 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(acked.len() >= 40, "the child stopped early");
+
+    let storage = opener.open(dir.path());
+    let mut keep_all = |_: &Delivery| true;
+    let deliveries = storage
+        .scan_deliveries(false, &mut keep_all, usize::MAX)
+        .unwrap();
+    assert!(
+        deliveries.unreadable.is_empty(),
+        "{:?}",
+        deliveries.unreadable
+    );
+    let queued: std::collections::HashSet<DeliveryId> = due_entries(&storage)
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    for delivery in &deliveries.deliveries {
+        assert!(
+            storage.event(None, &delivery.event_id).unwrap().is_some(),
+            "delivery {} without its event {}",
+            delivery.id,
+            delivery.event_id
+        );
+        assert!(
+            queued.contains(&delivery.id),
+            "delivery {} not queued",
+            delivery.id
+        );
+    }
+    let carried: std::collections::HashSet<&EventId> = deliveries
+        .deliveries
+        .iter()
+        .flat_map(|d| d.replaced_events.iter().chain([&d.event_id]))
+        .collect();
+    let last = acked.iter().max().copied().unwrap_or(0);
+    for batch in 0..=last + 1 {
+        for i in 0..CRASH_BATCH {
+            let id = EventId::parse(&format!("crash-{batch}-{i}")).unwrap();
+            let stored = storage.event(None, &id).unwrap().is_some();
+            if acked.contains(&batch) {
+                assert!(stored, "acknowledged event {id} is gone");
+            }
+            if stored {
+                assert!(carried.contains(&id), "event {id} without a delivery");
+            }
+        }
+    }
+}
+
+/// The child's side: ingests batches until it is killed.
+async fn ingest_until_killed(opener: &impl Opener, dir: &Path) -> ! {
+    use std::io::Write;
+    let storage = opener.open(dir);
+    let w = webhook();
+    for batch in 0.. {
+        let items = (0..CRASH_BATCH)
+            .map(|i| {
+                let e = event(&format!("crash-{batch}-{i}"), None);
+                let mut d = pending(&w, &e, 1_000 + batch as i64);
+                if i % 4 == 3 {
+                    // The batch's two debounced events share an entity: the second replaces
+                    // the first in its waiting delivery, so the round changes an index too.
+                    d.entity = Some(format!("sku-{batch}"));
+                }
+                (e, vec![d])
+            })
+            .collect();
+        storage.insert_and_commit(items).await.unwrap();
+        println!("acked batch {batch}");
+        std::io::stdout().flush().unwrap();
+    }
+    unreachable!("the loop ends only when the process is killed")
 }

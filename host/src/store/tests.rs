@@ -35,6 +35,15 @@ async fn the_sled_store_keeps_the_storage_contract() {
     crate::storage::conformance::run(&SledOpener).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sled_store_keeps_every_event_whole_across_a_crash() {
+    crate::storage::conformance::a_crash_mid_ingest_leaves_every_event_whole_or_absent(
+        &SledOpener,
+        "store::tests::the_sled_store_keeps_every_event_whole_across_a_crash",
+    )
+    .await;
+}
+
 fn connection() -> Connection {
     Connection {
         id: ConnectionId::parse("con_01JB0000000000000000000000").unwrap(),
