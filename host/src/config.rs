@@ -150,6 +150,40 @@ pub struct PluginConfig {
     pub pooling: bool,
     /// Keep compiled plugins under `<data_dir>/precompiled` so a restart does not recompile.
     pub precompiled_cache: bool,
+    /// How evaluation time is shared between webhooks and tenants.
+    pub fair_share: FairShareConfig,
+}
+
+/// How evaluation time is shared: who goes first when evaluations wait for a slot, how much
+/// time a webhook or tenant may take, and what happens to a webhook whose evaluations keep
+/// hitting a sandbox limit.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FairShareConfig {
+    /// Evaluation time one webhook may use per second, with one second's worth as a burst;
+    /// over it, its evaluations wait even when slots are free. `0s`: no budget.
+    #[serde(with = "duration_text")]
+    pub webhook_cpu_per_second: Duration,
+    /// The same for all of one tenant's webhooks together. `0s`: no budget.
+    #[serde(with = "duration_text")]
+    pub tenant_cpu_per_second: Duration,
+    /// Evaluations in a row hitting a sandbox limit (cpu, memory, stack, output, requests)
+    /// after which the webhook waits before each next one, twice as long each time. 0: never.
+    pub backoff_after_limit_hits: u32,
+    /// Evaluations in a row hitting a limit after which the webhook is disabled (with
+    /// `disabled_reason` and a `webhook.disabled` event). 0: never.
+    pub disable_after_limit_hits: u32,
+}
+
+impl Default for FairShareConfig {
+    fn default() -> Self {
+        FairShareConfig {
+            webhook_cpu_per_second: Duration::from_secs(1),
+            tenant_cpu_per_second: Duration::ZERO,
+            backoff_after_limit_hits: 3,
+            disable_after_limit_hits: 50,
+        }
+    }
 }
 
 /// Limits applied to one plugin evaluation. Hitting one is recorded on the delivery by name
@@ -269,6 +303,7 @@ impl Default for PluginConfig {
             concurrency: 0,
             pooling: true,
             precompiled_cache: true,
+            fair_share: FairShareConfig::default(),
         }
     }
 }

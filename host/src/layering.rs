@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("clock", 2),
     ("config", 2),
     ("client", 3),
+    ("fair_share", 3),
     ("runtime", 3),
     ("sender", 3),
     ("storage", 3),

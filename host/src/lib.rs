@@ -12,8 +12,9 @@
 //! - [`catalog`]: what operators define (webhooks, modules, connections, keys, signing
 //!   secrets), read by the flow; beside it [`store`], the sled implementation of the storage
 //!   traits, which neither the catalog nor the pipeline names.
-//! - [`runtime`] (the wasmtime sandbox), [`sender`] (HTTP, the SSRF guard), [`storage`] (the
-//!   storage traits, their contract and its conformance suite).
+//! - [`runtime`] (the wasmtime sandbox), [`fair_share`] (who evaluates next, budgets,
+//!   back-off), [`sender`] (HTTP, the SSRF guard), [`storage`] (the storage traits, their
+//!   contract and its conformance suite).
 //! - [`config`], [`clock`]: settings, time.
 //! - [`model`]: domain types; [`signature`]: Standard Webhooks signing.
 //!
@@ -25,6 +26,7 @@ pub mod catalog;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod fair_share;
 pub mod model;
 pub mod pipeline;
 pub mod runtime;

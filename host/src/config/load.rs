@@ -137,6 +137,21 @@ impl Config {
                 message: format!("{name} {message} (plugin.max_limits.{name})"),
             });
         }
+        let fair = &self.plugin.fair_share;
+        for (key, budget) in [
+            (
+                "plugin.fair_share.webhook_cpu_per_second",
+                fair.webhook_cpu_per_second,
+            ),
+            (
+                "plugin.fair_share.tenant_cpu_per_second",
+                fair.tenant_cpu_per_second,
+            ),
+        ] {
+            if !budget.is_zero() && budget < Duration::from_millis(1) {
+                return invalid(key, "must be 0s (no budget) or at least 1ms");
+            }
+        }
         if !((64 << 10)..=(1 << 20)).contains(&self.plugin.stack_bytes) {
             return invalid("plugin.stack_bytes", "must be 64 KiB to 1 MiB");
         }
