@@ -244,6 +244,7 @@ pub fn routes(api: &ApiConfig) -> Vec<Route> {
             Admin,
             h::rotate_webhook_secret,
         ),
+        route("GET", "/v1/usage", Admin, h::list_usage),
         route("GET", "/v1/deliveries", Admin, h::list_deliveries),
         route("GET", "/v1/deliveries/{id}", Admin, h::get_delivery),
         route(

@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::fair_share::{FairShare, Payer};
 use crate::model::{
     Connection, ConnectionId, DeliveryId, Event, Millis, ModuleId, Webhook, WebhookId,
 };
@@ -52,6 +53,8 @@ pub struct Pipeline {
     catalog: Arc<Catalog>,
     store: Arc<dyn Storage>,
     runtime: Arc<Runtime>,
+    /// Who evaluates next, and how much evaluation time each webhook and tenant may take.
+    fair: Arc<FairShare>,
     sender: Sender,
     clock: Arc<dyn Clock>,
     /// Wakes the scheduler when work may be due (the catalog wakes it after a change).
@@ -97,6 +100,11 @@ impl Pipeline {
             guard,
         )?;
         let wake = Arc::new(Notify::new());
+        let fair = Arc::new(FairShare::new(
+            runtime.slots(),
+            config.plugin.fair_share.clone(),
+            wake.clone(),
+        ));
         let catalog = Arc::new(Catalog::open(
             config.clone(),
             store.clone(),
@@ -115,6 +123,7 @@ impl Pipeline {
             catalog,
             store,
             runtime,
+            fair,
             sender,
             clock,
             wake,
@@ -144,6 +153,11 @@ impl Pipeline {
     /// The sandbox.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// The fair share of evaluation time: what each webhook uses, and who is throttled.
+    pub fn fair_share(&self) -> &Arc<FairShare> {
+        &self.fair
     }
 
     /// Now, by the pipeline's clock.
@@ -181,6 +195,11 @@ impl Pipeline {
         }
     }
 
+    /// Who pays for a webhook's evaluations (`None`: the webhook is gone).
+    fn payer(&self, id: &WebhookId) -> Option<Payer> {
+        self.webhook_cached(id).map(|w| payer_of(&w))
+    }
+
     fn webhook_cached(&self, id: &WebhookId) -> Option<Arc<Webhook>> {
         self.catalog.webhook_cached(id)
     }
@@ -202,6 +221,14 @@ impl Pipeline {
         )
         .ok()?;
         endpoints::endpoint_of(&url)
+    }
+}
+
+/// Who pays for `webhook`'s evaluations: the webhook, and its tenant.
+fn payer_of(webhook: &Webhook) -> Payer {
+    Payer {
+        webhook: webhook.id.clone(),
+        tenant: webhook.tenant.clone(),
     }
 }
 

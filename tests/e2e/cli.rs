@@ -210,6 +210,9 @@ async fn the_cli_drives_modules_connections_webhooks_deliveries_and_keys() {
     let replay = cli(&server, &["replay", &delivery_id]).await.json();
     assert_eq!(replay["replay_of"], delivery_id.as_str());
     receiver.wait_for(2).await;
+    let usage = cli(&server, &["usage"]).await.json();
+    assert_eq!(usage["data"][0]["webhook_id"], webhook_id, "{usage}");
+    assert!(usage["data"][0]["evaluations"].as_u64().unwrap() >= 1);
     let recovered = cli(
         &server,
         &[

@@ -13,6 +13,7 @@ mod delivery;
 mod demo;
 mod disk_faults;
 mod examples;
+mod fair_share;
 mod guests;
 mod hardening;
 mod isolation;

@@ -410,6 +410,8 @@ pub struct Received {
     pub headers: HeaderMap,
     /// Body bytes.
     pub body: Bytes,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -451,6 +453,7 @@ impl Receiver {
                 let state = handler_state.clone();
                 let mut gate = gate_rx.clone();
                 async move {
+                    let at = std::time::Instant::now();
                     state
                         .waiting
                         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -472,6 +475,7 @@ impl Receiver {
                             .unwrap_or_default(),
                         headers,
                         body,
+                        at,
                     });
                     state.notify.notify_waiters();
                     let mut headers = HeaderMap::new();

@@ -97,6 +97,8 @@ pub async fn healthz(State(p): State<AppState>) -> Json<Value> {
         "queue": p.storage().queue_len(),
         "storage": storage,
         "plugins": { "allocator": allocator, "evaluation_slots": runtime.slots() },
+        // Totals only: which webhook uses what is for keys that may see it (`/v1/usage`).
+        "fair_share": p.fair_share().summary(),
     }))
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::request::{self, Target};
-use super::{to_wit_event, Error, EventInput, Pipeline};
+use super::{payer_of, to_wit_event, Error, EventInput, Pipeline};
 use crate::model::{DeliveryId, Event, LogLine, OutboundRequest, WebhookId};
 use crate::runtime::{wit, Answer, Call, Cost, LoadedPlugin, PluginContext, Runtime};
 
@@ -124,23 +124,33 @@ pub fn evaluate(
 
 impl Pipeline {
     /// Dry-runs a webhook on a sample event: its plugin, its config, its state (read only).
+    /// It waits for a fair turn of the webhook's like a delivery and is charged to it, with no
+    /// say on the webhook's streak of limit hits: a test is not a delivery.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown webhook, [`Error::Invalid`] for a bad event, or the
     /// module failing to load.
-    pub fn dry_run(&self, webhook_id: &WebhookId, input: EventInput) -> Result<DryRun, Error> {
+    pub async fn dry_run(
+        &self,
+        webhook_id: &WebhookId,
+        input: EventInput,
+    ) -> Result<DryRun, Error> {
         let webhook = self.catalog.webhook(webhook_id)?;
         let event = self.event_from(input, self.now(), None)?;
         let plugin = self
             .plugin(&webhook.module_id)
             .map_err(|e| Error::invalid("module_id", e.to_string()))?;
         let target = self.catalog.target(&webhook);
-        Ok(evaluate(
-            &self.runtime,
-            &plugin,
-            self.plugin_context(&webhook),
-            target.as_ref().map_err(|e| e.0.as_str()),
-            &event,
-        ))
+        let ctx = self.plugin_context(&webhook);
+        let turn = self.fair.turn(&payer_of(&webhook)).await;
+        let runtime = self.runtime.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            let target = target.as_ref().map_err(|e| e.0.as_str());
+            evaluate(&runtime, &plugin, ctx, target, &event)
+        })
+        .await
+        .expect("plugin evaluation does not panic");
+        drop(turn);
+        Ok(run)
     }
 }

@@ -6,14 +6,17 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use super::outcome::{self};
-use super::{request, to_wit_event, Pipeline};
+use super::worker::{plus, PAUSED_WAIT};
+use super::{payer_of, request, to_wit_event, Pipeline};
+use crate::fair_share::Turn;
 use crate::model::{Delivery, DeliveryStatus, Invalid, OutboundRequest, Webhook};
-use crate::runtime::{wit, Answer, Call};
+use crate::runtime::{wit, Answer, Call, Evaluation, LoadedPlugin, PluginContext, QuickSlot};
 use crate::storage::StorageError;
 
 impl Pipeline {
     /// Runs the plugin on the delivery's event. Returns the built requests, or `None` when the
-    /// delivery ended here (skipped or failed; its status says which).
+    /// delivery ended here (skipped or failed; its status says which) or waits again (its
+    /// webhook was disabled while it waited for its turn).
     pub(super) async fn evaluate(
         &self,
         webhook: &Webhook,
@@ -57,9 +60,16 @@ impl Pipeline {
                 return Ok(None);
             }
         };
+        let turn = self.turn_for(webhook, &plugin).await;
+        if !self.webhook_cached(&webhook.id).is_some_and(|w| w.enabled) {
+            // Disabled (or deleted) while it waited for its turn: it waits like any delivery
+            // of a paused webhook.
+            delivery.next_attempt_at = Some(plus(self.now(), PAUSED_WAIT));
+            return Ok(None);
+        }
         let ctx = self.plugin_context(webhook);
         let evaluation = self
-            .run_plugin(plugin, ctx, call)
+            .run_in(turn, webhook, plugin, ctx, call)
             .instrument(tracing::info_span!("wasmhooks.plugin", module = %webhook.module_id))
             .await;
         self.keep_state(webhook, &evaluation);
@@ -110,20 +120,66 @@ impl Pipeline {
         }
     }
 
-    /// Evaluates on this thread when the plugin has proven quick, else on a blocking thread
-    /// (see [`crate::runtime::Runtime::quick_slot`]).
+    /// Evaluates in one of `webhook`'s fair turns (see [`Pipeline::turn_for`]). The turn's
+    /// time is charged to the webhook and its tenant; a webhook whose evaluations keep hitting
+    /// a limit is disabled.
     pub(super) async fn run_plugin(
         &self,
-        plugin: Arc<crate::runtime::LoadedPlugin>,
-        ctx: crate::runtime::PluginContext,
+        webhook: &Webhook,
+        plugin: Arc<LoadedPlugin>,
+        ctx: PluginContext,
         call: Call,
-    ) -> crate::runtime::Evaluation {
-        if let Some(slot) = self.runtime.quick_slot(&plugin) {
-            return self.runtime.evaluate_quick(slot, &plugin, ctx, call);
+    ) -> Evaluation {
+        let turn = self.turn_for(webhook, &plugin).await;
+        self.run_in(turn, webhook, plugin, ctx, call).await
+    }
+
+    /// A turn to evaluate `plugin` for `webhook` (see [`crate::fair_share`]): when the plugin
+    /// has proven quick, a turn beside the counted ones with a slot on this thread (see
+    /// [`crate::runtime::Runtime::quick_slot`]); else a counted turn, after waiting for it.
+    async fn turn_for(
+        &self,
+        webhook: &Webhook,
+        plugin: &LoadedPlugin,
+    ) -> (Turn, Option<QuickSlot<'_>>) {
+        let payer = payer_of(webhook);
+        if plugin.is_quick() {
+            if let Some(turn) = self.fair.quick_turn(&payer) {
+                if let Some(slot) = self.runtime.quick_slot(plugin) {
+                    return (turn, Some(slot));
+                }
+            }
         }
-        let runtime = self.runtime.clone();
-        tokio::task::spawn_blocking(move || runtime.evaluate(&plugin, ctx, call))
-            .await
-            .expect("plugin evaluation does not panic")
+        (self.fair.turn(&payer).await, None)
+    }
+
+    /// Evaluates in `turn`: on this thread with a quick slot, else on a blocking thread.
+    async fn run_in(
+        &self,
+        (turn, slot): (Turn, Option<QuickSlot<'_>>),
+        webhook: &Webhook,
+        plugin: Arc<LoadedPlugin>,
+        ctx: PluginContext,
+        call: Call,
+    ) -> Evaluation {
+        let evaluation = match slot {
+            Some(slot) => self.runtime.evaluate_quick(slot, &plugin, ctx, call),
+            None => {
+                let runtime = self.runtime.clone();
+                tokio::task::spawn_blocking(move || runtime.evaluate(&plugin, ctx, call))
+                    .await
+                    .expect("plugin evaluation does not panic")
+            }
+        };
+        let limit_hit = evaluation
+            .result
+            .as_ref()
+            .err()
+            .filter(|e| e.limit().is_some());
+        let streak = turn.finish(limit_hit.is_some());
+        if let Some(error) = limit_hit {
+            self.after_limit_hit(webhook, streak, error).await;
+        }
+        evaluation
     }
 }

@@ -1,9 +1,11 @@
-//! What a round leads to beyond the delivery: its webhook's failure streak and
-//! auto-disable (`webhook.disabled`), and the `webhook.response` follow-up event.
+//! What a round or an evaluation leads to beyond the delivery: its webhook's failure streak,
+//! its streak of limit hits, auto-disable (`webhook.disabled`), and the `webhook.response`
+//! follow-up event.
 
-use super::outcome::{self, Round};
+use super::outcome::{self, Round, WebhookChange};
 use super::Pipeline;
-use crate::model::{Delivery, EventId, LogLine, Webhook};
+use crate::model::{Delivery, EventId, LogLine, Webhook, WebhookId};
+use crate::runtime::PluginError;
 use crate::storage::StorageError;
 
 impl Pipeline {
@@ -14,10 +16,37 @@ impl Pipeline {
         let limit = self.config.delivery.auto_disable_after;
         let change = outcome::after_round(webhook, delivery, round, limit, self.now());
         // The common case changes nothing: skip the webhook lock and copy.
-        if change.is_none() {
-            return;
+        if !change.is_none() {
+            self.change_webhook(&webhook.id, change).await;
         }
-        let result = self.catalog.change_webhook(&webhook.id, |w| {
+    }
+
+    /// After an evaluation that hit a sandbox limit, the `streak`-th in a row: disables the
+    /// webhook when the streak reaches `disable_after_limit_hits`.
+    pub(super) async fn after_limit_hit(
+        &self,
+        webhook: &Webhook,
+        streak: u32,
+        error: &PluginError,
+    ) {
+        let disable_after = self.config.plugin.fair_share.disable_after_limit_hits;
+        let Some(reason) = outcome::limit_streak(streak, disable_after, error) else {
+            return;
+        };
+        // Enabled again, it starts afresh.
+        self.fair.forgive(&webhook.id);
+        let change = WebhookChange {
+            failing_since: None,
+            disable: Some(reason),
+        };
+        self.change_webhook(&webhook.id, change).await;
+    }
+
+    /// Writes a change the host makes to a webhook; one that disables it emits
+    /// `webhook.disabled` (once, however many deliveries decided it at the same time).
+    async fn change_webhook(&self, id: &WebhookId, change: WebhookChange) {
+        let mut disabled_now = false;
+        let result = self.catalog.change_webhook(id, |w| {
             if let Some(failing_since) = change.failing_since {
                 w.failing_since = failing_since;
             }
@@ -25,17 +54,18 @@ impl Pipeline {
                 if w.enabled {
                     w.enabled = false;
                     w.disabled_reason = Some(reason.clone());
+                    disabled_now = true;
                 }
             }
         });
         match result {
-            Ok(Some(changed)) if !changed.enabled && webhook.enabled => {
+            Ok(Some(changed)) if disabled_now => {
                 let reason = changed.disabled_reason.clone().unwrap_or_default();
                 tracing::warn!(webhook = %changed.id, "disabled: {reason}");
                 self.emit_webhook_disabled(&changed, &reason).await;
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(webhook = %webhook.id, "recording the failure streak: {e}"),
+            Err(e) => tracing::error!(webhook = %id, "changing the webhook: {e}"),
         }
     }
 

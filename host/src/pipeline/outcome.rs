@@ -266,9 +266,31 @@ pub(super) fn after_round(
     }
 }
 
+/// After `streak` evaluations in a row hit a sandbox limit (the last with `error`), why the
+/// webhook is disabled, once the streak reaches `disable_after` (0: never).
+pub(super) fn limit_streak(streak: u32, disable_after: u32, error: &PluginError) -> Option<String> {
+    (disable_after > 0 && streak >= disable_after).then(|| {
+        format!("its plugin hit a limit in {streak} evaluations in a row (the last: {error})")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_enough_run_of_limit_hits_disables_the_webhook() {
+        let error = PluginError::CpuLimit(50);
+        assert_eq!(limit_streak(49, 50, &error), None);
+        assert_eq!(
+            limit_streak(50, 50, &error).as_deref(),
+            Some(
+                "its plugin hit a limit in 50 evaluations in a row \
+                 (the last: plugin exceeded 50 ms cpu limit)"
+            )
+        );
+        assert_eq!(limit_streak(1_000, 0, &error), None, "0: never");
+    }
 
     #[test]
     fn retry_after_takes_seconds_and_http_dates() {

@@ -1,6 +1,7 @@
 //! The scheduler: sweeps the due queue in due order, stages due deliveries in memory per
 //! endpoint (`staging`), and starts them as their endpoint and `max_in_flight` allow.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +9,10 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
-use super::staging::{Endpoint, QueueView};
+use super::staging::{Endpoint, QueueView, Staged};
 use super::worker::plus;
 use super::{endpoints, Pipeline};
+use crate::fair_share::Admission;
 use crate::model::{DeliveryId, Millis, WebhookId};
 use crate::storage::{QueueEntry, StorageError};
 
@@ -18,6 +20,15 @@ use crate::storage::{QueueEntry, StorageError};
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// How long a delivery waits after a storage error before it is tried again.
 const STORAGE_ERROR_WAIT: Duration = Duration::from_secs(5);
+/// How far into a line the scheduler looks for a delivery of a webhook that may start one,
+/// past those of webhooks that may not (throttled, or enough on their way to a turn).
+const LOOK_AHEAD: usize = 64;
+
+/// From now until `at`, at least a millisecond.
+fn until(at: std::time::Instant) -> Duration {
+    at.saturating_duration_since(std::time::Instant::now())
+        .max(Duration::from_millis(1))
+}
 
 /// The queue as the staging reads it: the store's, with the pipeline's webhooks and the
 /// deliveries in flight.
@@ -95,15 +106,25 @@ impl Pipeline {
         }
         let now = self.now();
         let mut wait = IDLE_WAIT;
+        // Throttled evaluations that may run again are granted their turns.
+        if let Some(at) = self.fair.poke() {
+            wait = wait.min(until(at));
+        }
         let mut staging = self.staging.lock().unwrap();
         staging.stage(&StoreView(self), now, std::time::Instant::now(), &mut wait)?;
 
         let mut started = Vec::new();
+        // Webhooks not admitted in this pass (throttled, or enough on their way already).
+        let mut refused = HashSet::new();
         'lines: for (endpoint, line) in staging.lines_mut() {
-            while let Some((due, id)) = line.front().cloned() {
+            while !line.is_empty() {
                 if permits.available_permits() == 0 {
                     break 'lines;
                 }
+                let Some((index, admission)) = self.first_admitted(line, &mut refused, &mut wait)
+                else {
+                    continue 'lines;
+                };
                 if let Some(endpoint) = endpoint {
                     match self
                         .endpoints
@@ -123,14 +144,47 @@ impl Pipeline {
                     }
                     break 'lines;
                 };
-                line.pop_front();
+                let (due, id, _) = line.remove(index).expect("found in the line");
                 self.in_flight.lock().unwrap().insert(id.clone(), due);
                 started.push(id.clone());
-                self.spawn_delivery(due, id, endpoint.clone(), permit);
+                self.spawn_delivery(due, id, endpoint.clone(), permit, admission);
             }
         }
         staging.started(&started);
         Ok(wait)
+    }
+
+    /// The first of a line's first [`LOOK_AHEAD`] deliveries whose webhook may start one
+    /// now, with its admission (`None`: no webhook to account it to). A webhook refused goes
+    /// into `refused` for the rest of the pass, and `wait` shortens to when it may start.
+    fn first_admitted(
+        &self,
+        line: &VecDeque<Staged>,
+        refused: &mut HashSet<WebhookId>,
+        wait: &mut Duration,
+    ) -> Option<(usize, Option<Admission>)> {
+        for (index, (_, _, webhook)) in line.iter().take(LOOK_AHEAD).enumerate() {
+            let Some(webhook) = webhook else {
+                return Some((index, None));
+            };
+            if refused.contains(webhook) {
+                continue;
+            }
+            let Some(payer) = self.payer(webhook) else {
+                // Deleted: the worker ends the delivery without evaluating it.
+                return Some((index, None));
+            };
+            match self.fair.admit(&payer) {
+                Ok(admission) => return Some((index, Some(admission))),
+                Err(at) => {
+                    if let Some(at) = at {
+                        *wait = (*wait).min(until(at));
+                    }
+                    refused.insert(webhook.clone());
+                }
+            }
+        }
+        None
     }
 
     /// Runs one delivery on its own task; when it ends, frees its endpoint and permit and
@@ -141,12 +195,13 @@ impl Pipeline {
         id: DeliveryId,
         endpoint: Option<Arc<str>>,
         permit: tokio::sync::OwnedSemaphorePermit,
+        admission: Option<Admission>,
     ) {
         let this = self.clone();
         let span = tracing::info_span!("wasmhooks.delivery", delivery = %id);
         tokio::spawn(
             async move {
-                if let Err(e) = this.process(due, &id).await {
+                if let Err(e) = this.process(due, &id, admission).await {
                     tracing::error!("storage error, will retry: {e}");
                     this.postpone(due, &id);
                 }

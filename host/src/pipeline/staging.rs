@@ -45,6 +45,9 @@ const REVISIT_EVERY: Duration = Duration::from_millis(10);
 /// An endpoint as the lines are keyed (`None`: none known).
 pub(super) type Endpoint = Option<Arc<str>>;
 
+/// A staged delivery: its due time, its id, its webhook.
+pub(super) type Staged = (Millis, DeliveryId, Option<WebhookId>);
+
 /// What the staging reads besides the queue's entries.
 pub(super) trait QueueView {
     /// The queue's entries from `from` on, in key order.
@@ -87,7 +90,7 @@ pub(super) struct Staging {
     /// When the sweep last started from the head.
     swept_from_head: Option<Instant>,
     /// Due deliveries per endpoint, in due order.
-    lines: HashMap<Endpoint, VecDeque<(Millis, DeliveryId)>>,
+    lines: HashMap<Endpoint, VecDeque<Staged>>,
     /// The staged deliveries, with the due time they are staged for.
     staged: HashMap<DeliveryId, Millis>,
     /// Each webhook's endpoint, worked out once.
@@ -103,7 +106,7 @@ pub(super) struct Staging {
 
 impl Staging {
     /// The lines, to start deliveries from.
-    pub(super) fn lines_mut(&mut self) -> &mut HashMap<Endpoint, VecDeque<(Millis, DeliveryId)>> {
+    pub(super) fn lines_mut(&mut self) -> &mut HashMap<Endpoint, VecDeque<Staged>> {
         &mut self.lines
     }
 
@@ -317,7 +320,7 @@ impl Staging {
             }
             return Offered::LeftBehind(endpoint);
         }
-        line.push_back((entry.due, entry.id.clone()));
+        line.push_back((entry.due, entry.id.clone(), entry.webhook.clone()));
         self.staged.insert(entry.id, entry.due);
         Offered::Staged
     }

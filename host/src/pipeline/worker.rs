@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use super::outcome;
 use super::Pipeline;
+use crate::fair_share::Admission;
 use crate::model::{Delivery, DeliveryId, DeliveryMode, DeliveryStatus, Millis};
 use crate::storage::{Claim, StorageError};
 
 /// How long a paused webhook's delivery waits before it is looked at again.
-const PAUSED_WAIT: Duration = Duration::from_secs(60);
+pub(super) const PAUSED_WAIT: Duration = Duration::from_secs(60);
 /// How long an in-order delivery waits at least before it looks again at the delivery ahead.
 const IN_ORDER_WAIT: Duration = Duration::from_millis(200);
 /// Added to the longest a step of a delivery can take, for how long a claim lasts.
@@ -27,8 +28,14 @@ pub(super) fn plus(t: Millis, d: Duration) -> Millis {
 
 impl Pipeline {
     /// Moves one delivery a step forward, under a claim: nothing is written for it unless
-    /// the claim still holds.
-    pub(super) async fn process(&self, due: Millis, id: &DeliveryId) -> Result<(), StorageError> {
+    /// the claim still holds. The `admission` (see [`crate::fair_share::FairShare::admit`]) is given back once the
+    /// plugin has run, or when it need not.
+    pub(super) async fn process(
+        &self,
+        due: Millis,
+        id: &DeliveryId,
+        admission: Option<Admission>,
+    ) -> Result<(), StorageError> {
         let now = self.now();
         let until = plus(now, self.claim_for());
         let Some((claim, mut delivery)) = self.store.claim(id, due, self.holder, until, now)?
@@ -93,6 +100,7 @@ impl Pipeline {
             }
         }
 
+        drop(admission);
         let round = self.send_round(&webhook, &mut delivery).await;
         if delivery.status == DeliveryStatus::Delivered {
             // Emitted before the delivery is recorded as delivered, under an id made from

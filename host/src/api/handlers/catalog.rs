@@ -276,6 +276,7 @@ pub async fn get_webhook(
     let expanded = expand(&params, &["module", "connection"])?;
     let webhook = visible_webhook(&p, &who, &id)?;
     let mut view = serde_json::to_value(&webhook).map_err(internal)?;
+    view["usage"] = json!(p.fair_share().usage(&webhook.id));
     let public_keys = p.catalog().signing_public_keys(&webhook)?;
     if !public_keys.is_empty() {
         view["signing_public_keys"] = json!(public_keys);
@@ -348,6 +349,29 @@ fn set_enabled(p: &AppState, who: &Principal, id: &str, enabled: bool) -> ApiRes
     Ok(Json(p.catalog().update_webhook(&webhook_id(id)?, input)?).into_response())
 }
 
+/// Evaluation time per webhook, most first, and who is throttled: the webhooks the key may
+/// see that have run since the host started.
+pub async fn list_usage(
+    State(p): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Response> {
+    let usages: Vec<_> = p
+        .fair_share()
+        .usages()
+        .into_iter()
+        .filter_map(|mut usage| {
+            // The webhook as it is now: gone ones are left out, and a tenant key sees its own.
+            let webhook = p.catalog().webhook_cached(&usage.webhook_id)?;
+            if who.tenant.is_some() && webhook.tenant != who.tenant {
+                return None;
+            }
+            usage.tenant = webhook.tenant.clone();
+            Some(usage)
+        })
+        .collect();
+    Ok(Json(json!({ "data": usages })).into_response())
+}
+
 pub async fn test_webhook(
     State(p): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -357,10 +381,7 @@ pub async fn test_webhook(
 ) -> ApiResult<Response> {
     let webhook = visible_webhook(&p, &who, &id)?;
     let input: EventInput = parse_json(&headers, &body?)?;
-    let pipeline = p.clone();
-    let run = tokio::task::spawn_blocking(move || pipeline.dry_run(&webhook.id, input))
-        .await
-        .map_err(internal)??;
+    let run = p.dry_run(&webhook.id, input).await?;
     Ok(Json(run).into_response())
 }
 

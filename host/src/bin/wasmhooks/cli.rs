@@ -93,6 +93,8 @@ pub enum Command {
         /// Delivery id.
         id: String,
     },
+    /// Evaluation time per webhook, most first, and which webhooks are throttled.
+    Usage,
     /// API keys: create, list, get, revoke.
     Key {
         /// The key command.
@@ -239,6 +241,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Webhook { command } => remote::webhook(remote, command),
         Command::Deliveries { command } => remote::deliveries(remote, command),
         Command::Replay { id } => remote::replay(remote, &id),
+        Command::Usage => remote::usage(remote),
         Command::Key { command } => remote::key(remote, command),
         Command::Event { command } => remote::event(remote, command),
         Command::Plugin {

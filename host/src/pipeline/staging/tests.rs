@@ -108,7 +108,7 @@ fn work(staging: &mut Staging, queue: &Queue, webhook: &str, n: usize) -> Vec<De
     let mut done = Vec::new();
     if let Some(line) = staging.lines_mut().get_mut(&endpoint) {
         while done.len() < n {
-            let Some((due, id)) = line.pop_front() else {
+            let Some((due, id, _)) = line.pop_front() else {
                 break;
             };
             queue.remove(due, &id);
@@ -300,7 +300,7 @@ fn every_entry_is_started_once_and_never_while_in_flight_whatever_the_order() {
                 t += 1;
             }
             stage(&mut staging, &queue, at);
-            for (due, id) in staging.lines_mut().values().flat_map(|l| l.iter()) {
+            for (due, id, _) in staging.lines_mut().values().flat_map(|l| l.iter()) {
                 assert!(
                     !in_flight.iter().any(|(_, f)| f == id),
                     "seed {seed}: {id} ({due:?}) staged while in flight"
@@ -310,7 +310,7 @@ fn every_entry_is_started_once_and_never_while_in_flight_whatever_the_order() {
             let mut now_started = Vec::new();
             for line in staging.lines_mut().values_mut() {
                 for _ in 0..dice.below(8) {
-                    let Some((due, id)) = line.pop_front() else {
+                    let Some((due, id, _)) = line.pop_front() else {
                         break;
                     };
                     assert!(
@@ -338,7 +338,7 @@ fn every_entry_is_started_once_and_never_while_in_flight_whatever_the_order() {
             stage(&mut staging, &queue, at);
             let mut now_started = Vec::new();
             for line in staging.lines_mut().values_mut() {
-                while let Some((due, id)) = line.pop_front() {
+                while let Some((due, id, _)) = line.pop_front() {
                     assert!(
                         started.insert(id.clone()),
                         "seed {seed}: {id} started twice"

@@ -377,6 +377,15 @@ pub fn replay(remote: &Remote, id: &str) -> anyhow::Result<ExitCode> {
     show(c.call(M::POST, &format!("/v1/deliveries/{id}/replay"), &[], None)?)
 }
 
+/// Shows the evaluation time per webhook and who is throttled.
+///
+/// # Errors
+/// When the server cannot be reached.
+pub fn usage(remote: &Remote) -> anyhow::Result<ExitCode> {
+    let c = Client::new(remote)?;
+    show(c.call(M::GET, "/v1/usage", &[], None)?)
+}
+
 /// Runs an API key command.
 ///
 /// # Errors
