@@ -154,11 +154,15 @@ impl FairShare {
     }
 
     /// Waits for a turn to evaluate for `payer`. The turn ends with [`Turn::finish`] (or
-    /// when dropped), which charges its time.
-    pub async fn turn(self: &Arc<Self>, payer: &Payer) -> Turn {
+    /// when dropped), which charges its time. `None` once the fair share is closed (the host
+    /// is stopping): the caller leaves its work for the next start.
+    pub async fn turn(self: &Arc<Self>, payer: &Payer) -> Option<Turn> {
         let receiver = {
             let now = (self.now)();
             let mut state = self.state.lock().unwrap();
+            if state.closed {
+                return None;
+            }
             state.flow(payer, now);
             self.grant(&mut state, now);
             // A free turn means no waiter that may run now is waiting (each grant gives
@@ -168,7 +172,7 @@ impl FairShare {
                 && !self.probing(&state, &payer.webhook)
             {
                 state.activate(&payer.webhook);
-                return self.start(&mut state, &payer.webhook, now);
+                return Some(self.start(&mut state, &payer.webhook, now));
             }
             let (sender, receiver) = oneshot::channel();
             state.enqueue(&payer.webhook, sender);
@@ -176,9 +180,22 @@ impl FairShare {
             self.grant(&mut state, now);
             receiver
         };
-        receiver
-            .await
-            .expect("a waiter is granted its turn or dropped with the fair share")
+        // Its sender is dropped only by `close`.
+        receiver.await.ok()
+    }
+
+    /// Stops granting turns: every waiter, and every later ask, gets none. Turns running
+    /// go on. Called when the host stops, so no delivery waits for a turn (or a budget)
+    /// meanwhile.
+    pub fn close(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.closed = true;
+        for id in std::mem::take(&mut state.waiting) {
+            if let Some(flow) = state.flows.get_mut(&id) {
+                flow.waiters.clear();
+            }
+            state.deactivate_if_idle(&id);
+        }
     }
 
     /// A turn beside the counted ones, for an evaluation that has proven to take well under a
@@ -471,6 +488,14 @@ pub struct Turn {
 }
 
 impl Turn {
+    /// Marks when the evaluation itself begins: the turn is charged from here (after the
+    /// hand-over to the thread that evaluates).
+    pub fn begin(&mut self) {
+        if let Some(share) = &self.share {
+            self.started = (share.now)();
+        }
+    }
+
     /// Ends the turn, charging its time to its webhook and tenant; `hit_limit` says whether
     /// the evaluation hit a sandbox limit. Returns the webhook's limit hits in a row.
     pub fn finish(mut self, hit_limit: bool) -> u32 {
@@ -618,6 +643,8 @@ struct State {
     floor: f64,
     /// When the first throttled waiter may run.
     next_ready: Option<Instant>,
+    /// No more turns are granted to waiters.
+    closed: bool,
     forgotten_at: Option<Instant>,
 }
 

@@ -65,8 +65,9 @@ impl Rig {
             self.granted.clone(),
         );
         let task = tokio::spawn(async move {
-            let turn = share.turn(&payer).await;
-            let _ = granted.send((name, turn));
+            if let Some(turn) = share.turn(&payer).await {
+                let _ = granted.send((name, turn));
+            }
         });
         while self.share.summary().waiting == waiting {
             tokio::task::yield_now().await;
@@ -93,7 +94,7 @@ impl Rig {
 async fn a_cheap_webhook_goes_before_a_queue_of_expensive_ones() {
     let mut rig = Rig::new(1, no_limits());
     let (a, b) = (payer("a", "ta"), payer("b", "tb"));
-    let first = rig.share.turn(&a).await;
+    let first = rig.share.turn(&a).await.unwrap();
     for _ in 0..3 {
         rig.queue("a", &a).await;
     }
@@ -126,7 +127,7 @@ async fn tenants_share_equally_however_many_webhooks_each_has() {
     let mut rig = Rig::new(1, no_limits());
     let many: Vec<Payer> = (0..3).map(|i| payer(&format!("x{i}"), "x")).collect();
     let one = payer("y", "y");
-    let blocker = rig.share.turn(&one).await;
+    let blocker = rig.share.turn(&one).await.unwrap();
     for round in 0..20 {
         for p in &many {
             rig.queue(&format!("x-{round}"), p).await;
@@ -163,7 +164,7 @@ async fn a_webhook_over_its_budget_waits_while_others_run() {
     };
     let mut rig = Rig::new(2, config);
     let (a, b) = (payer("a", "t"), payer("b", "t"));
-    let turn = rig.share.turn(&a).await;
+    let turn = rig.share.turn(&a).await.unwrap();
     rig.run(turn, Duration::from_millis(1100));
     // 1.1 s spent against 100 ms per second with 100 ms saved up: 10 s to wait.
     let usage = rig.share.usage(&a.webhook);
@@ -179,7 +180,7 @@ async fn a_webhook_over_its_budget_waits_while_others_run() {
         "the scheduler is told when a may run"
     );
     // b is not held back by a's debt, though a waits.
-    let turn = rig.share.turn(&b).await;
+    let turn = rig.share.turn(&b).await.unwrap();
     rig.run(turn, Duration::from_millis(1));
     rig.advance(Duration::from_millis(9_000));
     assert!(rig.share.poke().is_some(), "a still waits");
@@ -198,7 +199,7 @@ async fn a_tenant_over_its_budget_waits_whichever_webhook_asks() {
     };
     let rig = Rig::new(2, config);
     let (a1, a2, b) = (payer("a1", "a"), payer("a2", "a"), payer("b", "b"));
-    let turn = rig.share.turn(&a1).await;
+    let turn = rig.share.turn(&a1).await.unwrap();
     rig.run(turn, Duration::from_millis(300));
     let refused = rig
         .share
@@ -228,7 +229,7 @@ async fn limit_hits_in_a_row_back_off_longer_each_time_and_a_success_ends_them()
     let rig = Rig::new(1, config);
     let a = payer("a", "t");
     for hits in 1..=3u32 {
-        let turn = rig.share.turn(&a).await;
+        let turn = rig.share.turn(&a).await.unwrap();
         rig.advance(Duration::from_millis(50));
         assert_eq!(turn.finish(true), hits);
         if hits >= 2 {
@@ -241,7 +242,7 @@ async fn limit_hits_in_a_row_back_off_longer_each_time_and_a_success_ends_them()
             rig.advance(backoff(2, hits).unwrap());
         }
     }
-    let turn = rig.share.turn(&a).await;
+    let turn = rig.share.turn(&a).await.unwrap();
     assert_eq!(turn.finish(false), 0);
     let usage = rig.share.usage(&a.webhook);
     assert_eq!((usage.limit_hits, usage.limit_hits_in_a_row), (3, 0));
@@ -252,7 +253,7 @@ async fn limit_hits_in_a_row_back_off_longer_each_time_and_a_success_ends_them()
 async fn a_queued_webhook_is_admitted_only_so_far_and_the_scheduler_is_woken_after() {
     let rig = Rig::new(1, no_limits());
     let a = payer("a", "t");
-    let running = rig.share.turn(&a).await;
+    let running = rig.share.turn(&a).await.unwrap();
     rig.queue("a", &a).await;
     let first = rig.share.admit(&a).ok().unwrap();
     let _second = rig.share.admit(&a).ok().unwrap();
@@ -277,7 +278,7 @@ async fn a_queued_webhook_is_admitted_only_so_far_and_the_scheduler_is_woken_aft
 async fn a_waiter_that_gives_up_does_not_keep_a_turn() {
     let mut rig = Rig::new(1, no_limits());
     let a = payer("a", "t");
-    let running = rig.share.turn(&a).await;
+    let running = rig.share.turn(&a).await.unwrap();
     let gone = rig.queue("gone", &a).await;
     gone.abort();
     let _ = gone.await;
@@ -298,11 +299,11 @@ async fn a_webhook_backing_off_runs_one_evaluation_at_a_time() {
     };
     let mut rig = Rig::new(2, config);
     let a = payer("a", "t");
-    let turn = rig.share.turn(&a).await;
+    let turn = rig.share.turn(&a).await.unwrap();
     rig.advance(Duration::from_millis(50));
     assert_eq!(turn.finish(true), 1);
     rig.advance(FIRST_BACKOFF);
-    let probe = rig.share.turn(&a).await;
+    let probe = rig.share.turn(&a).await.unwrap();
     rig.queue("a", &a).await;
     assert!(rig.share.quick_turn(&a).is_none());
     assert_eq!(
@@ -320,7 +321,7 @@ async fn a_webhook_backing_off_runs_one_evaluation_at_a_time() {
 async fn a_quick_evaluation_does_not_wait_behind_long_ones_but_is_charged() {
     let rig = Rig::new(1, no_limits());
     let (slow, quick) = (payer("slow", "s"), payer("quick", "q"));
-    let long = rig.share.turn(&slow).await;
+    let long = rig.share.turn(&slow).await.unwrap();
     rig.queue("slow", &slow).await;
     let turn = rig
         .share
@@ -337,4 +338,21 @@ async fn a_quick_evaluation_does_not_wait_behind_long_ones_but_is_charged() {
         "the quick turn was not counted"
     );
     drop(long);
+}
+
+#[tokio::test]
+async fn closed_it_turns_waiters_away_and_lets_running_turns_end() {
+    let rig = Rig::new(1, no_limits());
+    let a = payer("a", "t");
+    let running = rig.share.turn(&a).await.unwrap();
+    let (share, waiter) = (rig.share.clone(), a.clone());
+    let waiting = tokio::spawn(async move { share.turn(&waiter).await.is_none() });
+    while rig.share.summary().waiting == 0 {
+        tokio::task::yield_now().await;
+    }
+    rig.share.close();
+    assert!(waiting.await.unwrap(), "the waiter got no turn");
+    assert!(rig.share.turn(&a).await.is_none());
+    rig.run(running, Duration::from_millis(5));
+    assert_eq!(rig.share.summary().running, 0);
 }

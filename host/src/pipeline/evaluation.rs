@@ -61,6 +61,11 @@ impl Pipeline {
             }
         };
         let turn = self.turn_for(webhook, &plugin).await;
+        if turn.0.is_none() {
+            // The host is stopping: the next start evaluates it.
+            delivery.next_attempt_at = Some(self.now());
+            return Ok(None);
+        }
         if !self.webhook_cached(&webhook.id).is_some_and(|w| w.enabled) {
             // Disabled (or deleted) while it waited for its turn: it waits like any delivery
             // of a paused webhook.
@@ -137,49 +142,74 @@ impl Pipeline {
     /// A turn to evaluate `plugin` for `webhook` (see [`crate::fair_share`]): when the plugin
     /// has proven quick, a turn beside the counted ones with a slot on this thread (see
     /// [`crate::runtime::Runtime::quick_slot`]); else a counted turn, after waiting for it.
+    /// No turn while the host stops.
     async fn turn_for(
         &self,
         webhook: &Webhook,
         plugin: &LoadedPlugin,
-    ) -> (Turn, Option<QuickSlot<'_>>) {
+    ) -> (Option<Turn>, Option<QuickSlot<'_>>) {
         let payer = payer_of(webhook);
         if plugin.is_quick() {
             if let Some(turn) = self.fair.quick_turn(&payer) {
                 if let Some(slot) = self.runtime.quick_slot(plugin) {
-                    return (turn, Some(slot));
+                    return (Some(turn), Some(slot));
                 }
             }
         }
         (self.fair.turn(&payer).await, None)
     }
 
-    /// Evaluates in `turn`: on this thread with a quick slot, else on a blocking thread.
+    /// Evaluates in `turn` (without one while the host stops): on this thread with a quick
+    /// slot, else on a blocking thread, which ends the turn as soon as the plugin returns.
     async fn run_in(
         &self,
-        (turn, slot): (Turn, Option<QuickSlot<'_>>),
+        (turn, slot): (Option<Turn>, Option<QuickSlot<'_>>),
         webhook: &Webhook,
         plugin: Arc<LoadedPlugin>,
         ctx: PluginContext,
         call: Call,
     ) -> Evaluation {
-        let evaluation = match slot {
-            Some(slot) => self.runtime.evaluate_quick(slot, &plugin, ctx, call),
+        let (evaluation, streak) = match slot {
+            Some(slot) => {
+                let evaluation = self.runtime.evaluate_quick(slot, &plugin, ctx, call);
+                let streak = end_turn(turn, &evaluation);
+                (evaluation, streak)
+            }
             None => {
                 let runtime = self.runtime.clone();
-                tokio::task::spawn_blocking(move || runtime.evaluate(&plugin, ctx, call))
-                    .await
-                    .expect("plugin evaluation does not panic")
+                tokio::task::spawn_blocking(move || {
+                    let mut turn = turn;
+                    // Charged from here: the hand-over to this thread is the host's, not
+                    // the plugin's.
+                    if let Some(turn) = &mut turn {
+                        turn.begin();
+                    }
+                    let evaluation = runtime.evaluate(&plugin, ctx, call);
+                    let streak = end_turn(turn, &evaluation);
+                    (evaluation, streak)
+                })
+                .await
+                .expect("plugin evaluation does not panic")
             }
         };
-        let limit_hit = evaluation
-            .result
-            .as_ref()
-            .err()
-            .filter(|e| e.limit().is_some());
-        let streak = turn.finish(limit_hit.is_some());
-        if let Some(error) = limit_hit {
+        if let Some(error) = limit_hit(&evaluation) {
             self.after_limit_hit(webhook, streak, error).await;
         }
         evaluation
     }
+}
+
+/// The sandbox limit an evaluation hit, if any.
+fn limit_hit(evaluation: &Evaluation) -> Option<&crate::runtime::PluginError> {
+    evaluation
+        .result
+        .as_ref()
+        .err()
+        .filter(|e| e.limit().is_some())
+}
+
+/// Ends an evaluation's turn; returns its webhook's limit hits in a row.
+fn end_turn(turn: Option<Turn>, evaluation: &Evaluation) -> u32 {
+    let hit = limit_hit(evaluation).is_some();
+    turn.map_or(0, |turn| turn.finish(hit))
 }

@@ -1,5 +1,6 @@
 //! The scheduler: sweeps the due queue in due order, stages due deliveries in memory per
-//! endpoint (`staging`), and starts them as their endpoint and `max_in_flight` allow.
+//! endpoint (`staging`), and starts them as their endpoint, `max_in_flight` and the fair share
+//! of evaluation time (`fair_share`: admission per webhook) allow.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -84,7 +85,8 @@ impl Pipeline {
                 _ = shutdown.changed() => {}
             }
         }
-        // Let deliveries in flight finish their current step.
+        // Let deliveries in flight finish their current step; none waits for a turn.
+        self.fair.close();
         let _ = permits.acquire_many(max as u32).await;
     }
 
