@@ -413,7 +413,14 @@ impl FairShare {
                 // lock (its drop would lock again).
                 turn.share = None;
                 state.running -= 1;
-                state.finish(&self.config, &id, turn.charged, Duration::ZERO, None, now);
+                state.finish(
+                    &self.config,
+                    &id,
+                    turn.charged,
+                    Duration::ZERO,
+                    Ended::Dropped,
+                    now,
+                );
             }
         }
         let moved = next_ready != state.next_ready;
@@ -445,21 +452,14 @@ impl FairShare {
     }
 
     /// Ends a turn and gives the freed one to the next waiter.
-    fn end(self: &Arc<Self>, turn: &Turn, hit_limit: Option<bool>) -> u32 {
+    fn end(self: &Arc<Self>, turn: &Turn, ended: Ended) -> u32 {
         let now = (self.now)();
         let used = now.saturating_duration_since(turn.started);
         let mut state = self.state.lock().unwrap();
         if turn.counted {
             state.running -= 1;
         }
-        let streak = state.finish(
-            &self.config,
-            &turn.webhook,
-            turn.charged,
-            used,
-            hit_limit,
-            now,
-        );
+        let streak = state.finish(&self.config, &turn.webhook, turn.charged, used, ended, now);
         self.grant(&mut state, now);
         streak
     }
@@ -500,8 +500,17 @@ impl Turn {
     /// the evaluation hit a sandbox limit. Returns the webhook's limit hits in a row.
     pub fn finish(mut self, hit_limit: bool) -> u32 {
         match self.share.take() {
-            Some(share) => share.end(&self, Some(hit_limit)),
+            Some(share) => share.end(&self, Ended::Judged(hit_limit)),
             None => 0,
+        }
+    }
+
+    /// Ends the turn like [`Turn::finish`], counting the evaluation and its limit hit but
+    /// leaving the webhook's streak (and back-off) as they are: for an evaluation that must
+    /// not judge its webhook (one tenant's event on a webhook serving every tenant).
+    pub fn finish_unjudged(mut self, hit_limit: bool) {
+        if let Some(share) = self.share.take() {
+            share.end(&self, Ended::Unjudged(hit_limit));
         }
     }
 }
@@ -509,9 +518,19 @@ impl Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         if let Some(share) = self.share.take() {
-            share.end(self, None);
+            share.end(self, Ended::Dropped);
         }
     }
+}
+
+/// How a turn ended.
+enum Ended {
+    /// Dropped unfinished: its time is charged, nothing else.
+    Dropped,
+    /// Its evaluation ran; whether it hit a limit judges the webhook's streak.
+    Judged(bool),
+    /// Its evaluation ran and is counted, without a say on the streak.
+    Unjudged(bool),
 }
 
 /// Leave to start one delivery, held until its evaluation is done or not needed.
@@ -746,7 +765,7 @@ impl State {
         id: &WebhookId,
         charged: f64,
         used: Duration,
-        hit_limit: Option<bool>,
+        ended: Ended,
         now: Instant,
     ) -> u32 {
         let Some(flow) = self.flows.get_mut(id) else {
@@ -760,22 +779,25 @@ impl State {
             .charge(Budget::of(config.webhook_cpu_per_second), used, now);
         flow.usage.add(used, now);
         flow.touched = now;
-        if hit_limit.is_some() {
-            flow.evaluations += 1;
-        }
-        match hit_limit {
-            Some(true) => {
+        match ended {
+            Ended::Dropped => {}
+            Ended::Unjudged(hit) => {
+                flow.evaluations += 1;
+                flow.limit_hits += u64::from(hit);
+            }
+            Ended::Judged(true) => {
+                flow.evaluations += 1;
                 flow.limit_hits += 1;
                 flow.streak = flow.streak.saturating_add(1);
                 if let Some(wait) = backoff(config.backoff_after_limit_hits, flow.streak) {
                     flow.backoff_until = Some(now + wait);
                 }
             }
-            Some(false) => {
+            Ended::Judged(false) => {
+                flow.evaluations += 1;
                 flow.streak = 0;
                 flow.backoff_until = None;
             }
-            None => {}
         }
         let streak = flow.streak;
         let tenant = flow.tenant.clone();

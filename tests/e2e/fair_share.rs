@@ -252,3 +252,61 @@ async fn usage_shows_each_tenant_its_own_webhooks_and_healthz_only_totals() {
         "no webhook ids without a key"
     );
 }
+
+#[tokio::test]
+async fn one_tenants_events_cannot_back_off_or_disable_a_webhook_serving_every_tenant() {
+    let (_tmp, dir) = data_dir();
+    let burnt = Receiver::start().await;
+    let server = Server::start(
+        &dir,
+        &[
+            (
+                "WASMHOOKS_PLUGIN__FAIR_SHARE__BACKOFF_AFTER_LIMIT_HITS",
+                "2",
+            ),
+            (
+                "WASMHOOKS_PLUGIN__FAIR_SHARE__DISABLE_AFTER_LIMIT_HITS",
+                "3",
+            ),
+        ],
+    )
+    .await;
+    let module = server.upload("misbehave", &test_plugin("misbehave")).await;
+    let shared = server
+        .create_webhook(json!({
+            "name": "for every tenant", "event_kinds": ["burn.*"], "module_id": module,
+            "config": { "mode": "loop" }, "limits": { "cpu_time": "50ms" }, "url": burnt.url,
+        }))
+        .await;
+    let shared = shared["id"].as_str().unwrap();
+
+    // A tenant's events its plugin chokes on: counted, but they do not judge the webhook.
+    let attack: Vec<Value> = (0..8)
+        .map(|i| json!({ "kind": "burn.it", "tenant": "mallory", "payload": { "i": i } }))
+        .collect();
+    server.emit(json!(attack)).await;
+    eventually("the tenant's events to fail", || async {
+        (count(&server, shared, "failed").await == 8).then_some(())
+    })
+    .await;
+    let (_, webhook) = server.get(&format!("/v1/webhooks/{shared}")).await;
+    assert_eq!(webhook["enabled"], true, "{webhook}");
+    assert_eq!(webhook["usage"]["limit_hits"], 8);
+    assert_eq!(webhook["usage"]["limit_hits_in_a_row"], 0);
+    assert!(webhook["usage"]["throttled"].is_null(), "{webhook}");
+
+    // The operator's own events do judge it.
+    let own: Vec<Value> = (0..3)
+        .map(|i| json!({ "kind": "burn.it", "payload": { "i": i } }))
+        .collect();
+    server.emit(json!(own)).await;
+    let webhook = eventually("the webhook to be disabled", || async {
+        let (_, webhook) = server.get(&format!("/v1/webhooks/{shared}")).await;
+        (webhook["enabled"] == false).then_some(webhook)
+    })
+    .await;
+    assert!(webhook["disabled_reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("its plugin hit a limit in 3 evaluations in a row"));
+}

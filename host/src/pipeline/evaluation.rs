@@ -73,8 +73,9 @@ impl Pipeline {
             return Ok(None);
         }
         let ctx = self.plugin_context(webhook);
+        let judged = judges_webhook(webhook, delivery);
         let evaluation = self
-            .run_in(turn, webhook, plugin, ctx, call)
+            .run_in(turn, judged, webhook, plugin, ctx, call)
             .instrument(tracing::info_span!("wasmhooks.plugin", module = %webhook.module_id))
             .await;
         self.keep_state(webhook, &evaluation);
@@ -131,12 +132,14 @@ impl Pipeline {
     pub(super) async fn run_plugin(
         &self,
         webhook: &Webhook,
+        delivery: &Delivery,
         plugin: Arc<LoadedPlugin>,
         ctx: PluginContext,
         call: Call,
     ) -> Evaluation {
         let turn = self.turn_for(webhook, &plugin).await;
-        self.run_in(turn, webhook, plugin, ctx, call).await
+        let judged = judges_webhook(webhook, delivery);
+        self.run_in(turn, judged, webhook, plugin, ctx, call).await
     }
 
     /// A turn to evaluate `plugin` for `webhook` (see [`crate::fair_share`]): when the plugin
@@ -161,9 +164,11 @@ impl Pipeline {
 
     /// Evaluates in `turn` (without one while the host stops): on this thread with a quick
     /// slot, else on a blocking thread, which ends the turn as soon as the plugin returns.
+    /// A `judged` evaluation's limit hit counts towards its webhook's streak.
     async fn run_in(
         &self,
         (turn, slot): (Option<Turn>, Option<QuickSlot<'_>>),
+        judged: bool,
         webhook: &Webhook,
         plugin: Arc<LoadedPlugin>,
         ctx: PluginContext,
@@ -172,7 +177,7 @@ impl Pipeline {
         let (evaluation, streak) = match slot {
             Some(slot) => {
                 let evaluation = self.runtime.evaluate_quick(slot, &plugin, ctx, call);
-                let streak = end_turn(turn, &evaluation);
+                let streak = end_turn(turn, &evaluation, judged);
                 (evaluation, streak)
             }
             None => {
@@ -185,14 +190,14 @@ impl Pipeline {
                         turn.begin();
                     }
                     let evaluation = runtime.evaluate(&plugin, ctx, call);
-                    let streak = end_turn(turn, &evaluation);
+                    let streak = end_turn(turn, &evaluation, judged);
                     (evaluation, streak)
                 })
                 .await
                 .expect("plugin evaluation does not panic")
             }
         };
-        if let Some(error) = limit_hit(&evaluation) {
+        if let Some(error) = limit_hit(&evaluation).filter(|_| judged) {
             self.after_limit_hit(webhook, streak, error).await;
         }
         evaluation
@@ -209,7 +214,22 @@ fn limit_hit(evaluation: &Evaluation) -> Option<&crate::runtime::PluginError> {
 }
 
 /// Ends an evaluation's turn; returns its webhook's limit hits in a row.
-fn end_turn(turn: Option<Turn>, evaluation: &Evaluation) -> u32 {
+fn end_turn(turn: Option<Turn>, evaluation: &Evaluation, judged: bool) -> u32 {
     let hit = limit_hit(evaluation).is_some();
-    turn.map_or(0, |turn| turn.finish(hit))
+    match turn {
+        Some(turn) if judged => turn.finish(hit),
+        Some(turn) => {
+            turn.finish_unjudged(hit);
+            0
+        }
+        None => 0,
+    }
+}
+
+/// Whether an evaluation for `delivery` judges its webhook: counts towards the streak of
+/// limit hits that backs the webhook off and disables it. Not when a webhook serving every
+/// tenant evaluates one tenant's events: that tenant could otherwise slow or switch off the
+/// webhook for all the others with events its plugin chokes on.
+fn judges_webhook(webhook: &Webhook, delivery: &Delivery) -> bool {
+    webhook.tenant.is_some() || delivery.events_tenant().is_none()
 }

@@ -46,7 +46,13 @@ impl Pipeline {
                 };
                 let ctx = self.plugin_context(webhook);
                 let evaluation = self
-                    .run_plugin(webhook, plugin.clone(), ctx, Call::Response(response))
+                    .run_plugin(
+                        webhook,
+                        delivery,
+                        plugin.clone(),
+                        ctx,
+                        Call::Response(response),
+                    )
                     .await;
                 self.keep_state(webhook, &evaluation);
                 delivery.logs.extend(evaluation.logs);
