@@ -24,10 +24,12 @@
 //!   way to an evaluation already, is not started, so its deliveries cannot take the host's
 //!   in-flight slots from others.
 //!
-//! Time is measured as how long a turn is held, from the grant to its end: what the others
-//! were denied. It is CPU time unless the machine runs more than it has cores for.
+//! Time is measured as how long an evaluation holds its turn, from when the plugin starts to
+//! when it returns (the hand-over to the thread that evaluates is the host's, not charged):
+//! what the others were denied. It is CPU time unless the machine runs more than it has cores
+//! for. A plugin proven quick (well under a millisecond) takes a turn beside the counted ones
+//! ([`FairShare::quick_turn`]), so it does not wait behind long evaluations.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,18 +38,12 @@ use tokio::sync::{oneshot, Notify};
 use crate::config::FairShareConfig;
 use crate::model::WebhookId;
 
-/// The first wait of a webhook backing off.
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// The longest wait of a webhook backing off.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// The time over which the reported use per second is averaged.
-const USAGE_WINDOW: Duration = Duration::from_secs(10);
-/// A webhook idle this long, owing nothing, is forgotten (its figures start again at zero).
-const FORGET_AFTER: Duration = Duration::from_secs(600);
-/// How often idle webhooks are looked for.
-const FORGET_EVERY: Duration = Duration::from_secs(60);
-/// How much a new turn weighs in a webhook's estimate of its turns' length.
-const ESTIMATE_WEIGHT: f64 = 0.25;
+mod accounts;
+mod usage;
+
+pub use accounts::{backoff, FIRST_BACKOFF, MAX_BACKOFF};
+use accounts::{tenant_key, Budget, Ended, State};
+pub use usage::{Summary, Throttle, ThrottleReason, Usage};
 
 /// Who an evaluation is for: its webhook, and the webhook's tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,68 +52,6 @@ pub struct Payer {
     pub webhook: WebhookId,
     /// Its tenant (`None`: a webhook of the operator's, for every tenant).
     pub tenant: Option<String>,
-}
-
-/// Why a webhook's evaluations wait although turns may be free.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ThrottleReason {
-    /// The webhook used its budget (`webhook_cpu_per_second`).
-    WebhookBudget,
-    /// Its tenant used its budget (`tenant_cpu_per_second`).
-    TenantBudget,
-    /// Its evaluations keep hitting a sandbox limit.
-    Backoff,
-}
-
-/// A webhook's throttle: why, and for how much longer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Throttle {
-    /// Why it waits.
-    pub reason: ThrottleReason,
-    /// For how much longer, in milliseconds.
-    pub for_ms: u64,
-}
-
-/// What one webhook has used, as the host saw it since it last started (or since the webhook
-/// was idle for ten minutes).
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Usage {
-    /// The webhook.
-    pub webhook_id: WebhookId,
-    /// Its tenant.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    /// Evaluation time per second, in milliseconds, averaged over about ten seconds.
-    pub cpu_ms_per_second: f64,
-    /// Evaluations run.
-    pub evaluations: u64,
-    /// Evaluations that hit a sandbox limit.
-    pub limit_hits: u64,
-    /// The last evaluations that hit a limit, in a row.
-    pub limit_hits_in_a_row: u32,
-    /// Evaluations running now.
-    pub running: usize,
-    /// Evaluations waiting for a turn.
-    pub waiting: usize,
-    /// Why its evaluations wait although turns may be free, when they do.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub throttled: Option<Throttle>,
-}
-
-/// All webhooks together.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Summary {
-    /// Evaluations that may run at once.
-    pub turns: usize,
-    /// Evaluations running now.
-    pub running: usize,
-    /// Evaluations waiting for a turn.
-    pub waiting: usize,
-    /// Evaluation time per second of all webhooks, in milliseconds (about ten seconds).
-    pub cpu_ms_per_second: f64,
-    /// Webhooks whose evaluations wait for their budget or a back-off.
-    pub throttled_webhooks: usize,
 }
 
 /// The fair queue for evaluation turns. See the module docs.
@@ -256,81 +190,6 @@ impl FairShare {
         if let Some(flow) = self.state.lock().unwrap().flows.get_mut(webhook) {
             flow.streak = 0;
             flow.backoff_until = None;
-        }
-    }
-
-    /// What `webhook` has used (all zero when nothing since the host started, or since it
-    /// was forgotten).
-    pub fn usage(&self, webhook: &WebhookId) -> Usage {
-        let now = (self.now)();
-        let state = self.state.lock().unwrap();
-        if state.flows.contains_key(webhook) {
-            return self.usage_of(&state, webhook, now);
-        }
-        Usage {
-            webhook_id: webhook.clone(),
-            tenant: None,
-            cpu_ms_per_second: 0.0,
-            evaluations: 0,
-            limit_hits: 0,
-            limit_hits_in_a_row: 0,
-            running: 0,
-            waiting: 0,
-            throttled: None,
-        }
-    }
-
-    /// What every webhook known has used, most first.
-    pub fn usages(&self) -> Vec<Usage> {
-        let now = (self.now)();
-        let state = self.state.lock().unwrap();
-        let mut all: Vec<Usage> = state
-            .flows
-            .keys()
-            .map(|id| self.usage_of(&state, id, now))
-            .collect();
-        all.sort_by(|a, b| {
-            b.cpu_ms_per_second
-                .total_cmp(&a.cpu_ms_per_second)
-                .then_with(|| a.webhook_id.cmp(&b.webhook_id))
-        });
-        all
-    }
-
-    /// All webhooks together.
-    pub fn summary(&self) -> Summary {
-        let now = (self.now)();
-        let state = self.state.lock().unwrap();
-        Summary {
-            turns: self.turns,
-            running: state.running,
-            waiting: state.flows.values().map(|f| f.waiters.len()).sum(),
-            cpu_ms_per_second: state.flows.values().map(|f| f.usage.per_second(now)).sum(),
-            throttled_webhooks: state
-                .flows
-                .keys()
-                .filter(|id| self.throttle(&state, id, now).is_some())
-                .count(),
-        }
-    }
-
-    fn usage_of(&self, state: &State, id: &WebhookId, now: Instant) -> Usage {
-        let flow = &state.flows[id];
-        Usage {
-            webhook_id: id.clone(),
-            tenant: flow.tenant.clone(),
-            cpu_ms_per_second: (flow.usage.per_second(now) * 1000.0).round() / 1000.0,
-            evaluations: flow.evaluations,
-            limit_hits: flow.limit_hits,
-            limit_hits_in_a_row: flow.streak,
-            running: flow.running,
-            waiting: flow.waiters.len(),
-            throttled: self
-                .throttle(state, id, now)
-                .map(|(reason, until)| Throttle {
-                    reason,
-                    for_ms: until.saturating_duration_since(now).as_millis() as u64,
-                }),
         }
     }
 
@@ -523,16 +382,6 @@ impl Drop for Turn {
     }
 }
 
-/// How a turn ended.
-enum Ended {
-    /// Dropped unfinished: its time is charged, nothing else.
-    Dropped,
-    /// Its evaluation ran; whether it hit a limit judges the webhook's streak.
-    Judged(bool),
-    /// Its evaluation ran and is counted, without a say on the streak.
-    Unjudged(bool),
-}
-
 /// Leave to start one delivery, held until its evaluation is done or not needed.
 pub struct Admission {
     share: Arc<FairShare>,
@@ -543,312 +392,6 @@ impl Drop for Admission {
     fn drop(&mut self) {
         self.share.release(&self.webhook);
     }
-}
-
-/// A budget as a rate: nanoseconds of evaluation per nanosecond, with a second's worth as
-/// the most that can be saved up.
-#[derive(Clone, Copy)]
-struct Budget {
-    rate: f64,
-    burst: f64,
-}
-
-impl Budget {
-    fn of(per_second: Duration) -> Option<Budget> {
-        (!per_second.is_zero()).then(|| Budget {
-            rate: per_second.as_nanos() as f64 / 1e9,
-            burst: per_second.as_nanos() as f64,
-        })
-    }
-}
-
-/// Evaluation time left to spend, in nanoseconds (a token bucket; below zero is a debt).
-#[derive(Clone, Copy, Default)]
-struct Bucket {
-    /// Time spent beyond what refilled, as of `at` (so a new bucket is full).
-    spent: f64,
-    at: Option<Instant>,
-}
-
-impl Bucket {
-    /// Spent time as of `now`: what refilled since is taken off.
-    fn spent_at(&self, budget: Budget, now: Instant) -> f64 {
-        let refilled = self.at.map_or(0.0, |at| {
-            now.saturating_duration_since(at).as_nanos() as f64
-        }) * budget.rate;
-        (self.spent - refilled).max(0.0)
-    }
-
-    fn charge(&mut self, budget: Option<Budget>, used: Duration, now: Instant) {
-        let Some(budget) = budget else { return };
-        self.spent = self.spent_at(budget, now) + used.as_nanos() as f64;
-        self.at = Some(now);
-    }
-
-    /// When the budget allows an evaluation again (`None`: now).
-    fn ready_at(&self, budget: Budget, now: Instant) -> Option<Instant> {
-        let over = self.spent_at(budget, now) - budget.burst;
-        (over > 0.0).then(|| now + Duration::from_nanos((over / budget.rate).ceil() as u64 + 1))
-    }
-
-    fn owes(&self, budget: Option<Budget>, now: Instant) -> bool {
-        budget.is_some_and(|b| self.spent_at(b, now) > 0.0)
-    }
-}
-
-/// Use per second, decaying over [`USAGE_WINDOW`].
-#[derive(Clone, Copy, Default)]
-struct Rate {
-    /// Milliseconds per second as of `at`.
-    value: f64,
-    at: Option<Instant>,
-}
-
-impl Rate {
-    fn per_second(&self, now: Instant) -> f64 {
-        let Some(at) = self.at else { return 0.0 };
-        let age = now.saturating_duration_since(at).as_secs_f64();
-        self.value * (-age / USAGE_WINDOW.as_secs_f64()).exp()
-    }
-
-    fn add(&mut self, used: Duration, now: Instant) {
-        let ms = used.as_secs_f64() * 1000.0;
-        self.value = self.per_second(now) + ms / USAGE_WINDOW.as_secs_f64();
-        self.at = Some(now);
-    }
-}
-
-/// One webhook in the queue.
-struct Flow {
-    tenant: Option<String>,
-    /// Evaluation time charged, in nanoseconds, from where it last came back from idling.
-    vtime: f64,
-    waiters: VecDeque<oneshot::Sender<Turn>>,
-    running: usize,
-    /// Deliveries admitted whose evaluation is not done.
-    admitted: usize,
-    /// A delivery was refused admission: wake the scheduler when one is released.
-    capped: bool,
-    /// How long its turns take, in nanoseconds (a moving average).
-    estimate: f64,
-    bucket: Bucket,
-    streak: u32,
-    backoff_until: Option<Instant>,
-    usage: Rate,
-    evaluations: u64,
-    limit_hits: u64,
-    touched: Instant,
-}
-
-/// One tenant (or the operator's webhooks for every tenant, keyed `""`).
-#[derive(Default)]
-struct Tenant {
-    vtime: f64,
-    /// The virtual time of its webhook last picked: where one coming back starts.
-    floor: f64,
-    /// Its webhooks waiting or running.
-    active: usize,
-    bucket: Bucket,
-}
-
-#[derive(Default)]
-struct State {
-    running: usize,
-    flows: HashMap<WebhookId, Flow>,
-    tenants: HashMap<String, Tenant>,
-    /// Webhooks with waiters.
-    waiting: HashSet<WebhookId>,
-    /// The virtual time of the tenant last picked: where one coming back starts.
-    floor: f64,
-    /// When the first throttled waiter may run.
-    next_ready: Option<Instant>,
-    /// No more turns are granted to waiters.
-    closed: bool,
-    forgotten_at: Option<Instant>,
-}
-
-/// Operator webhooks (no tenant) share one tenant entry; tenant names are never empty.
-fn tenant_key(tenant: &Option<String>) -> String {
-    tenant.clone().unwrap_or_default()
-}
-
-impl State {
-    /// Makes sure `payer`'s webhook is known, under its current tenant.
-    fn flow(&mut self, payer: &Payer, now: Instant) {
-        if let Some(flow) = self.flows.get_mut(&payer.webhook) {
-            flow.touched = now;
-            if flow.tenant == payer.tenant {
-                return;
-            }
-            // Moved to another tenant: it starts anew there once idle.
-            if flow.running == 0 && flow.waiters.is_empty() {
-                flow.tenant = payer.tenant.clone();
-            }
-            return;
-        }
-        self.flows.insert(
-            payer.webhook.clone(),
-            Flow {
-                tenant: payer.tenant.clone(),
-                vtime: 0.0,
-                waiters: VecDeque::new(),
-                running: 0,
-                admitted: 0,
-                capped: false,
-                estimate: 0.0,
-                bucket: Bucket::default(),
-                streak: 0,
-                backoff_until: None,
-                usage: Rate::default(),
-                evaluations: 0,
-                limit_hits: 0,
-                touched: now,
-            },
-        );
-        self.tenants.entry(tenant_key(&payer.tenant)).or_default();
-    }
-
-    fn tenant_vtime(&self, tenant: &Option<String>) -> f64 {
-        self.tenants
-            .get(&tenant_key(tenant))
-            .map_or(0.0, |t| t.vtime)
-    }
-
-    /// Marks a webhook active before it waits or runs: one coming back from idling starts at
-    /// the virtual time of the last picked, as does its tenant.
-    fn activate(&mut self, id: &WebhookId) {
-        let flow = self.flows.get_mut(id).expect("known flows");
-        if flow.running > 0 || !flow.waiters.is_empty() {
-            return;
-        }
-        let tenant = self.tenants.entry(tenant_key(&flow.tenant)).or_default();
-        flow.vtime = flow.vtime.max(tenant.floor);
-        if tenant.active == 0 {
-            tenant.vtime = tenant.vtime.max(self.floor);
-        }
-        tenant.active += 1;
-    }
-
-    fn deactivate_if_idle(&mut self, id: &WebhookId) {
-        let flow = &self.flows[id];
-        if flow.running == 0 && flow.waiters.is_empty() {
-            if let Some(tenant) = self.tenants.get_mut(&tenant_key(&flow.tenant)) {
-                tenant.active = tenant.active.saturating_sub(1);
-            }
-        }
-    }
-
-    fn enqueue(&mut self, id: &WebhookId, sender: oneshot::Sender<Turn>) {
-        self.activate(id);
-        self.flows
-            .get_mut(id)
-            .expect("known flows")
-            .waiters
-            .push_back(sender);
-        self.waiting.insert(id.clone());
-    }
-
-    /// Notes the pick as where comers-back start.
-    fn pick(&mut self, tenant: &Option<String>, id: &WebhookId) {
-        let vtime = self.flows[id].vtime;
-        if let Some(t) = self.tenants.get_mut(&tenant_key(tenant)) {
-            t.floor = t.floor.max(vtime);
-            self.floor = self.floor.max(t.vtime);
-        }
-    }
-
-    /// Ends a turn: corrects the charge to the time used, spends the budgets, and keeps the
-    /// limit streak and back-off. Returns the streak.
-    fn finish(
-        &mut self,
-        config: &FairShareConfig,
-        id: &WebhookId,
-        charged: f64,
-        used: Duration,
-        ended: Ended,
-        now: Instant,
-    ) -> u32 {
-        let Some(flow) = self.flows.get_mut(id) else {
-            return 0;
-        };
-        flow.running = flow.running.saturating_sub(1);
-        let used_ns = used.as_nanos() as f64;
-        flow.vtime += used_ns - charged;
-        flow.estimate += ESTIMATE_WEIGHT * (used_ns - flow.estimate);
-        flow.bucket
-            .charge(Budget::of(config.webhook_cpu_per_second), used, now);
-        flow.usage.add(used, now);
-        flow.touched = now;
-        match ended {
-            Ended::Dropped => {}
-            Ended::Unjudged(hit) => {
-                flow.evaluations += 1;
-                flow.limit_hits += u64::from(hit);
-            }
-            Ended::Judged(true) => {
-                flow.evaluations += 1;
-                flow.limit_hits += 1;
-                flow.streak = flow.streak.saturating_add(1);
-                if let Some(wait) = backoff(config.backoff_after_limit_hits, flow.streak) {
-                    flow.backoff_until = Some(now + wait);
-                }
-            }
-            Ended::Judged(false) => {
-                flow.evaluations += 1;
-                flow.streak = 0;
-                flow.backoff_until = None;
-            }
-        }
-        let streak = flow.streak;
-        let tenant = flow.tenant.clone();
-        if let Some(t) = self.tenants.get_mut(&tenant_key(&tenant)) {
-            t.vtime += used_ns - charged;
-            if tenant.is_some() {
-                t.bucket
-                    .charge(Budget::of(config.tenant_cpu_per_second), used, now);
-            }
-        }
-        self.deactivate_if_idle(id);
-        streak
-    }
-
-    /// Forgets webhooks idle for [`FORGET_AFTER`] that owe nothing, and tenants left without
-    /// webhooks.
-    fn forget_idle(&mut self, config: &FairShareConfig, now: Instant) {
-        if self
-            .forgotten_at
-            .is_some_and(|t| now.saturating_duration_since(t) < FORGET_EVERY)
-        {
-            return;
-        }
-        self.forgotten_at = Some(now);
-        let webhook_budget = Budget::of(config.webhook_cpu_per_second);
-        self.flows.retain(|_, f| {
-            f.running > 0
-                || !f.waiters.is_empty()
-                || f.admitted > 0
-                || f.backoff_until.is_some_and(|t| t > now)
-                || f.bucket.owes(webhook_budget, now)
-                || now.saturating_duration_since(f.touched) < FORGET_AFTER
-        });
-        let tenant_budget = Budget::of(config.tenant_cpu_per_second);
-        let used: HashSet<String> = self.flows.values().map(|f| tenant_key(&f.tenant)).collect();
-        self.tenants
-            .retain(|key, t| used.contains(key) || t.bucket.owes(tenant_budget, now));
-    }
-}
-
-/// How long a webhook waits after its `streak`-th limit hit in a row (`None`: not at all).
-pub fn backoff(after: u32, streak: u32) -> Option<Duration> {
-    if after == 0 || streak < after {
-        return None;
-    }
-    let doublings = (streak - after).min(16);
-    Some(
-        FIRST_BACKOFF
-            .saturating_mul(1 << doublings)
-            .min(MAX_BACKOFF),
-    )
 }
 
 #[cfg(test)]
