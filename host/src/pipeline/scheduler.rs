@@ -118,7 +118,7 @@ impl Pipeline {
         let mut started = Vec::new();
         // Webhooks not admitted in this pass (throttled, or enough on their way already).
         let mut refused = HashSet::new();
-        'lines: for (endpoint, line) in staging.lines_mut() {
+        'lines: for ((endpoint, _), line) in staging.lines_mut() {
             while !line.is_empty() {
                 if permits.available_permits() == 0 {
                     break 'lines;

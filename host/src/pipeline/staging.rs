@@ -1,5 +1,5 @@
-//! The scheduler's in-memory view of due work: due deliveries staged in a line per
-//! endpoint, and how the due queue is walked to fill those lines.
+//! The scheduler's in-memory view of due work: due deliveries staged in a line per webhook
+//! (with its endpoint), and how the due queue is walked to fill those lines.
 //!
 //! The queue (in sled, keyed by due time then delivery id) can hold millions of entries, and
 //! reading one costs about a microsecond and a half, so each entry should be read about once.
@@ -7,11 +7,12 @@
 //!
 //! - **The sweep** follows the queue in key order up to the entries due now, and continues
 //!   from where it stopped as new entries arrive behind the last one it read. An entry whose
-//!   endpoint's line is full is stepped over; the endpoint remembers the first key it had
-//!   to leave behind.
-//! - **A refill** walks again from that key, once the endpoint's line has room (half empty),
-//!   and stops as soon as the line is full again — not at the end of a backlog that may
-//!   hold a million entries of the same endpoint.
+//!   line is full is stepped over; the line remembers the first key it had to leave behind.
+//!   With [`MAX_STAGED`] staged, a line with [`LINE_WHEN_CROWDED`] is full, so one tenant's
+//!   many busy webhooks cannot keep another's from being staged.
+//! - **A refill** walks again from that key, once the line has room (half empty) and the
+//!   staging is not crowded, and stops as soon as the line is full again — not at the end of
+//!   a backlog that may hold a million entries of the same webhook.
 //! - **Entries written behind the sweep** (same millisecond as entries already read, or a
 //!   debounced delivery moved to an earlier time) are noted by the store as they are written
 //!   ([`QueueView::take_written_due`]); the sweep goes back to the earliest such due time.
@@ -29,10 +30,14 @@ use std::time::{Duration, Instant};
 use crate::model::{DeliveryId, Millis, WebhookId};
 use crate::storage::{queue_due_prefix, QueueEntry, StorageError};
 
-/// Most due deliveries staged in memory, waiting for their endpoint.
+/// Due deliveries staged in memory, waiting for their endpoint, beyond which lines are kept
+/// short (see [`LINE_WHEN_CROWDED`]).
 pub(super) const MAX_STAGED: usize = 65_536;
-/// Most staged deliveries of one endpoint.
-pub(super) const MAX_STAGED_PER_ENDPOINT: usize = 4_096;
+/// Most staged deliveries of one webhook.
+pub(super) const MAX_STAGED_PER_LINE: usize = 4_096;
+/// Most staged deliveries of one webhook while [`MAX_STAGED`] are staged: beyond it, the
+/// sweep leaves the entries of webhooks with this many behind and stages other webhooks'.
+const LINE_WHEN_CROWDED: usize = 64;
 /// Most queue entries one pass reads (the walks continue in the next pass).
 const MAX_VISITED: usize = 16_384;
 /// How often the sweep starts again from the head of the queue, as a safety net.
@@ -42,8 +47,13 @@ const MAX_REVISIT: usize = 4_096;
 /// How often the entries kept aside are looked at (each look checks every one of them).
 const REVISIT_EVERY: Duration = Duration::from_millis(10);
 
-/// An endpoint as the lines are keyed (`None`: none known).
+/// An endpoint (`None`: none known).
 pub(super) type Endpoint = Option<Arc<str>>;
+
+/// What a line is for: one webhook's deliveries, with its endpoint. A line per webhook, not
+/// per endpoint, so a webhook whose deliveries may not start (throttled by the fair share,
+/// or its endpoint full) never stands in front of another webhook's.
+pub(super) type LineKey = (Endpoint, Option<WebhookId>);
 
 /// A staged delivery: its due time, its id, its webhook.
 pub(super) type Staged = (Millis, DeliveryId, Option<WebhookId>);
@@ -65,38 +75,38 @@ pub(super) trait QueueView {
     fn in_flight(&self, id: &DeliveryId) -> Option<Millis>;
 }
 
-/// A walk behind the sweep for endpoints whose lines have room again.
+/// A walk behind the sweep for lines that have room again.
 struct Refill {
     /// Where it continues.
     from: Bound<Vec<u8>>,
-    /// The endpoints it fills that have not had an entry left behind again.
-    pending: HashSet<Endpoint>,
+    /// The lines it fills that have not had an entry left behind again.
+    pending: HashSet<LineKey>,
 }
 
 /// What became of one entry offered to the lines.
 enum Offered {
     Staged,
-    /// Its endpoint's line was full.
-    LeftBehind(Endpoint),
+    /// Its line was full.
+    LeftBehind(LineKey),
     /// Staged or in flight already (or kept aside for later).
     Skipped,
 }
 
-/// Due deliveries staged per endpoint, and where the walks of the queue have got to.
+/// Due deliveries staged per webhook, and where the walks of the queue have got to.
 #[derive(Default)]
 pub(super) struct Staging {
     /// The key of the last entry the sweep read (`None`: it starts at the head).
     cursor: Option<Vec<u8>>,
     /// When the sweep last started from the head.
     swept_from_head: Option<Instant>,
-    /// Due deliveries per endpoint, in due order.
-    lines: HashMap<Endpoint, VecDeque<Staged>>,
+    /// Due deliveries per webhook, in due order.
+    lines: HashMap<LineKey, VecDeque<Staged>>,
     /// The staged deliveries, with the due time they are staged for.
     staged: HashMap<DeliveryId, Millis>,
     /// Each webhook's endpoint, worked out once.
     endpoint_of: HashMap<WebhookId, Endpoint>,
-    /// Endpoints that had entries left behind (their line was full): the first such key.
-    left_behind: HashMap<Endpoint, Vec<u8>>,
+    /// Lines that had entries left behind (they were full): the first such key.
+    left_behind: HashMap<LineKey, Vec<u8>>,
     refill: Option<Refill>,
     /// Entries of deliveries staged or in flight under another due time, by key.
     revisit: HashMap<Vec<u8>, QueueEntry>,
@@ -106,7 +116,7 @@ pub(super) struct Staging {
 
 impl Staging {
     /// The lines, to start deliveries from.
-    pub(super) fn lines_mut(&mut self) -> &mut HashMap<Endpoint, VecDeque<Staged>> {
+    pub(super) fn lines_mut(&mut self) -> &mut HashMap<LineKey, VecDeque<Staged>> {
         &mut self.lines
     }
 
@@ -193,22 +203,23 @@ impl Staging {
         Ok(())
     }
 
-    /// Continues (or starts) a refill for the endpoints whose lines have room again.
+    /// Continues (or starts) a refill for the lines that have room again.
     fn refill(&mut self, view: &dyn QueueView, budget: &mut usize) -> Result<(), StorageError> {
-        if self.refill.is_none() {
-            let ready: Vec<Endpoint> = self
+        // While crowded, lines are not refilled: the sweep stages new lines first.
+        if self.refill.is_none() && self.staged.len() < MAX_STAGED {
+            let ready: Vec<LineKey> = self
                 .left_behind
                 .keys()
-                .filter(|endpoint| {
+                .filter(|key| {
                     self.lines
-                        .get(*endpoint)
-                        .is_none_or(|line| line.len() < MAX_STAGED_PER_ENDPOINT / 2)
+                        .get(*key)
+                        .is_none_or(|line| line.len() < MAX_STAGED_PER_LINE / 2)
                 })
                 .cloned()
                 .collect();
             let from = ready
                 .iter()
-                .filter_map(|endpoint| self.left_behind.remove(endpoint))
+                .filter_map(|key| self.left_behind.remove(key))
                 .min();
             if let Some(from) = from {
                 self.refill = Some(Refill {
@@ -237,8 +248,8 @@ impl Staging {
             }
             *budget = budget.saturating_sub(1);
             let key = entry.key.clone();
-            if let Offered::LeftBehind(endpoint) = self.offer(view, entry) {
-                refill.pending.remove(&endpoint);
+            if let Offered::LeftBehind(line) = self.offer(view, entry) {
+                refill.pending.remove(&line);
                 if refill.pending.is_empty() {
                     return Ok(());
                 }
@@ -263,7 +274,7 @@ impl Staging {
         wait: &mut Duration,
         budget: &mut usize,
     ) -> Result<(), StorageError> {
-        if *budget == 0 || self.staged.len() >= MAX_STAGED {
+        if *budget == 0 {
             return Ok(());
         }
         let cursor = self.cursor.clone();
@@ -278,14 +289,14 @@ impl Staging {
             self.cursor = Some(entry.key.clone());
             *budget = budget.saturating_sub(1);
             self.offer(view, entry);
-            if *budget == 0 || self.staged.len() >= MAX_STAGED {
+            if *budget == 0 {
                 return Ok(());
             }
         }
         Ok(())
     }
 
-    /// Stages one entry in its endpoint's line, or leaves it behind when the line is full.
+    /// Stages one entry in its webhook's line, or leaves it behind when the line is full.
     fn offer(&mut self, view: &dyn QueueView, entry: QueueEntry) -> Offered {
         let taken = self
             .staged
@@ -312,13 +323,17 @@ impl Staging {
                 .clone(),
             None => None,
         };
-        let line = self.lines.entry(endpoint.clone()).or_default();
-        if line.len() >= MAX_STAGED_PER_ENDPOINT {
-            let first = self.left_behind.entry(endpoint.clone()).or_default();
+        let key = (endpoint, entry.webhook.clone());
+        let line = self.lines.entry(key.clone()).or_default();
+        // Crowded (as many staged as memory allows), a line with some staged already takes
+        // no more, so a webhook that appears meanwhile is still staged.
+        let crowded = self.staged.len() >= MAX_STAGED && line.len() >= LINE_WHEN_CROWDED;
+        if line.len() >= MAX_STAGED_PER_LINE || crowded {
+            let first = self.left_behind.entry(key.clone()).or_default();
             if first.is_empty() || entry.key < *first {
                 *first = entry.key;
             }
-            return Offered::LeftBehind(endpoint);
+            return Offered::LeftBehind(key);
         }
         line.push_back((entry.due, entry.id.clone(), entry.webhook.clone()));
         self.staged.insert(entry.id, entry.due);

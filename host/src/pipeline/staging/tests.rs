@@ -104,9 +104,13 @@ fn stage(staging: &mut Staging, queue: &Queue, at: Instant) {
 /// Takes up to `n` staged deliveries of `webhook`'s line, as started and then finished
 /// (their entries gone).
 fn work(staging: &mut Staging, queue: &Queue, webhook: &str, n: usize) -> Vec<DeliveryId> {
-    let endpoint: Endpoint = Some(Arc::from(format!("wh_{webhook}").as_str()));
+    let id = format!("wh_{webhook}");
+    let key: LineKey = (
+        Some(Arc::from(id.as_str())),
+        Some(WebhookId::parse(&id).unwrap()),
+    );
     let mut done = Vec::new();
-    if let Some(line) = staging.lines_mut().get_mut(&endpoint) {
+    if let Some(line) = staging.lines_mut().get_mut(&key) {
         while done.len() < n {
             let Some((due, id, _)) = line.pop_front() else {
                 break;
@@ -122,7 +126,7 @@ fn work(staging: &mut Staging, queue: &Queue, webhook: &str, n: usize) -> Vec<De
 #[test]
 fn a_backlog_of_one_endpoint_is_read_about_once_and_delivered_in_order() {
     let queue = Queue::default();
-    let total = 3 * MAX_STAGED_PER_ENDPOINT + 500;
+    let total = 3 * MAX_STAGED_PER_LINE + 500;
     let ids: Vec<DeliveryId> = (0..total).map(|n| queue.put(n as i64, n, "a")).collect();
     let mut staging = Staging::default();
     let at = Instant::now();
@@ -147,20 +151,60 @@ fn a_backlog_of_one_endpoint_is_read_about_once_and_delivered_in_order() {
 #[test]
 fn a_full_line_does_not_hold_back_another_endpoint() {
     let queue = Queue::default();
-    for n in 0..2 * MAX_STAGED_PER_ENDPOINT {
+    for n in 0..2 * MAX_STAGED_PER_LINE {
         queue.put(n as i64, n, "busy");
     }
     let late = queue.put(1_000_000 - 1, 999_999, "quiet");
     let mut staging = Staging::default();
     stage(&mut staging, &queue, Instant::now());
     assert_eq!(work(&mut staging, &queue, "quiet", 10), vec![late]);
-    assert_eq!(staging.staged_len(), MAX_STAGED_PER_ENDPOINT);
+    assert_eq!(staging.staged_len(), MAX_STAGED_PER_LINE);
+}
+
+#[test]
+fn a_webhook_is_staged_while_many_busy_ones_fill_the_staging() {
+    let queue = Queue::default();
+    // More busy webhooks with full lines than the staging holds, then a quiet one.
+    let busy = MAX_STAGED / MAX_STAGED_PER_LINE + 2;
+    let mut n = 0;
+    for webhook in 0..busy {
+        for _ in 0..MAX_STAGED_PER_LINE {
+            queue.put(n as i64, n, &format!("busy{webhook}"));
+            n += 1;
+        }
+    }
+    let late = queue.put(1_000_000 - 1, n, "quiet");
+    let mut staging = Staging::default();
+    let at = Instant::now();
+    for _ in 0..(n / MAX_VISITED + 2) {
+        stage(&mut staging, &queue, at);
+    }
+    assert_eq!(work(&mut staging, &queue, "quiet", 10), vec![late]);
+    assert!(
+        staging.staged_len() <= MAX_STAGED + busy * LINE_WHEN_CROWDED,
+        "{} staged",
+        staging.staged_len()
+    );
+    // Once the busy lines have room again, they are refilled.
+    for webhook in 0..busy {
+        work(
+            &mut staging,
+            &queue,
+            &format!("busy{webhook}"),
+            MAX_STAGED_PER_LINE,
+        );
+    }
+    stage(&mut staging, &queue, at);
+    assert!(
+        staging.staged_len() > 0,
+        "the rest of the backlog is staged again"
+    );
 }
 
 #[test]
 fn two_endpoints_left_behind_are_both_refilled() {
     let queue = Queue::default();
-    let per = MAX_STAGED_PER_ENDPOINT + 1_000;
+    let per = MAX_STAGED_PER_LINE + 1_000;
     for n in 0..per {
         queue.put(2 * n as i64, 2 * n, "a");
         queue.put(2 * n as i64 + 1, 2 * n + 1, "b");
