@@ -145,10 +145,7 @@ impl FairShare {
             return None;
         }
         state.activate(&payer.webhook);
-        let mut turn = self.start(&mut state, &payer.webhook, now);
-        state.running -= 1;
-        turn.counted = false;
-        Some(turn)
+        Some(self.start_as(&mut state, &payer.webhook, now, false))
     }
 
     /// Whether the scheduler may start a delivery of `payer`'s webhook now: `Err` with when
@@ -291,12 +288,27 @@ impl FairShare {
 
     /// Starts a turn for an active flow.
     fn start(self: &Arc<Self>, state: &mut State, id: &WebhookId, now: Instant) -> Turn {
-        state.running += 1;
+        self.start_as(state, id, now, true)
+    }
+
+    /// Starts a turn, counted or beside the counted ones. Only a counted one is a pick that
+    /// comers-back start from: a busy quick webhook's virtual time says nothing about the
+    /// queue.
+    fn start_as(
+        self: &Arc<Self>,
+        state: &mut State,
+        id: &WebhookId,
+        now: Instant,
+        counted: bool,
+    ) -> Turn {
+        state.running += usize::from(counted);
         let flow = state.flows.get_mut(id).expect("started flows exist");
         flow.running += 1;
         let charged = flow.estimate;
         let tenant = flow.tenant.clone();
-        state.pick(&tenant, id);
+        if counted {
+            state.pick(&tenant, id);
+        }
         state.flows.get_mut(id).expect("started flows exist").vtime += charged;
         if let Some(t) = state.tenants.get_mut(&tenant_key(&tenant)) {
             t.vtime += charged;
@@ -306,7 +318,7 @@ impl FairShare {
             webhook: id.clone(),
             started: now,
             charged,
-            counted: true,
+            counted,
         }
     }
 

@@ -356,3 +356,31 @@ async fn closed_it_turns_waiters_away_and_lets_running_turns_end() {
     rig.run(running, Duration::from_millis(5));
     assert_eq!(rig.share.summary().running, 0);
 }
+
+#[tokio::test]
+async fn a_busy_quick_webhook_does_not_push_comers_back_behind_the_queue() {
+    let mut rig = Rig::new(1, no_limits());
+    let (holder, slow, quick, back) = (
+        payer("holder", "h"),
+        payer("slow", "s"),
+        payer("quick", "q"),
+        payer("back", "b"),
+    );
+    let turn = rig.share.turn(&slow).await.unwrap();
+    rig.run(turn, Duration::from_millis(10));
+    let held = rig.share.turn(&holder).await.unwrap();
+    rig.queue("slow", &slow).await;
+    // Lots of quick evaluations meanwhile: their tenant's virtual time runs far ahead.
+    for _ in 0..1_000 {
+        let turn = rig.share.quick_turn(&quick).unwrap();
+        rig.advance(Duration::from_millis(1));
+        turn.finish(false);
+    }
+    rig.queue("back", &back).await;
+    rig.run(held, Duration::from_millis(1));
+    let (name, _turn) = rig.next().await;
+    assert_eq!(
+        name, "back",
+        "a tenant coming back starts level with the queue, not behind the quick one"
+    );
+}
