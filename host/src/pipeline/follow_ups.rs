@@ -33,13 +33,14 @@ impl Pipeline {
         let Some(reason) = outcome::limit_streak(streak, disable_after, error) else {
             return;
         };
-        // Enabled again, it starts afresh.
-        self.fair.forgive(&webhook.id);
         let change = WebhookChange {
             failing_since: None,
             disable: Some(reason),
         };
         self.change_webhook(&webhook.id, change).await;
+        // Enabled again, it starts afresh. Only once it is disabled: a delivery waiting for
+        // a turn then finds it disabled instead of evaluating once more.
+        self.fair.forgive(&webhook.id);
     }
 
     /// Writes a change the host makes to a webhook; one that disables it emits
