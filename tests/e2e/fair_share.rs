@@ -27,6 +27,25 @@ async fn count(server: &Server, webhook: &str, status: &str) -> usize {
     }
 }
 
+/// A server that backs a webhook off after `backoff` limit hits in a row and disables it
+/// after `disable` ("0": never).
+async fn start_with_streak_limits(dir: &std::path::Path, backoff: &str, disable: &str) -> Server {
+    Server::start(
+        dir,
+        &[
+            (
+                "WASMHOOKS_PLUGIN__FAIR_SHARE__BACKOFF_AFTER_LIMIT_HITS",
+                backoff,
+            ),
+            (
+                "WASMHOOKS_PLUGIN__FAIR_SHARE__DISABLE_AFTER_LIMIT_HITS",
+                disable,
+            ),
+        ],
+    )
+    .await
+}
+
 /// A webhook of `tenant` whose plugin loops until its 50 ms cpu limit stops it.
 async fn burner(server: &Server, tenant: &str, receiver: &Receiver) -> String {
     let module = server.upload("misbehave", &test_plugin("misbehave")).await;
@@ -46,20 +65,7 @@ async fn a_flood_of_limit_burning_evaluations_does_not_hold_back_another_tenants
     let burnt = Receiver::start().await;
     let cheap_receiver = Receiver::start().await;
     // No back-off and no disabling: the fair order alone must keep the cheap webhook quick.
-    let server = Server::start(
-        &dir,
-        &[
-            (
-                "WASMHOOKS_PLUGIN__FAIR_SHARE__BACKOFF_AFTER_LIMIT_HITS",
-                "0",
-            ),
-            (
-                "WASMHOOKS_PLUGIN__FAIR_SHARE__DISABLE_AFTER_LIMIT_HITS",
-                "0",
-            ),
-        ],
-    )
-    .await;
+    let server = start_with_streak_limits(&dir, "0", "0").await;
     let burner = burner(&server, "a", &burnt).await;
     let forward = server.upload("forward", wasmhooks::examples::FORWARD).await;
     server
@@ -132,20 +138,7 @@ async fn a_webhook_whose_plugin_keeps_hitting_its_limit_backs_off_and_is_disable
     let (_tmp, dir) = data_dir();
     let burnt = Receiver::start().await;
     let told = Receiver::start().await;
-    let server = Server::start(
-        &dir,
-        &[
-            (
-                "WASMHOOKS_PLUGIN__FAIR_SHARE__BACKOFF_AFTER_LIMIT_HITS",
-                "2",
-            ),
-            (
-                "WASMHOOKS_PLUGIN__FAIR_SHARE__DISABLE_AFTER_LIMIT_HITS",
-                "6",
-            ),
-        ],
-    )
-    .await;
+    let server = start_with_streak_limits(&dir, "2", "6").await;
     let burner = burner(&server, "a", &burnt).await;
     let forward = server.upload("forward", wasmhooks::examples::FORWARD).await;
     server
@@ -267,20 +260,7 @@ async fn usage_shows_each_tenant_its_own_webhooks_and_healthz_only_totals() {
 async fn one_tenants_events_cannot_back_off_or_disable_a_webhook_serving_every_tenant() {
     let (_tmp, dir) = data_dir();
     let burnt = Receiver::start().await;
-    let server = Server::start(
-        &dir,
-        &[
-            (
-                "WASMHOOKS_PLUGIN__FAIR_SHARE__BACKOFF_AFTER_LIMIT_HITS",
-                "2",
-            ),
-            (
-                "WASMHOOKS_PLUGIN__FAIR_SHARE__DISABLE_AFTER_LIMIT_HITS",
-                "3",
-            ),
-        ],
-    )
-    .await;
+    let server = start_with_streak_limits(&dir, "2", "3").await;
     let module = server.upload("misbehave", &test_plugin("misbehave")).await;
     let shared = server
         .create_webhook(json!({
