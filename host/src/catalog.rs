@@ -34,7 +34,7 @@ use crate::sender::Sender;
 use crate::storage::{Storage, StorageError};
 
 pub use checks::check_tenant;
-pub use connections::ConnectionInput;
+pub use connections::{ConnectionInput, Withdrawn};
 pub use error::{Error, StartError};
 pub use keys::{KeyInput, Principal};
 pub use listing::{ListQuery, Page};
@@ -144,12 +144,11 @@ impl Catalog {
     /// Where `webhook`'s requests go now, through its connection.
     ///
     /// # Errors
-    /// When its connection is gone or the URL does not resolve.
+    /// When its connection is gone or withdrawn from its tenant, or the URL does not resolve.
     pub fn target(&self, webhook: &Webhook) -> Result<request::Target, Invalid> {
-        let connection = webhook
-            .connection_id
-            .as_ref()
-            .and_then(|id| self.connection_cached(id));
+        let connection = self
+            .usable_connection(webhook)
+            .map_err(|e| Invalid(format!("not sent: {e}")))?;
         request::Target::resolve(webhook, connection.as_deref())
     }
 

@@ -24,6 +24,10 @@ pub enum TransportError {
     /// The request would take a connection's credentials outside its base URL.
     #[error("not sent: {0}")]
     OutsideConnection(String),
+    /// The host held the request back (its webhook is gone, or may no longer use its
+    /// connection).
+    #[error("not sent: {0}")]
+    NotSent(String),
     /// The connection's CA certificate does not load.
     #[error("connection ca_certificate {0}")]
     CaCertificate(String),
@@ -161,13 +165,15 @@ impl Sender {
         &self.guard
     }
 
-    /// Sends one request with `extra` headers (set per attempt, such as the timestamp), the
-    /// connection's auth (unless the request already carries that header) and CA
-    /// certificates, and an optional per-webhook `timeout`. Never fails: transport errors are
-    /// part of the result.
+    /// Sends one request's method, URL and body with `headers` (in place of the request's
+    /// own: the caller composes them), then `extra` headers (set per attempt, such as the
+    /// timestamp), the connection's auth (unless `headers` carry that header already) and
+    /// CA certificates, and an optional per-webhook `timeout`. Never fails: transport errors
+    /// are part of the result.
     pub async fn send(
         &self,
         request: &OutboundRequest,
+        headers: &[(String, String)],
         extra: &[(&str, &str)],
         connection: Option<&Connection>,
         timeout: Option<Duration>,
@@ -197,12 +203,7 @@ impl Sender {
             Method::Patch => reqwest::Method::PATCH,
             Method::Delete => reqwest::Method::DELETE,
         };
-        let has = |name: &str| {
-            request
-                .headers
-                .iter()
-                .any(|(n, _)| n.eq_ignore_ascii_case(name))
-        };
+        let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
         // Parsed once: the guard checks the same `Url` reqwest sends to.
         let mut url = match url::Url::parse(&request.url) {
             Ok(url) => url,
@@ -243,7 +244,7 @@ impl Sender {
                 builder = builder.header(name, value);
             }
         }
-        for (name, value) in &request.headers {
+        for (name, value) in headers {
             builder = builder.header(name, value);
         }
         for (name, value) in extra {

@@ -34,3 +34,4 @@ mod tenancy;
 mod timing;
 mod tls;
 mod verify;
+mod withdrawn;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{watch, Notify};
@@ -45,6 +45,18 @@ where
 
 /// The admin key every test server is configured with.
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+
+/// A key of `role` bound to `tenant`, as a client.
+pub async fn tenant_client(server: &Server, role: &str, tenant: &str) -> reqwest::Client {
+    let (status, key) = server
+        .post_json(
+            "/v1/keys",
+            &json!({ "name": format!("{tenant} {role}"), "role": role, "tenant": tenant }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    client_with_key(key["key"].as_str().unwrap())
+}
 
 /// A running `wasmhooks serve`.
 pub struct Server {

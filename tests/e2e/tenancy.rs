@@ -4,19 +4,9 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{client_with_key, data_dir, error_message, eventually, Receiver, Server};
-
-/// A key of `role` bound to `tenant`, as a client.
-async fn tenant_client(server: &Server, role: &str, tenant: &str) -> reqwest::Client {
-    let (status, key) = server
-        .post_json(
-            "/v1/keys",
-            &json!({ "name": format!("{tenant} {role}"), "role": role, "tenant": tenant }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{key}");
-    client_with_key(key["key"].as_str().unwrap())
-}
+use crate::support::{
+    client_with_key, data_dir, error_message, eventually, tenant_client, Receiver, Server,
+};
 
 #[tokio::test]
 async fn a_tenant_sees_only_its_own_webhooks_through_a_shared_module() {

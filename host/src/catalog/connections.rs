@@ -10,7 +10,12 @@ use super::listing::{contains, ListQuery, Listed, Page, SortValue};
 use super::request::check_header;
 use super::webhook_input::nullable;
 use super::{Catalog, Error};
-use crate::model::{Connection, ConnectionAuth, ConnectionId, Secret};
+use crate::model::{Connection, ConnectionAuth, ConnectionId, Secret, Webhook};
+
+/// Why a webhook may not send through its connection now (the webhook's `waiting_reason`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Withdrawn(pub String);
 
 /// A connection as the API and CLI take it: everything on create, the fields to change on
 /// update (`null` clears an optional field). Secrets are given here and never shown again.
@@ -184,6 +189,35 @@ impl Catalog {
         self.connections.write().unwrap().remove(&existing.id);
         self.changed();
         Ok(existing)
+    }
+
+    /// The connection `webhook` sends through as it is now (`None`: it has none), if the
+    /// webhook's tenant may still use it. Credentials follow the connection, never a copy:
+    /// once the operator withdraws it from the tenant, nothing of the tenant's goes out
+    /// with it.
+    ///
+    /// # Errors
+    /// Why the webhook may not send through it: the connection is gone, or no longer shared
+    /// with the webhook's tenant.
+    pub fn usable_connection(
+        &self,
+        webhook: &Webhook,
+    ) -> Result<Option<Arc<Connection>>, Withdrawn> {
+        let Some(id) = &webhook.connection_id else {
+            return Ok(None);
+        };
+        let Some(connection) = self.connection_cached(id) else {
+            return Err(Withdrawn(format!("its connection {id} does not exist")));
+        };
+        if !connection.shared_with(webhook.tenant.as_deref()) {
+            return Err(Withdrawn(format!(
+                "its connection {id} is not shared with tenant `{}`; its deliveries wait \
+                 until the operator shares the connection again or the webhook is detached \
+                 from it (\"connection_id\": null)",
+                webhook.tenant.as_deref().unwrap_or_default()
+            )));
+        }
+        Ok(Some(connection))
     }
 
     /// One connection.

@@ -32,24 +32,39 @@ impl Target {
             }
             (_, conn) => destination(webhook.url.as_deref(), conn.map(|c| c.base_url.as_str()))?,
         };
-        let mut headers: Vec<(String, String)> = Vec::new();
-        let pairs = connection
-            .map(|c| c.headers.as_slice())
-            .unwrap_or_default()
-            .iter()
-            .chain(&webhook.headers);
-        for (name, value) in pairs {
-            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-            headers.push((name.clone(), value.clone()));
-        }
         Ok(Target {
             url,
             method: webhook.method,
-            headers,
+            headers: base_headers(webhook, connection),
             connection_id: webhook.connection_id.clone(),
             base_url: connection.map(|c| c.base_url.clone()),
         })
     }
+}
+
+/// The headers every request of `webhook` starts with: the connection's, then the
+/// webhook's (a later name replaces an earlier one).
+pub fn base_headers(webhook: &Webhook, connection: Option<&Connection>) -> Vec<(String, String)> {
+    let pairs = connection
+        .map(|c| c.headers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .chain(&webhook.headers);
+    compose_headers(&[], pairs)
+}
+
+/// `base` with each of `over` set on top of it: a name given again (in any case) replaces
+/// the earlier value, in the later one's place.
+pub fn compose_headers<'a>(
+    base: &[(String, String)],
+    over: impl IntoIterator<Item = &'a (String, String)>,
+) -> Vec<(String, String)> {
+    let mut headers = base.to_vec();
+    for (name, value) in over {
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        headers.push((name.clone(), value.clone()));
+    }
+    headers
 }
 
 /// Whether `url` is absolute (has a scheme) rather than a path for a connection.
@@ -211,7 +226,10 @@ pub fn build(
     if let Some(base) = &target.base_url {
         crate::model::within_base(&url, base).map_err(|m| format!("request path: {m}"))?;
     }
-    let mut headers: Vec<(String, String)> = target.headers.clone();
+    // Only what the plugin set is stored with the delivery: the connection's and the
+    // webhook's headers (which may hold credentials, sealed in their own records) are added
+    // when sending, as they are then.
+    let mut headers: Vec<(String, String)> = Vec::new();
     let mut set = |name: String, value: String| {
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
         headers.push((name, value));
@@ -225,10 +243,10 @@ pub fn build(
             .map_err(|e| format!("plugin content type: {e}"))?;
         set("content-type".into(), content_type);
     }
-    if headers.len() > MAX_HEADERS {
+    let total = compose_headers(&target.headers, &headers).len();
+    if total > MAX_HEADERS {
         return Err(Invalid::from(format!(
-            "the request has {} headers; the limit is {MAX_HEADERS}",
-            headers.len()
+            "the request has {total} headers; the limit is {MAX_HEADERS}"
         )));
     }
     headers.push(("webhook-id".into(), message_id(delivery, index)));
@@ -331,6 +349,36 @@ mod tests {
                 "{escape}: {refused}"
             );
         }
+    }
+
+    #[test]
+    fn a_stored_request_keeps_only_the_plugins_headers_and_sending_composes_the_rest() {
+        let mut target = connection_target();
+        target.headers = vec![
+            ("x-api-key".into(), "webhook-secret".into()),
+            ("content-type".into(), "text/plain".into()),
+        ];
+        let mut request = with_path("/items");
+        request.headers = vec![("X-Trace".into(), "7".into())];
+        request.content_type = Some("application/json".into());
+        let built = build(&target, &DeliveryId::generate(), 0, request).unwrap();
+        let names: Vec<&str> = built.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["X-Trace", "content-type", "webhook-id"]);
+        assert!(!format!("{built:?}").contains("webhook-secret"));
+        // Sending puts the plugin's on top of the connection's and the webhook's.
+        let sent = compose_headers(&target.headers, &built.headers);
+        let sent: Vec<(&str, &str)> = sent.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(sent[0], ("x-api-key", "webhook-secret"));
+        assert!(sent.contains(&("content-type", "application/json")));
+        assert_eq!(sent.len(), 4);
+        // The limit counts what is sent.
+        target.headers = (0..MAX_HEADERS)
+            .map(|i| (format!("x-{i}"), "v".to_string()))
+            .collect();
+        let mut request = with_path("/items");
+        request.headers = vec![("x-more".into(), "1".into())];
+        let refused = build(&target, &DeliveryId::generate(), 0, request).unwrap_err();
+        assert!(refused.contains("the limit is 64"), "{refused}");
     }
 
     #[test]

@@ -385,6 +385,22 @@ impl Catalog {
         let connection = connection_id
             .as_ref()
             .and_then(|id| self.connection_cached(id));
+        if let Some(connection) = &connection {
+            // A tenant's webhook sends only through connections shared with that tenant: once
+            // the operator withdraws one, the webhook can be changed only to detach it.
+            if !connection.shared_with(tenant.as_deref()) {
+                return Err(Error::invalid(
+                    "connection_id",
+                    format!(
+                        "connection {} is not shared with tenant `{}`; detach it \
+                         (\"connection_id\": null) or have the operator add the tenant to the \
+                         connection's `tenants`",
+                        connection.id,
+                        tenant.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
         let base = connection.as_ref().map(|c| c.base_url.as_str());
         let resolved = destination(url.as_deref(), base).map_err(|m| Error::invalid("url", m))?;
         check_url(&resolved, api.max_url_len)?;

@@ -104,7 +104,11 @@ pub fn evaluate(
             };
             for (i, r) in requests.into_iter().enumerate() {
                 match request::build(target, &id, i, r) {
-                    Ok(built) => run.requests.push(built),
+                    // Shown as it would be sent: the connection's and webhook's headers too.
+                    Ok(mut built) => {
+                        built.headers = request::compose_headers(&target.headers, &built.headers);
+                        run.requests.push(built);
+                    }
                     Err(e) => {
                         run.decision = Decision::Error;
                         run.error = Some(e.0);

@@ -66,9 +66,12 @@ impl Pipeline {
             delivery.next_attempt_at = Some(self.now());
             return Ok(None);
         }
-        if !self.webhook_cached(&webhook.id).is_some_and(|w| w.enabled) {
-            // Disabled (or deleted) while it waited for its turn: it waits like any delivery
-            // of a paused webhook.
+        if self
+            .webhook_cached(&webhook.id)
+            .is_none_or(|w| self.held_back(&w))
+        {
+            // Disabled, deleted or its connection withdrawn while it waited for its turn: it
+            // waits like any delivery of a paused webhook.
             delivery.next_attempt_at = Some(plus(self.now(), PAUSED_WAIT));
             return Ok(None);
         }

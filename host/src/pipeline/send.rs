@@ -3,10 +3,13 @@
 
 use super::outcome::{self, RetryRules, Round, RoundFacts};
 use super::Pipeline;
+use crate::catalog::request;
 use crate::model::{
     Attempt, AttemptOutcome, Delivery, LogLine, Millis, OutboundRequest, ResponsePath, Webhook,
 };
 use crate::runtime::{wit, Call};
+use crate::sender::{SendResult, TransportError};
+use std::time::Duration;
 
 impl Pipeline {
     /// Sends every request not yet accepted and decides the delivery's next state.
@@ -121,25 +124,42 @@ impl Pipeline {
         report
     }
 
-    /// Sends one request with its Standard Webhooks timestamp and signature for `at`.
+    /// Sends one request with its Standard Webhooks timestamp and signature for `at`, through
+    /// the webhook's connection and with its headers as they are now: a stored request keeps
+    /// only what its plugin built, never a connection or its credentials. A webhook whose
+    /// tenant may no longer use its connection sends nothing (an attempt that says why).
     pub(super) async fn send_signed(
         &self,
         webhook: &Webhook,
         request: &OutboundRequest,
         at: Millis,
-    ) -> crate::sender::SendResult {
+    ) -> SendResult {
+        let not_sent = |why: String| SendResult {
+            status: None,
+            error: Some(TransportError::NotSent(why)),
+            headers: Vec::new(),
+            body: Vec::new(),
+            duration: Duration::ZERO,
+        };
+        let Some(webhook) = self.webhook_cached(&webhook.id) else {
+            return not_sent("the webhook was deleted".into());
+        };
+        let connection = match self.catalog.usable_connection(&webhook) {
+            Ok(connection) => connection,
+            Err(withdrawn) => return not_sent(withdrawn.to_string()),
+        };
+        let headers = request::compose_headers(
+            &request::base_headers(&webhook, connection.as_deref()),
+            &request.headers,
+        );
         let timestamp = (at.as_i64() / 1000).to_string();
-        let connection = request
-            .connection_id
-            .as_ref()
-            .and_then(|id| self.connection_cached(id));
         let message_id = request
             .headers
             .iter()
             .find(|(name, _)| name == "webhook-id")
             .map_or("", |(_, value)| value.as_str());
         let signature = self.catalog.signature(
-            webhook,
+            &webhook,
             connection.as_deref(),
             message_id,
             at.as_i64() / 1000,
@@ -150,7 +170,13 @@ impl Pipeline {
             extra.push(("webhook-signature", signature.as_str()));
         }
         self.sender
-            .send(request, &extra, connection.as_deref(), webhook.timeout)
+            .send(
+                request,
+                &headers,
+                &extra,
+                connection.as_deref(),
+                webhook.timeout,
+            )
             .await
     }
 }

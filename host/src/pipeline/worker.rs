@@ -52,7 +52,7 @@ impl Pipeline {
             );
             return self.finish_claimed(&claim, &delivery);
         };
-        if !webhook.enabled {
+        if self.held_back(&webhook) {
             delivery.next_attempt_at = Some(plus(now, PAUSED_WAIT));
             return self.finish_claimed(&claim, &delivery);
         }
@@ -110,6 +110,12 @@ impl Pipeline {
         self.finish_claimed(&claim, &delivery)?;
         self.after_round(&webhook, &delivery, &round).await;
         Ok(())
+    }
+
+    /// Whether `webhook`'s deliveries wait: it is paused, or its tenant may no longer use
+    /// its connection (the webhook's `waiting_reason` says so).
+    pub(super) fn held_back(&self, webhook: &crate::model::Webhook) -> bool {
+        !webhook.enabled || self.catalog.usable_connection(webhook).is_err()
     }
 
     /// How long a claim lasts: longer than a delivery's round can take (the plugin's time,

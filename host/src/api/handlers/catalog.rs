@@ -263,7 +263,18 @@ pub async fn list_webhooks(
         params.insert("tenant".into(), tenant.clone());
     }
     let query = list_query(params, &["created_at", "updated_at", "name"], false)?;
-    Ok(Json(p.catalog().list_webhooks(query)?).into_response())
+    let page = p.catalog().list_webhooks(query)?;
+    Ok(Json(page.map(|w| webhook_view(&p, &w))).into_response())
+}
+
+/// A webhook as the API shows it: its record, and why its deliveries wait when it is
+/// enabled but may not send (`waiting_reason`).
+fn webhook_view(p: &AppState, webhook: &Webhook) -> Value {
+    let mut view = serde_json::to_value(webhook).unwrap_or(Value::Null);
+    if let Err(withdrawn) = p.catalog().usable_connection(webhook) {
+        view["waiting_reason"] = json!(withdrawn.to_string());
+    }
+    view
 }
 
 pub async fn get_webhook(
@@ -275,7 +286,7 @@ pub async fn get_webhook(
     let Query(params) = params?;
     let expanded = expand(&params, &["module", "connection"])?;
     let webhook = visible_webhook(&p, &who, &id)?;
-    let mut view = serde_json::to_value(&webhook).map_err(internal)?;
+    let mut view = webhook_view(&p, &webhook);
     view["usage"] = json!(p.fair_share().usage(&webhook.id));
     let public_keys = p.catalog().signing_public_keys(&webhook)?;
     if !public_keys.is_empty() {

@@ -1,0 +1,208 @@
+//! A withdrawn credential stays withdrawn: a connection taken back from a tenant, detached
+//! or rotated sends with what it is now, never with what a stored delivery once had.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::support::{data_dir, error_message, eventually, tenant_client, Receiver, Server};
+
+/// Waits until the worker has looked at a pending delivery and put it off (its next attempt
+/// moved well past its creation), and returns it.
+async fn held_back(server: &Server, client: &reqwest::Client, id: &str) -> Value {
+    eventually(&format!("delivery {id} to be held back"), || async {
+        let (status, body) = server
+            .send(client.get(format!("{}/v1/deliveries/{id}", server.url)))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "pending", "{body}");
+        let created = body["created_at"]
+            .as_str()?
+            .parse::<jiff::Timestamp>()
+            .ok()?;
+        let next = body["next_attempt_at"]
+            .as_str()?
+            .parse::<jiff::Timestamp>()
+            .ok()?;
+        (next.as_second() - created.as_second() >= 30).then_some(body)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_connection_withdrawn_from_a_tenant_sends_nothing_more_with_its_credentials() {
+    let (_tmp, dir) = data_dir();
+    let server = Server::start(&dir, &[]).await;
+    let erp = Receiver::start().await;
+    let elsewhere = Receiver::start().await;
+    let module = server.upload("forward", wasmhooks::examples::FORWARD).await;
+    let (status, connection) = server
+        .post_json(
+            "/v1/connections",
+            &json!({ "name": "ERP", "base_url": format!("{}/erp", erp.url),
+                     "auth": { "type": "bearer", "token": "erp-token-1" },
+                     "headers": { "x-erp-shop": "7" }, "tenants": ["a"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{connection}");
+    let connection = connection["id"].as_str().unwrap().to_string();
+    let a = tenant_client(&server, "admin", "a").await;
+    let (status, webhook) = server
+        .send(a.post(format!("{}/v1/webhooks", server.url)).json(&json!({
+            "name": "orders", "event_kinds": ["order.*"], "module_id": module,
+            "connection_id": connection, "url": "/orders",
+            "headers": { "x-api-key": "webhook-secret-header" }
+        })))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{webhook}");
+    let webhook = webhook["id"].as_str().unwrap().to_string();
+    let emit = |n: u32| {
+        server.emit(json!({ "kind": "order.created", "tenant": "a", "payload": {"n": n} }))
+    };
+
+    // Shared: the request goes with the connection's token and both sets of headers, and
+    // the stored delivery keeps neither the connection's nor the webhook's headers.
+    let first = emit(1).await["deliveries"][0].as_str().unwrap().to_string();
+    let got = erp.wait_for(1).await;
+    assert_eq!(got[0].header("authorization"), Some("Bearer erp-token-1"));
+    assert_eq!(got[0].header("x-erp-shop"), Some("7"));
+    assert_eq!(got[0].header("x-api-key"), Some("webhook-secret-header"));
+    let delivered = server.final_delivery(&first).await;
+    assert_eq!(delivered["status"], "delivered", "{delivered}");
+    let stored = delivered["requests"].to_string();
+    assert!(!stored.contains("webhook-secret-header"), "{stored}");
+    assert!(!stored.contains("x-erp-shop"), "{stored}");
+
+    // The operator takes the connection back from tenant a.
+    let (status, body) = server
+        .patch_json(
+            &format!("/v1/connections/{connection}"),
+            &json!({ "tenants": [] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A new event's delivery waits instead of going out, and the webhook says why.
+    let second = emit(2).await["deliveries"][0].as_str().unwrap().to_string();
+    held_back(&server, &a, &second).await;
+    let (_, view) = server
+        .send(a.get(format!("{}/v1/webhooks/{webhook}", server.url)))
+        .await;
+    let reason = view["waiting_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("not shared with tenant `a`"), "{view}");
+    let (_, list) = server
+        .send(a.get(format!("{}/v1/webhooks", server.url)))
+        .await;
+    assert_eq!(list["data"][0]["waiting_reason"], view["waiting_reason"]);
+
+    // The tenant cannot change the webhook while it holds the withdrawn connection, not
+    // even to switch it back on; nothing changes.
+    for change in [
+        json!({ "url": "/other" }),
+        json!({ "config": { "x": 1 } }),
+        json!({ "enabled": true }),
+    ] {
+        let (status, body) = server
+            .send(
+                a.patch(format!("{}/v1/webhooks/{webhook}", server.url))
+                    .json(&change),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{change}: {body}");
+        assert!(
+            error_message(&body).starts_with("connection_id: "),
+            "{change}: {body}"
+        );
+    }
+    // A dry run shows no request through it either.
+    let (status, run) = server
+        .send(
+            a.post(format!("{}/v1/webhooks/{webhook}/test", server.url))
+                .json(&json!({ "kind": "order.created", "tenant": "a", "payload": {} })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["decision"], "error", "{run}");
+    assert!(run.get("requests").is_none(), "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not shared"),
+        "{run}"
+    );
+
+    // A replay of the delivered request waits too: nothing goes with the old credentials.
+    let (status, replay) = server
+        .send(a.post(format!("{}/v1/deliveries/{first}/replay", server.url)))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{replay}");
+    held_back(&server, &a, replay["id"].as_str().unwrap()).await;
+
+    // Detached (to a URL of its own), a replay of the old delivery carries no credential
+    // and none of the connection's headers.
+    let (status, body) = server
+        .send(
+            a.patch(format!("{}/v1/webhooks/{webhook}", server.url))
+                .json(&json!({ "connection_id": null, "url": elsewhere.url })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("waiting_reason").is_none(), "{body}");
+    let (status, replay) = server
+        .send(a.post(format!("{}/v1/deliveries/{first}/replay", server.url)))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{replay}");
+    let replayed = server.final_delivery(replay["id"].as_str().unwrap()).await;
+    assert_eq!(replayed["status"], "delivered", "{replayed}");
+    let bare = erp
+        .received()
+        .into_iter()
+        .skip(1)
+        .find(|r| r.header("authorization").is_none())
+        .expect("the replay went to the stored URL without the connection");
+    assert_eq!(bare.header("x-erp-shop"), None);
+
+    // Shared again, attached again, then the token rotated: the next replay of the old
+    // delivery goes with the new token.
+    let (status, body) = server
+        .patch_json(
+            &format!("/v1/connections/{connection}"),
+            &json!({ "tenants": ["a"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .send(
+            a.patch(format!("{}/v1/webhooks/{webhook}", server.url))
+                .json(&json!({ "connection_id": connection, "url": "/orders" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .patch_json(
+            &format!("/v1/connections/{connection}"),
+            &json!({ "auth": { "type": "bearer", "token": "erp-token-2" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, replay) = server
+        .send(a.post(format!("{}/v1/deliveries/{first}/replay", server.url)))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{replay}");
+    let rotated = eventually("a request with the rotated token", || async {
+        erp.received()
+            .into_iter()
+            .find(|r| r.header("authorization") == Some("Bearer erp-token-2"))
+    })
+    .await;
+    assert_eq!(rotated.path, "/erp/orders");
+    let old_token = erp
+        .received()
+        .iter()
+        .filter(|r| r.header("authorization") == Some("Bearer erp-token-1"))
+        .count();
+    assert_eq!(
+        old_token, 1,
+        "the old token went only before the withdrawal"
+    );
+}
