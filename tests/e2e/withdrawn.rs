@@ -1,5 +1,6 @@
 //! A withdrawn credential stays withdrawn: a connection taken back from a tenant, detached
-//! or rotated sends with what it is now, never with what a stored delivery once had.
+//! or rotated sends with what it is now, never with what a stored delivery once had; and a
+//! webhook moved between tenants leaves each tenant's history with that tenant.
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -205,4 +206,111 @@ async fn a_connection_withdrawn_from_a_tenant_sends_nothing_more_with_its_creden
         old_token, 1,
         "the old token went only before the withdrawal"
     );
+}
+
+#[tokio::test]
+async fn recover_and_replay_keep_each_tenants_history_with_that_tenant() {
+    let (_tmp, dir) = data_dir();
+    let server = Server::start(&dir, &[]).await;
+    let globex_receiver = Receiver::start().await;
+    let acme_receiver = Receiver::start().await;
+    let module = server.upload("forward", wasmhooks::examples::FORWARD).await;
+    let webhook = server
+        .create_webhook(json!({
+            "name": "orders", "event_kinds": ["order.*"], "module_id": module,
+            "url": globex_receiver.url, "tenant": "globex", "retry_schedule": ["1s"]
+        }))
+        .await;
+    let webhook = webhook["id"].as_str().unwrap().to_string();
+    let globex = tenant_client(&server, "admin", "globex").await;
+    let acme = tenant_client(&server, "admin", "acme").await;
+
+    // Two of globex's deliveries fail for good.
+    globex_receiver.answer_with(&[500, 500, 500, 500]);
+    let mut failed = Vec::new();
+    for n in 0..2 {
+        let emitted = server
+            .emit(json!({ "kind": "order.created", "tenant": "globex",
+                          "payload": {"secret": format!("globex-{n}")} }))
+            .await;
+        let id = emitted["deliveries"][0].as_str().unwrap().to_string();
+        let done = server.final_delivery(&id).await;
+        assert!(
+            done["status"] == "failed" || done["status"] == "dead",
+            "{done}"
+        );
+        failed.push(id);
+    }
+    // A third is in flight (held at the receiver, to fail and be retried) when the operator
+    // moves the webhook to acme.
+    globex_receiver.answer_with(&[500]);
+    globex_receiver.hold();
+    let emitted = server
+        .emit(json!({ "kind": "order.created", "tenant": "globex",
+                      "payload": {"secret": "globex-in-flight"} }))
+        .await;
+    let in_flight = emitted["deliveries"][0].as_str().unwrap().to_string();
+    eventually("the third request to reach the receiver", || async {
+        (globex_receiver.waiting() == 1).then_some(())
+    })
+    .await;
+    let (status, body) = server
+        .patch_json(
+            &format!("/v1/webhooks/{webhook}"),
+            &json!({ "tenant": "acme", "url": acme_receiver.url }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    globex_receiver.release();
+
+    // The in-flight delivery's retry is not sent to acme's destination.
+    let ended = server.final_delivery(&in_flight).await;
+    assert_eq!(ended["status"], "failed", "{ended}");
+    assert!(
+        ended["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("moved to another tenant"),
+        "{ended}"
+    );
+
+    // Acme neither sees globex's deliveries nor recovers them.
+    for id in &failed {
+        let (status, _) = server
+            .send(acme.get(format!("{}/v1/deliveries/{id}", server.url)))
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (status, recovered) = server
+        .send(
+            acme.post(format!("{}/v1/webhooks/{webhook}/recover", server.url))
+                .json(&json!({ "since": "2000-01-01T00:00:00Z" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{recovered}");
+    assert_eq!(recovered["replayed"], 0, "{recovered}");
+    // Nor does globex (whose history it is), or the operator, replay one to acme.
+    for client in [&globex, &server.client] {
+        let (status, body) = server
+            .send(client.post(format!("{}/v1/deliveries/{}/replay", server.url, failed[0])))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(
+            error_message(&body).contains("moved to another tenant"),
+            "{body}"
+        );
+    }
+    // Globex still reads its history.
+    let (status, body) = server
+        .send(globex.get(format!("{}/v1/deliveries/{}", server.url, failed[1])))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Acme's own events go to acme, and nothing of globex's ever did.
+    server
+        .emit(json!({ "kind": "order.created", "tenant": "acme", "payload": {"n": 1} }))
+        .await;
+    let got = acme_receiver.wait_for(1).await;
+    assert_eq!(got.len(), 1);
+    assert!(!String::from_utf8_lossy(&got[0].body).contains("globex"));
 }

@@ -32,11 +32,12 @@ pub struct Recovered {
 pub const MAX_RECOVER: usize = 10_000;
 
 impl Pipeline {
-    /// Queues a replay of a finished delivery and returns the new delivery.
+    /// Queues a replay of a finished delivery and returns the new delivery. It is sent
+    /// through the webhook's connection as it is then, never one stored with the original.
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown delivery, [`Error::Conflict`] when it is still pending
-    /// or its webhook was deleted, or a storage error.
+    /// [`Error::NotFound`] for an unknown delivery, [`Error::Conflict`] when it is still pending,
+    /// its webhook was deleted or has moved to another tenant, or a storage error.
     pub async fn replay(&self, id: &DeliveryId) -> Result<Delivery, Error> {
         self.store.admit()?;
         let original = self.delivery(id)?;
@@ -47,7 +48,8 @@ impl Pipeline {
     }
 
     /// Replays every failed or dead delivery of a webhook created in the range, except those
-    /// already replayed, oldest first (at most `MAX_RECOVER` per call).
+    /// already replayed and those recorded under another tenant (before the webhook moved),
+    /// oldest first (at most `MAX_RECOVER` per call).
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown webhook, [`Error::Invalid`] for an empty range, or
@@ -63,7 +65,9 @@ impl Pipeline {
         if until <= input.since {
             return Err(Error::invalid("until", "must be after `since`"));
         }
-        let mut mine = |d: &Delivery| d.webhook_id == webhook.id;
+        // Only what was recorded under the webhook's present tenant: a webhook moved from
+        // another tenant never replays that tenant's events to its new owner.
+        let mut mine = |d: &Delivery| d.webhook_id == webhook.id && d.tenant == webhook.tenant;
         let all = self
             .store
             .scan_deliveries(false, &mut mine, usize::MAX)?
@@ -100,9 +104,16 @@ impl Pipeline {
                 "delivery {id} is still pending; replay it once it has finished"
             )));
         }
-        if self.webhook_cached(&original.webhook_id).is_none() {
+        let Some(webhook) = self.webhook_cached(&original.webhook_id) else {
             return Err(Error::Conflict(format!(
                 "the webhook {} of delivery {id} was deleted",
+                original.webhook_id
+            )));
+        };
+        if webhook.tenant != original.tenant {
+            return Err(Error::Conflict(format!(
+                "the webhook {} of delivery {id} has moved to another tenant since; a delivery \
+                 is replayed only to the tenant it was recorded for",
                 original.webhook_id
             )));
         }

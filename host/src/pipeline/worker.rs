@@ -52,6 +52,16 @@ impl Pipeline {
             );
             return self.finish_claimed(&claim, &delivery);
         };
+        if delivery.tenant != webhook.tenant {
+            // Moved to another tenant since: this delivery belongs to the old tenant's
+            // history, and its event never goes to the new tenant's destination.
+            outcome::end(
+                &mut delivery,
+                DeliveryStatus::Failed,
+                "the webhook was moved to another tenant; this delivery was not sent".into(),
+            );
+            return self.finish_claimed(&claim, &delivery);
+        }
         if self.held_back(&webhook) {
             delivery.next_attempt_at = Some(plus(now, PAUSED_WAIT));
             return self.finish_claimed(&claim, &delivery);

@@ -121,7 +121,11 @@ pub(super) fn insert_one(
                 };
                 if let Some(raw) = open {
                     let mut open: Delivery = decode("deliveries", &raw).map_err(abort)?;
-                    if open.replaceable() && open.batch_events.len() < open.batch_limit as usize {
+                    // A batch never spans the webhook's move to another tenant.
+                    if open.replaceable()
+                        && open.tenant == delivery.tenant
+                        && open.batch_events.len() < open.batch_limit as usize
+                    {
                         open.batch_events.push(event.id.clone());
                         open.updated_at = delivery.created_at;
                         if open.batch_events.len() >= open.batch_limit as usize {
@@ -156,7 +160,7 @@ pub(super) fn insert_one(
                 };
                 if let Some(raw) = waiting {
                     let mut waiting: Delivery = decode("deliveries", &raw).map_err(abort)?;
-                    if waiting.replaceable() {
+                    if waiting.replaceable() && waiting.tenant == delivery.tenant {
                         if let Some(old) = waiting.next_attempt_at {
                             queue.remove(queue_key(old, &waiting.id))?;
                         }
