@@ -48,7 +48,7 @@ struct Cursor {
 }
 
 /// A parsed list query.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ListQuery {
     /// Page size.
     pub limit: usize,

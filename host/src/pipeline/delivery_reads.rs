@@ -3,6 +3,8 @@
 use super::listing::{ListQuery, Page, SortValue};
 use super::{Error, Pipeline};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis, WebhookId};
+use crate::storage::{Scanned, StorageError};
+use tokio::sync::Semaphore;
 
 /// Filters for listing deliveries.
 #[derive(Debug, Default, Clone)]
@@ -36,7 +38,33 @@ impl DeliveryFilter {
     }
 }
 
+/// How many walks of the delivery table may run at once in this process. Each runs on a
+/// blocking thread, never the async runtime's (a walk may read every stored delivery), and a
+/// flood of list or recover calls queues here instead of taking every core from delivery.
+static TABLE_WALKS: Semaphore = Semaphore::const_new(2);
+
 impl Pipeline {
+    /// Walks the deliveries like [`crate::storage::Deliveries::scan_deliveries`], off the
+    /// async threads and within [`TABLE_WALKS`].
+    ///
+    /// # Errors
+    /// A storage error.
+    pub(super) async fn walk_deliveries(
+        &self,
+        descending: bool,
+        mut keep: impl FnMut(&Delivery) -> bool + Send + 'static,
+        limit: usize,
+    ) -> Result<Scanned, StorageError> {
+        let _turn = TABLE_WALKS
+            .acquire()
+            .await
+            .expect("the walk semaphore is never closed");
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.scan_deliveries(descending, &mut keep, limit))
+            .await
+            .expect("a delivery walk does not panic")
+    }
+
     /// One event of `tenant` (event ids are unique per tenant; `None`: an event without a
     /// tenant).
     ///
@@ -68,7 +96,7 @@ impl Pipeline {
     ///
     /// # Errors
     /// [`Error::Invalid`] for a bad parameter, or a storage error.
-    pub fn list_deliveries(
+    pub async fn list_deliveries(
         &self,
         mut query: ListQuery,
         tenant: Option<&str>,
@@ -88,13 +116,16 @@ impl Pipeline {
         // order and stops at a full page (plus one, to know whether there is a next page).
         let limit = query.limit;
         let position = |d: &Delivery| SortValue::Text(d.id.to_string());
-        let scanned = self.store.scan_deliveries(
-            query.descending,
-            &mut |d: &Delivery| {
-                filter.keeps(d) && query.is_after_cursor(&position(d), d.id.as_str())
-            },
-            limit + 1,
-        )?;
+        let walked_query = query.clone();
+        let scanned = self
+            .walk_deliveries(
+                query.descending,
+                move |d: &Delivery| {
+                    filter.keeps(d) && walked_query.is_after_cursor(&position(d), d.id.as_str())
+                },
+                limit + 1,
+            )
+            .await?;
         let mut data = scanned.deliveries;
         let more = data.len() > limit;
         data.truncate(limit);

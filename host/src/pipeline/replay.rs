@@ -67,10 +67,11 @@ impl Pipeline {
         }
         // Only what was recorded under the webhook's present tenant: a webhook moved from
         // another tenant never replays that tenant's events to its new owner.
-        let mut mine = |d: &Delivery| d.webhook_id == webhook.id && d.tenant == webhook.tenant;
+        let (id, tenant) = (webhook.id.clone(), webhook.tenant.clone());
+        let mine = move |d: &Delivery| d.webhook_id == id && d.tenant == tenant;
         let all = self
-            .store
-            .scan_deliveries(false, &mut mine, usize::MAX)?
+            .walk_deliveries(false, mine, usize::MAX)
+            .await?
             .deliveries;
         let replayed: HashSet<&DeliveryId> =
             all.iter().filter_map(|d| d.replay_of.as_ref()).collect();

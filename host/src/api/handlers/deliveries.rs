@@ -26,7 +26,7 @@ pub async fn list_deliveries(
 ) -> ApiResult<Response> {
     let Query(params) = params?;
     let query = list_query(params, &["created_at"], true)?;
-    let page = p.list_deliveries(query, who.tenant.as_deref())?;
+    let page = p.list_deliveries(query, who.tenant.as_deref()).await?;
     Ok(Json(page.map(|d| d.summary())).into_response())
 }
 
