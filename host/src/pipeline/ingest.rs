@@ -1,6 +1,8 @@
 //! Ingest and routing: validate an event, match it to webhooks, store it with one delivery per
 //! matching webhook, and acknowledge only once that is durable.
 
+use std::cell::OnceCell;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -237,6 +239,8 @@ impl Pipeline {
 
     /// One pending delivery for every enabled webhook that takes this event.
     fn route(&self, event: &Event, now: Millis) -> Vec<Delivery> {
+        // Parsed at most once, however many of the tenant's webhooks name an entity in it.
+        let payload = OnceCell::new();
         self.catalog
             .takers(event)
             .into_iter()
@@ -251,7 +255,10 @@ impl Pipeline {
                 (w, due)
             })
             .map(|(w, due)| {
-                let entity = w.entity_key.as_deref().and_then(|p| entity_of(event, p));
+                let entity = w.entity_key.as_deref().and_then(|pointer| {
+                    let payload = payload.get_or_init(|| parse_payload(event));
+                    entity_at(payload.as_ref()?, pointer)
+                });
                 (w, due, entity)
             })
             .map(|(w, due, entity)| Delivery {
@@ -307,10 +314,15 @@ fn starts_without_case(text: &str, prefix: &str) -> bool {
         .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
-/// The entity an event is about: the payload value at the JSON `pointer`, as text (strings
-/// as they are, numbers and booleans as JSON). `None` when absent, null, or not a scalar.
-pub fn entity_of(event: &Event, pointer: &str) -> Option<String> {
-    let payload: serde_json::Value = serde_json::from_str(event.payload.get()).ok()?;
+/// An event's payload as JSON, for finding entities in it.
+fn parse_payload(event: &Event) -> Option<serde_json::Value> {
+    serde_json::from_str(event.payload.get()).ok()
+}
+
+/// The entity an event is about: the value at the JSON `pointer` in its parsed `payload`, as
+/// text (strings as they are, numbers and booleans as JSON). `None` when absent, null, or
+/// not a scalar.
+pub fn entity_at(payload: &serde_json::Value, pointer: &str) -> Option<String> {
     match payload.pointer(pointer)? {
         serde_json::Value::String(s) => Some(s.clone()),
         v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => Some(v.to_string()),
