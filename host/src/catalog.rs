@@ -7,6 +7,7 @@
 //! changes by a generation number ([`Catalog::generation`]) and a wake-up: the scheduler
 //! forgets its per-endpoint limits when the generation moved.
 
+mod cached_webhook;
 mod checks;
 mod connections;
 mod error;
@@ -33,6 +34,7 @@ use crate::runtime::{LoadError, LoadedPlugin, Runtime};
 use crate::sender::Sender;
 use crate::storage::{Storage, StorageError};
 
+pub use cached_webhook::CachedWebhook;
 pub use checks::check_tenant;
 pub use connections::{ConnectionInput, Withdrawn};
 pub use error::{Error, StartError};
@@ -48,8 +50,9 @@ pub struct Catalog {
     runtime: Arc<Runtime>,
     sender: Sender,
     clock: Arc<dyn Clock>,
-    /// Webhooks by id, kept in memory for routing (the store is the truth).
-    webhooks: RwLock<HashMap<WebhookId, Arc<Webhook>>>,
+    /// Webhooks by id, kept in memory for routing and sending with their compiled schedules
+    /// (the store is the truth).
+    webhooks: RwLock<HashMap<WebhookId, Arc<CachedWebhook>>>,
     /// Connections by id, kept in memory for sending (the store is the truth).
     connections: RwLock<HashMap<ConnectionId, Arc<Connection>>>,
     /// Held while a webhook is read, changed and written (API updates and host changes).
@@ -78,7 +81,7 @@ impl Catalog {
         let webhooks = store
             .webhooks()?
             .into_iter()
-            .map(|w| (w.id.clone(), Arc::new(w)))
+            .map(|w| (w.id.clone(), Arc::new(CachedWebhook::new(w))))
             .collect();
         let connections = store
             .connections()?
@@ -105,8 +108,8 @@ impl Catalog {
         self.clock.now()
     }
 
-    /// A webhook as kept in memory.
-    pub fn webhook_cached(&self, id: &WebhookId) -> Option<Arc<Webhook>> {
+    /// A webhook as kept in memory, with its compiled schedule.
+    pub fn webhook_cached(&self, id: &WebhookId) -> Option<Arc<CachedWebhook>> {
         self.webhooks.read().unwrap().get(id).cloned()
     }
 
@@ -116,9 +119,9 @@ impl Catalog {
     }
 
     /// The webhooks that take `event`, in id order.
-    pub fn takers(&self, event: &Event) -> Vec<Arc<Webhook>> {
+    pub fn takers(&self, event: &Event) -> Vec<Arc<CachedWebhook>> {
         let webhooks = self.webhooks.read().unwrap();
-        let mut matching: Vec<Arc<Webhook>> = webhooks
+        let mut matching: Vec<Arc<CachedWebhook>> = webhooks
             .values()
             .filter(|w| w.takes(event))
             .cloned()

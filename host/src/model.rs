@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use connection::{within_base, Connection, ConnectionAuth, Secret, SigningKeys};
+pub use connection::{
+    check_path_segments, credentials_may_go, within_base, Connection, ConnectionAuth,
+    ConnectionBase, Secret, SigningKeys,
+};
 pub use delivery::{
     Attempt, AttemptOutcome, Delivery, DeliveryMode, DeliveryStatus, LogLevel, LogLine,
     OutboundRequest,

@@ -39,8 +39,8 @@ use crate::sender::Sender;
 use crate::storage::Storage;
 
 pub use crate::catalog::{
-    listing, request, Catalog, ConnectionInput, Error, KeyInput, ListQuery, Page, Principal,
-    RotateInput, Rotated, StartError, WebhookInput,
+    listing, request, CachedWebhook, Catalog, ConnectionInput, Error, KeyInput, ListQuery, Page,
+    Principal, RotateInput, Rotated, StartError, WebhookInput,
 };
 pub use delivery_reads::DeliveryFilter;
 pub use ingest::{EmitResult, EventInput, MAX_ATTRIBUTES};
@@ -200,7 +200,7 @@ impl Pipeline {
         self.webhook_cached(id).map(|w| payer_of(&w))
     }
 
-    fn webhook_cached(&self, id: &WebhookId) -> Option<Arc<Webhook>> {
+    fn webhook_cached(&self, id: &WebhookId) -> Option<Arc<CachedWebhook>> {
         self.catalog.webhook_cached(id)
     }
 

@@ -228,3 +228,106 @@ async fn bad_connections_are_refused_naming_the_field() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn a_path_cannot_add_the_connections_query_auth_or_climb_in_disguise() {
+    let (_tmp, dir) = data_dir();
+    let receiver = Receiver::start().await;
+    let server = Server::start(&dir, &[]).await;
+    let sellasist = server
+        .upload("sellasist", wasmhooks::examples::SELLASIST_ACTION)
+        .await;
+    let (status, crm) = server
+        .post_json(
+            "/v1/connections",
+            &json!({ "name": "CRM", "base_url": format!("{}/crm", receiver.url),
+                     "auth": { "type": "query", "name": "api_key", "value": "q-secret-value" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{crm}");
+    let hook = |kind: &str, url: &str, path: &str| {
+        json!({ "name": "w", "event_kinds": [kind], "module_id": sellasist,
+                "connection_id": crm["id"], "url": url, "retry_schedule": [],
+                "config": { "path": path } })
+    };
+
+    // A webhook URL: refused when saved, naming the field and what is wrong.
+    for (url, expected) in [
+        (
+            "/orders?api_key=ATTACKER",
+            "sets the query parameter `api_key`, which the connection sets itself",
+        ),
+        (
+            "/orders?x=1&API_KEY=ATTACKER",
+            "sets the query parameter `api_key`",
+        ),
+        ("/orders/%2e%2e/orders", "reads as `..`"),
+        ("/orders/.%2E/orders", "reads as `..`"),
+        ("/orders/..;/orders", "reads as `..`"),
+        ("/orders/a%2f..%2fadmin", "encoded slash"),
+    ] {
+        let (status, body) = server
+            .post_json("/v1/webhooks", &hook("order.created", url, "/orders"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
+        let message = error_message(&body);
+        assert!(
+            message.starts_with("url: ") && message.contains(expected),
+            "{url}: {body}"
+        );
+    }
+    let (_, listed) = server.get("/v1/webhooks").await;
+    assert_eq!(listed["data"], json!([]), "nothing was stored");
+
+    // A plugin's path: the delivery fails with the reason, and nothing is sent.
+    for (i, (path, expected)) in [
+        (
+            "/orders?api_key=ATTACKER",
+            "sets the query parameter `api_key`",
+        ),
+        ("/orders/..;/admin?x=ATTACKER", "reads as `..`"),
+        ("/orders/%2e%2e/orders?x=ATTACKER", "reads as `..`"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let kind = format!("order.plugin-{i}");
+        server.create_webhook(hook(&kind, "/orders", path)).await;
+        let ack = server
+            .emit(json!({ "kind": kind, "payload": { "id_order": 1 } }))
+            .await;
+        let delivery = server
+            .final_delivery(ack["deliveries"][0].as_str().unwrap())
+            .await;
+        assert_eq!(delivery["status"], "failed", "{path}: {delivery}");
+        let error = delivery["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("request path: ") && error.contains(expected),
+            "{path}: {error}"
+        );
+    }
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .all(|r| !r.path.contains("ATTACKER")),
+        "{:?}",
+        receiver.received()
+    );
+
+    // A path under the base with its own parameters goes, with the connection's key once.
+    server
+        .create_webhook(hook("order.fine", "/orders", "/orders/7?note=ok"))
+        .await;
+    let ack = server
+        .emit(json!({ "kind": "order.fine", "payload": { "id_order": 7 } }))
+        .await;
+    let delivery = server
+        .final_delivery(ack["deliveries"][0].as_str().unwrap())
+        .await;
+    assert_eq!(delivery["status"], "delivered", "{delivery}");
+    assert_eq!(
+        receiver.received()[0].path,
+        "/crm/orders/7?note=ok&api_key=q-secret-value"
+    );
+}

@@ -20,6 +20,10 @@ async fn bad_definitions_are_refused_by_name() {
     let kinds: Vec<String> = (0..65).map(|i| format!("k{i}")).collect();
     let scope: serde_json::Map<String, Value> =
         (0..65).map(|i| (format!("a{i}"), json!(["1"]))).collect();
+    // Within the per-attribute limits, 80 KB in all: matched against every event.
+    let large_scope: serde_json::Map<String, Value> = (0..40)
+        .map(|i| (format!("a{i}"), json!(["x".repeat(1000), "y".repeat(1000)])))
+        .collect();
     let cases = [
         (
             with("url", json!("https://example.com/a\r\nx-injected: 1")),
@@ -35,6 +39,10 @@ async fn bad_definitions_are_refused_by_name() {
         (with("url", json!("https://[fec0::1]/x")), "site-local"),
         (with("event_kinds", json!(kinds)), "event_kinds: "),
         (with("scope", json!(scope)), "scope: "),
+        (
+            with("scope", json!(large_scope)),
+            "scope: is 80110 bytes of names and values; the limit is 65536",
+        ),
         (
             with("scope", json!({ "store": ["x".repeat(1025)] })),
             "scope.store: ",

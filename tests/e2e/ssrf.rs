@@ -24,6 +24,11 @@ async fn restricted_addresses_in_urls_are_refused_when_written() {
         ),
         ("http://[::1]:9/in", "[::1] is a loopback address"),
         ("http://[::ffff:192.168.0.1]/in", "is a private address"),
+        (
+            "http://192.88.99.1/in",
+            "192.88.99.1 is a 6to4 relay (deprecated) address",
+        ),
+        ("http://[2002:c058:6301::1]/in", "is a 6to4 (carries"),
     ];
     for (url, expected) in cases {
         let (status, body) = server

@@ -301,6 +301,15 @@ async fn event_ids_belong_to_their_tenant_and_the_hosts_kinds_to_the_host() {
             json!({ "id": "evt_response_dlv_01abc", "kind": "order.created", "payload": {} }),
             "id",
         ),
+        // In any case: a receiver comparing without case must not be fooled.
+        (
+            json!({ "kind": "Webhook.disabled", "payload": { "webhook_id": "wh_x" } }),
+            "kind",
+        ),
+        (
+            json!({ "id": "EVT_RESPONSE_x", "kind": "order.created", "payload": {} }),
+            "id",
+        ),
     ] {
         let (status, body) = server
             .send(a.post(format!("{}/v1/events", server.url)).json(&event))

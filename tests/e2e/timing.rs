@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{data_dir, eventually, Receiver, Server};
+use crate::support::{data_dir, error_message, eventually, Receiver, Server};
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
@@ -156,4 +156,96 @@ async fn delays_and_windows_decide_when_a_delivery_is_due() {
     }
     let (_, list) = server.get("/v1/webhooks?name=bad").await;
     assert_eq!(list["data"], json!([]), "no refused webhook was stored");
+}
+
+/// `n` windows on every day, 10 minutes each, one every 20 minutes from midnight UTC.
+fn windows_every_20_minutes(n: u32) -> Value {
+    let hhmm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
+    let windows: Vec<Value> = (0..n)
+        .map(|k| json!({ "days": DAYS, "from": hhmm(k * 20), "to": hhmm(k * 20 + 10) }))
+        .collect();
+    json!({ "time_zone": "UTC", "windows": windows })
+}
+
+#[tokio::test]
+async fn a_schedule_of_a_window_per_minute_is_refused_and_the_largest_allowed_stalls_no_one() {
+    let (_tmp, dir) = data_dir();
+    let receiver = Receiver::start().await;
+    let server = Server::start(&dir, &[]).await;
+    let module = server.upload("forward", wasmhooks::examples::FORWARD).await;
+    let hook = |tenant: &str, schedule: Value| {
+        json!({ "name": tenant, "tenant": tenant, "event_kinds": [format!("{tenant}.*")],
+                "module_id": module, "url": format!("{}/{tenant}", receiver.url),
+                "schedule": schedule })
+    };
+
+    // The attack: 7 days × 1,440 one-minute windows (a 500 KB body), each checked against
+    // every other when saved and again for every delivery.
+    let hhmm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
+    let per_minute: Vec<Value> = DAYS
+        .iter()
+        .flat_map(|day| {
+            (0..1440u32).map(move |m| json!({ "days": [day], "from": hhmm(m), "to": hhmm(m + 1) }))
+        })
+        .collect();
+    let per_minute = json!({ "time_zone": "UTC", "windows": per_minute });
+    // A body that echoes the schedule is cut short in a failure message.
+    let short = |body: &Value| body.to_string().chars().take(300).collect::<String>();
+    let (status, body) = server
+        .post_json("/v1/webhooks", &hook("attacker", per_minute.clone()))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", short(&body));
+    assert_eq!(
+        error_message(&body),
+        "schedule.windows: has 10080 windows; the limit is 64 (give a window several days \
+         instead of one window per day)"
+    );
+
+    // The largest schedule allowed saves, and a change to the attack is refused too.
+    let big = server
+        .create_webhook(hook("attacker", windows_every_20_minutes(64)))
+        .await;
+    let big_id = big["id"].as_str().unwrap();
+    let (status, body) = server
+        .patch_json(
+            &format!("/v1/webhooks/{big_id}"),
+            &json!({ "schedule": per_minute }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", short(&body));
+    assert!(
+        error_message(&body).contains("the limit is 64"),
+        "{}",
+        short(&body)
+    );
+    server.create_webhook(hook("other", json!(null))).await;
+
+    // Deliveries to the big schedule are looked at while another tenant's event comes in:
+    // the other one is delivered, and each of the big ones is sent or waits for an opening.
+    let events: Vec<Value> = (0..50)
+        .map(|i| json!({ "kind": "attacker.x", "tenant": "attacker", "payload": { "i": i } }))
+        .collect();
+    let acks = server.emit(json!(events)).await;
+    server
+        .emit(json!({ "kind": "other.x", "tenant": "other", "payload": {} }))
+        .await;
+    eventually("the other tenant's delivery", || async {
+        receiver
+            .received()
+            .iter()
+            .any(|r| r.path == "/other")
+            .then_some(())
+    })
+    .await;
+    for ack in acks["data"].as_array().unwrap() {
+        let id = ack["deliveries"][0].as_str().unwrap().to_string();
+        eventually("a big-schedule delivery to be looked at", || async {
+            let (_, d) = server.get(&format!("/v1/deliveries/{id}")).await;
+            let waits_for_opening = d["next_attempt_at"].is_string()
+                && ms(&d["next_attempt_at"]) % 1_200_000 == 0
+                && ms(&d["next_attempt_at"]) > ms(&d["created_at"]);
+            (d["status"] == "delivered" || waits_for_opening).then_some(())
+        })
+        .await;
+    }
 }

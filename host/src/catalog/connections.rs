@@ -355,21 +355,25 @@ impl Catalog {
         for (i, tenant) in tenants.iter().enumerate() {
             check_tenant(&format!("tenants[{i}]"), tenant)?;
         }
-        if let Some(c) = existing.filter(|c| c.base_url != base_url) {
-            // Webhooks already pointing at it must stay under the new base: its credentials
-            // travel only there.
+        let moved =
+            |c: &&Connection| c.base_url != base_url || c.auth.query_name() != auth.query_name();
+        if let Some(c) = existing.filter(moved) {
+            // Webhooks already pointing at it must stay under the new base, and not set the
+            // new query auth's parameter: its credentials travel only there.
             for webhook in self.webhooks() {
                 if webhook.connection_id.as_ref() != Some(&c.id) {
                     continue;
                 }
                 let url = super::request::destination(webhook.url.as_deref(), Some(&base_url))
                     .map_err(|m| Error::invalid("base_url", m))?;
-                crate::model::within_base(&url, &base_url).map_err(|m| {
-                    Error::invalid(
-                        "base_url",
-                        format!("webhook {} would send to {m}", webhook.id),
-                    )
-                })?;
+                crate::model::credentials_may_go(&url, &base_url, auth.query_name()).map_err(
+                    |m| {
+                        Error::invalid(
+                            "base_url",
+                            format!("webhook {} would send to {m}", webhook.id),
+                        )
+                    },
+                )?;
             }
         }
         let now = self.now();

@@ -1,7 +1,10 @@
 //! Turning a plugin's request into the exact HTTP request that will be sent (and re-sent).
 
 use crate::model::Invalid;
-use crate::model::{Connection, ConnectionId, DeliveryId, Method, OutboundRequest, Webhook};
+use crate::model::{
+    check_path_segments, Connection, ConnectionBase, ConnectionId, DeliveryId, Method,
+    OutboundRequest, Webhook,
+};
 use crate::runtime::wit;
 
 /// Where a webhook's requests go, resolved from the webhook and its connection: the
@@ -16,8 +19,9 @@ pub struct Target {
     pub headers: Vec<(String, String)>,
     /// The connection whose auth is added when sending.
     pub connection_id: Option<ConnectionId>,
-    /// That connection's base URL: every request stays under it.
-    pub base_url: Option<String>,
+    /// That connection's base URL and query auth: every request stays under the base and
+    /// sets none of the connection's query parameters.
+    pub base: Option<ConnectionBase>,
 }
 
 impl Target {
@@ -37,7 +41,7 @@ impl Target {
             method: webhook.method,
             headers: base_headers(webhook, connection),
             connection_id: webhook.connection_id.clone(),
-            base_url: connection.map(|c| c.base_url.clone()),
+            base: connection.map(Connection::base),
         })
     }
 }
@@ -80,11 +84,21 @@ pub fn destination(url: Option<&str>, base: Option<&str>) -> Result<String, Inva
     match (url, base) {
         (Some(url), _) if is_absolute(url) => Ok(url.to_string()),
         (Some(path), Some(base)) => {
-            let joined = format!(
+            // The path goes after the base's path, and its query after the base's query.
+            let (base, base_query) = base.split_once('?').unwrap_or((base, ""));
+            let (path, query) = path.split_once('?').unwrap_or((path, ""));
+            let mut joined = format!(
                 "{}/{}",
                 base.trim_end_matches('/'),
                 path.trim_start_matches('/')
             );
+            let queries: Vec<&str> = [base_query, query]
+                .into_iter()
+                .filter(|q| !q.is_empty())
+                .collect();
+            if !queries.is_empty() {
+                joined = format!("{joined}?{}", queries.join("&"));
+            }
             url::Url::parse(&joined)
                 .map(|_| joined.clone())
                 .map_err(|e| Invalid(format!("`{joined}` is not a valid URL: {e}")))
@@ -215,16 +229,21 @@ pub fn build(
         Some(wit::Method::Patch) => Method::Patch,
         Some(wit::Method::Delete) => Method::Delete,
     };
-    let url = match (&target.base_url, request.path.as_deref()) {
+    let url = match (&target.base, request.path.as_deref()) {
         // Through a connection, `/x` is a path under the connection's base URL, and no path
         // may leave it: its credentials travel only there.
         (Some(base), Some(path)) if path.starts_with('/') => {
-            join_url(base, Some(path.trim_start_matches('/')))?
+            join_url(&base.url, Some(path.trim_start_matches('/')))?
         }
         _ => join_url(&target.url, request.path.as_deref())?,
     };
-    if let Some(base) = &target.base_url {
-        crate::model::within_base(&url, base).map_err(|m| format!("request path: {m}"))?;
+    if let Some(base) = &target.base {
+        base.check(&url).map_err(|m| format!("request path: {m}"))?;
+        // Joining resolved `..` segments the path held; a path that needed them is refused
+        // all the same.
+        if let Some(path) = &request.path {
+            check_path_segments(path).map_err(|m| format!("request path: {m}"))?;
+        }
     }
     // Only what the plugin set is stored with the delivery: the connection's and the
     // webhook's headers (which may hold credentials, sealed in their own records) are added
@@ -306,7 +325,10 @@ mod tests {
             method: Method::Post,
             headers: Vec::new(),
             connection_id: Some(ConnectionId::generate()),
-            base_url: Some("https://erp.example/api/orders".into()),
+            base: Some(ConnectionBase {
+                url: "https://erp.example/api/orders".into(),
+                auth_param: Some("api_key".into()),
+            }),
         }
     }
 
@@ -379,6 +401,46 @@ mod tests {
         request.headers = vec![("x-more".into(), "1".into())];
         let refused = build(&target, &DeliveryId::generate(), 0, request).unwrap_err();
         assert!(refused.contains("the limit is 64"), "{refused}");
+    }
+
+    #[test]
+    fn a_plugin_path_cannot_add_the_connections_query_auth_or_climb_inside_its_base() {
+        let target = connection_target();
+        let id = DeliveryId::generate();
+        let built = |path: &str| build(&target, &id, 0, with_path(path)).map(|r| r.url);
+        for path in [
+            "/items?api_key=ATTACKER",
+            "items?API_KEY=ATTACKER",
+            "?x=1&api_key=ATTACKER",
+        ] {
+            let refused = built(path).unwrap_err();
+            assert!(
+                refused.starts_with("request path: ")
+                    && refused.contains("sets the query parameter `api_key`"),
+                "{path}: {refused}"
+            );
+        }
+        // Joining would resolve these inside the base; they are refused all the same.
+        for path in ["/items/../x", "items/%2e%2e/x", "/items/..;/x", "/a%2fb"] {
+            let refused = built(path).unwrap_err();
+            assert!(refused.starts_with("request path: "), "{path}: {refused}");
+        }
+        assert_eq!(
+            built("/items?key=1").unwrap(),
+            "https://erp.example/api/orders/items?key=1"
+        );
+    }
+
+    #[test]
+    fn a_path_goes_before_the_connections_own_query() {
+        assert_eq!(
+            destination(Some("/orders?x=1"), Some("https://erp.example/api?shop=7")).unwrap(),
+            "https://erp.example/api/orders?shop=7&x=1"
+        );
+        assert_eq!(
+            destination(Some("orders"), Some("https://erp.example/api/?shop=7")).unwrap(),
+            "https://erp.example/api/orders?shop=7"
+        );
     }
 
     #[test]

@@ -177,6 +177,9 @@ pub const MAX_SCOPE_ATTRIBUTES: usize = 64;
 pub const MAX_SCOPE_VALUES: usize = 256;
 /// Longest accepted scope value, in bytes (as long as an event attribute's value).
 pub const MAX_SCOPE_VALUE: usize = crate::model::MAX_ATTRIBUTE_VALUE;
+/// Most bytes of a whole scope (attribute names and values): every event of the webhook's
+/// tenant is matched against it, on the API's threads.
+pub const MAX_SCOPE_BYTES: usize = 64 * 1024;
 /// Largest plugin config, in bytes of JSON.
 pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
 
@@ -285,6 +288,20 @@ impl Catalog {
                 format!(
                     "names {} attributes; the limit is {MAX_SCOPE_ATTRIBUTES}",
                     scope.len()
+                ),
+            ));
+        }
+        let scope_bytes: usize = scope
+            .iter()
+            .map(|(attribute, values)| {
+                attribute.len() + values.iter().map(String::len).sum::<usize>()
+            })
+            .sum();
+        if scope_bytes > MAX_SCOPE_BYTES {
+            return Err(Error::invalid(
+                "scope",
+                format!(
+                    "is {scope_bytes} bytes of names and values; the limit is {MAX_SCOPE_BYTES}"
                 ),
             ));
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::listing::{contains, ListQuery, Listed, Page, SortValue};
 use super::webhook_input::WebhookInput;
-use super::{Catalog, Error};
+use super::{CachedWebhook, Catalog, Error};
 use crate::model::SigningKeys;
 use crate::model::{kind_matches, Webhook, WebhookId};
 
@@ -112,9 +112,9 @@ impl Catalog {
         let Some(current) = self.webhook_cached(id) else {
             return Ok(None);
         };
-        let mut changed = (*current).clone();
+        let mut changed = current.webhook().clone();
         change(&mut changed);
-        if changed == *current {
+        if changed == *current.webhook() {
             return Ok(None);
         }
         changed.updated_at = self.now();
@@ -123,10 +123,10 @@ impl Catalog {
 
     fn save_webhook(&self, webhook: Webhook) -> Result<Webhook, Error> {
         self.store.put_webhook(&webhook)?;
-        self.webhooks
-            .write()
-            .unwrap()
-            .insert(webhook.id.clone(), Arc::new(webhook.clone()));
+        self.webhooks.write().unwrap().insert(
+            webhook.id.clone(),
+            Arc::new(CachedWebhook::new(webhook.clone())),
+        );
         self.changed();
         Ok(webhook)
     }
@@ -137,7 +137,7 @@ impl Catalog {
     /// [`Error::NotFound`].
     pub fn webhook(&self, id: &WebhookId) -> Result<Webhook, Error> {
         self.webhook_cached(id)
-            .map(|w| (*w).clone())
+            .map(|w| w.webhook().clone())
             .ok_or_else(|| Error::NotFound {
                 kind: "webhook",
                 id: id.to_string(),
@@ -151,7 +151,7 @@ impl Catalog {
             .read()
             .unwrap()
             .values()
-            .map(|w| (**w).clone())
+            .map(|w| w.webhook().clone())
             .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all

@@ -1,6 +1,8 @@
 //! Ingest and routing: validate an event, match it to webhooks, store it with one delivery per
 //! matching webhook, and acknowledge only once that is durable.
 
+use std::cell::OnceCell;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -237,6 +239,8 @@ impl Pipeline {
 
     /// One pending delivery for every enabled webhook that takes this event.
     fn route(&self, event: &Event, now: Millis) -> Vec<Delivery> {
+        // Parsed at most once, however many of the tenant's webhooks name an entity in it.
+        let payload = OnceCell::new();
         self.catalog
             .takers(event)
             .into_iter()
@@ -251,7 +255,10 @@ impl Pipeline {
                 (w, due)
             })
             .map(|(w, due)| {
-                let entity = w.entity_key.as_deref().and_then(|p| entity_of(event, p));
+                let entity = w.entity_key.as_deref().and_then(|pointer| {
+                    let payload = payload.get_or_init(|| parse_payload(event));
+                    entity_at(payload.as_ref()?, pointer)
+                });
                 (w, due, entity)
             })
             .map(|(w, due, entity)| Delivery {
@@ -269,17 +276,18 @@ impl Pipeline {
     }
 }
 
-/// Refuses an emitter's event of the host's own kinds or id prefixes.
+/// Refuses an emitter's event of the host's own kinds or id prefixes, in any case: a
+/// receiver or plugin comparing without case must not take `Webhook.disabled` for the host's.
 fn check_not_reserved(input: &EventInput, index: Option<usize>) -> Result<(), Error> {
     let field = |name: &str| match index {
         Some(i) => format!("events[{i}].{name}"),
         None => name.to_string(),
     };
-    if input.kind.starts_with(RESERVED_KIND_PREFIX) {
+    if starts_without_case(&input.kind, RESERVED_KIND_PREFIX) {
         return Err(Error::invalid(
             field("kind"),
             format!(
-                "`{}`: kinds starting with `{RESERVED_KIND_PREFIX}` are emitted only by the host",
+                "`{}`: kinds starting with `{RESERVED_KIND_PREFIX}` (in any case) are emitted only by the host",
                 input.kind
             ),
         ));
@@ -287,23 +295,82 @@ fn check_not_reserved(input: &EventInput, index: Option<usize>) -> Result<(), Er
     if let Some(id) = input
         .id
         .as_deref()
-        .filter(|id| id.starts_with(RESERVED_ID_PREFIX))
+        .filter(|id| starts_without_case(id, RESERVED_ID_PREFIX))
     {
         return Err(Error::invalid(
             field("id"),
-            format!("`{id}`: ids starting with `{RESERVED_ID_PREFIX}` are given only by the host"),
+            format!(
+                "`{id}`: ids starting with `{RESERVED_ID_PREFIX}` (in any case) are given only by the host"
+            ),
         ));
     }
     Ok(())
 }
 
-/// The entity an event is about: the payload value at the JSON `pointer`, as text (strings
-/// as they are, numbers and booleans as JSON). `None` when absent, null, or not a scalar.
-pub fn entity_of(event: &Event, pointer: &str) -> Option<String> {
-    let payload: serde_json::Value = serde_json::from_str(event.payload.get()).ok()?;
+/// Whether `text` starts with `prefix`, ASCII case ignored.
+fn starts_without_case(text: &str, prefix: &str) -> bool {
+    text.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
+/// An event's payload as JSON, for finding entities in it.
+fn parse_payload(event: &Event) -> Option<serde_json::Value> {
+    serde_json::from_str(event.payload.get()).ok()
+}
+
+/// The entity an event is about: the value at the JSON `pointer` in its parsed `payload`, as
+/// text (strings as they are, numbers and booleans as JSON). `None` when absent, null, or
+/// not a scalar.
+pub fn entity_at(payload: &serde_json::Value, pointer: &str) -> Option<String> {
     match payload.pointer(pointer)? {
         serde_json::Value::String(s) => Some(s.clone()),
         v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => Some(v.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(id: Option<&str>, kind: &str) -> EventInput {
+        EventInput {
+            id: id.map(String::from),
+            kind: kind.into(),
+            tenant: None,
+            occurred_at: None,
+            attributes: Default::default(),
+            payload: RawValue::from_string("{}".into()).unwrap(),
+        }
+    }
+
+    fn refused_field(id: Option<&str>, kind: &str) -> Option<String> {
+        match check_not_reserved(&input(id, kind), None) {
+            Ok(()) => None,
+            Err(Error::Invalid { field, .. }) => Some(field),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn reserved_kinds_and_ids_are_refused_in_any_case() {
+        for kind in ["webhook.disabled", "Webhook.disabled", "WEBHOOK.RESPONSE"] {
+            assert_eq!(refused_field(None, kind).as_deref(), Some("kind"), "{kind}");
+        }
+        for id in ["evt_response_x", "EVT_RESPONSE_x", "Evt_Response_dlv_1"] {
+            assert_eq!(
+                refused_field(Some(id), "order.created").as_deref(),
+                Some("id"),
+                "{id}"
+            );
+        }
+        for (id, kind) in [
+            (Some("evt_respons"), "webhooks.disabled"),
+            (Some("my_evt_response_1"), "order.webhook"),
+            (None, "webhook"),
+        ] {
+            assert_eq!(refused_field(id, kind), None, "{id:?} {kind}");
+        }
     }
 }

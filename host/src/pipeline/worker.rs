@@ -66,10 +66,9 @@ impl Pipeline {
             delivery.next_attempt_at = Some(plus(now, PAUSED_WAIT));
             return self.finish_claimed(&claim, &delivery);
         }
-        if let Some(schedule) = &webhook.schedule {
-            // Checked when the webhook was saved; a zone that no longer resolves sends now.
-            let opening = schedule.check().ok().and_then(|s| s.next_opening(now));
-            if let Some(opening) = opening {
+        if let Some(schedule) = webhook.checked_schedule() {
+            // Checked and compiled when the webhook was saved (or read at start).
+            if let Some(opening) = schedule.next_opening(now) {
                 delivery.next_attempt_at = Some(opening);
                 return self.finish_claimed(&claim, &delivery);
             }

@@ -144,6 +144,9 @@ fn v4_class(v4: Ipv4Addr) -> Option<&'static str> {
         (100, 64..=127, _) => "shared (carrier-grade NAT)",
         (169, 254, _) => "link-local",
         (192, 0, 0) => "IETF protocol",
+        // Deprecated (RFC 7526): whoever announces it relays to the IPv4 address a 6to4
+        // packet carries, so it is refused like 6to4 addresses themselves.
+        (192, 88, 99) => "6to4 relay (deprecated)",
         (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation",
         (198, 18..=19, _) => "benchmarking",
         (224..=239, _, _) => "multicast",
@@ -253,6 +256,17 @@ mod tests {
             class("2002:0808:0808::1"),
             Some("6to4 (carries an IPv4 address)")
         );
+        // The 6to4 relay anycast range, as IPv4, inside IPv6, and as a 6to4 address (which
+        // carries it).
+        for relay in ["192.88.99.1", "192.88.99.255", "::ffff:192.88.99.1"] {
+            assert_eq!(class(relay), Some("6to4 relay (deprecated)"), "{relay}");
+        }
+        assert_eq!(
+            class("2002:c058:6301::1"),
+            Some("6to4 (carries an IPv4 address)")
+        );
+        assert_eq!(class("192.88.98.1"), None);
+        assert_eq!(class("192.88.100.1"), None);
         assert_eq!(class("fec0::1"), Some("site-local (deprecated)"));
         assert_eq!(class("feff::1"), Some("site-local (deprecated)"));
         assert_eq!(

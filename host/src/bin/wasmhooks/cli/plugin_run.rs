@@ -61,7 +61,7 @@ pub(super) fn run(args: &PluginRunArgs) -> anyhow::Result<ExitCode> {
         method: Method::Post,
         headers: Vec::new(),
         connection_id: None,
-        base_url: None,
+        base: None,
     };
     let ctx = PluginContext {
         config: Arc::from(config_value.to_string()),
