@@ -68,6 +68,9 @@ impl From<Error> for ApiError {
             Error::Json(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::Busy(_) => {
+                return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message).retry_after(1)
+            }
             Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Error::Module(ValidationError::NotWasm | ValidationError::CoreModule) => {
                 (StatusCode::BAD_REQUEST, "invalid_module")

@@ -88,7 +88,7 @@ impl Catalog {
             .into_iter()
             .map(|c| (c.id.clone(), Arc::new(c)))
             .collect();
-        Ok(Catalog {
+        let catalog = Catalog {
             config,
             store,
             runtime,
@@ -100,7 +100,15 @@ impl Catalog {
             signers: RwLock::default(),
             generation: AtomicU64::new(0),
             wake,
-        })
+        };
+        // Saved before a tenant's webhook had to use a connection shared with its tenant, or
+        // withdrawn since: say so at start, since such a webhook sends nothing.
+        for webhook in catalog.webhooks.read().unwrap().values() {
+            if let Err(withdrawn) = catalog.usable_connection(webhook) {
+                tracing::warn!(webhook = %webhook.id, "its deliveries wait: {withdrawn}");
+            }
+        }
+        Ok(catalog)
     }
 
     /// Now, by the host's clock.

@@ -10,6 +10,7 @@ pub mod dry_run;
 pub mod endpoints;
 mod evaluation;
 mod follow_ups;
+mod gate;
 mod ingest;
 mod outcome;
 mod replay;
@@ -17,6 +18,7 @@ pub mod retry;
 mod scheduler;
 mod send;
 mod staging;
+mod walks;
 mod worker;
 
 use std::collections::HashMap;
@@ -70,6 +72,8 @@ pub struct Pipeline {
     holder: u64,
     /// Due deliveries staged per endpoint, and the sweep of the queue.
     staging: Mutex<staging::Staging>,
+    /// Walks of the delivery table under way (lists, recover).
+    walks: walks::Walks,
 }
 
 impl Pipeline {
@@ -132,6 +136,7 @@ impl Pipeline {
             in_flight: Mutex::new(HashMap::new()),
             holder: rand::random(),
             staging: Mutex::default(),
+            walks: walks::Walks::default(),
         })
     }
 

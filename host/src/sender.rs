@@ -24,10 +24,6 @@ pub enum TransportError {
     /// The request would take a connection's credentials outside its base URL.
     #[error("not sent: {0}")]
     OutsideConnection(String),
-    /// The host held the request back (its webhook is gone, or may no longer use its
-    /// connection).
-    #[error("not sent: {0}")]
-    NotSent(String),
     /// The connection's CA certificate does not load.
     #[error("connection ca_certificate {0}")]
     CaCertificate(String),

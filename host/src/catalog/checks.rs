@@ -168,5 +168,33 @@ pub fn check_url(url: &str, max_len: usize) -> Result<(), Error> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(Error::invalid("url", "must have a host"));
     }
+    // A URL is stored with every request and shown with every delivery, and would keep its
+    // credentials after a rotation or a withdrawal: they belong in a connection's `auth`.
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(Error::invalid(
+            "url",
+            "carries credentials (`user:password@`); give them as a connection's `auth` \
+             (basic), where they are sealed, never shown, and added only when sending",
+        ));
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_with_credentials_is_refused_without_echoing_them() {
+        for url in [
+            "https://user:hunter2@erp.example/api",
+            "https://user@erp.example/api",
+            "https://:hunter2@erp.example/api",
+        ] {
+            let refused = check_url(url, 2048).unwrap_err().to_string();
+            assert!(refused.contains("carries credentials"), "{url}: {refused}");
+            assert!(!refused.contains("hunter2"), "{refused}");
+        }
+        assert!(check_url("https://erp.example/api?user=x", 2048).is_ok());
+    }
 }

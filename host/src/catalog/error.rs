@@ -28,6 +28,9 @@ pub enum Error {
     /// The request conflicts with the current state (e.g. deleting a module in use).
     #[error("{0}")]
     Conflict(String),
+    /// The caller already has such work under way; it may try again once that has answered.
+    #[error("{0}")]
+    Busy(String),
     /// Too large.
     #[error("{what} is {size} {unit}; the limit is {limit}")]
     TooLarge {

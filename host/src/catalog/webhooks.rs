@@ -85,6 +85,16 @@ impl Catalog {
         self.save_webhook(webhook)
     }
 
+    /// Pauses a webhook: it takes no more events and sends nothing. Allowed whatever else
+    /// holds it back (a connection withdrawn from its tenant), since pausing sends nothing.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or a storage error.
+    pub fn pause_webhook(&self, id: &WebhookId) -> Result<Webhook, Error> {
+        self.change_webhook(id, |w| w.enabled = false)?;
+        self.webhook(id)
+    }
+
     /// Deletes a webhook. Its pending deliveries end as failed ("the webhook was deleted");
     /// its history stays readable.
     ///

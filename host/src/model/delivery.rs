@@ -49,14 +49,17 @@ pub struct OutboundRequest {
     pub method: Method,
     /// Full URL.
     pub url: String,
-    /// Headers in sending order.
+    /// The headers its plugin set (and `webhook-id`), in sending order; the connection's
+    /// and the webhook's own headers go before them, added when sending.
     pub headers: Vec<(String, String)>,
     /// Body bytes.
     #[serde(with = "body_serde")]
     pub body: Vec<u8>,
     /// Whether the receiver already accepted it (later rounds skip it).
     pub delivered: bool,
-    /// The connection whose authentication is added when sending (never stored here).
+    /// The connection it was built for. It is sent only while its webhook still sends
+    /// through that connection, whose auth, headers and signing secret are added then, as
+    /// they are then; a replay under another builds it anew.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_id: Option<ConnectionId>,
 }

@@ -3,8 +3,6 @@
 use super::listing::{ListQuery, Page, SortValue};
 use super::{Error, Pipeline};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis, WebhookId};
-use crate::storage::{Scanned, StorageError};
-use tokio::sync::Semaphore;
 
 /// Filters for listing deliveries.
 #[derive(Debug, Default, Clone)]
@@ -38,33 +36,7 @@ impl DeliveryFilter {
     }
 }
 
-/// How many walks of the delivery table may run at once in this process. Each runs on a
-/// blocking thread, never the async runtime's (a walk may read every stored delivery), and a
-/// flood of list or recover calls queues here instead of taking every core from delivery.
-static TABLE_WALKS: Semaphore = Semaphore::const_new(2);
-
 impl Pipeline {
-    /// Walks the deliveries like [`crate::storage::Deliveries::scan_deliveries`], off the
-    /// async threads and within [`TABLE_WALKS`].
-    ///
-    /// # Errors
-    /// A storage error.
-    pub(super) async fn walk_deliveries(
-        &self,
-        descending: bool,
-        mut keep: impl FnMut(&Delivery) -> bool + Send + 'static,
-        limit: usize,
-    ) -> Result<Scanned, StorageError> {
-        let _turn = TABLE_WALKS
-            .acquire()
-            .await
-            .expect("the walk semaphore is never closed");
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.scan_deliveries(descending, &mut keep, limit))
-            .await
-            .expect("a delivery walk does not panic")
-    }
-
     /// One event of `tenant` (event ids are unique per tenant; `None`: an event without a
     /// tenant).
     ///
@@ -119,6 +91,7 @@ impl Pipeline {
         let walked_query = query.clone();
         let scanned = self
             .walk_deliveries(
+                tenant,
                 query.descending,
                 move |d: &Delivery| {
                     filter.keeps(d) && walked_query.is_after_cursor(&position(d), d.id.as_str())

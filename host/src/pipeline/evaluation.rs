@@ -66,15 +66,16 @@ impl Pipeline {
             delivery.next_attempt_at = Some(self.now());
             return Ok(None);
         }
-        if self
-            .webhook_cached(&webhook.id)
-            .is_none_or(|w| self.held_back(&w))
-        {
-            // Disabled, deleted or its connection withdrawn while it waited for its turn: it
-            // waits like any delivery of a paused webhook.
-            delivery.next_attempt_at = Some(plus(self.now(), PAUSED_WAIT));
-            return Ok(None);
-        }
+        // The webhook as it is after the wait: disabled, deleted, moved to another tenant or
+        // its connection withdrawn meanwhile, the delivery waits like a paused webhook's.
+        let fresh = match self.webhook_cached(&webhook.id) {
+            Some(w) if w.tenant == delivery.tenant && !self.held_back(&w) => w,
+            _ => {
+                delivery.next_attempt_at = Some(plus(self.now(), PAUSED_WAIT));
+                return Ok(None);
+            }
+        };
+        let webhook: &Webhook = &fresh;
         let ctx = self.plugin_context(webhook);
         let judged = judges_webhook(webhook, delivery);
         let evaluation = self

@@ -4,6 +4,7 @@
 //! plugin error) the webhook's current plugin evaluates the event afresh.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -67,24 +68,37 @@ impl Pipeline {
         }
         // Only what was recorded under the webhook's present tenant: a webhook moved from
         // another tenant never replays that tenant's events to its new owner.
-        let (id, tenant) = (webhook.id.clone(), webhook.tenant.clone());
-        let mine = move |d: &Delivery| d.webhook_id == id && d.tenant == tenant;
-        let all = self
-            .walk_deliveries(false, mine, usize::MAX)
+        if let Err(withdrawn) = self.catalog.usable_connection(&webhook) {
+            return Err(Error::Conflict(format!(
+                "webhook {webhook_id} sends nothing now: {withdrawn}"
+            )));
+        }
+        // The walk keeps only what may be replayed (and notes what was replayed already).
+        let (id, tenant, since) = (webhook.id.clone(), webhook.tenant.clone(), input.since);
+        let replayed: Arc<Mutex<HashSet<DeliveryId>>> = Arc::default();
+        let seen = replayed.clone();
+        let candidate = move |d: &Delivery| {
+            if d.webhook_id != id || d.tenant != tenant {
+                return false;
+            }
+            if let Some(original) = &d.replay_of {
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(original.clone());
+            }
+            matches!(d.status, DeliveryStatus::Failed | DeliveryStatus::Dead)
+                && d.created_at >= since
+                && d.created_at < until
+        };
+        let candidates = self
+            .walk_deliveries(webhook.tenant.as_deref(), false, candidate, usize::MAX)
             .await?
             .deliveries;
-        let replayed: HashSet<&DeliveryId> =
-            all.iter().filter_map(|d| d.replay_of.as_ref()).collect();
-        let originals: Vec<Delivery> = all
-            .iter()
-            .filter(|d| {
-                matches!(d.status, DeliveryStatus::Failed | DeliveryStatus::Dead)
-                    && d.created_at >= input.since
-                    && d.created_at < until
-                    && !replayed.contains(&d.id)
-            })
+        let replayed = replayed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let originals: Vec<Delivery> = candidates
+            .into_iter()
+            .filter(|d| !replayed.contains(&d.id))
             .take(MAX_RECOVER)
-            .cloned()
             .collect();
         let mut out = Vec::with_capacity(originals.len());
         for original in originals {
@@ -111,6 +125,12 @@ impl Pipeline {
                 original.webhook_id
             )));
         };
+        if let Err(withdrawn) = self.catalog.usable_connection(&webhook) {
+            return Err(Error::Conflict(format!(
+                "webhook {} sends nothing now: {withdrawn}",
+                original.webhook_id
+            )));
+        }
         if webhook.tenant != original.tenant {
             return Err(Error::Conflict(format!(
                 "the webhook {} of delivery {id} has moved to another tenant since; a delivery \
@@ -119,12 +139,21 @@ impl Pipeline {
             )));
         }
         let now = self.now();
-        let requests = original.requests.map(|mut requests| {
-            for r in &mut requests {
-                r.delivered = false;
-            }
-            requests
-        });
+        // Requests built through another connection than the webhook's now are built anew
+        // by its plugin: a request is only ever sent through the connection it was built for.
+        let requests = original
+            .requests
+            .filter(|requests| {
+                requests
+                    .iter()
+                    .all(|r| r.connection_id == webhook.connection_id)
+            })
+            .map(|mut requests| {
+                for r in &mut requests {
+                    r.delivered = false;
+                }
+                requests
+            });
         let replay = Delivery {
             id: DeliveryId::generate(),
             webhook_id: original.webhook_id,

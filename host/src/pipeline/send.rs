@@ -1,15 +1,17 @@
 //! Sending a round: each request not yet accepted, signed, through the sender; the
 //! response hook and `outcome` decide what each attempt means.
 
+use super::gate::Gate;
 use super::outcome::{self, RetryRules, Round, RoundFacts};
+use super::worker::{plus, PAUSED_WAIT};
 use super::Pipeline;
 use crate::catalog::request;
 use crate::model::{
-    Attempt, AttemptOutcome, Delivery, LogLine, Millis, OutboundRequest, ResponsePath, Webhook,
+    Attempt, AttemptOutcome, Connection, Delivery, LogLine, Millis, OutboundRequest, ResponsePath,
+    Webhook,
 };
 use crate::runtime::{wit, Call};
-use crate::sender::{SendResult, TransportError};
-use std::time::Duration;
+use crate::sender::SendResult;
 
 impl Pipeline {
     /// Sends every request not yet accepted and decides the delivery's next state.
@@ -29,12 +31,35 @@ impl Pipeline {
             .and_then(|r| r.path.as_deref())
             .and_then(|p| ResponsePath::parse(p).ok());
         let mut requests = delivery.requests.take().unwrap_or_default();
+        let (mut held, mut attempted) = (false, false);
         for (index, request) in requests.iter_mut().enumerate() {
             if request.delivered {
                 continue;
             }
             let started_at = self.now();
-            let result = self.send_signed(webhook, request, started_at).await;
+            let (current, connection) = match self.gate(delivery, request) {
+                Gate::Open {
+                    webhook,
+                    connection,
+                } => (webhook, connection),
+                Gate::Held => {
+                    held = true;
+                    break;
+                }
+                Gate::Stale(why) => {
+                    delivery
+                        .attempts
+                        .push(unsent(round, index, started_at, why.clone()));
+                    attempted = true;
+                    facts.failed_for_good = Some(why);
+                    continue;
+                }
+            };
+            attempted = true;
+            let webhook: &Webhook = &current;
+            let result = self
+                .send_signed(webhook, connection.as_deref(), request, started_at)
+                .await;
             let mut judged = outcome::judge(result.status, result.error.as_ref(), |s| {
                 webhook.is_success(s)
             });
@@ -108,6 +133,16 @@ impl Pipeline {
                 }
             }
         }
+        if held {
+            // Nothing more goes out until the webhook may send again; the worker looks then.
+            delivery.requests = Some(requests);
+            if !attempted {
+                delivery.rounds -= 1;
+            }
+            delivery.next_attempt_at = Some(plus(self.now(), PAUSED_WAIT));
+            delivery.updated_at = self.now();
+            return report;
+        }
         facts.all_delivered = requests.iter().all(|r| r.delivered);
         delivery.requests = Some(requests);
         let delivery_config = &self.config.delivery;
@@ -125,31 +160,18 @@ impl Pipeline {
     }
 
     /// Sends one request with its Standard Webhooks timestamp and signature for `at`, through
-    /// the webhook's connection and with its headers as they are now: a stored request keeps
-    /// only what its plugin built, never a connection or its credentials. A webhook whose
-    /// tenant may no longer use its connection sends nothing (an attempt that says why).
+    /// `webhook` and `connection` as they are now (see [`Pipeline::gate`]): a stored request
+    /// keeps only what its plugin built; the connection's and webhook's headers, auth and
+    /// signing secret are added here.
     pub(super) async fn send_signed(
         &self,
         webhook: &Webhook,
+        connection: Option<&Connection>,
         request: &OutboundRequest,
         at: Millis,
     ) -> SendResult {
-        let not_sent = |why: String| SendResult {
-            status: None,
-            error: Some(TransportError::NotSent(why)),
-            headers: Vec::new(),
-            body: Vec::new(),
-            duration: Duration::ZERO,
-        };
-        let Some(webhook) = self.webhook_cached(&webhook.id) else {
-            return not_sent("the webhook was deleted".into());
-        };
-        let connection = match self.catalog.usable_connection(&webhook) {
-            Ok(connection) => connection,
-            Err(withdrawn) => return not_sent(withdrawn.to_string()),
-        };
         let headers = request::compose_headers(
-            &request::base_headers(&webhook, connection.as_deref()),
+            &request::base_headers(webhook, connection),
             &request.headers,
         );
         let timestamp = (at.as_i64() / 1000).to_string();
@@ -159,8 +181,8 @@ impl Pipeline {
             .find(|(name, _)| name == "webhook-id")
             .map_or("", |(_, value)| value.as_str());
         let signature = self.catalog.signature(
-            &webhook,
-            connection.as_deref(),
+            webhook,
+            connection,
             message_id,
             at.as_i64() / 1000,
             &request.body,
@@ -170,14 +192,23 @@ impl Pipeline {
             extra.push(("webhook-signature", signature.as_str()));
         }
         self.sender
-            .send(
-                request,
-                &headers,
-                &extra,
-                connection.as_deref(),
-                webhook.timeout,
-            )
+            .send(request, &headers, &extra, connection, webhook.timeout)
             .await
+    }
+}
+
+/// The attempt recorded for a request the host would not send as stored.
+fn unsent(round: u32, index: usize, at: Millis, why: String) -> Attempt {
+    Attempt {
+        number: round,
+        request_index: index as u32,
+        started_at: at,
+        duration_ms: 0,
+        status: None,
+        error: Some(why),
+        response_headers: Vec::new(),
+        response_body: String::new(),
+        outcome: AttemptOutcome::Fail,
     }
 }
 

@@ -353,6 +353,9 @@ pub async fn disable_webhook(
 
 fn set_enabled(p: &AppState, who: &Principal, id: &str, enabled: bool) -> ApiResult<Response> {
     visible_webhook(p, who, id)?;
+    if !enabled {
+        return Ok(Json(p.catalog().pause_webhook(&webhook_id(id)?)?).into_response());
+    }
     let input = WebhookInput {
         enabled: Some(enabled),
         ..WebhookInput::default()
