@@ -241,6 +241,8 @@ pub struct ApiConfig {
     /// Addresses or networks (`["10.0.0.5", "10.1.0.0/16"]`) exempt from
     /// `max_connections_per_address`: proxies and load balancers carrying many clients.
     pub trusted_proxies: Vec<String>,
+    /// Requests one connection carries; the answer to the last says `Connection: close`.
+    pub max_requests_per_connection: usize,
     /// Longest wait for a request's headers, from the connection's start or from the first
     /// byte of a request on a kept-alive connection.
     #[serde(with = "duration_text")]
@@ -403,6 +405,7 @@ impl Default for ApiConfig {
             max_connections: 1024,
             max_connections_per_address: 64,
             trusted_proxies: Vec::new(),
+            max_requests_per_connection: 1000,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),

@@ -1,6 +1,7 @@
 //! The API listener against idle, slow and hoarding sockets, on a process with few file
 //! descriptors: idle connections are closed, slow headers and bodies time out, one address
-//! holds at most its cap, and a new client is served while the slots are full.
+//! holds at most its cap, a connection carries a bounded number of requests, and a new client
+//! is served while the slots are full.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -362,4 +363,21 @@ async fn stalled_bodies_are_cut_off_and_do_not_lock_out_a_new_client() {
         );
         assert!(after < body_timeout * 3, "closed only after {after:?}");
     }
+}
+
+/// A connection carries at most `api.max_requests_per_connection` requests: the last answer
+/// says `Connection: close`, and the server closes it.
+#[tokio::test]
+async fn a_connection_closes_after_its_last_allowed_request() {
+    let (_tmp, dir) = data_dir();
+    let settings = [("WASMHOOKS_API__MAX_REQUESTS_PER_CONNECTION", "3")];
+    let server = Server::start(&dir, &settings).await;
+    let mut stream = TcpStream::connect(address(&server)).await.unwrap();
+    for request in 1..=3 {
+        let answer = healthz(&mut stream).await.expect("an answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let closes = answer.to_ascii_lowercase().contains("connection: close");
+        assert_eq!(closes, request == 3, "request {request}: {answer}");
+    }
+    assert_eq!(until_closed(&mut stream).await, "");
 }

@@ -11,7 +11,8 @@
 //! - A request's headers must arrive within `api.header_timeout` (hyper's header read
 //!   timeout), and its body within `api.body_timeout` of them (then 408).
 //! - A connection with no request in progress for `api.idle_timeout` is closed, whether it
-//!   never sent a byte or sits kept-alive between requests.
+//!   never sent a byte or sits kept-alive between requests; one that has carried
+//!   `api.max_requests_per_connection` requests is closed after the last answer.
 //! - A failed accept (EMFILE when the process is out of descriptors) is logged and retried
 //!   after a short pause; the loop never ends on it.
 

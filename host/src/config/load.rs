@@ -178,6 +178,10 @@ impl Config {
                 "api.max_connections_per_address",
                 self.api.max_connections_per_address,
             ),
+            (
+                "api.max_requests_per_connection",
+                self.api.max_requests_per_connection,
+            ),
         ] {
             if value == 0 {
                 return invalid(key, "must be at least 1");

@@ -1,11 +1,14 @@
-//! One client connection: hyper serves it with the API's router, under its timeouts, and
-//! closes it when it sits idle, when the registry asks, or when the host stops.
+//! One client connection: hyper serves it with the API's router, under its timeouts and its
+//! cap on requests, and closes it when it sits idle, when the registry asks, or when the host
+//! stops.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::Router;
+use http::header::{HeaderValue, CONNECTION};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -30,6 +33,8 @@ pub struct Connection {
     pub body_timeout: Duration,
     /// `api.idle_timeout`.
     pub idle_timeout: Duration,
+    /// `api.max_requests_per_connection`.
+    pub max_requests: usize,
 }
 
 impl Connection {
@@ -40,10 +45,12 @@ impl Connection {
             header_timeout: api.header_timeout,
             body_timeout: api.body_timeout,
             idle_timeout: api.idle_timeout,
+            max_requests: api.max_requests_per_connection,
         }
     }
 
-    /// Serves the connection until it closes: by the client, idle for `idle_timeout`, asked by the registry (through `activity`), or when `stopping`
+    /// Serves the connection until it closes: by the client, after its last allowed request,
+    /// idle for `idle_timeout`, asked by the registry (through `activity`), or when `stopping`
     /// turns true (then a request in progress finishes first).
     pub async fn run(
         self,
@@ -52,18 +59,29 @@ impl Connection {
         mut stopping: watch::Receiver<bool>,
     ) {
         let body_timeout = self.body_timeout;
+        let max_requests = self.max_requests;
         let router = self.router;
+        let served = AtomicUsize::new(0);
         let service_activity = activity.clone();
         let service =
             hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let handling = service_activity.start_request();
+                let last = served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests;
                 let body_activity = service_activity.clone();
                 let request = request
                     .map(|body| Body::new(TimedBody::new(body, body_timeout, body_activity)));
                 let mut router = router.clone();
                 async move {
-                    let response = router.call(request).await;
+                    let mut response = router.call(request).await;
                     drop(handling);
+                    if let Ok(response) = &mut response {
+                        if last {
+                            // hyper closes the connection after a response that says so.
+                            response
+                                .headers_mut()
+                                .insert(CONNECTION, HeaderValue::from_static("close"));
+                        }
+                    }
                     response
                 }
             });
