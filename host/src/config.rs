@@ -228,9 +228,21 @@ pub struct ApiConfig {
     /// start generates an admin key, stores its hash and prints it once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_key: Option<crate::model::Secret>,
-    /// Most client connections open at once; further ones wait in the listen backlog. Never
-    /// more than three quarters of the open-file limit, so the store keeps descriptors.
+    /// Most client connections open at once. Never more than three quarters of the
+    /// open-file limit, so the store keeps descriptors. When they are all open, a new client
+    /// takes the slot of the connection whose client has been silent the longest among those
+    /// idle or waiting for a request body; it waits in the listen backlog only while the host
+    /// is working on every open connection.
     pub max_connections: usize,
+    /// Most connections one client holds: one IPv4 address, or one IPv6 /64. When it opens
+    /// another, its own connection idle the longest is closed; when none of them is idle,
+    /// the new one is refused (429).
+    pub max_connections_per_address: usize,
+    /// Addresses or networks (`["10.0.0.5", "10.1.0.0/16"]`) exempt from
+    /// `max_connections_per_address`: proxies and load balancers carrying many clients.
+    pub trusted_proxies: Vec<String>,
+    /// Requests one connection carries; the answer to the last says `Connection: close`.
+    pub max_requests_per_connection: usize,
     /// Longest wait for a request's headers, from the connection's start or from the first
     /// byte of a request on a kept-alive connection.
     #[serde(with = "duration_text")]
@@ -391,6 +403,9 @@ impl Default for ApiConfig {
             max_batch_events: 1000,
             admin_key: None,
             max_connections: 1024,
+            max_connections_per_address: 64,
+            trusted_proxies: Vec::new(),
+            max_requests_per_connection: 1000,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),

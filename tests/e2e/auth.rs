@@ -10,6 +10,54 @@ fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
+/// Issue 24: `/healthz` answers anyone with its status only; the figures behind it are
+/// host-wide (free bytes, queue depth, evaluation time of every tenant), a side channel on the
+/// others' traffic, so only an admin key bound to no tenant sees them.
+#[tokio::test]
+async fn healthz_shows_its_figures_only_to_an_admin_key_without_a_tenant() {
+    let (_tmp, dir) = data_dir();
+    let server = Server::start(&dir, &[]).await;
+    let url = format!("{}/healthz", server.url);
+    let status_only = json!({ "status": "ok" });
+
+    let (status, health) = server.send(reqwest::Client::new().get(&url)).await;
+    assert_eq!((status, &health), (StatusCode::OK, &status_only));
+
+    let (status, health) = server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["status"], "ok");
+    for figure in ["queue", "storage", "plugins", "fair_share"] {
+        assert!(health.get(figure).is_some(), "{figure} missing: {health}");
+    }
+
+    for (role, tenant) in [
+        ("admin", Some("acme")),
+        ("emitter", None),
+        ("emitter", Some("acme")),
+    ] {
+        let (_, key) = server
+            .post_json(
+                "/v1/keys",
+                &json!({ "name": "k", "role": role, "tenant": tenant }),
+            )
+            .await;
+        let holder = client_with_key(key["key"].as_str().unwrap());
+        let (status, health) = server.send(holder.get(&url)).await;
+        assert_eq!(
+            (status, &health),
+            (StatusCode::OK, &status_only),
+            "{role} {tenant:?}"
+        );
+    }
+
+    // A key that is no key is told so, as on every route.
+    let (status, body) = server.send(client_with_key("not-a-key").get(&url)).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+}
+
 #[tokio::test]
 async fn missing_wrong_and_revoked_keys_get_401_and_wrong_roles_403() {
     let (_tmp, dir) = data_dir();

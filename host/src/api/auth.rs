@@ -2,12 +2,13 @@
 //! `Authorization: Bearer <key>`; the route's [`Access`] says which keys may call it.
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
 use crate::model::Role;
+use crate::pipeline::{Pipeline, Principal};
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,21 +33,49 @@ pub async fn require(
     if access == Access::Public {
         return next.run(request).await;
     }
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or(""));
-    let token = match header {
-        None => return unauthorized("missing API key: send `Authorization: Bearer <key>`"),
-        Some(value) => match value.strip_prefix("Bearer ") {
-            Some(token) if !token.trim().is_empty() => token.trim().to_string(),
-            _ => return unauthorized("the Authorization header must be `Bearer <key>`"),
-        },
+    let principal = match caller(&pipeline, request.headers()) {
+        Ok(Some(principal)) => principal,
+        Ok(None) => return unauthorized("missing API key: send `Authorization: Bearer <key>`"),
+        Err(refused) => return refused.into_response(),
     };
-    let Some(principal) = pipeline.catalog().authenticate(&token) else {
-        return unauthorized("invalid or revoked API key");
+    if let Err(message) = allowed(&principal, access) {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// Whether the caller of a public route holds a key that [`Access::Root`] lets in: what
+/// public routes show only to such keys (host-wide figures) depends on it.
+///
+/// # Errors
+/// The 401 every route answers for a malformed `Authorization` header or an invalid key.
+pub fn is_root(pipeline: &Pipeline, headers: &HeaderMap) -> Result<bool, Unauthorized> {
+    Ok(caller(pipeline, headers)?.is_some_and(|p| allowed(&p, Access::Root).is_ok()))
+}
+
+/// The key's holder; `None` when the request has no `Authorization` header.
+fn caller(pipeline: &Pipeline, headers: &HeaderMap) -> Result<Option<Principal>, Unauthorized> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
     };
-    let allowed = match access {
+    let token = match value.to_str().unwrap_or("").strip_prefix("Bearer ") {
+        Some(token) if !token.trim().is_empty() => token.trim(),
+        _ => {
+            return Err(Unauthorized(
+                "the Authorization header must be `Bearer <key>`",
+            ))
+        }
+    };
+    match pipeline.catalog().authenticate(token) {
+        Some(principal) => Ok(Some(principal)),
+        None => Err(Unauthorized("invalid or revoked API key")),
+    }
+}
+
+/// Whether `principal` may call a route with `access`; if not, why.
+fn allowed(principal: &Principal, access: Access) -> Result<(), String> {
+    match access {
         Access::Public | Access::Emitter => Ok(()),
         Access::Admin if principal.role == Role::Admin => Ok(()),
         Access::Root if principal.role == Role::Admin && principal.tenant.is_none() => Ok(()),
@@ -58,12 +87,17 @@ pub async fn require(
             "this key has the emitter role (emit and read events); this route needs an admin key"
                 .to_string(),
         ),
-    };
-    if let Err(message) = allowed {
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
     }
-    request.extensions_mut().insert(principal);
-    next.run(request).await
+}
+
+/// A key that is malformed or not valid: why (a 401).
+#[derive(Debug)]
+pub struct Unauthorized(&'static str);
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        unauthorized(self.0)
+    }
 }
 
 fn unauthorized(message: &str) -> Response {

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{list_query, parse_json, ApiError, ApiResult, AppState, OPENAPI};
 use crate::pipeline::{Error, KeyInput};
@@ -72,13 +72,25 @@ fn not_found(kind: &'static str, id: &str) -> ApiError {
 
 // ----- public -----
 
-pub async fn healthz(State(p): State<AppState>) -> Json<Value> {
+/// Status for anyone; the figures behind it only for an admin key bound to no tenant. They
+/// are host-wide (queue depth, free bytes, evaluation time of every tenant together), so
+/// watching them would tell anyone else, a tenant's key included, how busy the others are.
+pub async fn healthz(
+    State(p): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, super::auth::Unauthorized> {
+    let details = super::auth::is_root(&p, &headers)?;
+    let space = p.storage().space_status();
+    // Degraded: deliveries go on, new events are refused (storage.reason says why).
+    let status = if space.accepting { "ok" } else { "degraded" };
+    if !details {
+        return Ok(Json(json!({ "status": status })).into_response());
+    }
     let runtime = p.runtime();
     let allocator = match runtime.allocator() {
         Allocator::Pooling => "pooling",
         Allocator::OnDemand => "on-demand",
     };
-    let space = p.storage().space_status();
     let mut storage = json!({
         "free_bytes": space.free,
         "floor_bytes": space.floor,
@@ -91,15 +103,15 @@ pub async fn healthz(State(p): State<AppState>) -> Json<Value> {
         }
         .to_string());
     }
-    Json(json!({
-        // Degraded: deliveries go on, new events are refused (storage.reason says why).
-        "status": if space.accepting { "ok" } else { "degraded" },
+    Ok(Json(json!({
+        "status": status,
         "queue": p.storage().queue_len(),
         "storage": storage,
         "plugins": { "allocator": allocator, "evaluation_slots": runtime.slots() },
         // Totals only: which webhook uses what is for keys that may see it (`/v1/usage`).
         "fair_share": p.fair_share().summary(),
     }))
+    .into_response())
 }
 
 pub async fn openapi() -> Response {

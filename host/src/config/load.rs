@@ -172,8 +172,29 @@ impl Config {
         if !(0.0..=50.0).contains(&self.store.min_free_percent) {
             return invalid("store.min_free_percent", "must be 0 to 50");
         }
-        if self.api.max_connections == 0 {
-            return invalid("api.max_connections", "must be at least 1");
+        for (key, value) in [
+            ("api.max_connections", self.api.max_connections),
+            (
+                "api.max_connections_per_address",
+                self.api.max_connections_per_address,
+            ),
+            (
+                "api.max_requests_per_connection",
+                self.api.max_requests_per_connection,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if let Some(Err(message)) = self
+            .api
+            .trusted_proxies
+            .iter()
+            .map(|t| parse_network(t))
+            .find(Result::is_err)
+        {
+            return invalid("api.trusted_proxies", &message.0);
         }
         for (key, timeout) in [
             ("api.header_timeout", self.api.header_timeout),
@@ -358,5 +379,26 @@ mod tests {
         );
         let err = Config::load(None, env(&[("WASMHOOKS_PLUGIN__STACK_BYTES", "16")])).unwrap_err();
         assert!(err.to_string().contains("plugin.stack_bytes"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("WASMHOOKS_API__MAX_CONNECTIONS_PER_ADDRESS", "0")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("api.max_connections_per_address"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            env(&[(
+                "WASMHOOKS_API__TRUSTED_PROXIES",
+                r#"["10.0.0.0/8", "proxy"]"#,
+            )]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("api.trusted_proxies") && err.to_string().contains("proxy"),
+            "{err}"
+        );
     }
 }

@@ -4,6 +4,7 @@ use clap::Parser;
 
 mod cli;
 mod demo;
+mod logging;
 
 /// mimalloc instead of glibc's malloc: the host allocates per request and per delivery from
 /// many threads, where glibc's arenas cost ~9% of its CPU under load (BENCHMARKS.md).
@@ -27,13 +28,7 @@ fn return_freed_memory_promptly() {
 
 fn main() -> std::process::ExitCode {
     return_freed_memory_promptly();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    logging::init();
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(code) => code,
