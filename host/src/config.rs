@@ -125,6 +125,10 @@ pub struct DeliveryConfig {
     /// disabled when another delivery dies (a `webhook.disabled` event is emitted).
     #[serde(with = "duration_text")]
     pub auto_disable_after: Duration,
+    /// On shutdown (SIGTERM, Ctrl-C), how long deliveries in flight get to finish their
+    /// step; those still going are handed back (due again at the next start).
+    #[serde(with = "duration_text")]
+    pub shutdown_grace: Duration,
     /// Networks deliveries may reach although they are loopback, private, link-local,
     /// multicast or metadata addresses (`["10.0.0.0/8", "127.0.0.1"]`). Empty: public
     /// addresses only.
@@ -294,6 +298,7 @@ impl Default for DeliveryConfig {
             slow_down_wait: secs(60),
             signature_overlap: secs(86_400),
             auto_disable_after: secs(5 * 86_400),
+            shutdown_grace: secs(30),
             allowed_destinations: Vec::new(),
         }
     }

@@ -26,6 +26,7 @@ mod response_values;
 mod retries;
 mod sandbox;
 mod secrets;
+mod shutdown;
 mod signing;
 mod ssrf;
 mod standard_webhooks;

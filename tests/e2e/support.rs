@@ -239,6 +239,21 @@ impl Server {
         lines
     }
 
+    /// Sends SIGTERM, waits for the process to exit (at most [`DEADLINE`]) and returns its
+    /// exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("the server is running");
+        let pid = i32::try_from(pid).expect("a pid fits an i32");
+        // SAFETY: kill sends a signal to the process this harness started; it reads no memory.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM");
+        let status = tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("the server to exit after SIGTERM")
+            .expect("wait for the server");
+        let _ = tokio::time::timeout(DEADLINE, self.drain).await;
+        status
+    }
+
     /// Sends a request and returns status and JSON body.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
         let response = request.send().await.expect("request to wasmhooks");

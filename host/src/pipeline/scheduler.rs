@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::staging::{Endpoint, QueueView, Staged};
@@ -24,6 +24,23 @@ const STORAGE_ERROR_WAIT: Duration = Duration::from_secs(5);
 /// How far into a line the scheduler looks for a delivery of a webhook that may start one,
 /// past those of webhooks that may not (throttled, or enough on their way to a turn).
 const LOOK_AHEAD: usize = 64;
+
+/// What the scheduler starts deliveries with: the host-wide slots, and the word to hand
+/// back those in flight at shutdown.
+pub(super) struct Slots {
+    permits: Arc<Semaphore>,
+    hand_back: watch::Receiver<bool>,
+}
+
+/// What a started delivery holds until it ends.
+pub(super) struct Started {
+    /// Its endpoint, freed when it ends.
+    endpoint: Option<Arc<str>>,
+    /// Its host-wide slot.
+    permit: OwnedSemaphorePermit,
+    /// Turns true when the host stops waiting for it.
+    hand_back: watch::Receiver<bool>,
+}
 
 /// From now until `at`, at least a millisecond.
 fn until(at: std::time::Instant) -> Duration {
@@ -64,15 +81,22 @@ impl QueueView for StoreView<'_> {
 }
 
 impl Pipeline {
-    /// Runs the scheduler until `shutdown` turns true; then waits for deliveries in flight.
+    /// Runs the scheduler until `shutdown` turns true; then gives deliveries in flight
+    /// `delivery.shutdown_grace` to finish their step, and hands back those still going
+    /// (their stored state is as before the step: they are due again at the next start).
     pub async fn run_scheduler(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let max = self.config.delivery.max_in_flight;
         let permits = Arc::new(Semaphore::new(max));
+        let (hand_back, handed_back) = watch::channel(false);
+        let slots = Slots {
+            permits: permits.clone(),
+            hand_back: handed_back,
+        };
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let wait = match self.start_due(&permits) {
+            let wait = match self.start_due(&slots) {
                 Ok(wait) => wait,
                 Err(e) => {
                     tracing::error!("scheduler: reading the queue failed: {e}");
@@ -87,7 +111,21 @@ impl Pipeline {
         }
         // Let deliveries in flight finish their current step; none waits for a turn.
         self.fair.close();
-        let _ = permits.acquire_many(max as u32).await;
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        let grace = self.config.delivery.shutdown_grace;
+        if tokio::time::timeout(grace, permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            let going = max - permits.available_permits();
+            tracing::warn!(
+                going,
+                "deliveries still in flight after delivery.shutdown_grace are handed back; \
+                 they are sent again after the next start"
+            );
+            hand_back.send_replace(true);
+            let _ = permits.acquire_many(all).await;
+        }
     }
 
     /// Starts every due delivery there is room for — overall (`max_in_flight`) and at its
@@ -97,10 +135,8 @@ impl Pipeline {
     /// endpoint (see [`staging`](super::staging): each queue entry is read about once, however
     /// long the backlog). Starting work then pops from the lines of endpoints with room, so
     /// one slow receiver holds back only its own line.
-    pub(super) fn start_due(
-        self: &Arc<Self>,
-        permits: &Arc<Semaphore>,
-    ) -> Result<Duration, StorageError> {
+    pub(super) fn start_due(self: &Arc<Self>, slots: &Slots) -> Result<Duration, StorageError> {
+        let permits = &slots.permits;
         let generation = self.catalog.generation();
         if self.endpoints_generation.swap(generation, Ordering::AcqRel) != generation {
             // A webhook or connection changed: endpoints are worked out anew.
@@ -149,7 +185,12 @@ impl Pipeline {
                 let (due, id, _) = line.remove(index).expect("found in the line");
                 self.in_flight.lock().unwrap().insert(id.clone(), due);
                 started.push(id.clone());
-                self.spawn_delivery(due, id, endpoint.clone(), permit, admission);
+                let started = Started {
+                    endpoint: endpoint.clone(),
+                    permit,
+                    hand_back: slots.hand_back.clone(),
+                };
+                self.spawn_delivery(due, id, started, admission);
             }
         }
         staging.started(&started);
@@ -190,22 +231,34 @@ impl Pipeline {
     }
 
     /// Runs one delivery on its own task; when it ends, frees its endpoint and permit and
-    /// wakes the scheduler.
+    /// wakes the scheduler. Handed back at shutdown, its step is dropped where it waits: what
+    /// it had not written stays as it was, due again.
     pub(super) fn spawn_delivery(
         self: &Arc<Self>,
         due: Millis,
         id: DeliveryId,
-        endpoint: Option<Arc<str>>,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        started: Started,
         admission: Option<Admission>,
     ) {
         let this = self.clone();
         let span = tracing::info_span!("wasmhooks.delivery", delivery = %id);
+        let Started {
+            endpoint,
+            permit,
+            mut hand_back,
+        } = started;
         tokio::spawn(
             async move {
-                if let Err(e) = this.process(due, &id, admission).await {
-                    tracing::error!("storage error, will retry: {e}");
-                    this.postpone(due, &id);
+                tokio::select! {
+                    result = this.process(due, &id, admission) => {
+                        if let Err(e) = result {
+                            tracing::error!("storage error, will retry: {e}");
+                            this.postpone(due, &id);
+                        }
+                    }
+                    _ = hand_back.wait_for(|now| *now) => {
+                        tracing::info!(delivery = %id, "handed back at shutdown");
+                    }
                 }
                 if let Some(endpoint) = &endpoint {
                     this.endpoints.finish(endpoint);
