@@ -157,3 +157,67 @@ async fn in_order_webhooks_deliver_one_entity_strictly_in_sequence() {
         assert_eq!(server.final_delivery(id).await["status"], "delivered");
     }
 }
+
+#[tokio::test]
+async fn eight_hung_endpoints_cannot_take_every_slot_from_a_healthy_one() {
+    let (_tmp, dir) = data_dir();
+    // Eight endpoints that never answer could hold 8 × 16 requests, twice the host's 64
+    // slots, and only time out after ten minutes.
+    let server = Server::start(
+        &dir,
+        &[
+            ("WASMHOOKS_DELIVERY__MAX_IN_FLIGHT", "64"),
+            ("WASMHOOKS_DELIVERY__ENDPOINT_CONCURRENCY", "16"),
+            ("WASMHOOKS_DELIVERY__TIMEOUT", "10m"),
+        ],
+    )
+    .await;
+    let module = server.upload("forward", wasmhooks::examples::FORWARD).await;
+    let mut hung = Vec::new();
+    for i in 0..8 {
+        let receiver = Receiver::start().await;
+        receiver.hold();
+        server
+            .create_webhook(
+                json!({ "name": format!("hung {i}"), "event_kinds": [format!("slow{i}.*")],
+                                    "module_id": module, "url": receiver.url }),
+            )
+            .await;
+        hung.push(receiver);
+    }
+    let healthy = Receiver::start().await;
+    server
+        .create_webhook(json!({ "name": "healthy", "event_kinds": ["fast.*"], "module_id": module, "url": healthy.url }))
+        .await;
+    let batch: Vec<_> = (0..8)
+        .flat_map(|i| {
+            (0..20)
+                .map(move |n| json!({ "kind": format!("slow{i}.created"), "payload": { "n": n } }))
+        })
+        .collect();
+    server.emit(json!(batch)).await;
+    // The hung endpoints fill every slot they may: all but the last eighth.
+    eventually("the hung receivers to hold 56 requests", || async {
+        (hung.iter().map(Receiver::waiting).sum::<usize>() >= 56).then_some(())
+    })
+    .await;
+
+    // The healthy receiver's deliveries all arrive while the hung ones still hold theirs.
+    let batch: Vec<_> = (0..10)
+        .map(|n| json!({ "kind": "fast.created", "payload": { "n": n } }))
+        .collect();
+    let ack = server.emit(json!(batch)).await;
+    for result in ack["data"].as_array().unwrap() {
+        let done = server
+            .final_delivery(result["deliveries"][0].as_str().unwrap())
+            .await;
+        assert_eq!(done["status"], "delivered", "{done}");
+    }
+    assert_eq!(healthy.received().len(), 10);
+    let held: usize = hung.iter().map(Receiver::waiting).sum();
+    assert!((56..64).contains(&held), "{held} held");
+    assert!(hung.iter().all(|r| r.received().is_empty()));
+    for receiver in &hung {
+        receiver.release();
+    }
+}

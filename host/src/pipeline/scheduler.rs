@@ -42,6 +42,14 @@ pub(super) struct Started {
     hand_back: watch::Receiver<bool>,
 }
 
+/// How many of `max_in_flight` slots only endpoints with nothing in flight may take: an
+/// eighth. Endpoints that hang (each holding requests until its timeout) then fill at most the
+/// other seven eighths, plus one slot each of the last: a receiver that answers still gets
+/// through unless more than an eighth of `max_in_flight` endpoints hang at once.
+pub(super) fn reserved_slots(max_in_flight: usize) -> usize {
+    max_in_flight / 8
+}
+
 /// From now until `at`, at least a millisecond.
 fn until(at: std::time::Instant) -> Duration {
     at.saturating_duration_since(std::time::Instant::now())
@@ -154,10 +162,21 @@ impl Pipeline {
         let mut started = Vec::new();
         // Webhooks not admitted in this pass (throttled, or enough on their way already).
         let mut refused = HashSet::new();
+        let reserve = reserved_slots(self.config.delivery.max_in_flight);
         'lines: for ((endpoint, _), line) in staging.lines_mut() {
             while !line.is_empty() {
-                if permits.available_permits() == 0 {
+                let free = permits.available_permits();
+                if free == 0 {
                     break 'lines;
+                }
+                // The last slots go one at a time to endpoints with nothing in flight, so
+                // receivers that never answer cannot hold every slot until they time out.
+                if free <= reserve
+                    && endpoint
+                        .as_deref()
+                        .is_some_and(|e| self.endpoints.in_flight(e) > 0)
+                {
+                    continue 'lines;
                 }
                 let Some((index, admission)) = self.first_admitted(line, &mut refused, &mut wait)
                 else {
