@@ -202,7 +202,7 @@ where
 /// Every route of the API.
 pub fn routes(api: &ApiConfig) -> Vec<Route> {
     use handlers as h;
-    use Access::{Admin, Emitter, Public, Root};
+    use Access::{Admin, Emitter, Metrics, Public, Root};
     let mut upload = route("POST", "/v1/modules", Root, h::upload_module);
     upload.handler = upload
         .handler
@@ -210,6 +210,7 @@ pub fn routes(api: &ApiConfig) -> Vec<Route> {
     vec![
         route("GET", "/healthz", Public, h::healthz),
         route("GET", "/openapi.json", Public, h::openapi),
+        route("GET", "/metrics", Metrics, h::metrics),
         route("POST", "/v1/events", Emitter, h::emit_events),
         route("GET", "/v1/events", Emitter, h::list_events),
         route("GET", "/v1/events/{id}", Emitter, h::get_event),
@@ -393,6 +394,7 @@ mod tests {
                 Access::Emitter => "emitter",
                 Access::Admin => "admin",
                 Access::Root => "root",
+                Access::Metrics => "metrics",
             };
             assert_eq!(role, expected, "{} {}", r.method, r.path);
         }

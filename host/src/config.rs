@@ -232,6 +232,10 @@ pub struct ApiConfig {
     /// start generates an admin key, stores its hash and prints it once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_key: Option<crate::model::Secret>,
+    /// A token (at least 16 characters) that lets a monitoring system read `GET /metrics`
+    /// and nothing else; admin keys without a tenant may read it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_token: Option<crate::model::Secret>,
     /// Most client connections open at once. Never more than three quarters of the
     /// open-file limit, so the store keeps descriptors. When they are all open, a new client
     /// takes the slot of the connection whose client has been silent the longest among those
@@ -407,6 +411,7 @@ impl Default for ApiConfig {
             max_module_bytes: 64 << 20,
             max_batch_events: 1000,
             admin_key: None,
+            metrics_token: None,
             max_connections: 1024,
             max_connections_per_address: 64,
             trusted_proxies: Vec::new(),

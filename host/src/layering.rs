@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("model", 1),
     ("clock", 2),
     ("config", 2),
+    ("metrics", 2),
     ("client", 3),
     ("fair_share", 3),
     ("runtime", 3),

@@ -15,7 +15,7 @@
 //! - [`runtime`] (the wasmtime sandbox), [`fair_share`] (who evaluates next, budgets,
 //!   back-off), [`sender`] (HTTP, the SSRF guard), [`storage`] (the storage traits, their
 //!   contract and its conformance suite).
-//! - [`config`], [`clock`]: settings, time.
+//! - [`config`], [`clock`], [`metrics`]: settings, time, what `GET /metrics` shows.
 //! - [`model`]: domain types; [`signature`]: Standard Webhooks signing.
 //!
 //! [`Host`] ties them together for embedding: open a data dir, register modules and
@@ -27,6 +27,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod fair_share;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod runtime;

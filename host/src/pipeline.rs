@@ -12,6 +12,7 @@ mod evaluation;
 mod follow_ups;
 mod gate;
 mod ingest;
+mod observe;
 mod outcome;
 mod replay;
 pub mod retry;
@@ -30,6 +31,7 @@ use tokio::sync::Notify;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::fair_share::{FairShare, Payer};
+use crate::metrics::Metrics;
 use crate::model::{
     Connection, ConnectionId, DeliveryId, Event, Millis, ModuleId, Webhook, WebhookId,
 };
@@ -74,6 +76,8 @@ pub struct Pipeline {
     staging: Mutex<staging::Staging>,
     /// Walks of the delivery table under way (lists, recover).
     walks: walks::Walks,
+    /// What `GET /metrics` shows.
+    metrics: Metrics,
 }
 
 impl Pipeline {
@@ -137,6 +141,7 @@ impl Pipeline {
             holder: rand::random(),
             staging: Mutex::default(),
             walks: walks::Walks::default(),
+            metrics: Metrics::new(),
         })
     }
 

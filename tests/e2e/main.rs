@@ -20,6 +20,7 @@ mod isolation;
 mod limits;
 mod listener;
 mod lists;
+mod metrics;
 mod operator;
 mod plugin_run;
 mod response_values;

@@ -21,6 +21,9 @@ pub enum Access {
     Admin,
     /// Admin keys not bound to a tenant (modules, connections and keys are shared).
     Root,
+    /// What [`Access::Root`] lets in, and the metrics token (`api.metrics_token`), which lets
+    /// a monitoring system scrape `/metrics` and nothing else.
+    Metrics,
 }
 
 /// Checks the caller's key against the route's access and hands the handler a
@@ -31,6 +34,9 @@ pub async fn require(
     next: Next,
 ) -> Response {
     if access == Access::Public {
+        return next.run(request).await;
+    }
+    if access == Access::Metrics && holds_metrics_token(&pipeline, request.headers()) {
         return next.run(request).await;
     }
     let principal = match caller(&pipeline, request.headers()) {
@@ -52,6 +58,18 @@ pub async fn require(
 /// The 401 every route answers for a malformed `Authorization` header or an invalid key.
 pub fn is_root(pipeline: &Pipeline, headers: &HeaderMap) -> Result<bool, Unauthorized> {
     Ok(caller(pipeline, headers)?.is_some_and(|p| allowed(&p, Access::Root).is_ok()))
+}
+
+/// Whether the request's bearer token is the configured metrics token.
+fn holds_metrics_token(pipeline: &Pipeline, headers: &HeaderMap) -> bool {
+    let Some(expected) = &pipeline.config().api.metrics_token else {
+        return false;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| pipeline.catalog().is_secret(token.trim(), expected))
 }
 
 /// The key's holder; `None` when the request has no `Authorization` header.
@@ -78,7 +96,16 @@ fn allowed(principal: &Principal, access: Access) -> Result<(), String> {
     match access {
         Access::Public | Access::Emitter => Ok(()),
         Access::Admin if principal.role == Role::Admin => Ok(()),
-        Access::Root if principal.role == Role::Admin && principal.tenant.is_none() => Ok(()),
+        Access::Root | Access::Metrics
+            if principal.role == Role::Admin && principal.tenant.is_none() =>
+        {
+            Ok(())
+        }
+        Access::Metrics => Err(
+            "/metrics shows host-wide figures: it takes an admin key without a tenant, or the \
+             metrics token (api.metrics_token)"
+                .to_string(),
+        ),
         Access::Root if principal.role == Role::Admin => Err(format!(
             "this key is bound to tenant `{}`; modules, connections and keys are managed with an admin key that has no tenant",
             principal.tenant.as_deref().unwrap_or_default()

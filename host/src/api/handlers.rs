@@ -114,6 +114,19 @@ pub async fn healthz(
     .into_response())
 }
 
+/// The metrics in the OpenMetrics text format (Prometheus scrapes it).
+pub async fn metrics(State(p): State<AppState>) -> Response {
+    let text = p.scrape_metrics().await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }

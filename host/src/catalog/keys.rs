@@ -171,6 +171,14 @@ impl Catalog {
         Ok(query.page(items))
     }
 
+    /// Whether `token` is `secret`, compared in constant time.
+    pub fn is_secret(&self, token: &str, secret: &crate::model::Secret) -> bool {
+        constant_time_eq(
+            hash_key(token).as_bytes(),
+            hash_key(secret.expose()).as_bytes(),
+        )
+    }
+
     /// The caller a bearer token stands for, if it is a valid, unrevoked key.
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
         if let Some(admin) = &self.config.api.admin_key {

@@ -166,6 +166,14 @@ impl Config {
         {
             return invalid("api.admin_key", "must be at least 16 characters");
         }
+        if self
+            .api
+            .metrics_token
+            .as_ref()
+            .is_some_and(|k| k.expose().len() < 16)
+        {
+            return invalid("api.metrics_token", "must be at least 16 characters");
+        }
         if self.api.max_batch_events == 0 {
             return invalid("api.max_batch_events", "must be at least 1");
         }

@@ -82,6 +82,17 @@ impl Endpoints {
         }
     }
 
+    /// Deliveries in flight per endpoint with any.
+    pub fn all_in_flight(&self) -> Vec<(String, usize)> {
+        self.state
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| e.in_flight > 0)
+            .map(|(endpoint, e)| (endpoint.clone(), e.in_flight))
+            .collect()
+    }
+
     /// Deliveries in flight to `endpoint`.
     pub fn in_flight(&self, endpoint: &str) -> usize {
         self.state

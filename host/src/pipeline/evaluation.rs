@@ -201,6 +201,10 @@ impl Pipeline {
                 .expect("plugin evaluation does not panic")
             }
         };
+        self.metrics.evaluated(
+            std::time::Duration::from_micros(evaluation.cost.wall_us),
+            limit_hit(&evaluation).and_then(|e| e.limit()),
+        );
         if let Some(error) = limit_hit(&evaluation).filter(|_| judged) {
             self.after_limit_hit(webhook, streak, error).await;
         }

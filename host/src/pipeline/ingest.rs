@@ -234,6 +234,8 @@ impl Pipeline {
         if results.iter().any(|r| !r.deliveries.is_empty()) {
             self.wake.notify_one();
         }
+        self.metrics
+            .events_accepted(results.iter().filter(|r| !r.duplicate).count());
         Ok(results)
     }
 

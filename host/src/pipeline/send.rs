@@ -107,6 +107,7 @@ impl Pipeline {
                     self.now(),
                 );
             }
+            self.metrics.attempt(result.status, result.duration);
             delivery.attempts.push(Attempt {
                 number: round,
                 request_index: index as u32,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::outcome;
 use super::Pipeline;
 use crate::fair_share::Admission;
+use crate::metrics::Ended;
 use crate::model::{Delivery, DeliveryId, DeliveryMode, DeliveryStatus, Millis};
 use crate::storage::{Claim, StorageError};
 
@@ -146,7 +147,24 @@ impl Pipeline {
     ) -> Result<(), StorageError> {
         if !self.store.finish(claim, delivery, false)? {
             self.claim_lost(delivery);
+            return Ok(());
         }
+        let ended = match delivery.status {
+            DeliveryStatus::Pending => return Ok(()),
+            DeliveryStatus::Delivered => Ended::Delivered,
+            DeliveryStatus::Skipped => Ended::Skipped,
+            DeliveryStatus::Failed => Ended::Failed,
+            DeliveryStatus::Dead => Ended::Dead,
+        };
+        let latency = (ended == Ended::Delivered).then(|| {
+            let ms = self
+                .now()
+                .as_i64()
+                .saturating_sub(delivery.created_at.as_i64());
+            Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+        });
+        self.metrics
+            .delivery_ended(delivery.webhook_id.as_str(), ended, latency);
         Ok(())
     }
 
