@@ -257,6 +257,7 @@ pub fn routes(api: &ApiConfig) -> Vec<Route> {
             Admin,
             h::replay_delivery,
         ),
+        route("POST", "/v1/backup", Root, h::backup),
         route("POST", "/v1/keys", Root, h::create_key),
         route("GET", "/v1/keys", Root, h::list_keys),
         route("GET", "/v1/keys/{id}", Root, h::get_key),

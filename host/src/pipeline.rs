@@ -5,6 +5,7 @@
 //! from it, replays, and reading what happened. What operators define is the [`Catalog`]
 //! beneath it, which the pipeline reads.
 
+mod backup;
 mod delivery_reads;
 pub mod dry_run;
 pub mod endpoints;
@@ -23,7 +24,7 @@ mod walks;
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -46,6 +47,7 @@ pub use crate::catalog::{
     listing, request, CachedWebhook, Catalog, ConnectionInput, Error, KeyInput, ListQuery, Page,
     Principal, RotateInput, Rotated, StartError, WebhookInput,
 };
+pub use backup::{Backup, BackupInput};
 pub use delivery_reads::DeliveryFilter;
 pub use ingest::{EmitResult, EventInput, MAX_ATTRIBUTES};
 pub use replay::{RecoverInput, Recovered};
@@ -78,6 +80,8 @@ pub struct Pipeline {
     walks: walks::Walks,
     /// What `GET /metrics` shows.
     metrics: Metrics,
+    /// A backup is being written (one at a time).
+    backing_up: AtomicBool,
 }
 
 impl Pipeline {
@@ -142,6 +146,7 @@ impl Pipeline {
             staging: Mutex::default(),
             walks: walks::Walks::default(),
             metrics: Metrics::new(),
+            backing_up: AtomicBool::new(false),
         })
     }
 

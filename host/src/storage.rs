@@ -148,6 +148,17 @@ pub fn parse_queue_key(key: &[u8]) -> Option<(Millis, DeliveryId)> {
     Some((Millis(due as i64), id))
 }
 
+/// What a backup copied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BackupReport {
+    /// Records copied, of every kind.
+    pub records: u64,
+    /// Deliveries among them.
+    pub deliveries: u64,
+    /// Deliveries still to be sent, queued in the copy.
+    pub pending: u64,
+}
+
 /// Free space as the storage last saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpaceStatus {
@@ -312,6 +323,11 @@ pub trait Capacity: Send + Sync {
     fn commit(&self) -> StorageFuture<'_, ()>;
     /// Makes everything written so far durable, blocking (shutdown, tests).
     fn flush(&self) -> Result<(), StorageError>;
+    /// Writes a copy that a host of the same engine starts from, into `dir` (new or empty),
+    /// while the host works on. It holds everything acknowledged before it began; what
+    /// happens meanwhile may or may not be in it, but every delivery in it has its event and
+    /// is queued as it was copied. Blocking.
+    fn backup(&self, dir: &std::path::Path) -> Result<BackupReport, StorageError>;
 }
 
 /// Everything the host stores.

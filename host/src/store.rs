@@ -6,7 +6,8 @@
 //! records just written), `deliveries` (events, deliveries and the due queue), `claims`
 //! (claims on deliveries, in memory), `state` (plugin state, the host's secrets), [`seal`]
 //! (credentials encrypted at rest), `codec` (event records), [`space`] (the free-space
-//! guard) and `storage_impl` (the traits on [`Store`]).
+//! guard), `backup` (a copy taken while the host runs) and `storage_impl` (the traits on
+//! [`Store`]).
 //!
 //! Values are JSON; records holding credentials (connections, signing secrets) are sealed
 //! with the host's secrets key ([`seal`]). The queue tree is keyed by `due time (u64
@@ -23,6 +24,7 @@
 //! then flushes once for all of them (group commit). [`Store::commit`] makes everything
 //! written so far durable, sharing that flush.
 
+mod backup;
 mod catalog;
 mod claims;
 mod codec;

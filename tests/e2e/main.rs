@@ -2,6 +2,7 @@
 //! built from `plugins/`.
 
 mod auth;
+mod backup;
 mod bad_input;
 mod batching;
 mod cli;

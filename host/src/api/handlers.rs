@@ -127,6 +127,16 @@ pub async fn metrics(State(p): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Writes a backup into a new directory on the server while it works on.
+pub async fn backup(
+    State(p): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let input: crate::pipeline::BackupInput = parse_json(&headers, &body?)?;
+    Ok(Json(p.backup(input).await?).into_response())
+}
+
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }

@@ -33,6 +33,7 @@ pub async fn run(opener: &impl Opener) {
     a_batch_takes_events_until_closed_or_full(opener).await;
     in_order_deliveries_wait_for_the_first_in_line(opener).await;
     definitions_state_and_secrets_read_back(opener).await;
+    a_backup_opens_with_every_event_and_the_queue_as_copied(opener).await;
 }
 
 fn event(id: &str, tenant: Option<&str>) -> Event {
@@ -535,4 +536,49 @@ async fn ingest_until_killed(opener: &impl Opener, dir: &Path) -> ! {
         std::io::stdout().flush().unwrap();
     }
     unreachable!("the loop ends only when the process is killed")
+}
+
+async fn a_backup_opens_with_every_event_and_the_queue_as_copied(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let w = webhook();
+    let (first, second) = (event("first", Some("acme")), event("second", None));
+    let waiting = pending(&w, &first, 5_000);
+    let mut done = pending(&w, &second, 1_000);
+    let report = {
+        let storage = opener.open(dir.path());
+        insert(&storage, &first, std::slice::from_ref(&waiting)).await;
+        insert(&storage, &second, std::slice::from_ref(&done)).await;
+        storage
+            .state_apply(&w.id, &[("seen".into(), Some(b"1".to_vec()))])
+            .unwrap();
+        done.status = DeliveryStatus::Delivered;
+        done.next_attempt_at = None;
+        storage.update_delivery(&done, Some(Millis(1_000))).unwrap();
+        storage.backup(&copy.path().join("backup")).unwrap()
+    };
+    assert_eq!((report.deliveries, report.pending), (2, 1), "{report:?}");
+    let restored = opener.open(&copy.path().join("backup"));
+    for (tenant, e) in [(Some("acme"), &first), (None, &second)] {
+        let found = restored.event(tenant, &e.id).unwrap().unwrap();
+        assert_eq!(found.payload.get(), e.payload.get());
+    }
+    assert_eq!(
+        restored.delivery(&waiting.id).unwrap().as_ref(),
+        Some(&waiting)
+    );
+    assert_eq!(restored.delivery(&done.id).unwrap().as_ref(), Some(&done));
+    assert_eq!(
+        due_entries(&restored),
+        vec![(Millis(5_000), waiting.id.clone())]
+    );
+    assert_eq!(
+        restored.state_get(&w.id, "seen").unwrap(),
+        Some(b"1".to_vec())
+    );
+    // The copy is a store of its own: what the original does next is not in it.
+    assert!(restored
+        .event(None, &EventId::parse("third").unwrap())
+        .unwrap()
+        .is_none());
 }

@@ -10,8 +10,8 @@ use crate::model::{
     ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
 };
 use crate::storage::{
-    Capacity, Claim, Definitions, Deliveries, Inserted, LowSpace, PluginStates, QueueEntry,
-    Scanned, SpaceStatus, StorageError, StorageFuture,
+    BackupReport, Capacity, Claim, Definitions, Deliveries, Inserted, LowSpace, PluginStates,
+    QueueEntry, Scanned, SpaceStatus, StorageError, StorageFuture,
 };
 
 use super::{Store, StoreError};
@@ -222,5 +222,8 @@ impl Capacity for Store {
     }
     fn flush(&self) -> Result<(), StorageError> {
         Ok(Store::flush(self)?)
+    }
+    fn backup(&self, dir: &std::path::Path) -> Result<BackupReport, StorageError> {
+        Ok(Store::backup(self, dir)?)
     }
 }

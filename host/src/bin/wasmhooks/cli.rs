@@ -95,6 +95,12 @@ pub enum Command {
     },
     /// Evaluation time per webhook, most first, and which webhooks are throttled.
     Usage,
+    /// Have the server write a backup it can start from, while it runs, into a new or empty
+    /// directory on its machine (a relative path is taken from this command's directory).
+    Backup {
+        /// Where the server writes it.
+        dir: PathBuf,
+    },
     /// API keys: create, list, get, revoke.
     Key {
         /// The key command.
@@ -242,6 +248,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deliveries { command } => remote::deliveries(remote, command),
         Command::Replay { id } => remote::replay(remote, &id),
         Command::Usage => remote::usage(remote),
+        Command::Backup { dir } => remote::backup(remote, &dir),
         Command::Key { command } => remote::key(remote, command),
         Command::Event { command } => remote::event(remote, command),
         Command::Plugin {

@@ -386,6 +386,21 @@ pub fn usage(remote: &Remote) -> anyhow::Result<ExitCode> {
     show(c.call(M::GET, "/v1/usage", &[], None)?)
 }
 
+/// Has the server write a backup into `dir` (made absolute from this directory).
+///
+/// # Errors
+/// When the server cannot be reached, or the working directory cannot be read.
+pub fn backup(remote: &Remote, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let c = Client::new(remote)?;
+    let dir = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(dir)
+    };
+    let body = json!({ "dir": dir.display().to_string() });
+    show(c.call(M::POST, "/v1/backup", &[], Some(Body::Json(body)))?)
+}
+
 /// Runs an API key command.
 ///
 /// # Errors

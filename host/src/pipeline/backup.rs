@@ -1,0 +1,149 @@
+//! Backups while the host runs: the storage's copy into a new directory on the server, with
+//! the secrets key beside it when it lives in the data directory, so a host starts from the
+//! copy as from any data directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Error, Pipeline};
+use crate::storage::BackupReport;
+
+/// Where to write a backup.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupInput {
+    /// An absolute path on the server's filesystem: a new or empty directory.
+    pub dir: String,
+}
+
+/// What a backup wrote.
+#[derive(Debug, Serialize)]
+pub struct Backup {
+    /// The directory written.
+    pub dir: PathBuf,
+    /// What was copied.
+    #[serde(flatten)]
+    pub copied: BackupReport,
+    /// Whether the secrets key was copied beside it (it is when it is the data directory's
+    /// `secrets.key`; a key given in the settings is the operator's to keep).
+    pub secrets_key_copied: bool,
+    /// How long it took, in milliseconds.
+    pub took_ms: u64,
+}
+
+/// Releases the one-backup-at-a-time flag.
+struct Running<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Pipeline {
+    /// Writes a backup into `input.dir` while the host goes on working; one at a time.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a path that is not absolute, not a new or empty directory, or
+    /// inside the data directory; [`Error::Busy`] while another backup runs; a storage error.
+    pub async fn backup(&self, input: BackupInput) -> Result<Backup, Error> {
+        let dir = PathBuf::from(&input.dir);
+        self.check_backup_dir(&dir)?;
+        if self.backing_up.swap(true, Ordering::AcqRel) {
+            return Err(Error::Busy(
+                "a backup is already running; try again when it has answered".into(),
+            ));
+        }
+        let _running = Running(&self.backing_up);
+        create_private_dir(&dir).map_err(|e| {
+            Error::invalid("dir", format!("cannot create `{}`: {e}", dir.display()))
+        })?;
+        let started = Instant::now();
+        let store = self.store.clone();
+        let target = dir.clone();
+        let copied = tokio::task::spawn_blocking(move || store.backup(&target))
+            .await
+            .expect("a backup does not panic")?;
+        let secrets = &self.config.secrets;
+        let mut secrets_key_copied = false;
+        if secrets.key.is_none() && secrets.key_file.is_none() {
+            let key_file = secrets.key_file(&self.config.data_dir);
+            if key_file.exists() {
+                copy_private(&key_file, &dir.join("secrets.key"))
+                    .map_err(|e| Error::invalid("dir", format!("copying the secrets key: {e}")))?;
+                secrets_key_copied = true;
+            }
+        }
+        Ok(Backup {
+            dir,
+            copied,
+            secrets_key_copied,
+            took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    fn check_backup_dir(&self, dir: &Path) -> Result<(), Error> {
+        let shown = dir.display();
+        if !dir.is_absolute() {
+            return Err(Error::invalid(
+                "dir",
+                format!("`{shown}` is not an absolute path on the server"),
+            ));
+        }
+        let data_dir = self
+            .config
+            .data_dir
+            .canonicalize()
+            .unwrap_or_else(|_| self.config.data_dir.clone());
+        let existing = dir
+            .ancestors()
+            .find(|a| a.exists())
+            .and_then(|a| a.canonicalize().ok());
+        if existing.is_some_and(|a| a.starts_with(&data_dir)) {
+            return Err(Error::invalid(
+                "dir",
+                format!("`{shown}` is inside the data directory; write the backup elsewhere"),
+            ));
+        }
+        if dir.exists() {
+            let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none());
+            if !matches!(empty, Ok(true)) {
+                return Err(Error::invalid(
+                    "dir",
+                    format!("`{shown}` exists and is not an empty directory; a backup goes into a new or empty one"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates `dir` (and its parents) readable by its owner only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+}
+
+/// Copies `from` to a new file `to` readable by its owner only.
+fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
+    let bytes = std::fs::read(from)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    std::io::Write::write_all(&mut options.open(to)?, &bytes)
+}
