@@ -36,5 +36,6 @@ mod support;
 mod tenancy;
 mod timing;
 mod tls;
+mod traces;
 mod verify;
 mod withdrawn;

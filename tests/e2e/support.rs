@@ -150,7 +150,9 @@ impl Server {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         // Hermetic: only the settings this test chooses.
-        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("WASMHOOKS_")) {
+        for (key, _) in
+            std::env::vars().filter(|(k, _)| k.starts_with("WASMHOOKS_") || k.starts_with("OTEL_"))
+        {
             command.env_remove(key);
         }
         // The cpu limit is measured in wall-clock ticks: on a loaded CI machine a well-behaved

@@ -80,7 +80,7 @@ impl Pipeline {
         let judged = judges_webhook(webhook, delivery);
         let evaluation = self
             .run_in(turn, judged, webhook, plugin, ctx, call)
-            .instrument(tracing::info_span!("wasmhooks.plugin", module = %webhook.module_id))
+            .instrument(plugin_span(webhook, delivery, "event"))
             .await;
         self.keep_state(webhook, &evaluation);
         let wrote_state = evaluation.result.is_ok() && !evaluation.state_changes.is_empty();
@@ -143,7 +143,9 @@ impl Pipeline {
     ) -> Evaluation {
         let turn = self.turn_for(webhook, &plugin).await;
         let judged = judges_webhook(webhook, delivery);
-        self.run_in(turn, judged, webhook, plugin, ctx, call).await
+        self.run_in(turn, judged, webhook, plugin, ctx, call)
+            .instrument(plugin_span(webhook, delivery, "response"))
+            .await
     }
 
     /// A turn to evaluate `plugin` for `webhook` (see [`crate::fair_share`]): when the plugin
@@ -210,6 +212,18 @@ impl Pipeline {
         }
         evaluation
     }
+}
+
+/// The span of one plugin call: its webhook, module and delivery, and what it was called
+/// on (`event`, `response`).
+fn plugin_span(webhook: &Webhook, delivery: &Delivery, call: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "wasmhooks.plugin",
+        webhook = %webhook.id,
+        module = %webhook.module_id,
+        delivery = %delivery.id,
+        call,
+    )
 }
 
 /// The sandbox limit an evaluation hit, if any.

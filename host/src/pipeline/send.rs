@@ -12,6 +12,7 @@ use crate::model::{
 };
 use crate::runtime::{wit, Call};
 use crate::sender::SendResult;
+use tracing::Instrument;
 
 impl Pipeline {
     /// Sends every request not yet accepted and decides the delivery's next state.
@@ -57,9 +58,21 @@ impl Pipeline {
             };
             attempted = true;
             let webhook: &Webhook = &current;
+            let span = tracing::info_span!(
+                "wasmhooks.attempt",
+                delivery = %delivery.id,
+                webhook = %webhook.id,
+                request = index,
+                round,
+                status = tracing::field::Empty,
+            );
             let result = self
                 .send_signed(webhook, connection.as_deref(), request, started_at)
+                .instrument(span.clone())
                 .await;
+            if let Some(status) = result.status {
+                span.record("status", status);
+            }
             let mut judged = outcome::judge(result.status, result.error.as_ref(), |s| {
                 webhook.is_success(s)
             });

@@ -1,8 +1,17 @@
-//! The log: `tracing` lines on stderr, filtered by `RUST_LOG`, coloured only on a terminal.
+//! The log: `tracing` lines on stderr, filtered by `RUST_LOG`, coloured only on a terminal;
+//! and the host's spans over OTLP when a collector is configured.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 /// Crate families kept at `warn` unless `RUST_LOG` names them: wasmtime and its compiler
 /// (Cranelift and its register allocator) log every function they compile, about 150 MB a
@@ -59,17 +68,63 @@ fn louder_than_warn(level: Option<String>) -> bool {
 }
 
 /// Installs the log on stderr: `RUST_LOG`'s directives (an invalid value falls back to the
-/// default), colours only when stderr is a terminal and `NO_COLOR` is unset.
-pub fn init() {
+/// default), colours only when stderr is a terminal and `NO_COLOR` is unset. When an OTLP
+/// endpoint is configured ([`otlp_configured`]), the host's spans (a delivery, each attempt,
+/// each plugin call, with their ids) are also exported over OTLP/HTTP; the provider returned
+/// is to be shut down at exit, which sends what is still buffered.
+pub fn init() -> Option<SdkTracerProvider> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = EnvFilter::try_new(directives(rust_log.as_deref()))
         .unwrap_or_else(|_| EnvFilter::new(directives(None)));
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colour)
-        .with_env_filter(filter)
-        .init();
+        .with_filter(filter);
+    let provider = otlp_configured().then(trace_provider).flatten();
+    // Only the host's own spans, whatever RUST_LOG says of the log lines.
+    let traces = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("wasmhooks"))
+            .with_filter(Targets::new().with_target("wasmhooks", Level::INFO))
+    });
+    tracing_subscriber::registry().with(log).with(traces).init();
+    provider
+}
+
+/// Whether OTLP export is configured, by the standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// (the collector's base URL; traces go to `/v1/traces` under it) or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the full URL). Off when neither is set.
+fn otlp_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
+/// A trace provider exporting in batches over OTLP/HTTP (protobuf) on its own thread; the
+/// other `OTEL_*` variables (headers, timeout, batch settings) apply as the SDK reads them.
+fn trace_provider() -> Option<SdkTracerProvider> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .build();
+    let exporter = match exporter {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("OTLP trace export is off: {e}");
+            return None;
+        }
+    };
+    let resource = Resource::builder().with_service_name("wasmhooks").build();
+    Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    )
 }
 
 #[cfg(test)]

@@ -28,13 +28,18 @@ fn return_freed_memory_promptly() {
 
 fn main() -> std::process::ExitCode {
     return_freed_memory_promptly();
-    logging::init();
+    let traces = logging::init();
     let cli = cli::Cli::parse();
-    match cli::run(cli) {
+    let code = match cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
         }
+    };
+    // Sends the spans still buffered.
+    if let Some(Err(e)) = traces.map(|t| t.shutdown()) {
+        eprintln!("exporting the last traces: {e}");
     }
+    code
 }
