@@ -5,7 +5,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -16,11 +16,23 @@ use prometheus_client::registry::Registry;
 /// A label set: `(name, value)` pairs.
 type Labels = Vec<(&'static str, String)>;
 
+/// The turn of one scrape; [`ScrapeTurn::done`] keeps its text for those who waited.
+pub struct ScrapeTurn<'a>(tokio::sync::MutexGuard<'a, Option<(Instant, String)>>);
+
+impl ScrapeTurn<'_> {
+    /// Keeps `text` as the last scrape, for callers that waited for this one.
+    pub fn done(mut self, text: &str) {
+        *self.0 = Some((Instant::now(), text.to_string()));
+    }
+}
+
 /// The host's metrics and the registry that writes them out.
 pub struct Metrics {
     registry: Registry,
     /// Scrapes set the gauges, then write: one at a time, so neither sees the other's half.
     scraping: Mutex<()>,
+    /// The last scrape's text and when it ended: callers that waited share it.
+    last_scrape: tokio::sync::Mutex<Option<(Instant, String)>>,
     events_accepted: Counter,
     deliveries: Family<Labels, Counter>,
     attempts: Family<Labels, Counter>,
@@ -107,6 +119,7 @@ impl Metrics {
         let metrics = Metrics {
             registry: Registry::default(),
             scraping: Mutex::new(()),
+            last_scrape: tokio::sync::Mutex::new(None),
             events_accepted: Counter::default(),
             deliveries: Family::default(),
             attempts: Family::default(),
@@ -225,6 +238,27 @@ impl Metrics {
         self.deliveries.get_or_create(&labels).inc();
         if let Some(latency) = latency {
             self.delivery_latency.observe(latency.as_secs_f64());
+        }
+    }
+
+    /// Forgets a deleted webhook's series, so they do not pile up with webhooks created and
+    /// deleted over time.
+    pub fn forget_webhook(&self, webhook: &str) {
+        for ended in [Ended::Delivered, Ended::Skipped, Ended::Failed, Ended::Dead] {
+            self.deliveries.remove(&vec![
+                ("webhook", webhook.to_string()),
+                ("outcome", ended.label().to_string()),
+            ]);
+        }
+    }
+
+    /// Waits for this scrape's turn: one at a time. Returns the text of a scrape that ended
+    /// after `since` when there is one (a caller that waited for it shares it).
+    pub async fn scrape_turn(&self, since: Instant) -> Result<ScrapeTurn<'_>, String> {
+        let last = self.last_scrape.lock().await;
+        match &*last {
+            Some((at, text)) if *at >= since => Err(text.clone()),
+            _ => Ok(ScrapeTurn(last)),
         }
     }
 

@@ -3,7 +3,8 @@
 
 use std::ops::Bound;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::Pipeline;
 use crate::metrics::{Gauges, Metrics};
@@ -14,22 +15,40 @@ impl Pipeline {
         &self.metrics
     }
 
-    /// The metrics as OpenMetrics text, with the gauges read now. The data directory's size
-    /// is measured on a blocking thread.
-    pub async fn scrape_metrics(&self) -> String {
-        let now = self.now();
-        let oldest_due_age = match self.store.due_from(Bound::Unbounded).next() {
-            Some(Ok(entry)) if entry.due < now => {
-                Duration::from_millis(u64::try_from(now.as_i64() - entry.due.as_i64()).unwrap_or(0))
-            }
-            _ => Duration::ZERO,
+    /// The metrics as OpenMetrics text, with the gauges read now. The reading (the queue's
+    /// length, the data directory's size) runs on a blocking thread, one scrape at a time;
+    /// callers that waited for a scrape share its text.
+    pub async fn scrape_metrics(self: &Arc<Self>) -> String {
+        let turn = match self.metrics.scrape_turn(Instant::now()).await {
+            Ok(turn) => turn,
+            Err(shared) => return shared,
         };
-        let summary = self.fair.summary();
-        let dir = self.config.data_dir.clone();
-        let store_bytes = tokio::task::spawn_blocking(move || size_of(&dir))
+        let this = self.clone();
+        let text = tokio::task::spawn_blocking(move || this.metrics.scrape(&this.gauges()))
             .await
-            .unwrap_or(0);
-        let gauges = Gauges {
+            .expect("a scrape does not panic");
+        turn.done(&text);
+        text
+    }
+
+    /// The gauges as they are now. Blocking.
+    fn gauges(&self) -> Gauges {
+        let now = self.now();
+        // The earliest due delivery that is not in flight (one in flight keeps its entry
+        // until its step is written): how far behind the host is.
+        let in_flight = self.in_flight.lock().unwrap().clone();
+        let oldest_due_age = self
+            .store
+            .due_from(Bound::Unbounded)
+            .take(in_flight.len() + 1)
+            .filter_map(Result::ok)
+            .find(|entry| !in_flight.contains_key(&entry.id))
+            .filter(|entry| entry.due < now)
+            .map_or(Duration::ZERO, |entry| {
+                Duration::from_millis(u64::try_from(now.as_i64() - entry.due.as_i64()).unwrap_or(0))
+            });
+        let summary = self.fair.summary();
+        Gauges {
             queue_depth: self.store.queue_len(),
             oldest_due_age,
             in_flight: self.endpoints.all_in_flight(),
@@ -42,10 +61,9 @@ impl Pipeline {
                 .into_iter()
                 .map(|u| (u.webhook_id.to_string(), u.cpu_ms_per_second))
                 .collect(),
-            store_bytes,
+            store_bytes: size_of(&self.config.data_dir),
             free_bytes: self.store.space_status().free,
-        };
-        self.metrics.scrape(&gauges)
+        }
     }
 }
 

@@ -332,7 +332,9 @@ pub async fn delete_webhook(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     visible_webhook(&p, &who, &id)?;
-    Ok(Json(p.catalog().delete_webhook(&webhook_id(&id)?)?).into_response())
+    let deleted = p.catalog().delete_webhook(&webhook_id(&id)?)?;
+    p.metrics().forget_webhook(deleted.id.as_str());
+    Ok(Json(deleted).into_response())
 }
 
 pub async fn enable_webhook(
