@@ -54,7 +54,7 @@ pub enum OpenError {
 /// host.start();
 /// let (info, _) = host.pipeline().catalog().upload_module("forward", "1", wasmhooks::examples::FORWARD)?;
 /// # let _ = info;
-/// host.shutdown().await;
+/// host.shutdown().await?;
 /// # Ok(()) }
 /// ```
 pub struct Host {
@@ -152,16 +152,44 @@ impl Host {
         crate::api::listener::serve(listener, app, &limits, stop).await
     }
 
-    /// Stops the scheduler, waits for deliveries in flight, and flushes storage.
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
+    /// Tells the scheduler to stop starting deliveries: those in flight get
+    /// `delivery.shutdown_grace` from now (see [`Host::shutdown`]).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Stops the scheduler, waits for deliveries in flight (at most
+    /// `delivery.shutdown_grace`, then they are handed back), and flushes storage.
+    ///
+    /// # Errors
+    /// When the scheduler panicked or the final flush failed (what was acknowledged was
+    /// flushed before it was).
+    pub async fn shutdown(mut self) -> Result<(), ShutdownError> {
+        self.begin_shutdown();
+        let mut result = Ok(());
         if let Some(handle) = self.scheduler.take() {
-            let _ = handle.await;
+            if handle.await.is_err() {
+                tracing::error!("the scheduler panicked");
+                result = Err(ShutdownError::Scheduler);
+            }
         }
         if let Err(e) = self.store.flush() {
             tracing::error!("final flush failed: {e}");
+            result = Err(ShutdownError::Flush(e));
         }
+        result
     }
+}
+
+/// Why a stop was not clean.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    /// The scheduler panicked.
+    #[error("the scheduler panicked")]
+    Scheduler,
+    /// The final flush failed.
+    #[error("the final flush failed: {0}")]
+    Flush(crate::store::StoreError),
 }
 
 /// How often the disk watch measures free space (and makes the ballast again when there is

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     // Re-exported at the crate root.
     ("Host", 7),
     ("OpenError", 7),
+    ("ShutdownError", 7),
     ("fuzz", 8),
 ];
 

@@ -43,7 +43,7 @@ mod fuzz;
 #[cfg(test)]
 mod layering;
 
-pub use host::{Host, OpenError};
+pub use host::{Host, OpenError, ShutdownError};
 
 /// The example plugin components built from `plugins/` (see `build.rs`).
 pub mod examples {

@@ -108,5 +108,5 @@ async fn a_newer_event_for_the_same_entity_replaces_the_waiting_one() {
 
     // A decided delivery is never replaced: a new event for A starts a new one.
     assert_ne!(emit(&p, "A", 900).await, a);
-    host.shutdown().await;
+    host.shutdown().await.unwrap();
 }

@@ -90,8 +90,8 @@ impl QueueView for StoreView<'_> {
 
 impl Pipeline {
     /// Runs the scheduler until `shutdown` turns true; then gives deliveries in flight
-    /// `delivery.shutdown_grace` to finish their step, and hands back those still going
-    /// (their stored state is as before the step: they are due again at the next start).
+    /// `delivery.shutdown_grace` to finish their step, and hands back those still waiting for
+    /// a receiver (written as due again, sent at the next start).
     pub async fn run_scheduler(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let max = self.config.delivery.max_in_flight;
         let permits = Arc::new(Semaphore::new(max));
@@ -250,8 +250,9 @@ impl Pipeline {
     }
 
     /// Runs one delivery on its own task; when it ends, frees its endpoint and permit and
-    /// wakes the scheduler. Handed back at shutdown, its step is dropped where it waits: what
-    /// it had not written stays as it was, due again.
+    /// wakes the scheduler. Handed back at shutdown, a request still waiting for its answer is
+    /// dropped and the delivery is written as due again at once (what was accepted before
+    /// stays accepted).
     pub(super) fn spawn_delivery(
         self: &Arc<Self>,
         due: Millis,
@@ -268,16 +269,9 @@ impl Pipeline {
         } = started;
         tokio::spawn(
             async move {
-                tokio::select! {
-                    result = this.process(due, &id, admission) => {
-                        if let Err(e) = result {
-                            tracing::error!("storage error, will retry: {e}");
-                            this.postpone(due, &id);
-                        }
-                    }
-                    _ = hand_back.wait_for(|now| *now) => {
-                        tracing::info!(delivery = %id, "handed back at shutdown");
-                    }
+                if let Err(e) = this.process(due, &id, admission, &mut hand_back).await {
+                    tracing::error!("storage error, will retry: {e}");
+                    this.postpone(due, &id);
                 }
                 if let Some(endpoint) = &endpoint {
                     this.endpoints.finish(endpoint);

@@ -12,11 +12,17 @@ use crate::model::{
 };
 use crate::runtime::{wit, Call};
 use crate::sender::SendResult;
+use tokio::sync::watch;
 use tracing::Instrument;
 
 impl Pipeline {
     /// Sends every request not yet accepted and decides the delivery's next state.
-    pub(super) async fn send_round(&self, webhook: &Webhook, delivery: &mut Delivery) -> Round {
+    pub(super) async fn send_round(
+        &self,
+        webhook: &Webhook,
+        delivery: &mut Delivery,
+        hand_back: &mut watch::Receiver<bool>,
+    ) -> Round {
         let mut report = Round::default();
         let mut facts = RoundFacts::default();
         delivery.rounds += 1;
@@ -32,7 +38,7 @@ impl Pipeline {
             .and_then(|r| r.path.as_deref())
             .and_then(|p| ResponsePath::parse(p).ok());
         let mut requests = delivery.requests.take().unwrap_or_default();
-        let (mut held, mut attempted) = (false, false);
+        let (mut held, mut attempted) = (None, false);
         for (index, request) in requests.iter_mut().enumerate() {
             if request.delivered {
                 continue;
@@ -44,7 +50,7 @@ impl Pipeline {
                     connection,
                 } => (webhook, connection),
                 Gate::Held => {
-                    held = true;
+                    held = Some(plus(self.now(), PAUSED_WAIT));
                     break;
                 }
                 Gate::Stale(why) => {
@@ -56,7 +62,6 @@ impl Pipeline {
                     continue;
                 }
             };
-            attempted = true;
             let webhook: &Webhook = &current;
             let span = tracing::info_span!(
                 "wasmhooks.attempt",
@@ -66,10 +71,20 @@ impl Pipeline {
                 round,
                 status = tracing::field::Empty,
             );
-            let result = self
+            let sending = self
                 .send_signed(webhook, connection.as_deref(), request, started_at)
-                .instrument(span.clone())
-                .await;
+                .instrument(span.clone());
+            let result = tokio::select! {
+                result = sending => result,
+                _ = hand_back.wait_for(|now| *now) => {
+                    // The host is stopping: the answer is not waited for, and the next
+                    // start sends the request again.
+                    tracing::info!(delivery = %delivery.id, "handed back at shutdown");
+                    held = Some(self.now());
+                    break;
+                }
+            };
+            attempted = true;
             if let Some(status) = result.status {
                 span.record("status", status);
             }
@@ -147,13 +162,14 @@ impl Pipeline {
                 }
             }
         }
-        if held {
-            // Nothing more goes out until the webhook may send again; the worker looks then.
+        if let Some(again) = held {
+            // Nothing more goes out now: the worker looks again when the webhook may send
+            // (or at the next start, when handed back).
             delivery.requests = Some(requests);
             if !attempted {
                 delivery.rounds -= 1;
             }
-            delivery.next_attempt_at = Some(plus(self.now(), PAUSED_WAIT));
+            delivery.next_attempt_at = Some(again);
             delivery.updated_at = self.now();
             return report;
         }

@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use super::outcome;
 use super::Pipeline;
 use crate::fair_share::Admission;
@@ -29,13 +31,15 @@ pub(super) fn plus(t: Millis, d: Duration) -> Millis {
 
 impl Pipeline {
     /// Moves one delivery a step forward, under a claim: nothing is written for it unless
-    /// the claim still holds. The `admission` (see [`crate::fair_share::FairShare::admit`]) is given back once the
+    /// the claim still holds. When `hand_back` turns true (shutdown), a request waiting for
+    /// its answer is dropped and the delivery written as due again. The `admission` (see [`crate::fair_share::FairShare::admit`]) is given back once the
     /// plugin has run, or when it need not.
     pub(super) async fn process(
         &self,
         due: Millis,
         id: &DeliveryId,
         admission: Option<Admission>,
+        hand_back: &mut watch::Receiver<bool>,
     ) -> Result<(), StorageError> {
         let now = self.now();
         let until = plus(now, self.claim_for());
@@ -111,7 +115,7 @@ impl Pipeline {
         }
 
         drop(admission);
-        let round = self.send_round(&webhook, &mut delivery).await;
+        let round = self.send_round(&webhook, &mut delivery, hand_back).await;
         if delivery.status == DeliveryStatus::Delivered {
             // Emitted before the delivery is recorded as delivered, under an id made from
             // the delivery's: a crash in between resends, and the event is not doubled.

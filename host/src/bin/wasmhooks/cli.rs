@@ -206,7 +206,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(addr) = listen {
                 settings.listen = addr;
             }
-            runtime()?.block_on(serve(settings))?;
+            let runtime = runtime()?;
+            let served = runtime.block_on(serve(settings));
+            // Blocking work still running (a backup's copy, a name lookup that hangs) is not
+            // waited for: what was acknowledged is flushed.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Emit {
@@ -331,6 +336,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     unsafe {
         libc::umask(0o077);
     }
+    let grace = config.delivery.shutdown_grace;
     let mut host = Host::open(config)?;
     host.start();
     // The first stdout line is the address: scripts and tests read it.
@@ -341,9 +347,40 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("use it as `Authorization: Bearer <key>` or WASMHOOKS_KEY for the CLI");
     }
     tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
-    host.serve(listener, shutdown_signal()).await?;
-    tracing::info!("shutting down");
-    host.shutdown().await;
+    // The first Ctrl-C or SIGTERM stops the host within the grace period; a second one
+    // stops it at once (what was acknowledged is durable already).
+    let (stopping, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stopping.send_replace(true);
+        shutdown_signal().await;
+        eprintln!("a second stop signal: exiting without waiting");
+        std::process::exit(130);
+    });
+    let api_stop = {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        }
+    };
+    {
+        let serving = host.serve(listener, api_stop);
+        tokio::pin!(serving);
+        tokio::select! {
+            served = &mut serving => served?,
+            _ = stop.wait_for(|stopping| *stopping) => {
+                tracing::info!("shutting down");
+                // The flow's grace period runs while the API lets requests in progress end.
+                host.begin_shutdown();
+                if tokio::time::timeout(grace, &mut serving).await.is_err() {
+                    tracing::warn!(
+                        "API requests still in progress after delivery.shutdown_grace are cut off"
+                    );
+                }
+            }
+        }
+    }
+    host.shutdown().await?;
     Ok(())
 }
 

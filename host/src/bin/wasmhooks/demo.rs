@@ -187,6 +187,6 @@ pub async fn run(keep_running: bool) -> anyhow::Result<std::process::ExitCode> {
     }
     let _ = stop_tx.send(());
     let _ = server.await;
-    host.shutdown().await;
+    host.shutdown().await?;
     Ok(std::process::ExitCode::SUCCESS)
 }
