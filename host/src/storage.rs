@@ -324,10 +324,14 @@ pub trait Capacity: Send + Sync {
     /// Makes everything written so far durable, blocking (shutdown, tests).
     fn flush(&self) -> Result<(), StorageError>;
     /// Writes a copy that a host of the same engine starts from, into `dir` (new or empty),
-    /// while the host works on. It holds everything acknowledged before it began; what
-    /// happens meanwhile may or may not be in it, but every delivery in it has its event and
-    /// is queued as it was copied. Blocking.
-    fn backup(&self, dir: &std::path::Path) -> Result<BackupReport, StorageError>;
+    /// while the host works on. It stands for `taken_at`: every event acknowledged before,
+    /// with its deliveries (each as it was when copied, queued if pending, with its events),
+    /// and nothing created after. Blocking.
+    fn backup(
+        &self,
+        dir: &std::path::Path,
+        taken_at: crate::model::Millis,
+    ) -> Result<BackupReport, StorageError>;
 }
 
 /// Everything the host stores.

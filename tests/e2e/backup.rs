@@ -79,6 +79,10 @@ async fn a_backup_taken_under_load_starts_a_host_with_every_event_acknowledged_b
             dir.join("inside").display().to_string(),
             "inside the data directory",
         ),
+        (
+            format!("{}/nope/../copy", backups.path().display()),
+            "has `.` or `..` in it",
+        ),
     ] {
         let (status, body) = server.post_json("/v1/backup", &json!({ "dir": bad })).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");

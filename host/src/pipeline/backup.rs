@@ -2,13 +2,15 @@
 //! the secrets key beside it when it lives in the data directory, so a host starts from the
 //! copy as from any data directory.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Error, Pipeline};
+use crate::model::Millis;
 use crate::storage::BackupReport;
 
 /// Where to write a backup.
@@ -34,22 +36,25 @@ pub struct Backup {
     pub took_ms: u64,
 }
 
-/// Releases the one-backup-at-a-time flag.
-struct Running<'a>(&'a std::sync::atomic::AtomicBool);
+/// Releases the one-backup-at-a-time flag when the copy ends (not when its caller goes).
+struct Running(Arc<Pipeline>);
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.backing_up.store(false, Ordering::Release);
     }
 }
 
 impl Pipeline {
-    /// Writes a backup into `input.dir` while the host goes on working; one at a time.
+    /// Writes a backup into `input.dir` while the host goes on working; one at a time. The
+    /// copy runs on a blocking thread and holds its turn until it ends, whether or not its
+    /// caller still waits.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a path that is not absolute, not a new or empty directory, or
-    /// inside the data directory; [`Error::Busy`] while another backup runs; a storage error.
-    pub async fn backup(&self, input: BackupInput) -> Result<Backup, Error> {
+    /// [`Error::Invalid`] for a path that is not absolute, has `..` in it, is not a new or
+    /// empty directory, or is inside the data directory; [`Error::Busy`] while another backup
+    /// runs; a storage error.
+    pub async fn backup(self: &Arc<Self>, input: BackupInput) -> Result<Backup, Error> {
         let dir = PathBuf::from(&input.dir);
         self.check_backup_dir(&dir)?;
         if self.backing_up.swap(true, Ordering::AcqRel) {
@@ -57,16 +62,27 @@ impl Pipeline {
                 "a backup is already running; try again when it has answered".into(),
             ));
         }
-        let _running = Running(&self.backing_up);
-        create_private_dir(&dir).map_err(|e| {
+        let running = Running(self.clone());
+        let taken_at = self.now();
+        tokio::task::spawn_blocking(move || {
+            let pipeline = running.0.clone();
+            let written = pipeline.write_backup(&dir, taken_at);
+            drop(running);
+            written
+        })
+        .await
+        .expect("a backup does not panic")
+    }
+
+    /// Makes the directory, copies the store and the secrets key. Blocking.
+    fn write_backup(&self, dir: &Path, taken_at: Millis) -> Result<Backup, Error> {
+        create_private_dir(dir).map_err(|e| {
             Error::invalid("dir", format!("cannot create `{}`: {e}", dir.display()))
         })?;
+        // Checked again once it exists, links resolved.
+        self.check_outside_data_dir(dir)?;
         let started = Instant::now();
-        let store = self.store.clone();
-        let target = dir.clone();
-        let copied = tokio::task::spawn_blocking(move || store.backup(&target))
-            .await
-            .expect("a backup does not panic")?;
+        let copied = self.store.backup(dir, taken_at)?;
         let secrets = &self.config.secrets;
         let mut secrets_key_copied = false;
         if secrets.key.is_none() && secrets.key_file.is_none() {
@@ -78,7 +94,7 @@ impl Pipeline {
             }
         }
         Ok(Backup {
-            dir,
+            dir: dir.to_path_buf(),
             copied,
             secrets_key_copied,
             took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -93,6 +109,34 @@ impl Pipeline {
                 format!("`{shown}` is not an absolute path on the server"),
             ));
         }
+        if dir
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Err(Error::invalid(
+                "dir",
+                format!("`{shown}` has `.` or `..` in it; give the directory's plain path"),
+            ));
+        }
+        self.check_outside_data_dir(dir)?;
+        if dir.exists() {
+            let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none());
+            if !matches!(empty, Ok(true)) {
+                return Err(Error::invalid(
+                    "dir",
+                    format!(
+                        "`{shown}` exists and is not an empty directory; a backup goes into \
+                         a new or empty one"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses `dir` when it (or its nearest existing ancestor, links resolved) lies in the
+    /// data directory.
+    fn check_outside_data_dir(&self, dir: &Path) -> Result<(), Error> {
         let data_dir = self
             .config
             .data_dir
@@ -105,17 +149,11 @@ impl Pipeline {
         if existing.is_some_and(|a| a.starts_with(&data_dir)) {
             return Err(Error::invalid(
                 "dir",
-                format!("`{shown}` is inside the data directory; write the backup elsewhere"),
+                format!(
+                    "`{}` is inside the data directory; write the backup elsewhere",
+                    dir.display()
+                ),
             ));
-        }
-        if dir.exists() {
-            let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none());
-            if !matches!(empty, Ok(true)) {
-                return Err(Error::invalid(
-                    "dir",
-                    format!("`{shown}` exists and is not an empty directory; a backup goes into a new or empty one"),
-                ));
-            }
         }
         Ok(())
     }

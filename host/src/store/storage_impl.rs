@@ -223,7 +223,11 @@ impl Capacity for Store {
     fn flush(&self) -> Result<(), StorageError> {
         Ok(Store::flush(self)?)
     }
-    fn backup(&self, dir: &std::path::Path) -> Result<BackupReport, StorageError> {
-        Ok(Store::backup(self, dir)?)
+    fn backup(
+        &self,
+        dir: &std::path::Path,
+        taken_at: Millis,
+    ) -> Result<BackupReport, StorageError> {
+        Ok(Store::backup(self, dir, taken_at)?)
     }
 }
