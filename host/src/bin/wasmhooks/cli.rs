@@ -1,6 +1,7 @@
-//! Command-line interface: `serve` and `demo`; `plugin run` for authors; and the operator
-//! commands (`emit`, `module`, `connection`, `webhook`, `deliveries`, `replay`, `key`,
-//! `event`), which call a running server's API.
+//! Command-line interface: `serve` and `demo`; `plugin run`, `plugin new` and `verify` for
+//! plugin authors and receivers; and the operator commands (`emit`, `module`, `connection`,
+//! `webhook`, `deliveries`, `replay`, `usage`, `backup`, `key`, `event`), which call a running
+//! server's API.
 
 mod plugin_run;
 mod remote;
@@ -76,7 +77,8 @@ pub enum Command {
         #[command(subcommand)]
         command: remote::ConnectionCommand,
     },
-    /// Webhooks: create, list, get, update, delete, enable, disable, test, recover.
+    /// Webhooks: create, list, get, update, delete, enable, disable, test, recover,
+    /// rotate-secret.
     Webhook {
         /// The webhook command.
         #[command(subcommand)]
