@@ -183,5 +183,12 @@ fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    std::io::Write::write_all(&mut options.open(to)?, &bytes)
+    let mut file = options.open(to)?;
+    std::io::Write::write_all(&mut file, &bytes)?;
+    file.sync_all()?;
+    // The directory entry too, so the key is there after a crash.
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

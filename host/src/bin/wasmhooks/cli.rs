@@ -339,6 +339,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         libc::umask(0o077);
     }
     let grace = config.delivery.shutdown_grace;
+    // The first Ctrl-C or SIGTERM stops the host within the grace period; a second one
+    // stops it at once (what was acknowledged is durable already). Listened for before the
+    // store opens, so a stop while it opens is a clean one too.
+    let (stopping, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stopping.send_replace(true);
+        shutdown_signal().await;
+        eprintln!("a second stop signal: exiting without waiting");
+        std::process::exit(130);
+    });
+    tokio::task::yield_now().await;
     let mut host = Host::open(config)?;
     host.start();
     // The first stdout line is the address: scripts and tests read it.
@@ -349,16 +361,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("use it as `Authorization: Bearer <key>` or WASMHOOKS_KEY for the CLI");
     }
     tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
-    // The first Ctrl-C or SIGTERM stops the host within the grace period; a second one
-    // stops it at once (what was acknowledged is durable already).
-    let (stopping, mut stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stopping.send_replace(true);
-        shutdown_signal().await;
-        eprintln!("a second stop signal: exiting without waiting");
-        std::process::exit(130);
-    });
     let api_stop = {
         let mut stop = stop.clone();
         async move {
