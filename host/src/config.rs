@@ -125,6 +125,10 @@ pub struct DeliveryConfig {
     /// disabled when another delivery dies (a `webhook.disabled` event is emitted).
     #[serde(with = "duration_text")]
     pub auto_disable_after: Duration,
+    /// The share of `max_in_flight` one tenant's webhooks may hold at once (0.5: half), so
+    /// one tenant's receivers that hang cannot take the slots every tenant shares; 1.0: no
+    /// cap. Webhooks without a tenant (the operator's) are not counted.
+    pub tenant_share: f64,
     /// On shutdown (SIGTERM, Ctrl-C), how long deliveries in flight get to finish their
     /// step; those still going are handed back (due again at the next start).
     #[serde(with = "duration_text")]
@@ -303,6 +307,7 @@ impl Default for DeliveryConfig {
             signature_overlap: secs(86_400),
             auto_disable_after: secs(5 * 86_400),
             shutdown_grace: secs(30),
+            tenant_share: 0.5,
             allowed_destinations: Vec::new(),
         }
     }

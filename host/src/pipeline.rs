@@ -72,6 +72,8 @@ pub struct Pipeline {
     /// Deliveries being worked on now, with the due time they were started for, so the
     /// scheduler does not start them twice.
     in_flight: Mutex<HashMap<DeliveryId, Millis>>,
+    /// How many of them each tenant's webhooks have (see `delivery.tenant_share`).
+    tenants_in_flight: Mutex<HashMap<String, usize>>,
     /// This pipeline's id as the holder of claims on deliveries (random per start).
     holder: u64,
     /// Due deliveries staged per endpoint, and the sweep of the queue.
@@ -142,6 +144,7 @@ impl Pipeline {
             endpoints,
             endpoints_generation: AtomicU64::new(0),
             in_flight: Mutex::new(HashMap::new()),
+            tenants_in_flight: Mutex::new(HashMap::new()),
             holder: rand::random(),
             staging: Mutex::default(),
             walks: walks::Walks::default(),

@@ -221,3 +221,66 @@ async fn eight_hung_endpoints_cannot_take_every_slot_from_a_healthy_one() {
         receiver.release();
     }
 }
+
+#[tokio::test]
+async fn one_tenants_hung_endpoints_hold_at_most_its_share_of_the_slots() {
+    let (_tmp, dir) = data_dir();
+    // Eight hung endpoints of one tenant: more than the last eighth of the slots can serve
+    // one at a time, so only the tenant's share (half of 32) keeps the other tenant going.
+    let server = Server::start(
+        &dir,
+        &[
+            ("WASMHOOKS_DELIVERY__MAX_IN_FLIGHT", "32"),
+            ("WASMHOOKS_DELIVERY__ENDPOINT_CONCURRENCY", "8"),
+            ("WASMHOOKS_DELIVERY__TIMEOUT", "10m"),
+        ],
+    )
+    .await;
+    let module = server.upload("forward", wasmhooks::examples::FORWARD).await;
+    let mut hung = Vec::new();
+    for i in 0..8 {
+        let receiver = Receiver::start().await;
+        receiver.hold();
+        server
+            .create_webhook(json!({ "name": format!("hung {i}"), "tenant": "a",
+                                    "event_kinds": [format!("slow{i}.*")],
+                                    "module_id": module, "url": receiver.url }))
+            .await;
+        hung.push(receiver);
+    }
+    let healthy = Receiver::start().await;
+    server
+        .create_webhook(
+            json!({ "name": "healthy", "tenant": "b", "event_kinds": ["fast.*"],
+                                "module_id": module, "url": healthy.url }),
+        )
+        .await;
+    let batch: Vec<_> = (0..8)
+        .flat_map(|i| {
+            (0..10).map(move |n| {
+                json!({ "kind": format!("slow{i}.created"), "tenant": "a", "payload": { "n": n } })
+            })
+        })
+        .collect();
+    server.emit(json!(batch)).await;
+    eventually("tenant a's receivers to hold its share", || async {
+        (hung.iter().map(Receiver::waiting).sum::<usize>() >= 16).then_some(())
+    })
+    .await;
+
+    let batch: Vec<_> = (0..10)
+        .map(|n| json!({ "kind": "fast.created", "tenant": "b", "payload": { "n": n } }))
+        .collect();
+    let ack = server.emit(json!(batch)).await;
+    for result in ack["data"].as_array().unwrap() {
+        let done = server
+            .final_delivery(result["deliveries"][0].as_str().unwrap())
+            .await;
+        assert_eq!(done["status"], "delivered", "{done}");
+    }
+    let held: usize = hung.iter().map(Receiver::waiting).sum();
+    assert_eq!(held, 16, "tenant a holds its share and no more");
+    for receiver in &hung {
+        receiver.release();
+    }
+}

@@ -114,6 +114,12 @@ impl Config {
         {
             return invalid("delivery.allowed_destinations", &message.0);
         }
+        if !(self.delivery.tenant_share > 0.0 && self.delivery.tenant_share <= 1.0) {
+            return invalid(
+                "delivery.tenant_share",
+                "must be more than 0 and at most 1 (1: no cap per tenant)",
+            );
+        }
         if self.delivery.max_in_flight == 0 {
             return invalid("delivery.max_in_flight", "must be at least 1");
         }

@@ -36,6 +36,8 @@ pub(super) struct Slots {
 pub(super) struct Started {
     /// Its endpoint, freed when it ends.
     endpoint: Option<Arc<str>>,
+    /// Its webhook's tenant, whose count of deliveries in flight it is in.
+    tenant: Option<String>,
     /// Its host-wide slot.
     permit: OwnedSemaphorePermit,
     /// Turns true when the host stops waiting for it.
@@ -48,6 +50,13 @@ pub(super) struct Started {
 /// through unless more than an eighth of `max_in_flight` endpoints hang at once.
 pub(super) fn reserved_slots(max_in_flight: usize) -> usize {
     max_in_flight / 8
+}
+
+/// How many deliveries one tenant's webhooks may have in flight together:
+/// `delivery.tenant_share` of `max_in_flight`, at least one. Webhooks without a tenant (the
+/// operator's) are not counted.
+pub(super) fn tenant_slots(delivery: &crate::config::DeliveryConfig) -> usize {
+    ((delivery.max_in_flight as f64 * delivery.tenant_share).floor() as usize).max(1)
 }
 
 /// From now until `at`, at least a millisecond.
@@ -163,8 +172,20 @@ impl Pipeline {
         // Webhooks not admitted in this pass (throttled, or enough on their way already).
         let mut refused = HashSet::new();
         let reserve = reserved_slots(self.config.delivery.max_in_flight);
-        'lines: for ((endpoint, _), line) in staging.lines_mut() {
+        let tenant_cap = tenant_slots(&self.config.delivery);
+        'lines: for ((endpoint, webhook), line) in staging.lines_mut() {
+            // A line is one webhook's: one tenant's.
+            let tenant = webhook
+                .as_ref()
+                .and_then(|w| self.webhook_cached(w))
+                .and_then(|w| w.tenant.clone());
             while !line.is_empty() {
+                if tenant
+                    .as_ref()
+                    .is_some_and(|t| self.tenant_in_flight(t) >= tenant_cap)
+                {
+                    continue 'lines;
+                }
                 let free = permits.available_permits();
                 if free == 0 {
                     break 'lines;
@@ -203,9 +224,18 @@ impl Pipeline {
                 };
                 let (due, id, _) = line.remove(index).expect("found in the line");
                 self.in_flight.lock().unwrap().insert(id.clone(), due);
+                if let Some(tenant) = &tenant {
+                    *self
+                        .tenants_in_flight
+                        .lock()
+                        .unwrap()
+                        .entry(tenant.clone())
+                        .or_default() += 1;
+                }
                 started.push(id.clone());
                 let started = Started {
                     endpoint: endpoint.clone(),
+                    tenant: tenant.clone(),
                     permit,
                     hand_back: slots.hand_back.clone(),
                 };
@@ -264,6 +294,7 @@ impl Pipeline {
         let span = tracing::info_span!("wasmhooks.delivery", delivery = %id);
         let Started {
             endpoint,
+            tenant,
             permit,
             mut hand_back,
         } = started;
@@ -276,12 +307,31 @@ impl Pipeline {
                 if let Some(endpoint) = &endpoint {
                     this.endpoints.finish(endpoint);
                 }
+                if let Some(tenant) = &tenant {
+                    let mut tenants = this.tenants_in_flight.lock().unwrap();
+                    if let Some(count) = tenants.get_mut(tenant) {
+                        *count -= 1;
+                        if *count == 0 {
+                            tenants.remove(tenant);
+                        }
+                    }
+                }
                 this.in_flight.lock().unwrap().remove(&id);
                 drop(permit);
                 this.wake.notify_one();
             }
             .instrument(span),
         );
+    }
+
+    /// Deliveries of `tenant`'s webhooks in flight now.
+    fn tenant_in_flight(&self, tenant: &str) -> usize {
+        self.tenants_in_flight
+            .lock()
+            .unwrap()
+            .get(tenant)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Forgets the endpoints worked out per webhook (after a webhook or connection changed).
