@@ -158,16 +158,21 @@ async fn in_order_webhooks_deliver_one_entity_strictly_in_sequence() {
     }
 }
 
-#[tokio::test]
-async fn eight_hung_endpoints_cannot_take_every_slot_from_a_healthy_one() {
-    let (_tmp, dir) = data_dir();
-    // Eight endpoints that never answer could hold 8 × 16 requests, twice the host's 64
-    // slots, and only time out after ten minutes.
+/// A server with `max_in_flight` slots, `per_endpoint` per endpoint and a ten-minute timeout;
+/// eight held receivers with a webhook each (kinds `slow0.*` … `slow7.*`) and 20 events queued
+/// for each, in `tenant`; and a healthy receiver with a webhook for `fast.*` in `healthy_tenant`.
+async fn hung_beside_healthy(
+    dir: &std::path::Path,
+    max_in_flight: &str,
+    per_endpoint: &str,
+    tenant: Option<&str>,
+    healthy_tenant: Option<&str>,
+) -> (Server, Vec<Receiver>, Receiver) {
     let server = Server::start(
-        &dir,
+        dir,
         &[
-            ("WASMHOOKS_DELIVERY__MAX_IN_FLIGHT", "64"),
-            ("WASMHOOKS_DELIVERY__ENDPOINT_CONCURRENCY", "16"),
+            ("WASMHOOKS_DELIVERY__MAX_IN_FLIGHT", max_in_flight),
+            ("WASMHOOKS_DELIVERY__ENDPOINT_CONCURRENCY", per_endpoint),
             ("WASMHOOKS_DELIVERY__TIMEOUT", "10m"),
         ],
     )
@@ -178,33 +183,42 @@ async fn eight_hung_endpoints_cannot_take_every_slot_from_a_healthy_one() {
         let receiver = Receiver::start().await;
         receiver.hold();
         server
-            .create_webhook(
-                json!({ "name": format!("hung {i}"), "event_kinds": [format!("slow{i}.*")],
-                                    "module_id": module, "url": receiver.url }),
-            )
+            .create_webhook(json!({ "name": format!("hung {i}"), "tenant": tenant,
+                                    "event_kinds": [format!("slow{i}.*")],
+                                    "module_id": module, "url": receiver.url }))
             .await;
         hung.push(receiver);
     }
     let healthy = Receiver::start().await;
     server
-        .create_webhook(json!({ "name": "healthy", "event_kinds": ["fast.*"], "module_id": module, "url": healthy.url }))
+        .create_webhook(json!({ "name": "healthy", "tenant": healthy_tenant,
+                                "event_kinds": ["fast.*"], "module_id": module,
+                                "url": healthy.url }))
         .await;
     let batch: Vec<_> = (0..8)
         .flat_map(|i| {
-            (0..20)
-                .map(move |n| json!({ "kind": format!("slow{i}.created"), "payload": { "n": n } }))
+            (0..20).map(move |n| {
+                json!({ "kind": format!("slow{i}.created"), "tenant": tenant, "payload": { "n": n } })
+            })
         })
         .collect();
     server.emit(json!(batch)).await;
-    // The hung endpoints fill every slot they may: all but the last eighth.
-    eventually("the hung receivers to hold 56 requests", || async {
-        (hung.iter().map(Receiver::waiting).sum::<usize>() >= 56).then_some(())
-    })
-    .await;
+    (server, hung, healthy)
+}
 
-    // The healthy receiver's deliveries all arrive while the hung ones still hold theirs.
+/// Waits until the held receivers hold `at_least` requests between them.
+async fn held_at_least(hung: &[Receiver], at_least: usize) {
+    eventually(
+        &format!("the hung receivers to hold {at_least} requests"),
+        || async { (hung.iter().map(Receiver::waiting).sum::<usize>() >= at_least).then_some(()) },
+    )
+    .await;
+}
+
+/// Emits ten `fast.created` events of `tenant` and waits until each is delivered.
+async fn ten_delivered(server: &Server, tenant: Option<&str>) {
     let batch: Vec<_> = (0..10)
-        .map(|n| json!({ "kind": "fast.created", "payload": { "n": n } }))
+        .map(|n| json!({ "kind": "fast.created", "tenant": tenant, "payload": { "n": n } }))
         .collect();
     let ack = server.emit(json!(batch)).await;
     for result in ack["data"].as_array().unwrap() {
@@ -213,6 +227,19 @@ async fn eight_hung_endpoints_cannot_take_every_slot_from_a_healthy_one() {
             .await;
         assert_eq!(done["status"], "delivered", "{done}");
     }
+}
+
+#[tokio::test]
+async fn eight_hung_endpoints_cannot_take_every_slot_from_a_healthy_one() {
+    let (_tmp, dir) = data_dir();
+    // Eight endpoints that never answer could hold 8 × 16 requests, twice the host's 64
+    // slots, and only time out after ten minutes.
+    let (server, hung, healthy) = hung_beside_healthy(&dir, "64", "16", None, None).await;
+    // The hung endpoints fill every slot they may: all but the last eighth.
+    held_at_least(&hung, 56).await;
+
+    // The healthy receiver's deliveries all arrive while the hung ones still hold theirs.
+    ten_delivered(&server, None).await;
     assert_eq!(healthy.received().len(), 10);
     let held: usize = hung.iter().map(Receiver::waiting).sum();
     assert!((56..64).contains(&held), "{held} held");
@@ -227,57 +254,11 @@ async fn one_tenants_hung_endpoints_hold_at_most_its_share_of_the_slots() {
     let (_tmp, dir) = data_dir();
     // Eight hung endpoints of one tenant: more than the last eighth of the slots can serve
     // one at a time, so only the tenant's share (half of 32) keeps the other tenant going.
-    let server = Server::start(
-        &dir,
-        &[
-            ("WASMHOOKS_DELIVERY__MAX_IN_FLIGHT", "32"),
-            ("WASMHOOKS_DELIVERY__ENDPOINT_CONCURRENCY", "8"),
-            ("WASMHOOKS_DELIVERY__TIMEOUT", "10m"),
-        ],
-    )
-    .await;
-    let module = server.upload("forward", wasmhooks::examples::FORWARD).await;
-    let mut hung = Vec::new();
-    for i in 0..8 {
-        let receiver = Receiver::start().await;
-        receiver.hold();
-        server
-            .create_webhook(json!({ "name": format!("hung {i}"), "tenant": "a",
-                                    "event_kinds": [format!("slow{i}.*")],
-                                    "module_id": module, "url": receiver.url }))
-            .await;
-        hung.push(receiver);
-    }
-    let healthy = Receiver::start().await;
-    server
-        .create_webhook(
-            json!({ "name": "healthy", "tenant": "b", "event_kinds": ["fast.*"],
-                                "module_id": module, "url": healthy.url }),
-        )
-        .await;
-    let batch: Vec<_> = (0..8)
-        .flat_map(|i| {
-            (0..10).map(move |n| {
-                json!({ "kind": format!("slow{i}.created"), "tenant": "a", "payload": { "n": n } })
-            })
-        })
-        .collect();
-    server.emit(json!(batch)).await;
-    eventually("tenant a's receivers to hold its share", || async {
-        (hung.iter().map(Receiver::waiting).sum::<usize>() >= 16).then_some(())
-    })
-    .await;
+    let (server, hung, healthy) = hung_beside_healthy(&dir, "32", "8", Some("a"), Some("b")).await;
+    held_at_least(&hung, 16).await;
 
-    let batch: Vec<_> = (0..10)
-        .map(|n| json!({ "kind": "fast.created", "tenant": "b", "payload": { "n": n } }))
-        .collect();
-    let ack = server.emit(json!(batch)).await;
-    for result in ack["data"].as_array().unwrap() {
-        let done = server
-            .final_delivery(result["deliveries"][0].as_str().unwrap())
-            .await;
-        assert_eq!(done["status"], "delivered", "{done}");
-    }
+    ten_delivered(&server, Some("b")).await;
+    assert_eq!(healthy.received().len(), 10);
     let held: usize = hung.iter().map(Receiver::waiting).sum();
     assert_eq!(held, 16, "tenant a holds its share and no more");
     for receiver in &hung {
