@@ -137,91 +137,95 @@ impl Metrics {
             store_bytes: Gauge::default(),
             free_bytes: Gauge::default(),
         };
-        let m = &metrics;
-        registry.register(
-            "events_accepted",
-            "Events acknowledged (duplicates of a stored id not counted)",
-            m.events_accepted.clone(),
-        );
-        registry.register(
-            "deliveries",
-            "Deliveries that ended, by webhook and outcome (delivered, skipped, failed, dead)",
-            m.deliveries.clone(),
-        );
-        registry.register(
-            "attempts",
-            "HTTP attempts by status class (2xx, 3xx, 4xx, 5xx, error: no response)",
-            m.attempts.clone(),
-        );
-        registry.register(
-            "delivery_latency_seconds",
-            "From a delivery's creation (the event's acknowledgement) to its last request accepted",
-            m.delivery_latency.clone(),
-        );
-        registry.register(
-            "attempt_duration_seconds",
-            "One HTTP attempt, to its response or error",
-            m.attempt_duration.clone(),
-        );
-        registry.register(
-            "plugin_evaluation_seconds",
-            "One plugin evaluation (instantiation and call)",
-            m.evaluation_time.clone(),
-        );
-        registry.register(
-            "plugin_limit_hits",
-            "Evaluations stopped by a sandbox limit, by limit (cpu, memory, stack, output, requests)",
-            m.limit_hits.clone(),
-        );
-        registry.register(
-            "queue_depth",
-            "Deliveries in the due queue",
-            m.queue_depth.clone(),
-        );
-        registry.register(
-            "queue_oldest_due_age_seconds",
-            "How long the earliest due delivery has been due",
-            m.oldest_due_age.clone(),
-        );
-        registry.register(
-            "endpoint_in_flight",
-            "Deliveries in flight per endpoint",
-            m.in_flight.clone(),
-        );
-        registry.register(
-            "evaluations_running",
-            "Plugin evaluations running now",
-            m.evaluations_running.clone(),
-        );
-        registry.register(
-            "evaluations_waiting",
-            "Plugin evaluations waiting for a fair turn",
-            m.evaluations_waiting.clone(),
-        );
-        registry.register(
-            "throttled_webhooks",
-            "Webhooks whose evaluations wait for their budget or a back-off",
-            m.throttled_webhooks.clone(),
-        );
-        registry.register(
-            "webhook_evaluation_ms_per_second",
-            "Evaluation time per second of each webhook that has run (about ten seconds)",
-            m.webhook_evaluation.clone(),
-        );
-        registry.register(
-            "store_size_bytes",
-            "Bytes of the data directory on disk",
-            m.store_bytes.clone(),
-        );
-        registry.register(
-            "store_free_bytes",
-            "Free bytes on the data directory's filesystem",
-            m.free_bytes.clone(),
-        );
+        metrics.register(&mut registry);
         Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Registers every metric under its name and help text.
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "events_accepted",
+            "Events acknowledged (duplicates of a stored id not counted)",
+            self.events_accepted.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Deliveries that ended, by webhook and outcome (delivered, skipped, failed, dead)",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "attempts",
+            "HTTP attempts by status class (2xx, 3xx, 4xx, 5xx, error: no response)",
+            self.attempts.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "From a delivery's creation (the event's acknowledgement) to its last request accepted",
+            self.delivery_latency.clone(),
+        );
+        registry.register(
+            "attempt_duration_seconds",
+            "One HTTP attempt, to its response or error",
+            self.attempt_duration.clone(),
+        );
+        registry.register(
+            "plugin_evaluation_seconds",
+            "One plugin evaluation (instantiation and call)",
+            self.evaluation_time.clone(),
+        );
+        registry.register(
+            "plugin_limit_hits",
+            "Evaluations stopped by a sandbox limit, by limit (cpu, memory, stack, output, requests)",
+            self.limit_hits.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Deliveries in the due queue",
+            self.queue_depth.clone(),
+        );
+        registry.register(
+            "queue_oldest_due_age_seconds",
+            "How long the earliest due delivery has been due",
+            self.oldest_due_age.clone(),
+        );
+        registry.register(
+            "endpoint_in_flight",
+            "Deliveries in flight per endpoint",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "evaluations_running",
+            "Plugin evaluations running now",
+            self.evaluations_running.clone(),
+        );
+        registry.register(
+            "evaluations_waiting",
+            "Plugin evaluations waiting for a fair turn",
+            self.evaluations_waiting.clone(),
+        );
+        registry.register(
+            "throttled_webhooks",
+            "Webhooks whose evaluations wait for their budget or a back-off",
+            self.throttled_webhooks.clone(),
+        );
+        registry.register(
+            "webhook_evaluation_ms_per_second",
+            "Evaluation time per second of each webhook that has run (about ten seconds)",
+            self.webhook_evaluation.clone(),
+        );
+        registry.register(
+            "store_size_bytes",
+            "Bytes of the data directory on disk",
+            self.store_bytes.clone(),
+        );
+        registry.register(
+            "store_free_bytes",
+            "Free bytes on the data directory's filesystem",
+            self.free_bytes.clone(),
+        );
     }
 
     /// `count` new events were acknowledged.

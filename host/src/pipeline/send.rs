@@ -2,7 +2,7 @@
 //! response hook and `outcome` decide what each attempt means.
 
 use super::gate::Gate;
-use super::outcome::{self, RetryRules, Round, RoundFacts};
+use super::outcome::{self, Judged, RetryRules, Round, RoundFacts};
 use super::worker::{plus, PAUSED_WAIT};
 use super::Pipeline;
 use crate::catalog::request;
@@ -10,8 +10,9 @@ use crate::model::{
     Attempt, AttemptOutcome, Connection, Delivery, LogLine, Millis, OutboundRequest, ResponsePath,
     Webhook,
 };
-use crate::runtime::{wit, Call};
+use crate::runtime::{wit, Call, LoadedPlugin};
 use crate::sender::SendResult;
+use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -27,16 +28,7 @@ impl Pipeline {
         let mut facts = RoundFacts::default();
         delivery.rounds += 1;
         let round = delivery.rounds;
-        let hook = self
-            .plugin(&webhook.module_id)
-            .ok()
-            .filter(|p| p.has_response_hook());
-        // Checked when the webhook was saved.
-        let response_path = webhook
-            .response_value
-            .as_ref()
-            .and_then(|r| r.path.as_deref())
-            .and_then(|p| ResponsePath::parse(p).ok());
+        let (hook, response_path) = self.answer_readers(webhook);
         let mut requests = delivery.requests.take().unwrap_or_default();
         let (mut held, mut attempted) = (None, false);
         for (index, request) in requests.iter_mut().enumerate() {
@@ -63,70 +55,28 @@ impl Pipeline {
                 }
             };
             let webhook: &Webhook = &current;
-            let span = tracing::info_span!(
-                "wasmhooks.attempt",
-                delivery = %delivery.id,
-                webhook = %webhook.id,
-                request = index,
-                round,
-                status = tracing::field::Empty,
-            );
+            let span = attempt_span(delivery, webhook, index, round);
             let sending = self
                 .send_signed(webhook, connection.as_deref(), request, started_at)
                 .instrument(span.clone());
-            let result = tokio::select! {
-                result = sending => result,
-                _ = hand_back.wait_for(|now| *now) => {
-                    // The host is stopping: the answer is not waited for, and the next
-                    // start sends the request again.
-                    tracing::info!(delivery = %delivery.id, "handed back at shutdown");
-                    held = Some(self.now());
-                    break;
-                }
+            let Some(result) = until_handed_back(sending, hand_back).await else {
+                // The host is stopping: the answer is not waited for, and the next start
+                // sends the request again.
+                tracing::info!(delivery = %delivery.id, "handed back at shutdown");
+                held = Some(self.now());
+                break;
             };
             attempted = true;
             if let Some(status) = result.status {
                 span.record("status", status);
             }
-            let mut judged = outcome::judge(result.status, result.error.as_ref(), |s| {
-                webhook.is_success(s)
-            });
+            let answer = Answered {
+                index,
+                hook: hook.as_ref(),
+                response_path: response_path.as_ref(),
+            };
+            let judged = self.judge_answer(webhook, delivery, answer, &result).await;
             report.gone |= judged.gone;
-            let mut hook_value = None;
-            if let (Some(plugin), Some(status)) = (&hook, result.status) {
-                let response = wit::Response {
-                    request_index: index as u32,
-                    status,
-                    headers: result.headers.clone(),
-                    body: result.body.clone(),
-                };
-                let ctx = self.plugin_context(webhook);
-                let evaluation = self
-                    .run_plugin(
-                        webhook,
-                        delivery,
-                        plugin.clone(),
-                        ctx,
-                        Call::Response(response),
-                    )
-                    .await;
-                self.keep_state(webhook, &evaluation);
-                delivery.logs.extend(evaluation.logs);
-                hook_value = outcome::apply_hook(&mut judged, &evaluation.result);
-            }
-            if judged.outcome == AttemptOutcome::Success {
-                if hook_value.is_some() {
-                    delivery.extracted_value = hook_value;
-                } else if let Some(path) = response_path.as_ref() {
-                    match extract_value(path, &result.body) {
-                        Ok(value) => delivery.extracted_value = Some(value),
-                        Err(why) => delivery.logs.push(LogLine {
-                            level: crate::model::LogLevel::Warn,
-                            message: format!("response value: {why}"),
-                        }),
-                    }
-                }
-            }
             if judged.outcome == AttemptOutcome::Retry {
                 facts.signals.note(
                     result.status,
@@ -136,57 +86,103 @@ impl Pipeline {
                 );
             }
             self.metrics.attempt(result.status, result.duration);
-            delivery.attempts.push(Attempt {
-                number: round,
-                request_index: index as u32,
-                started_at,
-                duration_ms: result.duration.as_millis() as u64,
-                status: result.status,
-                error: result.error.map(|e| e.to_string()),
-                response_headers: result.headers,
-                response_body: String::from_utf8_lossy(&result.body).into_owned(),
-                outcome: judged.outcome,
-            });
-            match judged.outcome {
-                AttemptOutcome::Success => {
-                    request.delivered = true;
-                    report.any_success = true;
-                }
-                AttemptOutcome::Retry => {
-                    facts.last_failure = Some(judged.note);
-                    report.any_failure = true;
-                }
-                AttemptOutcome::Fail => {
-                    facts.failed_for_good = Some(judged.note);
-                    report.any_failure = true;
-                }
-            }
+            delivery
+                .attempts
+                .push(sent(round, index, started_at, result, judged.outcome));
+            request.delivered = judged.outcome == AttemptOutcome::Success;
+            tally(judged, &mut facts, &mut report);
         }
         if let Some(again) = held {
             // Nothing more goes out now: the worker looks again when the webhook may send
-            // (or at the next start, when handed back).
+            // (or at the next start, when handed back). A round that sent nothing is none.
             delivery.requests = Some(requests);
-            if !attempted {
-                delivery.rounds -= 1;
-            }
+            delivery.rounds -= u32::from(!attempted);
             delivery.next_attempt_at = Some(again);
             delivery.updated_at = self.now();
             return report;
         }
         facts.all_delivered = requests.iter().all(|r| r.delivered);
         delivery.requests = Some(requests);
-        let delivery_config = &self.config.delivery;
-        let rules = RetryRules {
+        outcome::settle(delivery, facts, &self.retry_rules(webhook), self.now());
+        report
+    }
+
+    /// What reads `webhook`'s answers besides their status: its plugin, when it has a
+    /// response hook, and its `response_value` path (checked when the webhook was saved).
+    fn answer_readers(
+        &self,
+        webhook: &Webhook,
+    ) -> (Option<Arc<LoadedPlugin>>, Option<ResponsePath>) {
+        let hook = self
+            .plugin(&webhook.module_id)
+            .ok()
+            .filter(|p| p.has_response_hook());
+        let response_path = webhook
+            .response_value
+            .as_ref()
+            .and_then(|r| r.path.as_deref())
+            .and_then(|p| ResponsePath::parse(p).ok());
+        (hook, response_path)
+    }
+
+    /// How `webhook` retries: its own schedule or the host's, with the host's bounds.
+    fn retry_rules<'a>(&'a self, webhook: &'a Webhook) -> RetryRules<'a> {
+        let delivery = &self.config.delivery;
+        RetryRules {
             schedule: webhook
                 .retry_schedule
                 .as_deref()
-                .unwrap_or(&delivery_config.retry_schedule),
-            jitter: delivery_config.jitter,
-            slow_down_wait: delivery_config.slow_down_wait,
-            max_retry_after: delivery_config.max_retry_after,
-        };
-        outcome::settle(delivery, facts, &rules, self.now());
-        report
+                .unwrap_or(&delivery.retry_schedule),
+            jitter: delivery.jitter,
+            slow_down_wait: delivery.slow_down_wait,
+            max_retry_after: delivery.max_retry_after,
+        }
+    }
+
+    /// What an answer means for its request: the status judged against the webhook, then
+    /// the response hook's say (its state kept, its logs on the delivery), and on success the
+    /// value kept from the answer (the hook's, or the webhook's `response_value` path).
+    async fn judge_answer(
+        &self,
+        webhook: &Webhook,
+        delivery: &mut Delivery,
+        answer: Answered<'_>,
+        result: &SendResult,
+    ) -> Judged {
+        let mut judged = outcome::judge(result.status, result.error.as_ref(), |s| {
+            webhook.is_success(s)
+        });
+        let mut hook_value = None;
+        if let (Some(plugin), Some(status)) = (answer.hook, result.status) {
+            let response = wit::Response {
+                request_index: answer.index as u32,
+                status,
+                headers: result.headers.clone(),
+                body: result.body.clone(),
+            };
+            let ctx = self.plugin_context(webhook);
+            let call = Call::Response(response);
+            let evaluation = self
+                .run_plugin(webhook, delivery, plugin.clone(), ctx, call)
+                .await;
+            self.keep_state(webhook, &evaluation);
+            delivery.logs.extend(evaluation.logs);
+            hook_value = outcome::apply_hook(&mut judged, &evaluation.result);
+        }
+        if judged.outcome == AttemptOutcome::Success {
+            if hook_value.is_some() {
+                delivery.extracted_value = hook_value;
+            } else if let Some(path) = answer.response_path {
+                match extract_value(path, &result.body) {
+                    Ok(value) => delivery.extracted_value = Some(value),
+                    Err(why) => delivery.logs.push(LogLine {
+                        level: crate::model::LogLevel::Warn,
+                        message: format!("response value: {why}"),
+                    }),
+                }
+            }
+        }
+        judged
     }
 
     /// Sends one request with its Standard Webhooks timestamp and signature for `at`, through
@@ -224,6 +220,75 @@ impl Pipeline {
         self.sender
             .send(request, &headers, &extra, connection, webhook.timeout)
             .await
+    }
+}
+
+/// The span of one HTTP attempt; its `status` is recorded when the answer comes.
+fn attempt_span(delivery: &Delivery, webhook: &Webhook, index: usize, round: u32) -> tracing::Span {
+    tracing::info_span!(
+        "wasmhooks.attempt",
+        delivery = %delivery.id,
+        webhook = %webhook.id,
+        request = index,
+        round,
+        status = tracing::field::Empty,
+    )
+}
+
+/// Counts an attempt's outcome in the round's facts and report.
+fn tally(judged: Judged, facts: &mut RoundFacts, report: &mut Round) {
+    match judged.outcome {
+        AttemptOutcome::Success => report.any_success = true,
+        AttemptOutcome::Retry => {
+            facts.last_failure = Some(judged.note);
+            report.any_failure = true;
+        }
+        AttemptOutcome::Fail => {
+            facts.failed_for_good = Some(judged.note);
+            report.any_failure = true;
+        }
+    }
+}
+
+/// What `sending` answers, or `None` once the host hands the delivery back (shutdown).
+async fn until_handed_back(
+    sending: impl std::future::Future<Output = SendResult>,
+    hand_back: &mut watch::Receiver<bool>,
+) -> Option<SendResult> {
+    tokio::select! {
+        result = sending => Some(result),
+        _ = hand_back.wait_for(|now| *now) => None,
+    }
+}
+
+/// Which request an answer is for, and what reads it besides its status.
+struct Answered<'a> {
+    /// The request's index in the delivery.
+    index: usize,
+    /// The webhook's plugin, when it has a response hook.
+    hook: Option<&'a Arc<LoadedPlugin>>,
+    /// Where the webhook keeps a value from the answer.
+    response_path: Option<&'a ResponsePath>,
+}
+
+/// The attempt recorded for a request that was sent.
+fn sent(
+    round: u32,
+    index: usize,
+    at: Millis,
+    result: SendResult,
+    outcome: AttemptOutcome,
+) -> Attempt {
+    Attempt {
+        number: round,
+        request_index: index as u32,
+        started_at: at,
+        duration_ms: result.duration.as_millis() as u64,
+        status: result.status,
+        error: result.error.map(|e| e.to_string()),
+        response_headers: result.headers,
+        response_body: String::from_utf8_lossy(&result.body).into_owned(),
+        outcome,
     }
 }
 
