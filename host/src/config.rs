@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::model::duration::{duration_list, duration_text};
+use crate::model::Keep;
 
 mod load;
 
@@ -35,6 +36,41 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// Storage (sled) settings.
     pub store: StoreConfig,
+    /// How long finished deliveries and events are kept.
+    pub retention: RetentionConfig,
+}
+
+/// How long finished work is kept, and how the pruner that removes it runs. A duration such
+/// as `7d`, or `forever`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Delivered and skipped deliveries, with their attempts and plugin logs, after they
+    /// finish (a webhook may set its own).
+    pub delivered: Keep,
+    /// Failed and dead deliveries, after they finish (a webhook may set its own).
+    pub failed: Keep,
+    /// Events, after they are received, once no pending delivery needs them. An event's id
+    /// is refused as a duplicate for this long, and no longer.
+    pub events: Keep,
+    /// How often the pruner looks for what has expired.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    /// Records the pruner handles in one step; the host's other work goes on between steps.
+    pub batch: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let days = |n: u64| Keep::For(Duration::from_secs(n * 86_400));
+        RetentionConfig {
+            delivered: days(7),
+            failed: days(30),
+            events: days(30),
+            interval: Duration::from_secs(60),
+            batch: 1000,
+        }
+    }
 }
 
 /// Storage settings.
@@ -277,6 +313,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             secrets: SecretsConfig::default(),
             store: StoreConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

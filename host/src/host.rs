@@ -63,6 +63,7 @@ pub struct Host {
     store: Store,
     shutdown: watch::Sender<bool>,
     scheduler: Option<JoinHandle<()>>,
+    pruner: Option<JoinHandle<()>>,
     first_admin_key: Option<String>,
 }
 
@@ -113,6 +114,7 @@ impl Host {
             store,
             shutdown,
             scheduler: None,
+            pruner: None,
             first_admin_key,
         })
     }
@@ -128,12 +130,14 @@ impl Host {
         &self.pipeline
     }
 
-    /// Starts the scheduler and the disk watch (inside a tokio runtime). Calling it twice
-    /// does nothing.
+    /// Starts the scheduler, the pruner and the disk watch (inside a tokio runtime). Calling
+    /// it twice does nothing.
     pub fn start(&mut self) {
         if self.scheduler.is_none() {
             let receiver = self.shutdown.subscribe();
             self.scheduler = Some(tokio::spawn(self.pipeline.clone().run_scheduler(receiver)));
+            let receiver = self.shutdown.subscribe();
+            self.pruner = Some(tokio::spawn(self.pipeline.clone().run_pruner(receiver)));
             tokio::spawn(watch_disk(self.store.clone(), self.shutdown.subscribe()));
         }
     }
@@ -171,6 +175,12 @@ impl Host {
             if handle.await.is_err() {
                 tracing::error!("the scheduler panicked");
                 result = Err(ShutdownError::Scheduler);
+            }
+        }
+        // A pass under way stops at its next step.
+        if let Some(handle) = self.pruner.take() {
+            if handle.await.is_err() {
+                tracing::error!("the pruner panicked");
             }
         }
         if let Err(e) = self.store.flush() {

@@ -49,6 +49,9 @@ pub struct Metrics {
     webhook_evaluation: Family<Labels, Gauge<f64, AtomicU64>>,
     store_bytes: Gauge,
     free_bytes: Gauge,
+    pruned: Family<Labels, Counter>,
+    prune_passes: Counter,
+    prune_pass_duration: Gauge<f64, AtomicU64>,
 }
 
 /// What a scrape reads from the host, for the gauges.
@@ -136,6 +139,9 @@ impl Metrics {
             webhook_evaluation: Family::default(),
             store_bytes: Gauge::default(),
             free_bytes: Gauge::default(),
+            pruned: Family::default(),
+            prune_passes: Counter::default(),
+            prune_pass_duration: Gauge::default(),
         };
         metrics.register(&mut registry);
         Metrics {
@@ -226,6 +232,36 @@ impl Metrics {
             "Free bytes on the data directory's filesystem",
             self.free_bytes.clone(),
         );
+        for kind in ["deliveries", "events"] {
+            let _ = self.pruned.get_or_create(&vec![("kind", kind.to_string())]);
+        }
+        registry.register(
+            "pruned",
+            "Records removed past their retention, by kind (deliveries, events)",
+            self.pruned.clone(),
+        );
+        registry.register(
+            "prune_passes",
+            "Pruning passes run to their end (one every retention.interval)",
+            self.prune_passes.clone(),
+        );
+        registry.register(
+            "prune_pass_seconds",
+            "How long the last complete pruning pass took",
+            self.prune_pass_duration.clone(),
+        );
+    }
+
+    /// The pruner removed `count` more records of `kind` (`deliveries`, `events`).
+    pub fn pruned(&self, kind: &'static str, count: u64) {
+        let counter = self.pruned.get_or_create(&vec![("kind", kind.to_string())]);
+        counter.inc_by(count);
+    }
+
+    /// A pruning pass ran to its end in `took`.
+    pub fn pruning_pass(&self, took: Duration) {
+        self.prune_passes.inc();
+        self.prune_pass_duration.set(took.as_secs_f64());
     }
 
     /// `count` new events were acknowledged.

@@ -8,6 +8,7 @@ pub mod duration;
 mod ids;
 mod key;
 mod response_value;
+mod retention;
 mod schedule;
 mod time;
 
@@ -28,6 +29,7 @@ pub use duration::{format_duration, parse_duration};
 pub use ids::{ApiKeyId, ConnectionId, DeliveryId, EventId, IdError, ModuleId, WebhookId};
 pub use key::{constant_time_eq, generate_key, hash_key, key_id_of, ApiKey, Role};
 pub use response_value::{ResponsePath, ResponseValue};
+pub use retention::{Keep, RetentionOverrides};
 pub use schedule::{CheckedSchedule, Schedule, Window};
 pub use time::Millis;
 
@@ -208,6 +210,9 @@ pub struct Webhook {
     /// Sandbox limits of this webhook's evaluations; unset ones take the host's defaults.
     #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
     pub limits: LimitOverrides,
+    /// How long its finished deliveries are kept, where not the host's `retention`.
+    #[serde(default, skip_serializing_if = "RetentionOverrides::is_empty")]
+    pub retention: RetentionOverrides,
     /// The value to keep from the receiver's JSON answer, and whether to emit it as a
     /// `webhook.response` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]

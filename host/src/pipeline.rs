@@ -16,6 +16,7 @@ mod ingest;
 mod observe;
 mod outcome;
 mod replay;
+pub mod retention;
 pub mod retry;
 mod scheduler;
 mod send;

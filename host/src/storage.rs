@@ -334,7 +334,72 @@ pub trait Capacity: Send + Sync {
     ) -> Result<BackupReport, StorageError>;
 }
 
-/// Everything the host stores.
-pub trait Storage: Definitions + Deliveries + PluginStates + Capacity {}
+/// How a finished delivery ended, as retention sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// Delivered, or skipped by its plugin: kept for `retention.delivered`.
+    Succeeded,
+    /// Failed or dead: kept for `retention.failed`.
+    Failed,
+}
 
-impl<T: Definitions + Deliveries + PluginStates + Capacity> Storage for T {}
+impl Finished {
+    /// How a delivery of `status` ended; `None` while it is pending.
+    pub fn of(status: crate::model::DeliveryStatus) -> Option<Finished> {
+        use crate::model::DeliveryStatus;
+        match status {
+            DeliveryStatus::Pending => None,
+            DeliveryStatus::Delivered | DeliveryStatus::Skipped => Some(Finished::Succeeded),
+            DeliveryStatus::Failed | DeliveryStatus::Dead => Some(Finished::Failed),
+        }
+    }
+}
+
+/// Asked between two batches of a pruning walk, with what it has removed so far: `true`
+/// stops the walk there (the host is shutting down).
+pub type StopWalk<'a> = &'a (dyn Fn(u64) -> bool + Sync);
+
+/// Pruning by age (retention). Each walk removes in small batches, each apart from the next,
+/// so deliveries and API calls go on between them; a walk stopped midway loses nothing and the
+/// next one goes on. Blocking.
+///
+/// What a pending delivery needs is never removed: its record, its events (however old), and
+/// the indexes that route it.
+pub trait Pruning: Send + Sync {
+    /// Completes what the walks below need for records stored before this engine kept it (a
+    /// one-time walk over every event and delivery); a no-op once done. `false` when it was
+    /// stopped before the end (it starts over next time).
+    fn prepare_pruning(&self, stop: StopWalk<'_>) -> Result<bool, StorageError>;
+    /// Removes finished deliveries, with their attempts and logs, that finished before the
+    /// cutoff `cutoff` gives for their webhook and outcome (`None`: kept), `batch` at a time.
+    /// Returns how many it removed.
+    fn prune_deliveries(
+        &self,
+        cutoff: &(dyn Fn(&WebhookId, Finished) -> Option<Millis> + Sync),
+        batch: usize,
+        stop: StopWalk<'_>,
+    ) -> Result<u64, StorageError>;
+    /// Removes events received before `before` (or last renewed before it) that no pending
+    /// delivery needs, `batch` at a time; their ids may then be used again. Returns how many
+    /// it removed.
+    fn prune_events(
+        &self,
+        before: Millis,
+        batch: usize,
+        stop: StopWalk<'_>,
+    ) -> Result<u64, StorageError>;
+    /// Keeps an event as though received at `now`: called before a new delivery of a stored
+    /// event is queued (a replay), so that no walk begun before it removes the event.
+    /// `false` when the event is gone.
+    fn renew_event(
+        &self,
+        tenant: Option<&str>,
+        id: &EventId,
+        now: Millis,
+    ) -> Result<bool, StorageError>;
+}
+
+/// Everything the host stores.
+pub trait Storage: Definitions + Deliveries + PluginStates + Capacity + Pruning {}
+
+impl<T: Definitions + Deliveries + PluginStates + Capacity + Pruning> Storage for T {}

@@ -4,14 +4,15 @@
 //! with the routing indexes), `round` (the intent log that makes a plain ingest round
 //! all-or-nothing), `commit` (group commit on one thread), `recent` (the hot cache of
 //! records just written), `deliveries` (events, deliveries and the due queue), `claims`
-//! (claims on deliveries, in memory), `state` (plugin state, the host's secrets), [`seal`]
-//! (credentials encrypted at rest), `codec` (event records), [`space`] (the free-space
-//! guard), `backup` (a copy taken while the host runs) and `storage_impl` (the traits on
-//! [`Store`]).
+//! (claims on deliveries, in memory), `state` (plugin state, the host's secrets),
+//! `retention` (pruning by age, and the indexes it walks), [`seal`] (credentials encrypted
+//! at rest), `codec` (event records), [`space`] (the free-space guard), `backup` (a copy
+//! taken while the host runs) and `storage_impl` (the traits on [`Store`]).
 //!
 //! Values are JSON; records holding credentials (connections, signing secrets) are sealed
 //! with the host's secrets key ([`seal`]). The queue tree is keyed by `due time (u64
-//! big-endian ms) ++ delivery id`, so iterating it walks deliveries in due order and a million pending deliveries cost disk,
+//! big-endian ms) ++ delivery id` (its value: the webhook and the delivery's creation time),
+//! so iterating it walks deliveries in due order and a million pending deliveries cost disk,
 //! not memory. Event records are LZ4-compressed (`codec`).
 //!
 //! Changes that must be atomic with an index (an event whose deliveries are debounced, in
@@ -34,6 +35,7 @@ mod deliveries;
 mod engine_faults;
 mod ingest;
 mod recent;
+mod retention;
 mod round;
 pub mod seal;
 pub mod space;
@@ -54,7 +56,10 @@ pub use seal::Sealer;
 use crate::storage::{parse_queue_key, queue_key, Inserted, QueueEntry, Scanned};
 
 pub use ingest::event_key;
-use ingest::{abort, debounce_key, fifo_key, partition_key, EncodedEvent, EventTrees};
+use ingest::{
+    abort, debounce_key, fifo_key, parse_queue_value, partition_key, queue_value, EncodedEvent,
+    EventTrees,
+};
 
 use crate::model::{
     ApiKey, ApiKeyId, Connection, ConnectionId, Delivery, DeliveryId, Event, EventId, Millis,
@@ -146,6 +151,10 @@ pub struct Store {
     ingest: EventTrees,
     /// Claims on deliveries: in memory, since only this process opens the files.
     claims: Arc<claims::Claims>,
+    /// Events kept as though received later (see [`retention`]).
+    renewed: sled::Tree,
+    /// Held by a renewal, and by each batch of the events' pruning walk.
+    renewals: Arc<std::sync::Mutex<()>>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -224,6 +233,8 @@ impl Store {
             fifo: db.open_tree("fifo")?,
             batches: db.open_tree("batches")?,
             intents: db.open_tree("ingest_intents")?,
+            finished: db.open_tree("finished")?,
+            received: db.open_tree("received")?,
             ingest_lock: Arc::default(),
             recent: Arc::default(),
             recent_deliveries: Arc::default(),
@@ -243,6 +254,8 @@ impl Store {
             committer: commit::Committer::start(db.clone(), ingest.clone()),
             ingest,
             claims: Arc::default(),
+            renewed: db.open_tree("renewed")?,
+            renewals: Arc::default(),
             db,
         };
         let undone = round::undo_unfinished(&store.ingest)?;

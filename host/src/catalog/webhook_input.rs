@@ -16,7 +16,7 @@ use super::{Catalog, Error};
 use crate::model::parse_duration;
 use crate::model::{
     validate_kind, BatchConfig, ConnectionId, EntityMode, LimitOverrides, Method, ModuleId,
-    Schedule, Webhook, WebhookId,
+    RetentionOverrides, Schedule, Webhook, WebhookId,
 };
 use crate::model::{ResponsePath, ResponseValue, Secret};
 
@@ -89,6 +89,11 @@ pub struct WebhookInput {
     /// the existing set on update; `null` returns to the host's defaults).
     #[serde(default, deserialize_with = "nullable")]
     pub limits: Option<Option<LimitsInput>>,
+    /// How long its finished deliveries are kept: `{"delivered": "1d", "failed": "90d"}`
+    /// (`forever` keeps them; replace the existing set on update; `null` returns to the
+    /// host's `retention`).
+    #[serde(default, deserialize_with = "nullable")]
+    pub retention: Option<Option<RetentionOverrides>>,
     /// `{"path": "entries.0.values.Request ID", "emit_event": true}`: the value kept from
     /// the receiver's JSON answer, and whether it is emitted as `webhook.response`.
     #[serde(default, deserialize_with = "nullable")]
@@ -562,6 +567,12 @@ impl Catalog {
             .check(&plugin.max_limits)
             .map_err(|(name, message)| Error::invalid(format!("limits.{name}"), message))?;
 
+        let retention = match input.retention {
+            Some(given) => given.unwrap_or_default(),
+            None => existing.map(|w| w.retention.clone()).unwrap_or_default(),
+        };
+        self.check_retention(&retention, tenant.as_deref())?;
+
         let response_value = pick(
             input.response_value,
             existing.map(|w| &w.response_value),
@@ -606,11 +617,39 @@ impl Catalog {
             batch,
             schedule,
             limits,
+            retention,
             response_value,
             failing_since,
             disabled_reason,
             created_at: existing.map_or(now, |w| w.created_at),
             updated_at: now,
         })
+    }
+}
+
+impl Catalog {
+    /// A tenant's webhook may keep its deliveries for less than the host's `retention`, never
+    /// longer: the operator decides how much of a tenant's history the host holds.
+    fn check_retention(
+        &self,
+        retention: &RetentionOverrides,
+        tenant: Option<&str>,
+    ) -> Result<(), Error> {
+        let host = &self.config.retention;
+        for (field, given, limit) in [
+            ("retention.delivered", retention.delivered, host.delivered),
+            ("retention.failed", retention.failed, host.failed),
+        ] {
+            if let Some(keep) = given.filter(|keep| tenant.is_some() && *keep > limit) {
+                return Err(Error::invalid(
+                    field,
+                    format!(
+                        "a tenant's webhook keeps its deliveries at most as long as the host \
+                         does ({field} = {limit}); {keep} is longer"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }

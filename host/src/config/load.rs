@@ -120,6 +120,12 @@ impl Config {
                 "must be more than 0 and at most 1 (1: no cap per tenant)",
             );
         }
+        if self.retention.interval < Duration::from_millis(100) {
+            return invalid("retention.interval", "must be at least 100ms");
+        }
+        if !(1..=100_000).contains(&self.retention.batch) {
+            return invalid("retention.batch", "must be 1 to 100000");
+        }
         if self.delivery.max_in_flight == 0 {
             return invalid("delivery.max_in_flight", "must be at least 1");
         }

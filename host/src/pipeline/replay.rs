@@ -139,6 +139,21 @@ impl Pipeline {
             )));
         }
         let now = self.now();
+        let rebuilt = original.requests.as_ref().is_none_or(|requests| {
+            requests
+                .iter()
+                .any(|r| r.connection_id != webhook.connection_id)
+        });
+        // Kept from now on as though just received, so the pruner leaves them to the replay.
+        let tenant = original.events_tenant();
+        for event in std::iter::once(&original.event_id).chain(&original.batch_events) {
+            if !self.store.renew_event(tenant, event, now)? && rebuilt {
+                return Err(Error::Conflict(format!(
+                    "delivery {id} cannot be replayed: its plugin must build the request \
+                     again, and its event {event} was removed after retention.events"
+                )));
+            }
+        }
         // Requests built through another connection than the webhook's now are built anew
         // by its plugin: a request is only ever sent through the connection it was built for.
         let requests = original

@@ -13,6 +13,8 @@ use crate::model::{
 
 use super::{Capacity, Claim, Definitions, Deliveries, Inserted, PluginStates, Storage};
 
+mod pruning;
+
 /// Opens the storage kept in a directory (again, after the last handle to it was dropped).
 pub trait Opener {
     /// The storage.
@@ -34,6 +36,9 @@ pub async fn run(opener: &impl Opener) {
     in_order_deliveries_wait_for_the_first_in_line(opener).await;
     definitions_state_and_secrets_read_back(opener).await;
     a_backup_opens_with_every_event_and_the_queue_as_copied(opener).await;
+    pruning::finished_work_is_pruned_past_its_time_and_pending_work_is_kept(opener).await;
+    pruning::a_pruning_walk_stops_between_steps_and_the_next_goes_on(opener).await;
+    pruning::a_backup_prunes_like_its_original(opener).await;
 }
 
 fn event(id: &str, tenant: Option<&str>) -> Event {

@@ -12,7 +12,7 @@
 //!   against sending it again; the other way round it may send once more (at least once);
 //! - the due queue and the in-order lines are rebuilt from the copied deliveries rather than
 //!   copied (an entry copied before its delivery moved would point at a time it no longer
-//!   has).
+//!   has); the retention indexes are left out, and rebuilt when a host starts from the copy.
 //!
 //! An ingest round under way is copied with its intent record, and the copy's start undoes
 //! it like a crash's. Claims live in memory and are not copied.
@@ -21,13 +21,21 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::codec::decode_event;
-use super::ingest::{event_key, fifo_key};
+use super::ingest::{event_key, fifo_key, queue_value};
 use super::{decode, Store, StoreError};
 use crate::model::{Delivery, Millis};
 use crate::storage::{queue_key, BackupReport};
 
-/// Trees copied first, or rebuilt, before the rest.
-const HANDLED: &[&[u8]] = &[b"plugin_state", b"deliveries", b"queue", b"fifo", b"events"];
+/// Trees copied first, rebuilt, or left out, apart from the rest.
+const HANDLED: &[&[u8]] = &[
+    b"plugin_state",
+    b"deliveries",
+    b"queue",
+    b"fifo",
+    b"events",
+    b"finished",
+    b"received",
+];
 
 impl Store {
     /// Copies the store into a new database in `dir`, as of `taken_at`; see the module doc.
@@ -60,6 +68,9 @@ impl Store {
             let target = copy.open_tree(&name)?;
             report.records += copy_tree(&self.db.open_tree(&name)?, &target)?;
         }
+        // The copy's start rebuilds them: copied here, they could miss a record copied just
+        // before the pruning walk removed its entry, which would then be kept for ever.
+        copy.open_tree("meta")?.remove(super::retention::INDEXED)?;
         copy.flush()?;
         Ok(report)
     }
@@ -102,10 +113,7 @@ impl Store {
             else {
                 continue;
             };
-            queue.insert(
-                queue_key(due, &delivery.id),
-                delivery.webhook_id.as_str().as_bytes(),
-            )?;
+            queue.insert(queue_key(due, &delivery.id), queue_value(&delivery))?;
             if let Some(line) = fifo_key(&delivery) {
                 fifo.insert(line, &[] as &[u8])?;
             }

@@ -111,7 +111,7 @@ impl Store {
         }
     }
 
-    fn stored_event(&self, key: &str) -> Result<Option<Event>, StoreError> {
+    pub(super) fn stored_event(&self, key: &str) -> Result<Option<Event>, StoreError> {
         self.ingest
             .events
             .get(key)?
@@ -197,6 +197,11 @@ impl Store {
             _ => None,
         };
         let finished_in_line = fifo_key(delivery).filter(|_| delivery.status.is_final());
+        // Before the record that finishes it: an entry whose delivery did not finish after
+        // all is dropped by the pruning walk.
+        if let Some(key) = retention::finished_key(delivery) {
+            self.ingest.finished.insert(key, &[] as &[u8])?;
+        }
         if finished_in_line.is_none() && delivery.mode() == DeliveryMode::Plain {
             // No other record to keep in step, and nothing else writes this delivery (no
             // debounce or batch can replace its event): three plain writes, ordered so a crash
@@ -206,7 +211,7 @@ impl Store {
             if let Some(key) = &new_key {
                 self.ingest
                     .queue
-                    .insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
+                    .insert(key.as_slice(), queue_value(delivery))?;
             }
             self.ingest
                 .deliveries
@@ -234,7 +239,7 @@ impl Store {
                     queue.remove(key.as_slice())?;
                 }
                 if let Some(key) = &new_key {
-                    queue.insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
+                    queue.insert(key.as_slice(), queue_value(delivery))?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })?;
@@ -305,9 +310,7 @@ impl Store {
                 Err(e) => Some(Err(StoreError::from(e))),
                 Ok((key, value)) => {
                     let (due, id) = parse_queue_key(&key)?;
-                    let webhook = std::str::from_utf8(&value)
-                        .ok()
-                        .and_then(|w| WebhookId::parse(w).ok());
+                    let (webhook, _) = parse_queue_value(&value);
                     Some(Ok(QueueEntry {
                         due,
                         id,

@@ -50,6 +50,34 @@ pub(super) fn fifo_key(delivery: &Delivery) -> Option<Vec<u8>> {
     Some(key)
 }
 
+/// A queue entry's value: the delivery's webhook (so the scheduler can apply per-endpoint
+/// limits without reading the delivery), a zero byte, and when the delivery was made (u64
+/// big-endian ms; so the pruner knows which pending deliveries may need old events). Entries
+/// written before the time was kept hold the webhook alone.
+pub(super) fn queue_value(delivery: &Delivery) -> Vec<u8> {
+    let webhook = delivery.webhook_id.as_str().as_bytes();
+    let mut value = Vec::with_capacity(webhook.len() + 9);
+    value.extend_from_slice(webhook);
+    value.push(0);
+    value.extend_from_slice(&(delivery.created_at.as_i64().max(0) as u64).to_be_bytes());
+    value
+}
+
+/// A queue entry's webhook and, when kept, its delivery's creation time.
+pub(super) fn parse_queue_value(value: &[u8]) -> (Option<WebhookId>, Option<Millis>) {
+    let (webhook, made) = match value.iter().position(|&b| b == 0) {
+        Some(split) => (&value[..split], value.get(split + 1..)),
+        None => (value, None),
+    };
+    let webhook = std::str::from_utf8(webhook)
+        .ok()
+        .and_then(|w| WebhookId::parse(w).ok());
+    let made = made
+        .and_then(|m| <[u8; 8]>::try_from(m).ok())
+        .map(|m| Millis(u64::from_be_bytes(m) as i64));
+    (webhook, made)
+}
+
 pub(super) fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(err)
 }
@@ -62,6 +90,7 @@ pub(super) type EncodedEvent = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
 /// batched; plain ones go through [`round`]).
 pub(super) struct IngestTrees<'a> {
     events: &'a TransactionalTree,
+    received: &'a TransactionalTree,
     dtree: &'a TransactionalTree,
     queue: &'a TransactionalTree,
     debounce: &'a TransactionalTree,
@@ -96,6 +125,7 @@ pub(super) fn insert_one(
 ) -> Result<Inserted, ConflictableTransactionError<StoreError>> {
     let IngestTrees {
         events,
+        received,
         dtree,
         queue,
         debounce,
@@ -107,6 +137,10 @@ pub(super) fn insert_one(
         return Ok(Inserted::Duplicate);
     }
     events.insert(event_key.as_bytes(), event_bytes)?;
+    received.insert(
+        retention::received_key(event.received_at, &event_key),
+        &[] as &[u8],
+    )?;
     let mut carried = Vec::with_capacity(deliveries.len());
     for (delivery, (key, bytes)) in deliveries.iter().zip(encoded) {
         match delivery.mode() {
@@ -136,7 +170,7 @@ pub(super) fn insert_one(
                             open.next_attempt_at = Some(delivery.created_at);
                             queue.insert(
                                 queue_key(delivery.created_at, &open.id),
-                                open.webhook_id.as_str().as_bytes(),
+                                queue_value(&open),
                             )?;
                             batches.remove(index)?;
                         }
@@ -166,10 +200,7 @@ pub(super) fn insert_one(
                         }
                         let due = delivery.next_attempt_at.unwrap_or(delivery.created_at);
                         waiting.replace_event(event.id.clone(), due, delivery.created_at);
-                        queue.insert(
-                            queue_key(due, &waiting.id),
-                            waiting.webhook_id.as_str().as_bytes(),
-                        )?;
+                        queue.insert(queue_key(due, &waiting.id), queue_value(&waiting))?;
                         dtree.insert(waiting.id.as_str().as_bytes(), encode(&waiting))?;
                         carried.push(waiting.id);
                         continue;
@@ -179,7 +210,7 @@ pub(super) fn insert_one(
             }
         }
         dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
-        queue.insert(key.as_slice(), delivery.webhook_id.as_str().as_bytes())?;
+        queue.insert(key.as_slice(), queue_value(delivery))?;
         carried.push(delivery.id.clone());
     }
     Ok(Inserted::New(carried))
@@ -197,6 +228,10 @@ pub(super) struct EventTrees {
     pub(super) batches: sled::Tree,
     /// Plain ingest rounds not yet finished (see [`round`]).
     pub(super) intents: sled::Tree,
+    /// Finished deliveries by webhook, outcome and finish time (see [`retention`]).
+    pub(super) finished: sled::Tree,
+    /// Events by receipt time (see [`retention`]).
+    pub(super) received: sled::Tree,
     /// Held while events are inserted: rounds never overlap, and an id's check for a
     /// duplicate and its writes are one step.
     pub(super) ingest_lock: Arc<std::sync::Mutex<()>>,
@@ -263,29 +298,33 @@ impl EventTrees {
         } else {
             (
                 &self.events,
+                &self.received,
                 &self.deliveries,
                 &self.queue,
                 &self.debounce,
                 &self.fifo,
                 &self.batches,
             )
-                .transaction(|(events, dtree, queue, debounce, fifo, batches)| {
-                    let trees = IngestTrees {
-                        events,
-                        dtree,
-                        queue,
-                        debounce,
-                        fifo,
-                        batches,
-                    };
-                    items
-                        .iter()
-                        .zip(&encoded)
-                        .map(|((event, deliveries), (event_bytes, encoded))| {
-                            insert_one(&trees, event, event_bytes, deliveries, encoded)
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                })
+                .transaction(
+                    |(events, received, dtree, queue, debounce, fifo, batches)| {
+                        let trees = IngestTrees {
+                            events,
+                            received,
+                            dtree,
+                            queue,
+                            debounce,
+                            fifo,
+                            batches,
+                        };
+                        items
+                            .iter()
+                            .zip(&encoded)
+                            .map(|((event, deliveries), (event_bytes, encoded))| {
+                                insert_one(&trees, event, event_bytes, deliveries, encoded)
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    },
+                )
         };
         let result = match result {
             Ok(result) => result,

@@ -2,8 +2,8 @@
 //! started moments after it was stored, and reading it and its event back from sled and
 //! decoding their JSON again cost more than keeping them.
 //!
-//! Events never change once stored, so a kept event is always the stored one; they are
-//! bounded by bytes, the oldest go first. A kept delivery is a *plain* one (no debounce,
+//! Events never change once stored, so a kept event is always the stored one (a pruned one is
+//! forgotten); they are bounded by bytes, the oldest go first. A kept delivery is a *plain* one (no debounce,
 //! batch or order index), which only [`Store::update_delivery`](super::Store::update_delivery)
 //! writes after ingest: it is kept from just before its ingest transaction (so nothing can
 //! read or write it through sled first) and forgotten when that transaction does not store
@@ -68,6 +68,11 @@ impl RecentEvents {
             inner.events.remove(&id);
             inner.bytes -= bytes;
         }
+    }
+
+    /// Forgets a pruned event (its bytes count until its turn to go comes).
+    pub(super) fn forget(&self, key: &str) {
+        self.inner.lock().unwrap().events.remove(key);
     }
 }
 

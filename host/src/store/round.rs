@@ -7,8 +7,9 @@
 //! (no debounce, order or batch index to keep in step) are stored with plain writes instead:
 //!
 //! 1. an *intent* record listing what the round adds: event ids, delivery ids, queue keys;
-//! 2. per event, its record, its deliveries' records, then their queue entries, so the
-//!    scheduler (which starts from queue entries) never meets a delivery before its event;
+//! 2. per event, its retention entry, its record, its deliveries' records, then their queue
+//!    entries, so the scheduler (which starts from queue entries) never meets a delivery
+//!    before its event;
 //! 3. the intent's removal.
 //!
 //! Calls are answered only after the flush that follows the round (the commit thread), and
@@ -30,6 +31,9 @@ use crate::model::{Delivery, Event};
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Intent {
     events: Vec<String>,
+    /// The events' retention entries (absent in intents written before there were any).
+    #[serde(default)]
+    received: Vec<Vec<u8>>,
     deliveries: Vec<String>,
     queue: Vec<Vec<u8>>,
 }
@@ -108,6 +112,9 @@ fn insert_cut(
             inserted.push(Inserted::Duplicate);
             continue;
         }
+        intent
+            .received
+            .push(super::retention::received_key(event.received_at, &key));
         intent.events.push(key);
         for (delivery, (key, _)) in deliveries.iter().zip(&encoded[i].1) {
             intent.deliveries.push(delivery.id.to_string());
@@ -126,9 +133,13 @@ fn insert_cut(
     writes.next()?;
     trees.intents.insert(key, encode(&intent))?;
     let written = (|| -> Result<(), Stop> {
-        for &i in &new {
+        for (n, &i) in new.iter().enumerate() {
             let (_, deliveries) = items[i];
             let (event_bytes, records) = &encoded[i];
+            writes.next()?;
+            trees
+                .received
+                .insert(intent.received[n].as_slice(), &[] as &[u8])?;
             writes.next()?;
             trees
                 .events
@@ -143,7 +154,7 @@ fn insert_cut(
                 writes.next()?;
                 trees
                     .queue
-                    .insert(queue_key.as_slice(), delivery.webhook_id.as_str())?;
+                    .insert(queue_key.as_slice(), super::ingest::queue_value(delivery))?;
             }
         }
         writes.next()?;
@@ -173,6 +184,9 @@ fn undo(trees: &EventTrees, key: &[u8], intent: &Intent) -> Result<(), StoreErro
     }
     for id in &intent.events {
         trees.events.remove(id.as_str())?;
+    }
+    for key in &intent.received {
+        trees.received.remove(key.as_slice())?;
     }
     trees.intents.remove(key)?;
     Ok(())
@@ -210,8 +224,9 @@ mod tests {
         let d1 = [delivery(&e1, 10), delivery(&e1, 11)];
         let d2 = [delivery(&e2, 12)];
         let items: Vec<(&Event, &[Delivery])> = vec![(&e1, &d1), (&e2, &d2)];
-        // intent, 2 events, 3 records, 3 queue entries, the intent's removal
-        let all_writes = 10;
+        // intent, 2 retention entries, 2 events, 3 records, 3 queue entries, the intent's
+        // removal
+        let all_writes = 12;
         for cut in 0..=all_writes {
             let dir = tempfile::tempdir().unwrap();
             {
@@ -236,6 +251,8 @@ mod tests {
                 }
             }
             assert_eq!(store.ingest.intents.len(), 0);
+            let indexed = if complete { 2 } else { 0 };
+            assert_eq!(store.ingest.received.len(), indexed, "cut {cut}");
             // The emitter's retry (same ids) stores it, or finds it stored.
             let again = store.insert_events(&items).unwrap();
             let expected = if complete {
@@ -260,7 +277,7 @@ mod tests {
         let items: Vec<(&Event, &[Delivery])> = vec![(&e, &ds)];
         let encoded = super::super::ingest::encode_items(&items);
         // The event written, its delivery not: as after a failed round whose undo failed.
-        assert!(insert_cut(&store.ingest, &items, &encoded, Some(2)).is_err());
+        assert!(insert_cut(&store.ingest, &items, &encoded, Some(3)).is_err());
         assert!(store.ingest.events.get(e.id.as_str()).unwrap().is_some());
         let again = store.insert_events(&items).unwrap();
         assert_eq!(again, vec![Inserted::New(vec![ds[0].id.clone()])]);

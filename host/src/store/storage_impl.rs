@@ -10,8 +10,8 @@ use crate::model::{
     ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
 };
 use crate::storage::{
-    BackupReport, Capacity, Claim, Definitions, Deliveries, Inserted, LowSpace, PluginStates,
-    QueueEntry, Scanned, SpaceStatus, StorageError, StorageFuture,
+    BackupReport, Capacity, Claim, Definitions, Deliveries, Finished, Inserted, LowSpace,
+    PluginStates, Pruning, QueueEntry, Scanned, SpaceStatus, StopWalk, StorageError, StorageFuture,
 };
 
 use super::{Store, StoreError};
@@ -229,5 +229,38 @@ impl Capacity for Store {
         taken_at: Millis,
     ) -> Result<BackupReport, StorageError> {
         Ok(Store::backup(self, dir, taken_at)?)
+    }
+}
+
+impl Pruning for Store {
+    fn prepare_pruning(&self, stop: StopWalk<'_>) -> Result<bool, StorageError> {
+        Ok(Store::prepare_pruning(self, stop)?)
+    }
+
+    fn prune_deliveries(
+        &self,
+        cutoff: &(dyn Fn(&WebhookId, Finished) -> Option<Millis> + Sync),
+        batch: usize,
+        stop: StopWalk<'_>,
+    ) -> Result<u64, StorageError> {
+        Ok(Store::prune_deliveries(self, cutoff, batch, stop)?)
+    }
+
+    fn prune_events(
+        &self,
+        before: Millis,
+        batch: usize,
+        stop: StopWalk<'_>,
+    ) -> Result<u64, StorageError> {
+        Ok(Store::prune_events(self, before, batch, stop)?)
+    }
+
+    fn renew_event(
+        &self,
+        tenant: Option<&str>,
+        id: &EventId,
+        now: Millis,
+    ) -> Result<bool, StorageError> {
+        Ok(Store::renew_event(self, tenant, id, now)?)
     }
 }

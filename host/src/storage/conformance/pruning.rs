@@ -1,0 +1,171 @@
+//! The pruning part of the storage contract: what retention removes, and what it never does.
+
+use std::path::Path;
+
+use super::{event, insert, pending, webhook, Opener};
+use crate::model::{Delivery, DeliveryStatus, Event, EventId, Millis, Webhook, WebhookId};
+use crate::storage::{Capacity, Deliveries, Finished, Inserted, Pruning};
+
+fn received(id: &str, at: i64) -> Event {
+    let mut e = event(id, None);
+    e.received_at = Millis(at);
+    e
+}
+
+fn made(w: &Webhook, e: &Event) -> Delivery {
+    pending(w, e, e.received_at.as_i64())
+}
+
+fn finish(storage: &impl Deliveries, d: &mut Delivery, status: DeliveryStatus, at: i64) {
+    let due = d.next_attempt_at;
+    d.status = status;
+    d.next_attempt_at = None;
+    d.updated_at = Millis(at);
+    storage.update_delivery(d, due).unwrap();
+}
+
+fn never(_: u64) -> bool {
+    false
+}
+
+fn stored(storage: &impl Deliveries, id: &str) -> bool {
+    storage
+        .event(None, &EventId::parse(id).unwrap())
+        .unwrap()
+        .is_some()
+}
+
+/// Finished deliveries go once past their webhook's cutoff for their outcome; pending ones
+/// stay. Events go once past the cutoff unless a pending delivery needs them or a replay
+/// renewed them; an id whose event went may be stored again.
+pub(super) async fn finished_work_is_pruned_past_its_time_and_pending_work_is_kept(
+    opener: &impl Opener,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    assert!(storage.prepare_pruning(&never).unwrap());
+    let (w, kept_forever) = (webhook(), webhook());
+    let events = [
+        "p-done",
+        "p-failed",
+        "p-pending",
+        "p-forever",
+        "p-lone",
+        "p-replayed",
+    ];
+    let events: Vec<Event> = events.iter().map(|id| received(id, 1_000)).collect();
+    let mut deliveries = Vec::new();
+    for e in &events {
+        let owner = if e.id.as_str() == "p-forever" {
+            &kept_forever
+        } else {
+            &w
+        };
+        let d = made(owner, e);
+        let made = if e.id.as_str() == "p-lone" {
+            vec![]
+        } else {
+            vec![d.clone()]
+        };
+        insert(&storage, e, &made).await;
+        deliveries.push(d);
+    }
+    let young = received("p-young", 50_000);
+    insert(&storage, &young, &[]).await;
+    let [done, failed, waiting, forever, _, replayed] = &mut deliveries[..] else {
+        unreachable!()
+    };
+    finish(&storage, done, DeliveryStatus::Delivered, 2_000);
+    finish(&storage, failed, DeliveryStatus::Dead, 2_000);
+    finish(&storage, forever, DeliveryStatus::Skipped, 2_000);
+    finish(&storage, replayed, DeliveryStatus::Failed, 2_000);
+    // Delivered ones go after 8 s, failed ones are kept until 1.5 s after they finish, the
+    // second webhook keeps its own for ever.
+    let cutoff = |webhook: &WebhookId, finished: Finished| match finished {
+        _ if *webhook == kept_forever.id => None,
+        Finished::Succeeded => Some(Millis(10_000)),
+        Finished::Failed => Some(Millis(1_500)),
+    };
+    assert_eq!(storage.prune_deliveries(&cutoff, 2, &never).unwrap(), 1);
+    assert!(storage.delivery(&done.id).unwrap().is_none());
+    for kept in [&failed, &waiting, &forever, &replayed] {
+        assert!(storage.delivery(&kept.id).unwrap().is_some(), "{}", kept.id);
+    }
+    // A replay renews its event before the walk.
+    assert!(storage
+        .renew_event(None, &replayed.event_id, Millis(40_000))
+        .unwrap());
+    assert!(!storage
+        .renew_event(None, &EventId::parse("p-never").unwrap(), Millis(40_000))
+        .unwrap());
+    assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 4);
+    for gone in ["p-done", "p-failed", "p-forever", "p-lone"] {
+        assert!(!stored(&storage, gone), "{gone}");
+    }
+    for kept in ["p-pending", "p-replayed", "p-young"] {
+        assert!(stored(&storage, kept), "{kept}");
+    }
+    // Nothing more to do; the pending delivery's event goes once it has finished.
+    assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 0);
+    finish(&storage, waiting, DeliveryStatus::Delivered, 3_000);
+    assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 1);
+    assert!(!stored(&storage, "p-pending"));
+    // The renewed event goes once past the cutoff from its renewal.
+    assert_eq!(storage.prune_events(Millis(40_001), 2, &never).unwrap(), 1);
+    // An id whose event went is new again, and kept from its new receipt.
+    let again = received("p-done", 60_000);
+    assert!(matches!(
+        insert(&storage, &again, &[]).await,
+        Inserted::New(_)
+    ));
+    assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 0);
+    assert!(stored(&storage, "p-done"));
+}
+
+/// A walk stops between steps when asked, and the next one goes on from there.
+pub(super) async fn a_pruning_walk_stops_between_steps_and_the_next_goes_on(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    let w = webhook();
+    for i in 0..5 {
+        let e = received(&format!("s-{i}"), 1_000);
+        let mut d = made(&w, &e);
+        insert(&storage, &e, std::slice::from_ref(&d)).await;
+        finish(&storage, &mut d, DeliveryStatus::Delivered, 2_000);
+    }
+    let cutoff = |_: &WebhookId, _: Finished| Some(Millis(10_000));
+    let after_two = |removed: u64| removed >= 2;
+    let first = storage.prune_deliveries(&cutoff, 1, &after_two).unwrap();
+    assert_eq!(first, 2);
+    assert_eq!(storage.prune_deliveries(&cutoff, 1, &never).unwrap(), 3);
+    assert_eq!(
+        storage.prune_events(Millis(10_000), 2, &after_two).unwrap(),
+        2
+    );
+    assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 3);
+}
+
+/// Records stored before the engine kept what pruning walks need are found by
+/// `prepare_pruning`; a copy taken by a backup prunes like the original.
+pub(super) async fn a_backup_prunes_like_its_original(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let w = webhook();
+    let copy_dir = copy.path().join("backup");
+    {
+        let storage = opener.open(dir.path());
+        let e = received("b-done", 1_000);
+        let mut d = made(&w, &e);
+        insert(&storage, &e, std::slice::from_ref(&d)).await;
+        finish(&storage, &mut d, DeliveryStatus::Delivered, 2_000);
+        storage.backup(&copy_dir, Millis(5_000)).unwrap();
+    }
+    let restored = opener.open(Path::new(&copy_dir));
+    assert!(restored.prepare_pruning(&never).unwrap());
+    let cutoff = |_: &WebhookId, _: Finished| Some(Millis(10_000));
+    assert_eq!(restored.prune_deliveries(&cutoff, 10, &never).unwrap(), 1);
+    assert_eq!(
+        restored.prune_events(Millis(10_000), 10, &never).unwrap(),
+        1
+    );
+}
