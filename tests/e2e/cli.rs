@@ -230,13 +230,26 @@ async fn the_cli_drives_modules_connections_webhooks_deliveries_and_keys() {
     // Update, pause, resume.
     let renamed = cli(
         &server,
-        &["webhook", "update", webhook_id, "--name", "renamed"],
+        &[
+            "webhook",
+            "update",
+            webhook_id,
+            "--name",
+            "renamed",
+            "--keep-failed",
+            "90d",
+        ],
     )
     .await
     .json();
     assert_eq!(
         (renamed["name"].as_str(), renamed["url"].as_str()),
         (Some("renamed"), Some("/orders"))
+    );
+    assert_eq!(
+        renamed["retention"],
+        json!({ "failed": "90d" }),
+        "{renamed}"
     );
     assert_eq!(
         cli(&server, &["webhook", "disable", webhook_id])

@@ -25,6 +25,7 @@ mod metrics;
 mod operator;
 mod plugin_run;
 mod response_values;
+mod retention;
 mod retries;
 mod sandbox;
 mod secrets;

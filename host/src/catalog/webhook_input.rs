@@ -15,7 +15,7 @@ use super::request::{destination, is_absolute};
 use super::{Catalog, Error};
 use crate::model::parse_duration;
 use crate::model::{
-    validate_kind, BatchConfig, ConnectionId, EntityMode, LimitOverrides, Method, ModuleId,
+    validate_kind, BatchConfig, ConnectionId, EntityMode, Keep, LimitOverrides, Method, ModuleId,
     RetentionOverrides, Schedule, Webhook, WebhookId,
 };
 use crate::model::{ResponsePath, ResponseValue, Secret};
@@ -93,7 +93,7 @@ pub struct WebhookInput {
     /// (`forever` keeps them; replace the existing set on update; `null` returns to the
     /// host's `retention`).
     #[serde(default, deserialize_with = "nullable")]
-    pub retention: Option<Option<RetentionOverrides>>,
+    pub retention: Option<Option<RetentionInput>>,
     /// `{"path": "entries.0.values.Request ID", "emit_event": true}`: the value kept from
     /// the receiver's JSON answer, and whether it is emitted as `webhook.response`.
     #[serde(default, deserialize_with = "nullable")]
@@ -147,6 +147,31 @@ impl LimitsInput {
             requests: self.requests,
             log_bytes: self.log_bytes,
             state_bytes: self.state_bytes,
+        })
+    }
+}
+
+/// A webhook's retention as given: `7d`, `forever`; each unset one is the host's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionInput {
+    /// Delivered and skipped deliveries.
+    #[serde(default)]
+    pub delivered: Option<String>,
+    /// Failed and dead deliveries.
+    #[serde(default)]
+    pub failed: Option<String>,
+}
+
+impl RetentionInput {
+    fn parse(self) -> Result<RetentionOverrides, Error> {
+        let keep = |field: &str, text: Option<String>| {
+            text.map(|t| Keep::parse(&t).map_err(|m| Error::invalid(field, m)))
+                .transpose()
+        };
+        Ok(RetentionOverrides {
+            delivered: keep("retention.delivered", self.delivered)?,
+            failed: keep("retention.failed", self.failed)?,
         })
     }
 }
@@ -568,7 +593,8 @@ impl Catalog {
             .map_err(|(name, message)| Error::invalid(format!("limits.{name}"), message))?;
 
         let retention = match input.retention {
-            Some(given) => given.unwrap_or_default(),
+            Some(Some(given)) => given.parse()?,
+            Some(None) => RetentionOverrides::default(),
             None => existing.map(|w| w.retention.clone()).unwrap_or_default(),
         };
         self.check_retention(&retention, tenant.as_deref())?;

@@ -187,6 +187,13 @@ pub struct WebhookFields {
     /// Retry delays such as 10s,1m,1h.
     #[arg(long)]
     pub retry: Option<String>,
+    /// How long delivered and skipped deliveries are kept, such as 1d, or forever (with
+    /// --keep-failed, replaces the webhook's retention).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_delivered: Option<String>,
+    /// How long failed and dead deliveries are kept, such as 90d, or forever.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_failed: Option<String>,
 }
 
 /// Webhook commands.
@@ -463,6 +470,18 @@ impl WebhookFields {
                 .as_ref()
                 .map(|r| json!(r.split(',').map(str::trim).collect::<Vec<_>>())),
         );
+        if self.keep_delivered.is_some() || self.keep_failed.is_some() {
+            let mut retention = serde_json::Map::new();
+            for (key, given) in [
+                ("delivered", &self.keep_delivered),
+                ("failed", &self.keep_failed),
+            ] {
+                if let Some(text) = given {
+                    retention.insert(key.to_string(), Value::from(text.clone()));
+                }
+            }
+            set("retention", Some(Value::Object(retention)));
+        }
         Ok(Value::Object(body))
     }
 }
