@@ -69,6 +69,11 @@ async fn a_backup_taken_under_load_starts_a_host_with_every_event_acknowledged_b
     stop.store(true, Ordering::SeqCst);
     load.await.unwrap();
     assert_eq!(report["secrets_key_copied"], true, "{report}");
+    // Written last: its presence says the backup is whole.
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy_dir.join("backup.json")).unwrap()).unwrap();
+    assert_eq!(marker["records"], report["records"], "{marker}");
+    assert_eq!(marker["taken_at"], report["taken_at"], "{marker}");
     assert!(report["pending"].as_u64().unwrap() > 0, "{report}");
 
     // What a backup refuses, naming the field; and who may take one.

@@ -21,11 +21,17 @@ pub struct BackupInput {
     pub dir: String,
 }
 
+/// The file written last into a backup, once everything else in it is on disk: a directory
+/// without it is not a complete backup.
+pub const MARKER: &str = "backup.json";
+
 /// What a backup wrote.
 #[derive(Debug, Serialize)]
 pub struct Backup {
     /// The directory written.
     pub dir: PathBuf,
+    /// The moment the copy stands for.
+    pub taken_at: Millis,
     /// What was copied.
     #[serde(flatten)]
     pub copied: BackupReport,
@@ -88,17 +94,23 @@ impl Pipeline {
         if secrets.key.is_none() && secrets.key_file.is_none() {
             let key_file = secrets.key_file(&self.config.data_dir);
             if key_file.exists() {
-                copy_private(&key_file, &dir.join("secrets.key"))
+                std::fs::read(&key_file)
+                    .and_then(|key| write_private(&dir.join("secrets.key"), &key))
                     .map_err(|e| Error::invalid("dir", format!("copying the secrets key: {e}")))?;
                 secrets_key_copied = true;
             }
         }
-        Ok(Backup {
+        let backup = Backup {
             dir: dir.to_path_buf(),
+            taken_at,
             copied,
             secrets_key_copied,
             took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        })
+        };
+        let report = serde_json::to_vec_pretty(&backup).expect("a report serialises");
+        write_private(&dir.join(MARKER), &report)
+            .map_err(|e| Error::invalid("dir", format!("writing {MARKER}: {e}")))?;
+        Ok(backup)
     }
 
     fn check_backup_dir(&self, dir: &Path) -> Result<(), Error> {
@@ -173,9 +185,9 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
-/// Copies `from` to a new file `to` readable by its owner only.
-fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
-    let bytes = std::fs::read(from)?;
+/// Writes `bytes` to a new file `to` readable by its owner only, synced with its directory
+/// entry.
+fn write_private(to: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -184,9 +196,9 @@ fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
         options.mode(0o600);
     }
     let mut file = options.open(to)?;
-    std::io::Write::write_all(&mut file, &bytes)?;
+    std::io::Write::write_all(&mut file, bytes)?;
     file.sync_all()?;
-    // The directory entry too, so the key is there after a crash.
+    // The directory entry too, so the file is there after a crash.
     if let Some(dir) = to.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }

@@ -330,6 +330,10 @@ impl Store {
             let tenant = delivery.events_tenant();
             for event in std::iter::once(&delivery.event_id).chain(&delivery.batch_events) {
                 needed.insert(event_key(tenant, event));
+                if tenant.is_some() {
+                    // Or stored before ids were scoped per tenant, under the id alone.
+                    needed.insert(event_key(None, event));
+                }
             }
         }
         Ok(needed)
