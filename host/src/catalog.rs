@@ -57,6 +57,10 @@ pub struct Catalog {
     connections: RwLock<HashMap<ConnectionId, Arc<Connection>>>,
     /// Held while a webhook is read, changed and written (API updates and host changes).
     webhook_writes: Mutex<()>,
+    /// Written while a webhook moves to another tenant (its plugin state is cleared), read
+    /// while an evaluation's state is kept (see [`Catalog::keep_state`]). Taken before
+    /// `webhook_writes`.
+    tenant_moves: RwLock<()>,
     /// Webhooks' signers, unsealed and parsed once (see `signing.rs`).
     signers: RwLock<HashMap<WebhookId, Arc<signing::CachedSigners>>>,
     /// Counts changes that can move a delivery's endpoint or limits.
@@ -97,6 +101,7 @@ impl Catalog {
             webhooks: RwLock::new(webhooks),
             connections: RwLock::new(connections),
             webhook_writes: Mutex::new(()),
+            tenant_moves: RwLock::new(()),
             signers: RwLock::default(),
             generation: AtomicU64::new(0),
             wake,

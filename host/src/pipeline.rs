@@ -206,11 +206,12 @@ impl Pipeline {
         if evaluation.result.is_err() || evaluation.state_changes.is_empty() {
             return;
         }
-        if let Err(e) = self
-            .store
-            .state_apply(&webhook.id, &evaluation.state_changes)
-        {
-            tracing::error!(webhook = %webhook.id, "writing plugin state: {e}");
+        match self.catalog.keep_state(webhook, &evaluation.state_changes) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(webhook = %webhook.id, "plugin state not kept: the webhook was deleted or moved to another tenant during the evaluation")
+            }
+            Err(e) => tracing::error!(webhook = %webhook.id, "writing plugin state: {e}"),
         }
     }
 

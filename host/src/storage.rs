@@ -309,6 +309,8 @@ pub trait PluginStates: Send + Sync {
         webhook: &WebhookId,
         changes: &[(String, Option<Vec<u8>>)],
     ) -> Result<(), StorageError>;
+    /// Removes all of a webhook's state.
+    fn state_clear(&self, webhook: &WebhookId) -> Result<(), StorageError>;
 }
 
 /// The host's own secrets and durability.

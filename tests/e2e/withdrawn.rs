@@ -322,3 +322,82 @@ async fn recover_and_replay_keep_each_tenants_history_with_that_tenant() {
     assert_eq!(got.len(), 1);
     assert!(!String::from_utf8_lossy(&got[0].body).contains("globex"));
 }
+
+#[tokio::test]
+async fn a_webhook_moved_to_another_tenant_starts_with_no_plugin_state_and_a_new_secret() {
+    let (_tmp, dir) = data_dir();
+    let server = Server::start(&dir, &[]).await;
+    let (globex_receiver, acme_receiver) = (Receiver::start().await, Receiver::start().await);
+    let module = server
+        .upload("stock-edge", wasmhooks::examples::STOCK_EDGE)
+        .await;
+    let created = server
+        .create_webhook(json!({
+            "name": "edges", "tenant": "globex", "event_kinds": ["stock.changed"],
+            "module_id": module, "url": globex_receiver.url,
+        }))
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let old_secret = created["signing_secret"].as_str().unwrap().to_string();
+    // Globex's stock level is in the plugin's state (a first sighting only records it).
+    let first = server
+        .emit(json!({ "kind": "stock.changed", "tenant": "globex",
+                      "payload": { "sku": "S1", "stock": 57 } }))
+        .await;
+    let first = server
+        .final_delivery(first["deliveries"][0].as_str().unwrap())
+        .await;
+    assert_eq!(first["status"], "skipped", "{first}");
+
+    let (status, moved) = server
+        .patch_json(
+            &format!("/v1/webhooks/{id}"),
+            &json!({ "tenant": "acme", "url": acme_receiver.url }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    let new_secret = moved["signing_secret"].as_str().expect("a new secret");
+    assert_ne!(new_secret, old_secret);
+    // Changes that keep the tenant show no secret.
+    let (_, renamed) = server
+        .patch_json(
+            &format!("/v1/webhooks/{id}"),
+            &json!({ "name": "acme edges" }),
+        )
+        .await;
+    assert!(renamed.get("signing_secret").is_none(), "{renamed}");
+
+    // Acme's first level of the same SKU is a first sighting again: nothing of globex's level
+    // reaches acme's receiver, and what is sent verifies only with the new secret.
+    let zero = server
+        .emit(json!({ "kind": "stock.changed", "tenant": "acme",
+                      "payload": { "sku": "S1", "stock": 0 } }))
+        .await;
+    let zero = server
+        .final_delivery(zero["deliveries"][0].as_str().unwrap())
+        .await;
+    assert_eq!(zero["status"], "skipped", "{zero}");
+    server
+        .emit(json!({ "kind": "stock.changed", "tenant": "acme",
+                      "payload": { "sku": "S1", "stock": 4 } }))
+        .await;
+    let got = acme_receiver.wait_for(1).await;
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["previous"].as_f64(), Some(0.0), "{body}");
+    let verifies = |secret: &str| {
+        let secret = wasmhooks::signature::SigningSecret::parse(secret).unwrap();
+        let header = |name| got[0].header(name).unwrap().to_string();
+        wasmhooks::signature::verify(
+            &secret,
+            &header("webhook-id"),
+            &header("webhook-timestamp"),
+            &header("webhook-signature"),
+            &got[0].body,
+            jiff::Timestamp::now().as_second(),
+            300,
+        )
+        .is_ok()
+    };
+    assert!(verifies(new_secret));
+    assert!(!verifies(&old_secret));
+}

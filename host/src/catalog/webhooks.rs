@@ -67,6 +67,23 @@ impl Catalog {
     /// [`Error::NotFound`] for an unknown webhook, module or connection, [`Error::Invalid`]
     /// naming the first bad field, or a storage error. Nothing changes on error.
     pub fn update_webhook(&self, id: &WebhookId, input: WebhookInput) -> Result<Webhook, Error> {
+        self.update_webhook_signed(id, input)
+            .map(|(webhook, _)| webhook)
+    }
+
+    /// [`Catalog::update_webhook`], telling what to show of the new signing secret when the
+    /// change moved the webhook to another tenant. A move starts the webhook afresh for its
+    /// new tenant: its plugin state is cleared (it was made from the old tenant's events) and
+    /// it gets a new signing secret of the same scheme, with no overlap (the old tenant knew
+    /// the old one).
+    ///
+    /// # Errors
+    /// As [`Catalog::update_webhook`].
+    pub fn update_webhook_signed(
+        &self,
+        id: &WebhookId,
+        input: WebhookInput,
+    ) -> Result<(Webhook, Option<super::signing::Issued>), Error> {
         if input.signature_scheme.is_some() {
             return Err(Error::invalid(
                 "signature_scheme",
@@ -79,10 +96,56 @@ impl Catalog {
                 "is set when the webhook is created, or changed with POST /v1/webhooks/{id}/rotate-secret (which keeps the old one valid for a while)",
             ));
         }
+        let _moves = self.tenant_moves.write().unwrap();
         let _writing = self.webhook_writes.lock().unwrap();
         let existing = self.webhook(id)?;
         let webhook = self.merge_webhook(Some(&existing), input)?;
-        self.save_webhook(webhook)
+        if webhook.tenant == existing.tenant {
+            return Ok((self.save_webhook(webhook)?, None));
+        }
+        let issued = self.renew_for_new_tenant(&webhook)?;
+        Ok((self.save_webhook(webhook)?, Some(issued)))
+    }
+
+    /// Before `webhook` is saved under its new tenant: clears its plugin state and gives it a
+    /// new signing secret of the scheme it had, the old one ending at once.
+    fn renew_for_new_tenant(&self, webhook: &Webhook) -> Result<super::signing::Issued, Error> {
+        self.store.state_clear(&webhook.id)?;
+        let asymmetric = self
+            .store
+            .signing_keys(&webhook.id)?
+            .is_some_and(|keys| keys.current.expose().starts_with("whsk_"));
+        let scheme = asymmetric.then_some(super::signing::Scheme::Asymmetric);
+        let (current, issued) = super::signing::issue(None, scheme, "signing_secret")?;
+        self.put_signing_keys(
+            &webhook.id,
+            &SigningKeys {
+                current,
+                previous: None,
+                previous_until: None,
+            },
+        )?;
+        Ok(issued)
+    }
+
+    /// Keeps an evaluation's plugin-state writes, made for `webhook` as it was when the
+    /// evaluation began, unless the webhook has moved to another tenant since: state is never
+    /// carried from one tenant's events to another's. `false` when dropped.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn keep_state(
+        &self,
+        webhook: &Webhook,
+        changes: &[(String, Option<Vec<u8>>)],
+    ) -> Result<bool, Error> {
+        let _no_move = self.tenant_moves.read().unwrap();
+        let current = self.webhook_cached(&webhook.id);
+        if current.is_none_or(|now| now.tenant != webhook.tenant) {
+            return Ok(false);
+        }
+        self.store.state_apply(&webhook.id, changes)?;
+        Ok(true)
     }
 
     /// Pauses a webhook: it takes no more events and sends nothing. Allowed whatever else

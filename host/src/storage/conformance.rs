@@ -425,6 +425,18 @@ async fn definitions_state_and_secrets_read_back(opener: &impl Opener) {
     assert_eq!(storage.host_secret("conformance").unwrap(), secret);
     storage.state_apply(&w.id, &[("k".into(), None)]).unwrap();
     assert_eq!(storage.state_get(&w.id, "k").unwrap(), None);
+    // Cleared: every key of this webhook, none of another's.
+    let other = webhook();
+    for id in [&w.id, &other.id] {
+        let two = [
+            ("a".into(), Some(b"1".to_vec())),
+            ("b".into(), Some(b"2".to_vec())),
+        ];
+        storage.state_apply(id, &two).unwrap();
+    }
+    storage.state_clear(&w.id).unwrap();
+    assert_eq!(storage.state_size(&w.id).unwrap(), 0);
+    assert_eq!(storage.state_size(&other.id).unwrap(), 4);
     storage.delete_webhook(&w.id).unwrap();
     assert!(storage.webhook(&w.id).unwrap().is_none());
 }

@@ -86,12 +86,7 @@ impl Store {
     pub fn delete_webhook(&self, id: &WebhookId) -> Result<(), StoreError> {
         self.webhooks.remove(id.as_str())?;
         self.signing.remove(id.as_str())?;
-        let mut prefix = id.as_str().as_bytes().to_vec();
-        prefix.push(0);
-        for key in self.plugin_state.scan_prefix(&prefix).keys() {
-            self.plugin_state.remove(key?)?;
-        }
-        Ok(())
+        self.state_clear(id)
     }
 
     /// One webhook.

@@ -39,6 +39,19 @@ impl Store {
         Ok(total)
     }
 
+    /// Removes all of a webhook's plugin state.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn state_clear(&self, webhook: &WebhookId) -> Result<(), StoreError> {
+        let mut prefix = webhook.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        for key in self.plugin_state.scan_prefix(&prefix).keys() {
+            self.plugin_state.remove(key?)?;
+        }
+        Ok(())
+    }
+
     /// Applies an evaluation's state writes (a value, or `None` to remove) at once.
     ///
     /// # Errors

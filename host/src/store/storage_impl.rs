@@ -205,6 +205,10 @@ impl PluginStates for Store {
     ) -> Result<(), StorageError> {
         Ok(Store::state_apply(self, webhook, changes)?)
     }
+
+    fn state_clear(&self, webhook: &WebhookId) -> Result<(), StorageError> {
+        Ok(Store::state_clear(self, webhook)?)
+    }
 }
 
 impl Capacity for Store {

@@ -323,7 +323,20 @@ pub async fn update_webhook(
         pin_tenant(&who, &mut input)?;
     }
     check_connection_use(&p, &who, &input)?;
-    Ok(Json(p.catalog().update_webhook(&webhook_id(&id)?, input)?).into_response())
+    let (webhook, issued) = p
+        .catalog()
+        .update_webhook_signed(&webhook_id(&id)?, input)?;
+    let mut view = serde_json::to_value(&webhook).map_err(internal)?;
+    // Moved to another tenant: a new secret, shown this once (see create_webhook).
+    if let Some(issued) = issued {
+        if let Some(secret) = issued.signing_secret {
+            view["signing_secret"] = json!(secret);
+        }
+        if let Some(public_key) = issued.signing_public_key {
+            view["signing_public_keys"] = json!([public_key]);
+        }
+    }
+    Ok(Json(view).into_response())
 }
 
 pub async fn delete_webhook(
