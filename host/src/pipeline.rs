@@ -85,6 +85,8 @@ pub struct Pipeline {
     metrics: Metrics,
     /// A backup is being written (one at a time).
     backing_up: AtomicBool,
+    /// The queue's length as last counted, and when (see `queue_depth`).
+    queue_count: tokio::sync::Mutex<Option<(std::time::Instant, usize)>>,
 }
 
 impl Pipeline {
@@ -151,6 +153,7 @@ impl Pipeline {
             walks: walks::Walks::default(),
             metrics: Metrics::new(),
             backing_up: AtomicBool::new(false),
+            queue_count: tokio::sync::Mutex::new(None),
         })
     }
 

@@ -381,23 +381,24 @@ pub trait Pruning: Send + Sync {
         batch: usize,
         stop: StopWalk<'_>,
     ) -> Result<u64, StorageError>;
-    /// Removes events received before `before` (or last renewed before it) that no pending
-    /// delivery needs, `batch` at a time; their ids may then be used again. Returns how many
-    /// it removed.
+    /// Removes events received before `before` that no pending delivery needs, `batch` at a
+    /// time; their ids may then be used again. Returns how many it removed.
     fn prune_events(
         &self,
         before: Millis,
         batch: usize,
         stop: StopWalk<'_>,
     ) -> Result<u64, StorageError>;
-    /// Keeps an event as though received at `now`: called before a new delivery of a stored
-    /// event is queued (a replay), so that no walk begun before it removes the event.
-    /// `false` when the event is gone.
-    fn renew_event(
+    /// Keeps a stored event for a new pending delivery made for it (a replay), before that
+    /// delivery is written: the event is not pruned while the delivery is pending. `false`
+    /// when the event is gone, or was received after `received_by` (the time the delivery
+    /// replayed had finished: an event of the same id stored later is another event).
+    fn keep_event_for(
         &self,
         tenant: Option<&str>,
         id: &EventId,
-        now: Millis,
+        delivery: &DeliveryId,
+        received_by: Millis,
     ) -> Result<bool, StorageError>;
 }
 

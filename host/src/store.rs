@@ -11,9 +11,8 @@
 //!
 //! Values are JSON; records holding credentials (connections, signing secrets) are sealed
 //! with the host's secrets key ([`seal`]). The queue tree is keyed by `due time (u64
-//! big-endian ms) ++ delivery id` (its value: the webhook and the delivery's creation time),
-//! so iterating it walks deliveries in due order and a million pending deliveries cost disk,
-//! not memory. Event records are LZ4-compressed (`codec`).
+//! big-endian ms) ++ delivery id` (its value: the webhook), so iterating it walks deliveries
+//! in due order and a million pending deliveries cost disk, not memory. Event records are LZ4-compressed (`codec`).
 //!
 //! Changes that must be atomic with an index (an event whose deliveries are debounced, in
 //! order or batched; a collecting or in-order delivery's new state) are sled transactions.
@@ -151,10 +150,9 @@ pub struct Store {
     ingest: EventTrees,
     /// Claims on deliveries: in memory, since only this process opens the files.
     claims: Arc<claims::Claims>,
-    /// Events kept as though received later (see [`retention`]).
-    renewed: sled::Tree,
-    /// Held by a renewal, and by each batch of the events' pruning walk.
-    renewals: Arc<std::sync::Mutex<()>>,
+    /// Held while a replay pins a stored event, and while the pruner checks an event's pins
+    /// and removes it.
+    pinning: Arc<std::sync::Mutex<()>>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -235,6 +233,7 @@ impl Store {
             intents: db.open_tree("ingest_intents")?,
             finished: db.open_tree("finished")?,
             received: db.open_tree("received")?,
+            pins: db.open_tree("pins")?,
             ingest_lock: Arc::default(),
             recent: Arc::default(),
             recent_deliveries: Arc::default(),
@@ -254,8 +253,7 @@ impl Store {
             committer: commit::Committer::start(db.clone(), ingest.clone()),
             ingest,
             claims: Arc::default(),
-            renewed: db.open_tree("renewed")?,
-            renewals: Arc::default(),
+            pinning: Arc::default(),
             db,
         };
         let undone = round::undo_unfinished(&store.ingest)?;

@@ -105,7 +105,7 @@ pub async fn healthz(
     }
     Ok(Json(json!({
         "status": status,
-        "queue": p.storage().queue_len(),
+        "queue": p.queue_depth().await,
         "storage": storage,
         "plugins": { "allocator": allocator, "evaluation_slots": runtime.slots() },
         // Totals only: which webhook uses what is for keys that may see it (`/v1/usage`).

@@ -592,12 +592,17 @@ impl Catalog {
             .check(&plugin.max_limits)
             .map_err(|(name, message)| Error::invalid(format!("limits.{name}"), message))?;
 
+        // Checked when given: a stored one the host's setting has since come under is
+        // clamped when pruning, and does not stop other changes.
         let retention = match input.retention {
-            Some(Some(given)) => given.parse()?,
+            Some(Some(given)) => {
+                let retention = given.parse()?;
+                self.check_retention(&retention, tenant.as_deref())?;
+                retention
+            }
             Some(None) => RetentionOverrides::default(),
             None => existing.map(|w| w.retention.clone()).unwrap_or_default(),
         };
-        self.check_retention(&retention, tenant.as_deref())?;
 
         let response_value = pick(
             input.response_value,

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use super::Pipeline;
 use crate::metrics::{Gauges, Metrics};
 
+/// How long a count of the queue is shared.
+const QUEUE_COUNT_FRESH: Duration = Duration::from_secs(1);
+
 impl Pipeline {
     /// The metrics the flow moves.
     pub fn metrics(&self) -> &Metrics {
@@ -29,6 +32,23 @@ impl Pipeline {
             .expect("a scrape does not panic");
         turn.done(&text);
         text
+    }
+
+    /// How many deliveries are queued. Counting walks the queue, so it runs on a blocking
+    /// thread, one count at a time, and a count under a second old is shared.
+    pub async fn queue_depth(self: &Arc<Self>) -> usize {
+        let mut last = self.queue_count.lock().await;
+        if let Some((at, count)) = *last {
+            if at.elapsed() < QUEUE_COUNT_FRESH {
+                return count;
+            }
+        }
+        let this = self.clone();
+        let count = tokio::task::spawn_blocking(move || this.store.queue_len())
+            .await
+            .expect("counting the queue does not panic");
+        *last = Some((Instant::now(), count));
+        count
     }
 
     /// The gauges as they are now. Blocking.

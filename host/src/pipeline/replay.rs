@@ -56,7 +56,7 @@ impl Pipeline {
     /// [`Error::NotFound`] for an unknown webhook, [`Error::Invalid`] for an empty range, or
     /// a storage error.
     pub async fn recover(
-        &self,
+        self: &Arc<Self>,
         webhook_id: &WebhookId,
         input: RecoverInput,
     ) -> Result<Recovered, Error> {
@@ -100,10 +100,16 @@ impl Pipeline {
             .filter(|d| !replayed.contains(&d.id))
             .take(MAX_RECOVER)
             .collect();
-        let mut out = Vec::with_capacity(originals.len());
-        for original in originals {
-            out.push(self.queue_replay(original)?);
-        }
+        // Up to MAX_RECOVER replays, each a few writes: on a blocking thread.
+        let this = self.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            originals
+                .into_iter()
+                .map(|original| this.queue_replay(original))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .expect("queueing replays does not panic")?;
         self.store.commit().await?;
         if !out.is_empty() {
             self.wake.notify_one();
@@ -144,10 +150,14 @@ impl Pipeline {
                 .iter()
                 .any(|r| r.connection_id != webhook.connection_id)
         });
-        // Kept from now on as though just received, so the pruner leaves them to the replay.
+        // Kept for the replay while it is pending, so the pruner leaves them alone.
+        let replay_id = DeliveryId::generate();
         let tenant = original.events_tenant();
         for event in std::iter::once(&original.event_id).chain(&original.batch_events) {
-            if !self.store.renew_event(tenant, event, now)? && rebuilt {
+            let kept = self
+                .store
+                .keep_event_for(tenant, event, &replay_id, original.updated_at)?;
+            if !kept && rebuilt {
                 return Err(Error::Conflict(format!(
                     "delivery {id} cannot be replayed: its plugin must build the request \
                      again, and its event {event} was removed after retention.events"
@@ -170,7 +180,7 @@ impl Pipeline {
                 requests
             });
         let replay = Delivery {
-            id: DeliveryId::generate(),
+            id: replay_id,
             webhook_id: original.webhook_id,
             event_id: original.event_id,
             tenant: original.tenant,

@@ -29,25 +29,29 @@ pub struct PruneReport {
 
 /// How long the pruner waits after a pass that failed.
 const AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// The longest pause between two steps of a pass (see `Pacer`).
+const MAX_PAUSE: Duration = Duration::from_millis(100);
 
 impl Pipeline {
-    /// Prunes every `retention.interval` until `shutdown` turns true.
+    /// Prunes every `retention.interval` (the first pass one interval after the start, so
+    /// it does not compete with the work a start finds) until `shutdown` turns true.
     pub async fn run_pruner(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut wait = self.config.retention.interval;
         loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
             if *shutdown.borrow() {
                 return;
             }
-            let wait = match self.clone().prune(shutdown.clone()).await {
+            wait = match self.clone().prune(shutdown.clone()).await {
                 Ok(_) => self.config.retention.interval,
                 Err(e) => {
                     tracing::error!("pruning failed: {e}");
                     AFTER_FAILURE
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {}
-            }
         }
     }
 
@@ -55,14 +59,18 @@ impl Pipeline {
     /// between two steps.
     ///
     /// # Errors
-    /// On storage failure (what was removed before it stays removed).
+    /// On storage failure (what was removed before it stays removed), or when the pass
+    /// panicked.
     pub async fn prune(
         self: Arc<Self>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<PruneReport, StorageError> {
-        tokio::task::spawn_blocking(move || self.prune_blocking(&shutdown))
-            .await
-            .expect("a pruning pass does not panic")
+        match tokio::task::spawn_blocking(move || self.prune_blocking(&shutdown)).await {
+            Ok(report) => report,
+            Err(panicked) => Err(StorageError::Record {
+                source: format!("the pruning pass panicked: {panicked}").into(),
+            }),
+        }
     }
 
     fn prune_blocking(
@@ -77,35 +85,23 @@ impl Pipeline {
             return Ok(report);
         }
         let now = self.now();
-        let cutoff = |webhook: &WebhookId, finished: Finished| -> Option<Millis> {
-            let own = self.webhook_cached(webhook).map(|w| w.retention.clone());
-            let keep = match finished {
-                Finished::Succeeded => own.and_then(|r| r.delivered).unwrap_or(retention.delivered),
-                Finished::Failed => own.and_then(|r| r.failed).unwrap_or(retention.failed),
-            };
-            keep.cutoff(now)
-        };
-        // Asked between steps: counts what was removed since the last step, and stops on
-        // shutdown.
-        let stepper = |kind: &'static str| {
-            let counted = AtomicU64::new(0);
-            move |removed: u64| {
-                let before = counted.swap(removed, Ordering::Relaxed);
-                self.metrics.pruned(kind, removed.saturating_sub(before));
-                *shutdown.borrow()
-            }
-        };
-        let step = stepper("deliveries");
+        let cutoff = |webhook: &WebhookId, finished: Finished| self.cutoff(webhook, finished, now);
+        let step = Pacer::new(self, "deliveries", shutdown);
+        let step = |removed| step.step(removed);
         report.deliveries = self
             .store
             .prune_deliveries(&cutoff, retention.batch, &step)?;
         if step(report.deliveries) {
             return Ok(report);
         }
+        // Not while a backup copies: a delivery it copied as pending must find its events.
         if let Some(before) = retention.events.cutoff(now) {
-            let step = stepper("events");
-            report.events = self.store.prune_events(before, retention.batch, &step)?;
-            step(report.events);
+            let step = Pacer::new(self, "events", shutdown);
+            let step = |removed| step.step(removed) || self.backing_up.load(Ordering::Acquire);
+            if !step(0) {
+                report.events = self.store.prune_events(before, retention.batch, &step)?;
+                step(report.events);
+            }
         }
         report.complete = !*shutdown.borrow();
         if report.complete {
@@ -120,5 +116,72 @@ impl Pipeline {
             );
         }
         Ok(report)
+    }
+
+    /// Before when `webhook`'s deliveries that ended so must have finished to be pruned at
+    /// `now`: its own retention, or the host's; a tenant's webhook never keeps them longer
+    /// than the host does (the host's setting may have been lowered since it was saved).
+    fn cutoff(&self, webhook: &WebhookId, finished: Finished, now: Millis) -> Option<Millis> {
+        let retention = &self.config.retention;
+        let host = match finished {
+            Finished::Succeeded => retention.delivered,
+            Finished::Failed => retention.failed,
+        };
+        let keep = match self.webhook_cached(webhook) {
+            Some(webhook) => {
+                let own = match finished {
+                    Finished::Succeeded => webhook.retention.delivered,
+                    Finished::Failed => webhook.retention.failed,
+                };
+                match (own, &webhook.tenant) {
+                    (Some(own), Some(_)) => own.min(host),
+                    (Some(own), None) => own,
+                    (None, _) => host,
+                }
+            }
+            None => host,
+        };
+        keep.cutoff(now)
+    }
+}
+
+/// Asked between two steps of a walk: counts what was removed since the last step, pauses
+/// as long as the step took (at most [`MAX_PAUSE`]) so a pass takes at most about half of a
+/// core, and says to stop on shutdown.
+struct Pacer<'a> {
+    pipeline: &'a Pipeline,
+    kind: &'static str,
+    shutdown: &'a watch::Receiver<bool>,
+    counted: AtomicU64,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl<'a> Pacer<'a> {
+    fn new(
+        pipeline: &'a Pipeline,
+        kind: &'static str,
+        shutdown: &'a watch::Receiver<bool>,
+    ) -> Self {
+        Pacer {
+            pipeline,
+            kind,
+            shutdown,
+            counted: AtomicU64::new(0),
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn step(&self, removed: u64) -> bool {
+        let before = self.counted.swap(removed, Ordering::Relaxed);
+        self.pipeline
+            .metrics
+            .pruned(self.kind, removed.saturating_sub(before));
+        if *self.shutdown.borrow() {
+            return true;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        std::thread::sleep(last.elapsed().min(MAX_PAUSE));
+        *last = Instant::now();
+        *self.shutdown.borrow()
     }
 }

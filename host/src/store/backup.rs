@@ -35,6 +35,7 @@ const HANDLED: &[&[u8]] = &[
     b"events",
     b"finished",
     b"received",
+    b"pins",
 ];
 
 impl Store {
@@ -70,7 +71,11 @@ impl Store {
         }
         // The copy's start rebuilds them: copied here, they could miss a record copied just
         // before the pruning walk removed its entry, which would then be kept for ever.
-        copy.open_tree("meta")?.remove(super::retention::INDEXED)?;
+        let meta = copy.open_tree("meta")?;
+        meta.remove(super::retention::INDEXED)?;
+        for place in super::retention::INDEXED_UP_TO {
+            meta.remove(place)?;
+        }
         copy.flush()?;
         Ok(report)
     }

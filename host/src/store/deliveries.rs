@@ -223,7 +223,7 @@ impl Store {
             if let Some(due) = new_key.as_ref().and(delivery.next_attempt_at) {
                 self.ingest.written.note(due);
             }
-            return Ok(());
+            return self.unpin_finished(delivery);
         }
         (
             &self.ingest.deliveries,
@@ -246,6 +246,17 @@ impl Store {
         self.ingest.recent_deliveries.forget([&delivery.id]);
         if let Some(due) = new_key.as_ref().and(delivery.next_attempt_at) {
             self.ingest.written.note(due);
+        }
+        self.unpin_finished(delivery)
+    }
+
+    /// After a finished delivery's record is written: its events may be pruned now (a crash
+    /// before this leaves pins the pruner finds stale).
+    fn unpin_finished(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        if delivery.status.is_final() {
+            for pin in retention::pins_of(delivery) {
+                self.ingest.pins.remove(pin)?;
+            }
         }
         Ok(())
     }
@@ -310,7 +321,7 @@ impl Store {
                 Err(e) => Some(Err(StoreError::from(e))),
                 Ok((key, value)) => {
                     let (due, id) = parse_queue_key(&key)?;
-                    let (webhook, _) = parse_queue_value(&value);
+                    let webhook = parse_queue_value(&value);
                     Some(Ok(QueueEntry {
                         due,
                         id,

@@ -50,32 +50,17 @@ pub(super) fn fifo_key(delivery: &Delivery) -> Option<Vec<u8>> {
     Some(key)
 }
 
-/// A queue entry's value: the delivery's webhook (so the scheduler can apply per-endpoint
-/// limits without reading the delivery), a zero byte, and when the delivery was made (u64
-/// big-endian ms; so the pruner knows which pending deliveries may need old events). Entries
-/// written before the time was kept hold the webhook alone.
-pub(super) fn queue_value(delivery: &Delivery) -> Vec<u8> {
-    let webhook = delivery.webhook_id.as_str().as_bytes();
-    let mut value = Vec::with_capacity(webhook.len() + 9);
-    value.extend_from_slice(webhook);
-    value.push(0);
-    value.extend_from_slice(&(delivery.created_at.as_i64().max(0) as u64).to_be_bytes());
-    value
+/// A queue entry's value: the delivery's webhook, so the scheduler can apply per-endpoint
+/// limits without reading the delivery.
+pub(super) fn queue_value(delivery: &Delivery) -> &[u8] {
+    delivery.webhook_id.as_str().as_bytes()
 }
 
-/// A queue entry's webhook and, when kept, its delivery's creation time.
-pub(super) fn parse_queue_value(value: &[u8]) -> (Option<WebhookId>, Option<Millis>) {
-    let (webhook, made) = match value.iter().position(|&b| b == 0) {
-        Some(split) => (&value[..split], value.get(split + 1..)),
-        None => (value, None),
-    };
-    let webhook = std::str::from_utf8(webhook)
+/// A queue entry's webhook.
+pub(super) fn parse_queue_value(value: &[u8]) -> Option<WebhookId> {
+    std::str::from_utf8(value)
         .ok()
-        .and_then(|w| WebhookId::parse(w).ok());
-    let made = made
-        .and_then(|m| <[u8; 8]>::try_from(m).ok())
-        .map(|m| Millis(u64::from_be_bytes(m) as i64));
-    (webhook, made)
+        .and_then(|w| WebhookId::parse(w).ok())
 }
 
 pub(super) fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
@@ -91,6 +76,7 @@ pub(super) type EncodedEvent = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
 pub(super) struct IngestTrees<'a> {
     events: &'a TransactionalTree,
     received: &'a TransactionalTree,
+    pins: &'a TransactionalTree,
     dtree: &'a TransactionalTree,
     queue: &'a TransactionalTree,
     debounce: &'a TransactionalTree,
@@ -126,6 +112,7 @@ pub(super) fn insert_one(
     let IngestTrees {
         events,
         received,
+        pins,
         dtree,
         queue,
         debounce,
@@ -161,6 +148,8 @@ pub(super) fn insert_one(
                         && open.batch_events.len() < open.batch_limit as usize
                     {
                         open.batch_events.push(event.id.clone());
+                        let pin = retention::pin_key(&event_key, &open.id);
+                        pins.insert(pin, &retention::pin_value())?;
                         open.updated_at = delivery.created_at;
                         if open.batch_events.len() >= open.batch_limit as usize {
                             // Full: due now, and no longer collecting.
@@ -198,8 +187,14 @@ pub(super) fn insert_one(
                         if let Some(old) = waiting.next_attempt_at {
                             queue.remove(queue_key(old, &waiting.id))?;
                         }
+                        for pin in retention::pins_of(&waiting) {
+                            pins.remove(pin)?;
+                        }
                         let due = delivery.next_attempt_at.unwrap_or(delivery.created_at);
                         waiting.replace_event(event.id.clone(), due, delivery.created_at);
+                        for pin in retention::pins_of(&waiting) {
+                            pins.insert(pin, &retention::pin_value())?;
+                        }
                         queue.insert(queue_key(due, &waiting.id), queue_value(&waiting))?;
                         dtree.insert(waiting.id.as_str().as_bytes(), encode(&waiting))?;
                         carried.push(waiting.id);
@@ -208,6 +203,9 @@ pub(super) fn insert_one(
                 }
                 debounce.insert(index, delivery.id.as_str().as_bytes())?;
             }
+        }
+        for pin in retention::pins_of(delivery) {
+            pins.insert(pin, &retention::pin_value())?;
         }
         dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
         queue.insert(key.as_slice(), queue_value(delivery))?;
@@ -232,6 +230,8 @@ pub(super) struct EventTrees {
     pub(super) finished: sled::Tree,
     /// Events by receipt time (see [`retention`]).
     pub(super) received: sled::Tree,
+    /// The events pending deliveries point at (see [`retention`]).
+    pub(super) pins: sled::Tree,
     /// Held while events are inserted: rounds never overlap, and an id's check for a
     /// duplicate and its writes are one step.
     pub(super) ingest_lock: Arc<std::sync::Mutex<()>>,
@@ -299,6 +299,7 @@ impl EventTrees {
             (
                 &self.events,
                 &self.received,
+                &self.pins,
                 &self.deliveries,
                 &self.queue,
                 &self.debounce,
@@ -306,10 +307,11 @@ impl EventTrees {
                 &self.batches,
             )
                 .transaction(
-                    |(events, received, dtree, queue, debounce, fifo, batches)| {
+                    |(events, received, pins, dtree, queue, debounce, fifo, batches)| {
                         let trees = IngestTrees {
                             events,
                             received,
+                            pins,
                             dtree,
                             queue,
                             debounce,

@@ -6,35 +6,34 @@
 //!   finish time, so a walk takes each run's expired head and stops at the first one kept.
 //! - `received`: one entry per event, keyed `receipt time (u64 big-endian ms), event key`,
 //!   written with the event at ingest.
-//! - `renewed`: `event key -> time`, for an event kept as though received later (a replay of
-//!   an old one); its `received` entry is then written again at that time.
+//! - `pins`: one entry per event a pending delivery points at, keyed `event key length (u16
+//!   big-endian), event key, delivery id` (value: when it was written, system time), written
+//!   before the delivery's record (ingest, a debounced delivery taking a newer event, a batch
+//!   taking one more, a replay) and removed once the delivery has finished. An event with a
+//!   pin is never pruned.
 //!
-//! Entries may outlive what they point at or be older than it (a crash between two writes, a
-//! round undone, an event renewed or stored again after it was pruned): a walk checks each
-//! against the record before removing anything, and drops the entries that no longer hold.
-//!
-//! An event is kept while a pending delivery needs it. Deliveries are made for events as
-//! they arrive, and a replay renews its event first, so only a pending delivery made before
-//! the cutoff can need an event received before it: the walk reads those (the due queue
-//! names every pending delivery, with when it was made) and keeps their events.
+//! Entries may outlive what they point at (a crash between two writes, an event stored again
+//! after it was pruned, a finished delivery's pins): a walk checks each against the record
+//! before removing anything, drops the entries that no longer hold, and leaves alone those
+//! whose record may still be on its way.
 //!
 //! Records stored before these indexes existed get their entries from a one-time walk
-//! ([`Store::prepare_pruning`]); a backup leaves the indexes out and its copy rebuilds them.
+//! ([`Store::prepare_pruning`]), which keeps its place across restarts; a backup leaves the
+//! indexes out and its copy rebuilds them.
 
-use std::collections::HashSet;
+mod events;
+
 use std::ops::Bound;
 
-use super::codec::decode_event;
 use super::*;
 use crate::model::DeliveryStatus;
 use crate::storage::{Finished, StopWalk};
 
 /// The `meta` key marking that every record stored has its index entries.
 pub(super) const INDEXED: &[u8] = b"retention_indexed";
-
-/// A margin on the creation time of pending deliveries read for their events: a delivery
-/// is made at its event's receipt, or later (a replay, which renews the event).
-const MADE_EARLIER_BY: i64 = 60_000;
+/// The `meta` keys of the one-time walk's place in the deliveries and events trees.
+pub(super) const INDEXED_UP_TO: [&[u8]; 2] =
+    [b"retention_indexed_deliveries", b"retention_indexed_events"];
 
 fn class(finished: Finished) -> u8 {
     match finished {
@@ -69,6 +68,39 @@ pub(super) fn received_key(at: Millis, event_key: &str) -> Vec<u8> {
     key
 }
 
+/// The start of every pin of the event under `event_key`.
+fn pin_prefix(event_key: &str) -> Vec<u8> {
+    let len = u16::try_from(event_key.len()).unwrap_or(u16::MAX);
+    let mut key = Vec::with_capacity(2 + event_key.len() + 32);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(event_key.as_bytes());
+    key
+}
+
+/// The pin of `event_key` for `delivery`.
+pub(super) fn pin_key(event_key: &str, delivery: &DeliveryId) -> Vec<u8> {
+    let mut key = pin_prefix(event_key);
+    key.extend_from_slice(delivery.as_str().as_bytes());
+    key
+}
+
+/// A pin's value: when it was written (system time, ms).
+pub(super) fn pin_value() -> [u8; 8] {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.to_be_bytes()
+}
+
+/// The pins a pending delivery holds: one per event it points at.
+pub(super) fn pins_of(delivery: &Delivery) -> Vec<Vec<u8>> {
+    let tenant = delivery.events_tenant();
+    std::iter::once(&delivery.event_id)
+        .chain(&delivery.batch_events)
+        .map(|event| pin_key(&event_key(tenant, event), &delivery.id))
+        .collect()
+}
+
 /// A `finished` entry's parts: webhook, class, finish time, delivery.
 fn parse_finished(key: &[u8]) -> Option<(WebhookId, u8, Millis, DeliveryId)> {
     let split = key.iter().position(|&b| b == 0)?;
@@ -80,16 +112,7 @@ fn parse_finished(key: &[u8]) -> Option<(WebhookId, u8, Millis, DeliveryId)> {
     Some((webhook, class, Millis(u64::from_be_bytes(*at) as i64), id))
 }
 
-/// A `received` entry's time and event key.
-fn parse_received(key: &[u8]) -> Option<(Millis, &str)> {
-    let (at, event) = key.split_first_chunk::<8>()?;
-    Some((
-        Millis(u64::from_be_bytes(*at) as i64),
-        std::str::from_utf8(event).ok()?,
-    ))
-}
-
-/// The few fields of a delivery record a walk reads.
+/// The few fields of a delivery record the walks read.
 #[derive(serde::Deserialize)]
 struct Glance {
     status: DeliveryStatus,
@@ -97,7 +120,9 @@ struct Glance {
 }
 
 impl Store {
-    /// See [`crate::storage::Pruning::prepare_pruning`].
+    /// See [`crate::storage::Pruning::prepare_pruning`]: walks the deliveries (a finished
+    /// one's `finished` entry, a pending one's pins) and the events (their `received`
+    /// entries), noting its place every 1,024 records so a stopped walk goes on from there.
     ///
     /// # Errors
     /// On storage failure.
@@ -105,45 +130,71 @@ impl Store {
         if self.meta.contains_key(INDEXED)? {
             return Ok(true);
         }
-        let mut written = 0u64;
-        for entry in self.ingest.deliveries.iter() {
-            let (_, value) = entry?;
-            // One that does not decode is never pruned; lists name it.
-            if let Ok(delivery) = decode::<Delivery>("deliveries", &value) {
-                if let Some(key) = finished_key(&delivery) {
-                    self.ingest.finished.insert(key, &[] as &[u8])?;
+        let [deliveries_done, events_done] = INDEXED_UP_TO;
+        let indexed = self.walk_from(
+            &self.ingest.deliveries,
+            deliveries_done,
+            stop,
+            |_, value| {
+                // One that does not decode is never pruned; lists name it.
+                let Ok(delivery) = decode::<Delivery>("deliveries", value) else {
+                    return Ok(());
+                };
+                match finished_key(&delivery) {
+                    Some(key) => self.ingest.finished.insert(key, &[] as &[u8]).map(drop),
+                    None => pins_of(&delivery)
+                        .into_iter()
+                        .try_for_each(|pin| self.ingest.pins.insert(pin, &pin_value()).map(drop)),
                 }
-            }
-            written += 1;
-            if written % 1024 == 0 && stop(0) {
-                return Ok(false);
-            }
+            },
+        )?;
+        if !indexed {
+            return Ok(false);
         }
-        for entry in self.ingest.events.iter() {
-            let (key, value) = entry?;
-            let (Ok(event), Ok(key)) = (decode_event(&value), std::str::from_utf8(&key)) else {
-                continue;
+        let indexed = self.walk_from(&self.ingest.events, events_done, stop, |key, value| {
+            let (Ok(event), Ok(key)) = (codec::decode_event(value), std::str::from_utf8(key))
+            else {
+                return Ok(());
             };
-            let at = self
-                .renewed_at(key)?
-                .map_or(event.received_at, |renewed| renewed.max(event.received_at));
-            self.ingest
-                .received
-                .insert(received_key(at, key), &[] as &[u8])?;
-            written += 1;
-            if written % 1024 == 0 && stop(0) {
-                return Ok(false);
-            }
+            let entry = received_key(event.received_at, key);
+            self.ingest.received.insert(entry, &[] as &[u8]).map(drop)
+        })?;
+        if indexed {
+            self.meta.insert(INDEXED, &[1u8])?;
         }
-        self.meta.insert(INDEXED, &[1u8])?;
-        Ok(true)
+        Ok(indexed)
     }
 
-    fn renewed_at(&self, event_key: &str) -> Result<Option<Millis>, StoreError> {
-        Ok(self.renewed.get(event_key)?.and_then(|v| {
-            let at: [u8; 8] = v.as_ref().try_into().ok()?;
-            Some(Millis(u64::from_be_bytes(at) as i64))
-        }))
+    /// Calls `each` on every record of `tree` after the place noted under `place` in `meta`,
+    /// noting the place as it goes; `false` when `stop` said to stop first.
+    fn walk_from(
+        &self,
+        tree: &sled::Tree,
+        place: &[u8],
+        stop: StopWalk<'_>,
+        mut each: impl FnMut(&[u8], &[u8]) -> sled::Result<()>,
+    ) -> Result<bool, StoreError> {
+        let from = self.meta.get(place)?;
+        let start = match &from {
+            Some(key) => Bound::Excluded(key.as_ref()),
+            None => Bound::Unbounded,
+        };
+        let mut walked = 0u64;
+        for entry in tree.range::<&[u8], _>((start, Bound::Unbounded)) {
+            let (key, value) = entry?;
+            each(&key, &value)?;
+            walked += 1;
+            if walked % 1024 == 0 {
+                self.meta.insert(place, key.as_ref())?;
+                if stop(0) {
+                    return Ok(false);
+                }
+            }
+        }
+        if let Some((last, _)) = tree.last()? {
+            self.meta.insert(place, last.as_ref())?;
+        }
+        Ok(true)
     }
 
     /// See [`crate::storage::Pruning::prune_deliveries`].
@@ -189,17 +240,9 @@ impl Store {
                 .range(prefix.as_slice()..end.as_slice())
             {
                 let (key, _) = entry?;
-                if let Some((_, _, at, id)) = parse_finished(&key) {
-                    let record = self.ingest.deliveries.get(id.as_str())?;
-                    let glance = record.and_then(|r| serde_json::from_slice::<Glance>(&r).ok());
-                    // Only the record this entry was written for: finished then, and not
-                    // changed since.
-                    if glance.is_some_and(|g| g.status.is_final() && g.updated_at == at) {
-                        self.ingest.deliveries.remove(id.as_str())?;
-                        removed += 1;
-                    }
+                if self.prune_finished_at(&key)? {
+                    removed += 1;
                 }
-                self.ingest.finished.remove(&key)?;
                 in_batch += 1;
                 if in_batch >= batch {
                     in_batch = 0;
@@ -208,164 +251,68 @@ impl Store {
                     }
                 }
             }
-        }
-        Ok(removed)
-    }
-
-    /// See [`crate::storage::Pruning::prune_events`].
-    ///
-    /// # Errors
-    /// On storage failure.
-    pub fn prune_events(
-        &self,
-        before: Millis,
-        batch: usize,
-        stop: StopWalk<'_>,
-    ) -> Result<u64, StoreError> {
-        let end = millis_be(before);
-        if self
-            .ingest
-            .received
-            .range(..end.as_slice())
-            .next()
-            .is_none()
-        {
-            return Ok(0);
-        }
-        let needed = self.events_pending_deliveries_need(before)?;
-        let batch = batch.max(1);
-        let mut removed = 0u64;
-        let mut from: Vec<u8> = Vec::new();
-        loop {
-            // One batch under the lock a renewal takes, so none lands between a check and
-            // the removal; renewals and everything else go on between batches.
-            let (walked, last) = {
-                let _renewals = self.renewals.lock().unwrap_or_else(|e| e.into_inner());
-                let mut walked = 0;
-                let mut last = None;
-                for entry in self
-                    .ingest
-                    .received
-                    .range::<&[u8], _>((
-                        Bound::Excluded(from.as_slice()),
-                        Bound::Excluded(&end[..]),
-                    ))
-                    .take(batch)
-                {
-                    let (key, _) = entry?;
-                    walked += 1;
-                    if self.prune_event_at(&key, &needed)? {
-                        removed += 1;
-                    }
-                    last = Some(key);
-                }
-                (walked, last)
-            };
-            match last {
-                Some(key) if walked == batch => from = key.to_vec(),
-                _ => return Ok(removed),
-            }
             if stop(removed) {
                 return Ok(removed);
             }
         }
+        Ok(removed)
     }
 
-    /// Handles one `received` entry older than the cutoff: removes its event unless a newer
-    /// entry stands for it or a pending delivery needs it, and the entry unless it must be
-    /// walked again. `true` when the event was removed.
-    fn prune_event_at(&self, key: &[u8], needed: &HashSet<String>) -> Result<bool, StoreError> {
-        let Some((at, event_key)) = parse_received(key) else {
+    /// Handles one expired `finished` entry: removes the delivery it was written for, if that
+    /// record is still as it finished then. `true` when a delivery was removed.
+    fn prune_finished_at(&self, key: &[u8]) -> Result<bool, StoreError> {
+        let Some((_, _, at, id)) = parse_finished(key) else {
             tracing::warn!(key = ?key, "dropping a malformed retention entry");
-            self.ingest.received.remove(key)?;
+            self.ingest.finished.remove(key)?;
             return Ok(false);
         };
-        if needed.contains(event_key) {
-            return Ok(false);
-        }
-        let renewed = self.renewed_at(event_key)?;
-        let stored = self.ingest.events.get(event_key)?;
-        // An event stored again after it was pruned, or renewed, has a newer entry of its own.
-        let current = match (&stored, renewed) {
-            (None, _) => false,
-            (_, Some(renewed)) if renewed > at => false,
-            (Some(record), _) => decode_event(record).map_or(true, |e| e.received_at <= at),
-        };
-        if current {
-            self.ingest.events.remove(event_key)?;
-            self.renewed.remove(event_key)?;
-            self.ingest.recent.forget(event_key);
-        }
-        self.ingest.received.remove(key)?;
-        Ok(current)
-    }
-
-    /// The keys of the events that pending deliveries made before `before` (give or take
-    /// [`MADE_EARLIER_BY`]) point at: the only pending deliveries that can need an event
-    /// received before it. Their queue entries say when they were made; the records of the
-    /// others are not read.
-    fn events_pending_deliveries_need(
-        &self,
-        before: Millis,
-    ) -> Result<HashSet<String>, StoreError> {
-        let bound = before.as_i64().saturating_add(MADE_EARLIER_BY);
-        let mut needed = HashSet::new();
-        for entry in self.ingest.queue.iter() {
-            let (key, value) = entry?;
-            let Some((_, id)) = parse_queue_key(&key) else {
-                continue;
-            };
-            if parse_queue_value(&value)
-                .1
-                .is_some_and(|made| made.as_i64() >= bound)
-            {
-                continue;
-            }
-            let Some(delivery) = self.delivery(&id).ok().flatten() else {
-                continue;
-            };
-            if delivery.status.is_final() {
-                continue;
-            }
-            let tenant = delivery.events_tenant();
-            for event in std::iter::once(&delivery.event_id).chain(&delivery.batch_events) {
-                needed.insert(event_key(tenant, event));
-                if tenant.is_some() {
-                    // Or stored before ids were scoped per tenant, under the id alone.
-                    needed.insert(event_key(None, event));
-                }
-            }
-        }
-        Ok(needed)
-    }
-
-    /// See [`crate::storage::Pruning::renew_event`].
-    ///
-    /// # Errors
-    /// On storage failure.
-    pub fn renew_event(
-        &self,
-        tenant: Option<&str>,
-        id: &EventId,
-        now: Millis,
-    ) -> Result<bool, StoreError> {
-        let _renewals = self.renewals.lock().unwrap_or_else(|e| e.into_inner());
-        let mut key = event_key(tenant, id);
-        if !self.ingest.events.contains_key(key.as_str())? {
-            // Stored before ids were scoped per tenant: under the id alone.
-            let legacy = match tenant {
-                Some(_) => self.stored_event(id.as_str())?,
-                None => None,
-            };
-            if legacy.is_none_or(|e| e.tenant.as_deref() != tenant) {
+        let record = self.ingest.deliveries.get(id.as_str())?;
+        let glance = match record.as_deref().map(serde_json::from_slice::<Glance>) {
+            // Gone already.
+            None => None,
+            Some(Ok(glance)) => Some(glance),
+            Some(Err(e)) => {
+                tracing::error!(delivery = %id, "unreadable delivery record kept: {e}");
                 return Ok(false);
             }
-            key = id.as_str().to_string();
+        };
+        match glance {
+            // Its record is on its way (the entry is written first): walked again next time.
+            Some(glance) if !glance.status.is_final() => return Ok(false),
+            Some(glance) if glance.updated_at == at => {
+                self.ingest.deliveries.remove(id.as_str())?;
+                self.ingest.finished.remove(key)?;
+                return Ok(true);
+            }
+            // Gone, or finished at another time (that time has an entry of its own).
+            _ => {}
         }
-        self.ingest
-            .received
-            .insert(received_key(now, &key), &[] as &[u8])?;
-        self.renewed.insert(key.as_str(), &millis_be(now))?;
-        Ok(true)
+        self.ingest.finished.remove(key)?;
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{event, test_sealer};
+
+    /// A store written before the indexes: the one-time walk stopped midway goes on from its
+    /// place, and ends with every event indexed.
+    #[test]
+    fn the_indexing_walk_goes_on_from_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
+        let events: Vec<Event> = (0..3000).map(|i| event(&format!("legacy-{i}"))).collect();
+        let items: Vec<(&Event, &[Delivery])> = events.iter().map(|e| (e, &[][..])).collect();
+        store.insert_events(&items).unwrap();
+        store.ingest.received.clear().unwrap();
+        let stops = std::sync::atomic::AtomicU64::new(0);
+        let stop_once = |_: u64| stops.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        assert!(!store.prepare_pruning(&stop_once).unwrap());
+        assert_eq!(store.ingest.received.len(), 1024);
+        assert!(store.prepare_pruning(&|_| false).unwrap());
+        assert_eq!(store.ingest.received.len(), 3000);
+        assert!(store.meta.contains_key(INDEXED).unwrap());
     }
 }

@@ -7,9 +7,9 @@
 //! (no debounce, order or batch index to keep in step) are stored with plain writes instead:
 //!
 //! 1. an *intent* record listing what the round adds: event ids, delivery ids, queue keys;
-//! 2. per event, its retention entry, its record, its deliveries' records, then their queue
-//!    entries, so the scheduler (which starts from queue entries) never meets a delivery
-//!    before its event;
+//! 2. per event, its retention entry, its record, its deliveries' records (each after the pin
+//!    it holds on the event), then their queue entries, so the scheduler (which starts from
+//!    queue entries) never meets a delivery before its event;
 //! 3. the intent's removal.
 //!
 //! Calls are answered only after the flush that follows the round (the commit thread), and
@@ -31,9 +31,12 @@ use crate::model::{Delivery, Event};
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Intent {
     events: Vec<String>,
-    /// The events' retention entries (absent in intents written before there were any).
+    /// The events' retention entries, and their deliveries' pins (absent in intents written
+    /// before there were any).
     #[serde(default)]
     received: Vec<Vec<u8>>,
+    #[serde(default)]
+    pins: Vec<Vec<u8>>,
     deliveries: Vec<String>,
     queue: Vec<Vec<u8>>,
 }
@@ -117,6 +120,7 @@ fn insert_cut(
             .push(super::retention::received_key(event.received_at, &key));
         intent.events.push(key);
         for (delivery, (key, _)) in deliveries.iter().zip(&encoded[i].1) {
+            intent.pins.extend(super::retention::pins_of(delivery));
             intent.deliveries.push(delivery.id.to_string());
             intent.queue.push(key.clone());
         }
@@ -146,6 +150,9 @@ fn insert_cut(
                 .insert(keys[i].as_str(), event_bytes.as_slice())?;
             for (delivery, (_, bytes)) in deliveries.iter().zip(records) {
                 writes.next()?;
+                for pin in super::retention::pins_of(delivery) {
+                    trees.pins.insert(pin, &super::retention::pin_value())?;
+                }
                 trees
                     .deliveries
                     .insert(delivery.id.as_str(), bytes.as_slice())?;
@@ -187,6 +194,9 @@ fn undo(trees: &EventTrees, key: &[u8], intent: &Intent) -> Result<(), StoreErro
     }
     for key in &intent.received {
         trees.received.remove(key.as_slice())?;
+    }
+    for pin in &intent.pins {
+        trees.pins.remove(pin.as_slice())?;
     }
     trees.intents.remove(key)?;
     Ok(())

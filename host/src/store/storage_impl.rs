@@ -259,12 +259,19 @@ impl Pruning for Store {
         Ok(Store::prune_events(self, before, batch, stop)?)
     }
 
-    fn renew_event(
+    fn keep_event_for(
         &self,
         tenant: Option<&str>,
         id: &EventId,
-        now: Millis,
+        delivery: &DeliveryId,
+        received_by: Millis,
     ) -> Result<bool, StorageError> {
-        Ok(Store::renew_event(self, tenant, id, now)?)
+        Ok(Store::keep_event_for(
+            self,
+            tenant,
+            id,
+            delivery,
+            received_by,
+        )?)
     }
 }

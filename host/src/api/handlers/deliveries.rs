@@ -59,8 +59,14 @@ pub async fn get_delivery(
     for item in expanded {
         match item.as_str() {
             "event" => {
-                let event = p.event(delivery.events_tenant(), &delivery.event_id);
-                view.event = Some(event.ok());
+                // Not one stored under the same id after the delivery's own was pruned.
+                let event = p
+                    .event(delivery.events_tenant(), &delivery.event_id)
+                    .ok()
+                    .filter(|e| {
+                        !delivery.status.is_final() || e.received_at <= delivery.updated_at
+                    });
+                view.event = Some(event);
             }
             "webhook" => {
                 // The delivery's tenant is its webhook's, so a caller who sees one sees both.

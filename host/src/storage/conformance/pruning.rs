@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use super::{event, insert, pending, webhook, Opener};
-use crate::model::{Delivery, DeliveryStatus, Event, EventId, Millis, Webhook, WebhookId};
+use crate::model::{
+    Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis, Webhook, WebhookId,
+};
 use crate::storage::{Capacity, Deliveries, Finished, Inserted, Pruning};
 
 fn received(id: &str, at: i64) -> Event {
@@ -28,16 +30,23 @@ fn never(_: u64) -> bool {
     false
 }
 
-fn stored(storage: &impl Deliveries, id: &str) -> bool {
+fn stored(storage: &impl Deliveries, tenant: Option<&str>, id: &str) -> bool {
     storage
-        .event(None, &EventId::parse(id).unwrap())
+        .event(tenant, &EventId::parse(id).unwrap())
         .unwrap()
         .is_some()
 }
 
+fn tenant_event(id: &str, tenant: &str) -> Event {
+    let mut e = event(id, Some(tenant));
+    e.received_at = Millis(1_000);
+    e
+}
+
 /// Finished deliveries go once past their webhook's cutoff for their outcome; pending ones
-/// stay. Events go once past the cutoff unless a pending delivery needs them or a replay
-/// renewed them; an id whose event went may be stored again.
+/// stay. Events go once past the cutoff unless a pending delivery points at them (its own
+/// event, a batch's events, a debounced delivery's newest one; with or without a tenant) or
+/// a replay keeps them; an id whose event went may be stored again.
 pub(super) async fn finished_work_is_pruned_past_its_time_and_pending_work_is_kept(
     opener: &impl Opener,
 ) {
@@ -72,6 +81,25 @@ pub(super) async fn finished_work_is_pruned_past_its_time_and_pending_work_is_ke
     }
     let young = received("p-young", 50_000);
     insert(&storage, &young, &[]).await;
+    // A tenant's pending batch of two events, and a debounced delivery whose first event a
+    // newer one replaced.
+    let (b1, b2) = (tenant_event("p-b1", "acme"), tenant_event("p-b2", "acme"));
+    let mut batch = made(&w, &b1);
+    batch.batch_limit = 5;
+    batch.batch_events = vec![b1.id.clone()];
+    insert(&storage, &b1, std::slice::from_ref(&batch)).await;
+    let mut second = made(&w, &b2);
+    second.batch_limit = 5;
+    second.batch_events = vec![b2.id.clone()];
+    insert(&storage, &b2, &[second]).await;
+    let (d1, d2) = (received("p-d1", 1_000), received("p-d2", 1_100));
+    let mut debounced = made(&w, &d1);
+    debounced.entity = Some("sku-1".into());
+    insert(&storage, &d1, std::slice::from_ref(&debounced)).await;
+    let mut newer = made(&w, &d2);
+    newer.entity = Some("sku-1".into());
+    insert(&storage, &d2, &[newer]).await;
+
     let [done, failed, waiting, forever, _, replayed] = &mut deliveries[..] else {
         unreachable!()
     };
@@ -91,27 +119,42 @@ pub(super) async fn finished_work_is_pruned_past_its_time_and_pending_work_is_ke
     for kept in [&failed, &waiting, &forever, &replayed] {
         assert!(storage.delivery(&kept.id).unwrap().is_some(), "{}", kept.id);
     }
-    // A replay renews its event before the walk.
-    assert!(storage
-        .renew_event(None, &replayed.event_id, Millis(40_000))
-        .unwrap());
-    assert!(!storage
-        .renew_event(None, &EventId::parse("p-never").unwrap(), Millis(40_000))
-        .unwrap());
-    assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 4);
-    for gone in ["p-done", "p-failed", "p-forever", "p-lone"] {
-        assert!(!stored(&storage, gone), "{gone}");
+    // A replay keeps its event, unless it is gone or was stored after the original finished.
+    let replay = DeliveryId::generate();
+    let keep = |id: &str, by: i64| {
+        let id = EventId::parse(id).unwrap();
+        storage
+            .keep_event_for(None, &id, &replay, Millis(by))
+            .unwrap()
+    };
+    assert!(keep("p-replayed", 2_000));
+    assert!(!keep("p-never", 2_000));
+    assert!(!keep("p-young", 2_000));
+    let mut replay_of = made(&w, &events[5]);
+    replay_of.id = replay;
+    storage.update_delivery(&replay_of, None).unwrap();
+
+    assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 5);
+    for gone in ["p-done", "p-failed", "p-forever", "p-lone", "p-d1"] {
+        assert!(!stored(&storage, None, gone), "{gone}");
     }
-    for kept in ["p-pending", "p-replayed", "p-young"] {
-        assert!(stored(&storage, kept), "{kept}");
+    for kept in ["p-pending", "p-replayed", "p-young", "p-d2"] {
+        assert!(stored(&storage, None, kept), "{kept}");
     }
-    // Nothing more to do; the pending delivery's event goes once it has finished.
+    for kept in ["p-b1", "p-b2"] {
+        assert!(stored(&storage, Some("acme"), kept), "{kept}");
+    }
+    // Nothing more to do; a pending delivery's events go once it has finished.
     assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 0);
     finish(&storage, waiting, DeliveryStatus::Delivered, 3_000);
-    assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 1);
-    assert!(!stored(&storage, "p-pending"));
-    // The renewed event goes once past the cutoff from its renewal.
-    assert_eq!(storage.prune_events(Millis(40_001), 2, &never).unwrap(), 1);
+    finish(&storage, &mut replay_of, DeliveryStatus::Delivered, 3_000);
+    let mut batch = storage.delivery(&batch.id).unwrap().unwrap();
+    finish(&storage, &mut batch, DeliveryStatus::Delivered, 3_000);
+    assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 4);
+    for gone in ["p-pending", "p-replayed"] {
+        assert!(!stored(&storage, None, gone), "{gone}");
+    }
+    assert!(!stored(&storage, Some("acme"), "p-b1"));
     // An id whose event went is new again, and kept from its new receipt.
     let again = received("p-done", 60_000);
     assert!(matches!(
@@ -119,7 +162,7 @@ pub(super) async fn finished_work_is_pruned_past_its_time_and_pending_work_is_ke
         Inserted::New(_)
     ));
     assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 0);
-    assert!(stored(&storage, "p-done"));
+    assert!(stored(&storage, None, "p-done"));
 }
 
 /// A walk stops between steps when asked, and the next one goes on from there.
@@ -146,18 +189,21 @@ pub(super) async fn a_pruning_walk_stops_between_steps_and_the_next_goes_on(open
 }
 
 /// Records stored before the engine kept what pruning walks need are found by
-/// `prepare_pruning`; a copy taken by a backup prunes like the original.
+/// `prepare_pruning`; a copy taken by a backup prunes like the original, and keeps what its
+/// pending deliveries need.
 pub(super) async fn a_backup_prunes_like_its_original(opener: &impl Opener) {
     let dir = tempfile::tempdir().unwrap();
     let copy = tempfile::tempdir().unwrap();
     let w = webhook();
     let copy_dir = copy.path().join("backup");
+    let waiting = received("b-waiting", 1_000);
     {
         let storage = opener.open(dir.path());
         let e = received("b-done", 1_000);
         let mut d = made(&w, &e);
         insert(&storage, &e, std::slice::from_ref(&d)).await;
         finish(&storage, &mut d, DeliveryStatus::Delivered, 2_000);
+        insert(&storage, &waiting, &[made(&w, &waiting)]).await;
         storage.backup(&copy_dir, Millis(5_000)).unwrap();
     }
     let restored = opener.open(Path::new(&copy_dir));
@@ -168,4 +214,5 @@ pub(super) async fn a_backup_prunes_like_its_original(opener: &impl Opener) {
         restored.prune_events(Millis(10_000), 10, &never).unwrap(),
         1
     );
+    assert!(stored(&restored, None, "b-waiting"));
 }
