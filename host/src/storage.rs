@@ -382,7 +382,10 @@ pub trait Pruning: Send + Sync {
         stop: StopWalk<'_>,
     ) -> Result<u64, StorageError>;
     /// Removes events received before `before` that no pending delivery needs, `batch` at a
-    /// time; their ids may then be used again. Returns how many it removed.
+    /// time; their ids may then be used again. An event a pending delivery needed may be left
+    /// past the cutoff after that delivery has finished, for about as long as it was pending
+    /// past it and at most an hour (so a delivery pending for months is not looked at every
+    /// pass). Returns how many it removed.
     fn prune_events(
         &self,
         before: Millis,

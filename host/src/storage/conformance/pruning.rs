@@ -144,17 +144,20 @@ pub(super) async fn finished_work_is_pruned_past_its_time_and_pending_work_is_ke
     for kept in ["p-b1", "p-b2"] {
         assert!(stored(&storage, Some("acme"), kept), "{kept}");
     }
-    // Nothing more to do; a pending delivery's events go once it has finished.
+    // Nothing more to do; a pending delivery's events go once it has finished (looked at
+    // again within an hour past the cutoff).
     assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 0);
+    let an_hour_on = Millis(10_000 + 3_600_001);
     finish(&storage, waiting, DeliveryStatus::Delivered, 3_000);
     finish(&storage, &mut replay_of, DeliveryStatus::Delivered, 3_000);
     let mut batch = storage.delivery(&batch.id).unwrap().unwrap();
     finish(&storage, &mut batch, DeliveryStatus::Delivered, 3_000);
-    assert_eq!(storage.prune_events(Millis(10_000), 2, &never).unwrap(), 4);
-    for gone in ["p-pending", "p-replayed"] {
+    assert_eq!(storage.prune_events(an_hour_on, 2, &never).unwrap(), 5);
+    for gone in ["p-pending", "p-replayed", "p-young"] {
         assert!(!stored(&storage, None, gone), "{gone}");
     }
     assert!(!stored(&storage, Some("acme"), "p-b1"));
+    assert!(stored(&storage, None, "p-d2"), "still pending");
     // An id whose event went is new again, and kept from its new receipt.
     let again = received("p-done", 60_000);
     assert!(matches!(

@@ -9,6 +9,10 @@ use super::*;
 /// How long an entry whose record is missing is left alone: its record may be on its way (an
 /// ingest round writes the entry first; a replay pins its event before writing the delivery).
 const ON_ITS_WAY: i64 = 3_600_000;
+/// The longest a pinned event waits to be looked at again: its entry moves past the cutoff by
+/// as long as it has waited past it already (at least a second), so a delivery pending for
+/// months costs one look an hour, not one a pass, and one pending a moment is seen again soon.
+const LOOK_AGAIN_AFTER: i64 = 3_600_000;
 
 /// The few fields of a delivery a pin is checked against.
 #[derive(serde::Deserialize)]
@@ -108,6 +112,14 @@ impl Store {
         // alone; deliveries pin it by its tenant's key.
         let scoped = event_key_of(&event);
         if self.pinned(event_key)? || (scoped != event_key && self.pinned(&scoped)?) {
+            // The new entry first: a crash between the two writes leaves both, never none.
+            let waited = before.as_i64().saturating_sub(at.as_i64());
+            let again = before.as_i64() + waited.clamp(1_000, LOOK_AGAIN_AFTER);
+            let again = Millis(again);
+            self.ingest
+                .received
+                .insert(received_key(again, event_key), &[] as &[u8])?;
+            self.ingest.received.remove(key)?;
             return Ok(false);
         }
         self.ingest.events.remove(event_key)?;
