@@ -18,7 +18,9 @@
 //!   a clean stop (SIGTERM), a start on the same data, and the idle host's memory a few
 //!   seconds after it answers: what stored history costs in RSS (issue 25). `--data-dir DIR`
 //!   fills and keeps DIR instead of a temporary dir (with `--stored 0`, it only restarts
-//!   on what DIR already holds).
+//!   on what DIR already holds). Without `--rate`, events are emitted faster than they are
+//!   delivered: the queue's peak is then part of what the store keeps (sled keeps its
+//!   freed pages in memory too); `--rate` below the delivery rate measures history alone.
 //!
 //! Options: `--events N`, `--webhooks W`, `--concurrency C` (emitting connections), `--rate R`,
 //! `--batch B` (events per POST), `--pending N` (backlog), `--stored N` and `--data-dir DIR`
@@ -885,7 +887,7 @@ fn files_on_disk(dir: &Path) -> Vec<(String, u64)> {
             }
         }
     }
-    out.sort_by(|a, b| b.1.cmp(&a.1));
+    out.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
     out
 }
 
@@ -929,7 +931,7 @@ async fn idle(args: &Args) {
         let emit_args = Args {
             batch: args.batch.max(1000),
             concurrency: 4,
-            rate: None,
+            rate: args.rate,
             ..args.clone()
         };
         emit(
