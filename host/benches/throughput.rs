@@ -14,9 +14,17 @@
 //! - `scale`: 1,000 webhooks over 100 distinct modules, each event matching one of them.
 //! - `backlog`: 1,000,000 deliveries waiting (a 1 h delay), the host's memory meanwhile, then a
 //!   restart: how long until it answers and until a new delivery arrives.
+//! - `idle`: `--stored N` small events delivered (so the store holds N finished deliveries),
+//!   a clean stop (SIGTERM), a start on the same data, and the idle host's memory a few
+//!   seconds after it answers: what stored history costs in RSS (issue 25). `--data-dir DIR`
+//!   fills and keeps DIR instead of a temporary dir (with `--stored 0`, it only restarts
+//!   on what DIR already holds). Without `--rate`, events are emitted faster than they are
+//!   delivered: the queue's peak is then part of what the store keeps (sled keeps its
+//!   freed pages in memory too); `--rate` below the delivery rate measures history alone.
 //!
 //! Options: `--events N`, `--webhooks W`, `--concurrency C` (emitting connections), `--rate R`,
-//! `--batch B` (events per POST), `--pending N` (backlog). The host is the release binary,
+//! `--batch B` (events per POST), `--pending N` (backlog), `--stored N` and `--data-dir DIR`
+//! (idle). The host is the release binary,
 //! started as its own process on a temporary data dir with default settings (durable acks:
 //! every 202 waits for the group commit), and its CPU time and peak RSS come from /proc.
 
@@ -41,13 +49,15 @@ struct Args {
     rate: Option<f64>,
     batch: usize,
     pending: usize,
+    stored: usize,
+    data_dir: Option<std::path::PathBuf>,
 }
 
-const SCENARIOS: [&str; 5] = ["flat", "rate", "slow", "scale", "backlog"];
+const SCENARIOS: [&str; 6] = ["flat", "rate", "slow", "scale", "backlog", "idle"];
 
 const USAGE: &str = "usage: cargo bench -p wasmhooks --bench throughput -- \
-[flat|rate|slow|scale|backlog] [--events N] [--webhooks W] [--concurrency C] [--rate R] \
-[--batch B] [--pending N]";
+[flat|rate|slow|scale|backlog|idle] [--events N] [--webhooks W] [--concurrency C] [--rate R] \
+[--batch B] [--pending N] [--stored N] [--data-dir DIR]";
 
 /// The command line, or what is wrong with it.
 fn args() -> Result<Args, String> {
@@ -59,6 +69,8 @@ fn args() -> Result<Args, String> {
         rate: None,
         batch: 1,
         pending: 1_000_000,
+        stored: 1_000_000,
+        data_dir: None,
     };
     fn number<T: std::str::FromStr>(arg: &str, value: Option<String>) -> Result<T, String> {
         let value = value.ok_or_else(|| format!("{arg} needs a value"))?;
@@ -78,6 +90,11 @@ fn args() -> Result<Args, String> {
             "--rate" => args.rate = Some(number(&arg, it.next())?),
             "--batch" => args.batch = number(&arg, it.next())?,
             "--pending" => args.pending = number(&arg, it.next())?,
+            "--stored" => args.stored = number(&arg, it.next())?,
+            "--data-dir" => {
+                let dir = it.next().ok_or("--data-dir needs a value")?;
+                args.data_dir = Some(dir.into());
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -250,9 +267,38 @@ impl Host {
         (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
     }
 
+    /// The kernel's split of resident memory (`/proc/<pid>/smaps_rollup`), in MiB: anonymous
+    /// (heap, stacks) and the rest (mapped files: the binary, libraries).
+    fn rss_split_mib(&self) -> (f64, f64) {
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.child.id()))
+            .unwrap_or_default();
+        let kib = |key: &str| {
+            rollup
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (rss, anon) = (kib("Rss:"), kib("Anonymous:"));
+        (anon / 1024.0, (rss - anon) / 1024.0)
+    }
+
     fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops the host the way an operator does (SIGTERM: it drains and flushes) and waits
+    /// for it to exit; returns how long that took.
+    fn terminate(mut self) -> Duration {
+        let asked = Instant::now();
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: sends a signal to the child this harness started and has not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait for the host");
+        assert!(status.success(), "the host exited with {status} on SIGTERM");
+        asked.elapsed()
     }
 }
 
@@ -820,6 +866,154 @@ async fn backlog(args: &Args) {
     host.stop();
 }
 
+/// The files of `dir` (recursively) with their allocated sizes in bytes, largest first.
+fn files_on_disk(dir: &Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                let name = entry
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .display()
+                    .to_string();
+                out.push((name, meta.blocks() * 512));
+            }
+        }
+    }
+    out.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
+    out
+}
+
+/// `--stored N` events delivered, a clean stop and a start on the same data: the idle
+/// host's memory then, which should not grow with the history it stores.
+async fn idle(args: &Args) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("data"));
+    let host = Host::start(&data);
+    let client = client();
+    if args.stored > 0 {
+        let module = upload(
+            &client,
+            &host.url,
+            wasmhooks::examples::ORDER_THRESHOLD.to_vec(),
+            "bench",
+        )
+        .await;
+        let tally = Tally::new(args.stored);
+        let url = receiver(Some(tally.clone()), Duration::ZERO).await;
+        webhook(
+            &client,
+            &host.url,
+            json!({"name": "stored", "event_kinds": ["order.created"], "module_id": module,
+                   "url": url, "config": {"threshold": 100}}),
+        )
+        .await;
+        let emitted = Arc::new(AtomicUsize::new(0));
+        let t = tally.clone();
+        let bar = progress_bar(
+            "storing",
+            emitted.clone(),
+            args.stored,
+            Arc::new(move || t.received.load(Ordering::Relaxed)),
+            args.stored,
+        );
+        let started = Instant::now();
+        let emit_args = Args {
+            batch: args.batch.max(1000),
+            concurrency: 4,
+            rate: args.rate,
+            ..args.clone()
+        };
+        emit(
+            &client,
+            &host.url,
+            &tally,
+            0..args.stored,
+            &emit_args,
+            0,
+            &emitted,
+        )
+        .await;
+        // Every delivery ends delivered, unless its plugin run failed (a CPU limit hit
+        // while the machine is busy): done when nothing has arrived for a while and none is
+        // pending.
+        let mut last = (0, Instant::now());
+        while tally.received.load(Ordering::Relaxed) < args.stored {
+            let now = tally.received.load(Ordering::Relaxed);
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+            if last.1.elapsed() > Duration::from_secs(10) {
+                let pending = call(
+                    &client,
+                    client.get(format!("{}/v1/deliveries?status=pending&limit=1", host.url)),
+                )
+                .await;
+                if pending["data"].as_array().is_some_and(Vec::is_empty) {
+                    break;
+                }
+                assert!(
+                    last.1.elapsed() < Duration::from_secs(60),
+                    "deliveries stalled at {now}/{}",
+                    args.stored
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bar.store(true, Ordering::Relaxed);
+        let (rss_now, rss_peak) = host.rss_mib();
+        println!(
+            "- stored {} events in {:.1} s, {} delivered (the rest failed); host RSS {rss_now:.0} MiB now, {rss_peak:.0} MiB peak",
+            args.stored,
+            started.elapsed().as_secs_f64(),
+            tally.received.load(Ordering::Relaxed)
+        );
+    }
+    let stopped_in = host.terminate();
+    println!(
+        "- SIGTERM: the host exited in {:.2} s",
+        stopped_in.as_secs_f64()
+    );
+
+    let host = Host::start(&data);
+    println!(
+        "- restarted: answering after {:.2} s",
+        host.ready_after.as_secs_f64()
+    );
+    for settle in [5, 15] {
+        let at = host.started + host.ready_after + Duration::from_secs(settle);
+        tokio::time::sleep_until(at.into()).await;
+        let (rss, _) = host.rss_mib();
+        let (anon, file) = host.rss_split_mib();
+        println!(
+            "- idle {settle} s after it answered: **RSS {rss:.1} MiB** (anonymous {anon:.1} MiB, file-backed {file:.1} MiB)"
+        );
+    }
+    let files = files_on_disk(&data);
+    let total: u64 = files.iter().map(|(_, size)| size).sum();
+    let largest: Vec<String> = files
+        .iter()
+        .take(4)
+        .map(|(name, size)| format!("{name} {:.1} MiB", *size as f64 / 1048576.0))
+        .collect();
+    println!(
+        "- data dir: {:.1} MiB on disk ({})",
+        total as f64 / 1048576.0,
+        largest.join(", ")
+    );
+    host.terminate();
+}
+
 fn main() {
     let args = match args() {
         Ok(args) => args,
@@ -833,6 +1027,17 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        if args.scenario == "idle" {
+            println!(
+                "\nscenario `idle`: {} events stored, then a restart, on {}\n",
+                args.stored,
+                args.data_dir
+                    .as_ref()
+                    .map_or("a temporary data dir".into(), |d| d.display().to_string())
+            );
+            idle(&args).await;
+            return;
+        }
         println!(
             "\nscenario `{}`: {} events, {} webhook(s), {} emitting connection(s), batch {}{}\n",
             args.scenario,
@@ -877,6 +1082,7 @@ fn main() {
                 run.print("1,000 webhooks, 100 modules, one match per event");
             }
             "backlog" => backlog(&args).await,
+            "idle" => unreachable!("idle was run above"),
             other => unreachable!("scenario {other} was checked"),
         }
     });

@@ -69,7 +69,7 @@ use crate::model::{
 // crates.io loses data on a full disk. A crate embedding wasmhooks must carry the same
 // `[patch.crates-io]` section as this workspace's Cargo.toml.
 const _: () = assert!(
-    sled::WASMHOOKS_PATCH_LEVEL >= 4,
+    sled::WASMHOOKS_PATCH_LEVEL >= 5,
     "wasmhooks needs its vendored sled: copy [patch.crates-io] from its Cargo.toml"
 );
 
