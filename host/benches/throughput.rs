@@ -21,12 +21,18 @@
 //!   on what DIR already holds). Without `--rate`, events are emitted faster than they are
 //!   delivered: the queue's peak is then part of what the store keeps (sled keeps its
 //!   freed pages in memory too); `--rate` below the delivery rate measures history alone.
+//! - `soak`: `--rate` events/s (3,000 by default, POSTs of 50) to one webhook for `--minutes`,
+//!   with every kind of retention set to `--keep` (1m by default, or `forever`): every 30 s the
+//!   host's RSS, the data dir's size on disk and what the pruner removed, to see whether they
+//!   level off; at the end the latency and whether the host kept up.
 //!
 //! Options: `--events N`, `--webhooks W`, `--concurrency C` (emitting connections), `--rate R`,
 //! `--batch B` (events per POST), `--pending N` (backlog), `--stored N` and `--data-dir DIR`
-//! (idle). The host is the release binary,
-//! started as its own process on a temporary data dir with default settings (durable acks:
-//! every 202 waits for the group commit), and its CPU time and peak RSS come from /proc.
+//! (idle), `--minutes M` and `--keep D` (soak). The host is the release binary, started as
+//! its own process on a temporary data dir with default settings (durable acks: every 202
+//! waits for the group commit; `WASMHOOKS_*` variables of the bench's environment reach it,
+//! e.g. `WASMHOOKS_RETENTION__INTERVAL`), and its CPU time and RSS come from /proc.
+//! `THROUGHPUT_HOST_BINARY` runs another build.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
@@ -51,13 +57,16 @@ struct Args {
     pending: usize,
     stored: usize,
     data_dir: Option<std::path::PathBuf>,
+    minutes: f64,
+    keep: String,
 }
 
-const SCENARIOS: [&str; 6] = ["flat", "rate", "slow", "scale", "backlog", "idle"];
+const SCENARIOS: [&str; 7] = ["flat", "rate", "slow", "scale", "backlog", "idle", "soak"];
 
 const USAGE: &str = "usage: cargo bench -p wasmhooks --bench throughput -- \
-[flat|rate|slow|scale|backlog|idle] [--events N] [--webhooks W] [--concurrency C] [--rate R] \
-[--batch B] [--pending N] [--stored N] [--data-dir DIR]";
+[flat|rate|slow|scale|backlog|idle|soak] [--events N] [--webhooks W] [--concurrency C] \
+[--rate R] [--batch B] [--pending N] [--stored N] [--data-dir DIR] [--minutes M] \
+[--keep 1m|forever]";
 
 /// The command line, or what is wrong with it.
 fn args() -> Result<Args, String> {
@@ -71,7 +80,11 @@ fn args() -> Result<Args, String> {
         pending: 1_000_000,
         stored: 1_000_000,
         data_dir: None,
+        minutes: 10.0,
+        keep: "1m".into(),
     };
+    // The soak's own defaults, unless given: POSTs of 50 on 8 connections.
+    let (mut batch_given, mut concurrency_given) = (false, false);
     fn number<T: std::str::FromStr>(arg: &str, value: Option<String>) -> Result<T, String> {
         let value = value.ok_or_else(|| format!("{arg} needs a value"))?;
         value
@@ -86,15 +99,23 @@ fn args() -> Result<Args, String> {
         match arg.as_str() {
             "--events" => args.events = number(&arg, it.next())?,
             "--webhooks" => args.webhooks = number(&arg, it.next())?,
-            "--concurrency" => args.concurrency = number(&arg, it.next())?,
+            "--concurrency" => {
+                args.concurrency = number(&arg, it.next())?;
+                concurrency_given = true;
+            }
             "--rate" => args.rate = Some(number(&arg, it.next())?),
-            "--batch" => args.batch = number(&arg, it.next())?,
+            "--batch" => {
+                args.batch = number(&arg, it.next())?;
+                batch_given = true;
+            }
             "--pending" => args.pending = number(&arg, it.next())?,
             "--stored" => args.stored = number(&arg, it.next())?,
             "--data-dir" => {
                 let dir = it.next().ok_or("--data-dir needs a value")?;
                 args.data_dir = Some(dir.into());
             }
+            "--minutes" => args.minutes = number(&arg, it.next())?,
+            "--keep" => args.keep = it.next().ok_or("--keep needs a value")?,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -111,6 +132,19 @@ fn args() -> Result<Args, String> {
     }
     if args.scenario == "rate" && args.rate.is_none() {
         args.rate = Some(1000.0);
+    }
+    if args.scenario == "soak" {
+        args.rate = args.rate.or(Some(3000.0));
+        if !batch_given {
+            args.batch = 50;
+        }
+        if !concurrency_given {
+            args.concurrency = 8;
+        }
+        args.events = (args.rate.unwrap() * args.minutes * 60.0).round() as usize;
+        if args.events == 0 {
+            return Err("--minutes must be more than 0".into());
+        }
     }
     Ok(args)
 }
@@ -199,6 +233,11 @@ struct Host {
 
 impl Host {
     fn start(data_dir: &Path) -> Host {
+        Host::start_with(data_dir, &[])
+    }
+
+    /// The host with settings of its own (`WASMHOOKS_…` variables) besides the bench's.
+    fn start_with(data_dir: &Path, settings: &[(&str, &str)]) -> Host {
         let started = Instant::now();
         // THROUGHPUT_HOST_BINARY runs another build (an earlier commit's) for a before/after
         // comparison on the same machine.
@@ -215,6 +254,7 @@ impl Host {
             )
             .env("WASMHOOKS_API__MAX_BATCH_EVENTS", "10000")
             .env("WASMHOOKS_API__MAX_BODY_BYTES", "67108864")
+            .envs(settings.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -696,19 +736,7 @@ async fn run(args: &Args, extra: Extra, shops: usize, modules: usize) -> Run {
         &emitted,
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut last = (0, Instant::now());
-    while tally.received.load(Ordering::Relaxed) < expected {
-        let now = tally.received.load(Ordering::Relaxed);
-        if now != last.0 {
-            last = (now, Instant::now());
-        }
-        assert!(
-            Instant::now() < deadline && last.1.elapsed() < Duration::from_secs(60),
-            "deliveries stalled at {now}/{expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    all_delivered(&tally, expected).await;
     bar.store(true, Ordering::Relaxed);
     let seconds =
         (tally.last_receipt_us.load(Ordering::Relaxed) - first_emit_us) as f64 / 1_000_000.0;
@@ -727,6 +755,24 @@ async fn run(args: &Args, extra: Extra, shops: usize, modules: usize) -> Run {
         max: percentile(&latencies, 1.0),
         cpu,
         rss_peak,
+    }
+}
+
+/// Waits until `expected` deliveries arrived; panics if none arrives for a minute, or after
+/// ten minutes.
+async fn all_delivered(tally: &Tally, expected: usize) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last = (0, Instant::now());
+    while tally.received.load(Ordering::Relaxed) < expected {
+        let now = tally.received.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        assert!(
+            Instant::now() < deadline && last.1.elapsed() < Duration::from_secs(60),
+            "deliveries stalled at {now}/{expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -862,6 +908,160 @@ async fn backlog(args: &Args) {
         args.pending,
         answered.as_secs_f64(),
         delivered.as_secs_f64()
+    );
+    host.stop();
+}
+
+/// Bytes the files under `dir` take on disk (allocated blocks, as `du` counts them).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => disk_usage(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// `wasmhooks_pruned_total` by kind (deliveries, events) from the host's `/metrics`.
+async fn pruned(client: &reqwest::Client, host: &str) -> (u64, u64) {
+    let text = match client.get(format!("{host}/metrics")).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let count = |kind: &str| {
+        let name = format!("wasmhooks_pruned_total{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    (count("deliveries"), count("events"))
+}
+
+/// The soak: a steady rate to one webhook for minutes with short (or no) retention; every 30 s
+/// what the host holds, to see whether memory and disk level off once pruning keeps pace.
+async fn soak(args: &Args) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let keep = args.keep.as_str();
+    let host = Host::start_with(
+        &data,
+        &[
+            ("WASMHOOKS_RETENTION__DELIVERED", keep),
+            ("WASMHOOKS_RETENTION__FAILED", keep),
+            ("WASMHOOKS_RETENTION__EVENTS", keep),
+        ],
+    );
+    let tally = Tally::new(args.events);
+    let url = receiver(Some(tally.clone()), Duration::ZERO).await;
+    let client = client();
+    let module = upload(
+        &client,
+        &host.url,
+        wasmhooks::examples::ORDER_THRESHOLD.to_vec(),
+        "bench",
+    )
+    .await;
+    webhook(
+        &client,
+        &host.url,
+        json!({"name": "soak", "event_kinds": ["order.created"], "module_id": module,
+               "url": format!("{url}/hook/0"), "config": {"threshold": 100}}),
+    )
+    .await;
+    println!(
+        "retention {keep} (delivered, failed, events), interval {}\n",
+        std::env::var("WASMHOOKS_RETENTION__INTERVAL").unwrap_or_else(|_| "1m (default)".into())
+    );
+    println!("| elapsed | delivered | deliveries/s | p99 ms | host CPU | host RSS | data dir on disk | pruned deliveries | pruned events |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let emitted = Arc::new(AtomicUsize::new(0));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    let first_emit_us = tally.now_us();
+    let emitting = async {
+        emit(
+            &client,
+            &host.url,
+            &tally,
+            0..args.events,
+            args,
+            1,
+            &emitted,
+        )
+        .await;
+        let emitted_in = started.elapsed();
+        all_delivered(&tally, args.events).await;
+        done.store(true, Ordering::Relaxed);
+        emitted_in
+    };
+    // Every 30 s (and at the end): the window's deliveries, their p99 and the host's CPU, then
+    // what the host holds.
+    let sampling = async {
+        let (mut seen, mut cpu, mut at) = (0, host.cpu_seconds(), started);
+        let mut next = 30;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let finished = done.load(Ordering::Relaxed);
+            if started.elapsed() < Duration::from_secs(next) && !finished {
+                continue;
+            }
+            next += 30;
+            let window = {
+                let latencies = tally.latencies_us.lock().unwrap();
+                let mut window = latencies[seen..].to_vec();
+                seen = latencies.len();
+                window.sort_unstable();
+                window
+            };
+            let (cpu_now, seconds) = (host.cpu_seconds(), at.elapsed().as_secs_f64());
+            let (deliveries, events) = pruned(&client, &host.url).await;
+            println!(
+                "| {:.0} s | {} | {:.0}/s | {:.1} | {:.0}% | {:.0} MiB | {:.0} MiB | {deliveries} | {events} |",
+                started.elapsed().as_secs_f64(),
+                tally.received.load(Ordering::Relaxed),
+                window.len() as f64 / seconds,
+                percentile(&window, 0.99),
+                (cpu_now - cpu) / seconds * 100.0,
+                host.rss_mib().0,
+                disk_usage(&data) as f64 / (1u64 << 20) as f64,
+            );
+            (cpu, at) = (cpu_now, Instant::now());
+            if finished {
+                break;
+            }
+        }
+    };
+    let (emitted_in, ()) = tokio::join!(emitting, sampling);
+    let planned = args.events as f64 / args.rate.unwrap();
+    let last_us = tally.last_receipt_us.load(Ordering::Relaxed);
+    let seconds = (last_us - first_emit_us) as f64 / 1_000_000.0;
+    let mut latencies = tally.latencies_us.lock().unwrap().clone();
+    latencies.sort_unstable();
+    let (_, rss_peak) = host.rss_mib();
+    // Kept up: the emitters (each POST waits for its 202) stayed on schedule, and the
+    // deliveries ended within a second of the last emit.
+    let lag = emitted_in.as_secs_f64() - planned;
+    let drained = seconds - planned;
+    println!(
+        "\n- {} events in {:.1} s (planned {planned:.0} s): **{:.0} deliveries/s**; p50 **{:.1} ms**, p90 {:.1} ms, p99 **{:.1} ms**, max {:.1} ms; host peak RSS {rss_peak:.0} MiB",
+        args.events,
+        seconds,
+        args.events as f64 / seconds,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
+    );
+    println!(
+        "- kept up: **{}** (emitters {lag:+.1} s against the schedule, last delivery {drained:+.1} s after the planned end)",
+        if lag < 1.0 && drained < 1.0 { "yes" } else { "no" }
     );
     host.stop();
 }
@@ -1083,6 +1283,7 @@ fn main() {
             }
             "backlog" => backlog(&args).await,
             "idle" => unreachable!("idle was run above"),
+            "soak" => soak(&args).await,
             other => unreachable!("scenario {other} was checked"),
         }
     });
