@@ -53,7 +53,9 @@ pub struct RetentionConfig {
     /// Events, after they are received, once no pending delivery needs them. An event's id
     /// is refused as a duplicate for this long, and no longer.
     pub events: Keep,
-    /// How often the pruner looks for what has expired.
+    /// How often the pruner looks for what has expired. Short: a pass removes what expired
+    /// since the last one, and at thousands of events a second a minute's worth in one pass
+    /// held deliveries back for seconds (BENCHMARKS.md, the soak).
     #[serde(with = "duration_text")]
     pub interval: Duration,
     /// Records the pruner handles in one step; the host's other work goes on between steps.
@@ -67,7 +69,7 @@ impl Default for RetentionConfig {
             delivered: days(7),
             failed: days(30),
             events: days(30),
-            interval: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
             batch: 1000,
         }
     }
