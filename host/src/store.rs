@@ -264,6 +264,10 @@ impl Store {
             );
         }
         store.seal_plain_records()?;
+        // A new store has nothing written without its index entries: no walk to prepare.
+        if store.ingest.deliveries.is_empty() && store.ingest.events.is_empty() {
+            store.meta.insert(retention::INDEXED, &[1u8])?;
+        }
         Ok(store)
     }
 
