@@ -32,6 +32,8 @@ mod commit;
 mod deliveries;
 #[cfg(test)]
 mod engine_faults;
+#[cfg(test)]
+mod engine_order;
 mod ingest;
 mod recent;
 mod retention;
@@ -69,7 +71,7 @@ use crate::model::{
 // crates.io loses data on a full disk. A crate embedding wasmhooks must carry the same
 // `[patch.crates-io]` section as this workspace's Cargo.toml.
 const _: () = assert!(
-    sled::WASMHOOKS_PATCH_LEVEL >= 5,
+    sled::WASMHOOKS_PATCH_LEVEL >= 6,
     "wasmhooks needs its vendored sled: copy [patch.crates-io] from its Cargo.toml"
 );
 

@@ -68,13 +68,14 @@ fn a_page_whose_first_write_failed_leaves_nothing_a_restart_trips_on() {
         let big = db.open_tree("big").unwrap();
         let mut failed = 0;
         // Small keys first, then large values in the same leaf: the split's right half
-        // holds several of them and is larger than any one file may grow.
+        // holds at least four of them (an appended-to leaf keeps all but four on the left)
+        // and is larger than any one file may grow.
         for i in 0..9 {
             big.insert(format!("a{i:02}"), &[1u8][..]).unwrap();
         }
         for i in 0..12 {
             if big
-                .insert(format!("b{i:02}"), vec![7u8; 400 << 10])
+                .insert(format!("b{i:02}"), vec![7u8; 600 << 10])
                 .is_err()
             {
                 failed += 1;

@@ -211,7 +211,7 @@ mod sys_limits;
 /// How many of wasmhooks' fixes this copy of sled carries (see PATCHED.md). wasmhooks
 /// checks it when it is compiled, so a build that picked up sled from crates.io instead
 /// (an embedding crate without wasmhooks' `[patch.crates-io]`) fails at once.
-pub const WASMHOOKS_PATCH_LEVEL: u32 = 5;
+pub const WASMHOOKS_PATCH_LEVEL: u32 = 6;
 
 pub mod transaction;
 mod tree;

@@ -2,6 +2,9 @@ use std::{num::NonZeroU64, ops::Bound};
 
 use super::*;
 
+/// A leaf with fewer keys than this is merged into its left sibling.
+const LEAF_MERGE_THRESHOLD: usize = 4;
+
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Node {
     pub(crate) prefix_len: u8,
@@ -163,18 +166,43 @@ impl Node {
         true
     }
 
-    pub(crate) fn split(mut self) -> (Node, Node) {
+    /// Whether a split of this leaf, made while `key` is looked up, should leave the leaf
+    /// nearly full: `key` sorts after every key the leaf holds and within its bounds, as when
+    /// keys are appended in order (time-ordered ids). Splitting such a leaf in half would leave
+    /// half-empty leaves behind for good, and split again after half as many appends.
+    pub(crate) fn is_appended_past(&self, key: &[u8]) -> bool {
+        let leaf = match self.data {
+            Data::Leaf(ref leaf) => leaf,
+            Data::Index(_) => return false,
+        };
+        let within = key >= self.lo.as_ref()
+            && (self.hi.is_empty() || key < self.hi.as_ref());
+        match leaf.keys.last() {
+            Some(last) if within => &key[self.prefix_len as usize..] > last.as_ref(),
+            _ => false,
+        }
+    }
+
+    /// Splits the node in two. With `at_end` (a leaf appended to in order), the right node
+    /// takes only as many keys as keep it from being merged back at once, and the left one
+    /// stays nearly full.
+    pub(crate) fn split(mut self, at_end: bool) -> (Node, Node) {
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            at_end: bool,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
+            let split_point = if at_end && keys.len() > 2 * LEAF_MERGE_THRESHOLD {
+                keys.len() - LEAF_MERGE_THRESHOLD
+            } else {
+                keys.len() / 2 + 1
+            };
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -252,6 +280,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        false,
                     );
 
                 (
@@ -271,6 +300,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        at_end,
                     );
 
                 (
@@ -617,7 +647,7 @@ impl Node {
         } else if self.data.is_index() {
             64
         } else {
-            4
+            LEAF_MERGE_THRESHOLD
         };
 
         let size_checks = self.data.len() < threshold;
