@@ -253,7 +253,7 @@ impl Store {
     /// After a finished delivery's record is written: its events may be pruned now (a crash
     /// before this leaves pins the pruner finds stale).
     fn unpin_finished(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        if delivery.status.is_final() {
+        if delivery.status.is_final() && retention::holds_pins(delivery) {
             for pin in retention::pins_of(delivery) {
                 self.ingest.pins.remove(pin)?;
             }

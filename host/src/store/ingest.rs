@@ -124,11 +124,9 @@ pub(super) fn insert_one(
         return Ok(Inserted::Duplicate);
     }
     events.insert(event_key.as_bytes(), event_bytes)?;
-    received.insert(
-        retention::received_key(event.received_at, &event_key),
-        &[] as &[u8],
-    )?;
     let mut carried = Vec::with_capacity(deliveries.len());
+    // The deliveries stored with the event: its `received` entry lists them (no pins).
+    let mut stored_with = Vec::with_capacity(deliveries.len());
     for (delivery, (key, bytes)) in deliveries.iter().zip(encoded) {
         match delivery.mode() {
             DeliveryMode::Plain => {}
@@ -204,13 +202,15 @@ pub(super) fn insert_one(
                 debounce.insert(index, delivery.id.as_str().as_bytes())?;
             }
         }
-        for pin in retention::pins_of(delivery) {
-            pins.insert(pin, &retention::pin_value())?;
-        }
         dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
         queue.insert(key.as_slice(), queue_value(delivery))?;
         carried.push(delivery.id.clone());
+        stored_with.push(&delivery.id);
     }
+    received.insert(
+        retention::received_key(event.received_at, &event_key),
+        retention::received_value(stored_with),
+    )?;
     Ok(Inserted::New(carried))
 }
 

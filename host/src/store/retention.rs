@@ -5,12 +5,15 @@
 //!   finishes it ([`Store::update_delivery`]). One webhook's deliveries of one class sort by
 //!   finish time, so a walk takes each run's expired head and stops at the first one kept.
 //! - `received`: one entry per event, keyed `receipt time (u64 big-endian ms), event key`,
-//!   written with the event at ingest.
-//! - `pins`: one entry per event a pending delivery points at, keyed `event key length (u16
-//!   big-endian), event key, delivery id` (value: when it was written, system time), written
-//!   before the delivery's record (ingest, a debounced delivery taking a newer event, a batch
-//!   taking one more, a replay) and removed once the delivery has finished. An event with a
-//!   pin is never pruned.
+//!   written with the event at ingest, after its deliveries' records; its value lists the
+//!   deliveries stored with the event, which keep it while they are pending.
+//! - `pins`: one entry per event a pending delivery took after it was stored, keyed `event
+//!   key length (u16 big-endian), event key, delivery id` (value: when it was written, system
+//!   time), written before the delivery's record (a debounced delivery taking a newer event, a
+//!   batch taking one more, a replay pointing at a stored event) and removed once the
+//!   delivery has finished. An event with a pin, or whose entry lists a pending delivery
+//!   pointing at it, is never pruned. Pins cost two writes per delivery; listing the
+//!   deliveries stored with their event costs none.
 //!
 //! Entries may outlive what they point at (a crash between two writes, an event stored again
 //! after it was pruned, a finished delivery's pins): a walk checks each against the record
@@ -66,6 +69,41 @@ pub(super) fn received_key(at: Millis, event_key: &str) -> Vec<u8> {
     key.extend_from_slice(&millis_be(at));
     key.extend_from_slice(event_key.as_bytes());
     key
+}
+
+/// An event's `received` entry's value: the deliveries stored with the event, each id after
+/// its length (one byte). A pending one among them keeps the event as a pin would, so a
+/// delivery needs a pin only for an event it took later (a debounced delivery's newer event,
+/// a batch's next one) or, as a replay, an event stored before it.
+pub(super) fn received_value<'a>(deliveries: impl IntoIterator<Item = &'a DeliveryId>) -> Vec<u8> {
+    let mut value = Vec::new();
+    for id in deliveries {
+        let id = id.as_str().as_bytes();
+        // Ids are short; one that is not cannot be listed, and is pinned instead.
+        if let Ok(len) = u8::try_from(id.len()) {
+            value.push(len);
+            value.extend_from_slice(id);
+        }
+    }
+    value
+}
+
+/// The deliveries a `received` entry's value lists; `None` for a malformed one.
+fn stored_with(value: &[u8]) -> Option<Vec<DeliveryId>> {
+    let mut ids = Vec::new();
+    let mut rest = value;
+    while let Some((&len, tail)) = rest.split_first() {
+        let (id, tail) = tail.split_at_checked(len as usize)?;
+        ids.push(DeliveryId::parse(std::str::from_utf8(id).ok()?).ok()?);
+        rest = tail;
+    }
+    Some(ids)
+}
+
+/// Whether `delivery` may hold pins: it took events after it was stored, or is a replay.
+/// One that holds none is stored with its only event, whose entry lists it.
+pub(super) fn holds_pins(delivery: &Delivery) -> bool {
+    delivery.replay_of.is_some() || delivery.replaced > 0 || delivery.batch_events.len() > 1
 }
 
 /// The start of every pin of the event under `event_key`.
@@ -316,6 +354,41 @@ mod tests {
         assert!(store.prepare_pruning(&|_| false).unwrap());
         assert_eq!(store.ingest.received.len(), 3000);
         assert!(store.meta.contains_key(INDEXED).unwrap());
+    }
+
+    /// A delivery stored with its event is named in the event's entry and costs no pin; one
+    /// that took a newer event pins it, and lets go when it finishes.
+    #[test]
+    fn only_an_event_taken_after_the_delivery_was_stored_is_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
+        let (e1, e2) = (event("e1"), event("e2"));
+        let plain = crate::store::tests::delivery(&e1, 1000);
+        let mut debounced = crate::store::tests::delivery(&e1, 1000);
+        debounced.entity = Some("sku-1".into());
+        store
+            .insert_event(&e1, &[plain.clone(), debounced.clone()])
+            .unwrap();
+        assert_eq!(store.ingest.pins.len(), 0);
+        let (_, listed) = store.ingest.received.first().unwrap().unwrap();
+        assert_eq!(
+            stored_with(&listed).unwrap(),
+            vec![plain.id.clone(), debounced.id.clone()]
+        );
+
+        let mut newer = crate::store::tests::delivery(&e2, 2000);
+        newer.webhook_id = debounced.webhook_id.clone();
+        newer.entity = Some("sku-1".into());
+        store.insert_event(&e2, &[newer]).unwrap();
+        let mut waiting = store.delivery(&debounced.id).unwrap().unwrap();
+        assert_eq!(waiting.event_id, e2.id);
+        assert_eq!(store.ingest.pins.len(), 1, "the newer event is pinned");
+
+        let due = waiting.next_attempt_at;
+        waiting.status = DeliveryStatus::Delivered;
+        waiting.next_attempt_at = None;
+        store.update_delivery(&waiting, due).unwrap();
+        assert_eq!(store.ingest.pins.len(), 0, "a finished delivery holds no pin");
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! (no debounce, order or batch index to keep in step) are stored with plain writes instead:
 //!
 //! 1. an *intent* record listing what the round adds: event ids, delivery ids, queue keys;
-//! 2. per event, its retention entry, its record, its deliveries' records (each after the pin
-//!    it holds on the event), then their queue entries, so the scheduler (which starts from
-//!    queue entries) never meets a delivery before its event;
+//! 2. per event, its record, its deliveries' records, its retention entry (listing them, so
+//!    the pruner never meets an entry before what it names), then their queue entries, so the
+//!    scheduler (which starts from queue entries) never meets a delivery before its event;
 //! 3. the intent's removal.
 //!
 //! Calls are answered only after the flush that follows the round (the commit thread), and
@@ -31,8 +31,8 @@ use crate::model::{Delivery, Event};
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Intent {
     events: Vec<String>,
-    /// The events' retention entries, and their deliveries' pins (absent in intents written
-    /// before there were any).
+    /// The events' retention entries, and pins (written by earlier versions; both absent in
+    /// intents written before there were any).
     #[serde(default)]
     received: Vec<Vec<u8>>,
     #[serde(default)]
@@ -120,7 +120,6 @@ fn insert_cut(
             .push(super::retention::received_key(event.received_at, &key));
         intent.events.push(key);
         for (delivery, (key, _)) in deliveries.iter().zip(&encoded[i].1) {
-            intent.pins.extend(super::retention::pins_of(delivery));
             intent.deliveries.push(delivery.id.to_string());
             intent.queue.push(key.clone());
         }
@@ -142,21 +141,21 @@ fn insert_cut(
             let (event_bytes, records) = &encoded[i];
             writes.next()?;
             trees
-                .received
-                .insert(intent.received[n].as_slice(), &[] as &[u8])?;
-            writes.next()?;
-            trees
                 .events
                 .insert(keys[i].as_str(), event_bytes.as_slice())?;
             for (delivery, (_, bytes)) in deliveries.iter().zip(records) {
                 writes.next()?;
-                for pin in super::retention::pins_of(delivery) {
-                    trees.pins.insert(pin, &super::retention::pin_value())?;
-                }
                 trees
                     .deliveries
                     .insert(delivery.id.as_str(), bytes.as_slice())?;
             }
+            // After the records it names: the pruner never meets an entry whose deliveries
+            // are still on their way.
+            writes.next()?;
+            trees.received.insert(
+                intent.received[n].as_slice(),
+                super::retention::received_value(deliveries.iter().map(|d| &d.id)),
+            )?;
             for (delivery, (queue_key, _)) in deliveries.iter().zip(records) {
                 writes.next()?;
                 trees

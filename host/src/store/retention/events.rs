@@ -63,12 +63,11 @@ impl Store {
                 .ingest
                 .received
                 .range::<&[u8], _>((Bound::Excluded(from.as_slice()), Bound::Excluded(&end[..])))
-                .keys()
                 .take(batch)
             {
-                let key = entry?;
+                let (key, value) = entry?;
                 walked += 1;
-                if self.prune_event_at(&key, before)? {
+                if self.prune_event_at(&key, &value, before)? {
                     removed += 1;
                 }
                 from = key.to_vec();
@@ -80,9 +79,9 @@ impl Store {
     }
 
     /// Handles one `received` entry older than `before`: removes its event unless a pending
-    /// delivery holds a pin on it, and the entry unless it must be walked again. `true` when
-    /// the event was removed.
-    fn prune_event_at(&self, key: &[u8], before: Millis) -> Result<bool, StoreError> {
+    /// delivery needs it (one the entry lists, or one holding a pin on it), and the entry
+    /// unless it must be walked again. `true` when the event was removed.
+    fn prune_event_at(&self, key: &[u8], value: &[u8], before: Millis) -> Result<bool, StoreError> {
         let Some((at, event_key)) = parse_received(key) else {
             tracing::warn!(key = ?key, "dropping a malformed retention entry");
             self.ingest.received.remove(key)?;
@@ -111,14 +110,17 @@ impl Store {
         // Stored before ids were scoped per tenant, a tenant's event is keyed by its id
         // alone; deliveries pin it by its tenant's key.
         let scoped = event_key_of(&event);
-        if self.pinned(event_key)? || (scoped != event_key && self.pinned(&scoped)?) {
+        let needed = self.needed_by_listed(value, event_key, &scoped)?
+            || self.pinned(event_key)?
+            || (scoped != event_key && self.pinned(&scoped)?);
+        if needed {
             // The new entry first: a crash between the two writes leaves both, never none.
             let waited = before.as_i64().saturating_sub(at.as_i64());
             let again = before.as_i64() + waited.clamp(1_000, LOOK_AGAIN_AFTER);
             let again = Millis(again);
             self.ingest
                 .received
-                .insert(received_key(again, event_key), &[] as &[u8])?;
+                .insert(received_key(again, event_key), value)?;
             self.ingest.received.remove(key)?;
             return Ok(false);
         }
@@ -126,6 +128,30 @@ impl Store {
         self.ingest.recent.forget(event_key);
         self.ingest.received.remove(key)?;
         Ok(true)
+    }
+
+    /// Whether a delivery a `received` entry lists (stored with its event) is pending and
+    /// still points at the event, under its stored key or its tenant's. One that is gone was
+    /// pruned: the entry is written after the records it names.
+    fn needed_by_listed(&self, value: &[u8], key: &str, scoped: &str) -> Result<bool, StoreError> {
+        let Some(ids) = stored_with(value) else {
+            tracing::error!(entry = key, "unreadable retention entry: its event is kept");
+            return Ok(true);
+        };
+        for id in ids {
+            let Some(record) = self.ingest.deliveries.get(id.as_str())? else {
+                continue;
+            };
+            match serde_json::from_slice::<Pinned>(&record) {
+                Ok(delivery) if delivery.needs(key) || delivery.needs(scoped) => return Ok(true),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(delivery = %id, "unreadable delivery record keeps its events: {e}");
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Whether a pending delivery holds a pin on the event under `key`; stale pins (of
