@@ -126,6 +126,28 @@ impl Catalog {
         self.webhooks.read().unwrap().get(id).cloned()
     }
 
+    /// A webhook as kept in memory, or as stored when memory has none (kept from then on):
+    /// a webhook missing from memory is not taken for deleted before storage says so.
+    ///
+    /// # Errors
+    /// When storage cannot be read.
+    pub fn webhook_read_through(
+        &self,
+        id: &WebhookId,
+    ) -> Result<Option<Arc<CachedWebhook>>, StorageError> {
+        if let Some(webhook) = self.webhook_cached(id) {
+            return Ok(Some(webhook));
+        }
+        // Under the write lock: a delete cannot slip between the read and the keeping.
+        let _writing = self.webhook_writes.lock().unwrap();
+        let Some(stored) = self.store.webhook(id)? else {
+            return Ok(None);
+        };
+        let cached = Arc::new(CachedWebhook::new(stored));
+        let mut webhooks = self.webhooks.write().unwrap();
+        Ok(Some(webhooks.entry(id.clone()).or_insert(cached).clone()))
+    }
+
     /// A connection as kept in memory.
     pub fn connection_cached(&self, id: &ConnectionId) -> Option<Arc<Connection>> {
         self.connections.read().unwrap().get(id).cloned()

@@ -38,8 +38,7 @@ use crate::model::{
     Connection, ConnectionId, DeliveryId, Event, Millis, ModuleId, Webhook, WebhookId,
 };
 use crate::runtime::{
-    wit, ArtifactCache, Evaluation, LoadedPlugin, PluginContext, PluginState, Runtime,
-    RuntimeOptions,
+    wit, ArtifactCache, LoadedPlugin, PluginContext, PluginState, Runtime, RuntimeOptions,
 };
 use crate::sender::Sender;
 use crate::storage::Storage;
@@ -201,21 +200,6 @@ impl Pipeline {
 
     fn plugin(&self, module: &ModuleId) -> Result<Arc<LoadedPlugin>, crate::runtime::LoadError> {
         self.catalog.plugin(module)
-    }
-
-    /// Keeps an evaluation's state writes when it produced an answer; a failed evaluation's
-    /// writes are dropped.
-    fn keep_state(&self, webhook: &Webhook, evaluation: &Evaluation) {
-        if evaluation.result.is_err() || evaluation.state_changes.is_empty() {
-            return;
-        }
-        match self.catalog.keep_state(webhook, &evaluation.state_changes) {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::info!(webhook = %webhook.id, "plugin state not kept: the webhook was deleted or moved to another tenant during the evaluation")
-            }
-            Err(e) => tracing::error!(webhook = %webhook.id, "writing plugin state: {e}"),
-        }
     }
 
     /// Who pays for a webhook's evaluations (`None`: the webhook is gone).

@@ -17,12 +17,17 @@
 //!   it ([`Deliveries::remove_queue_entry`]).
 //! - **Claims.** A worker claims a due delivery before working on it
 //!   ([`Deliveries::claim`]): at most one holder has a claim at a time; a claim lapses at its
-//!   `until` and the delivery is then free to claim again; a delivery that moved on (another
-//!   due time, finished) cannot be claimed for the old time. Finishing
-//!   ([`Deliveries::finish`]) writes the new state only while the claim still holds, that
-//!   is, while no other holder has claimed the delivery since. A shared database keeps claims
-//!   in its rows (a lease); one process owning its files may keep them in memory, since a
-//!   restart ends every claim anyway.
+//!   `until` unless renewed ([`Deliveries::renew`]), and the delivery is then free to claim
+//!   again; a delivery that moved on (another due time, finished) cannot be claimed for the
+//!   old time. A shared database keeps claims in its rows (a lease, judged by its own clock);
+//!   one process owning its files may keep them in memory, since a restart ends every claim
+//!   anyway.
+//! - **One outcome, written whole or not at all.** [`Deliveries::finish`] writes a delivery's
+//!   new state together with its plugin's state changes, only while the claim holds (no
+//!   other holder has claimed the delivery since) and only over the version of the record
+//!   the worker read ([`Delivery::version`]): a delivery that ingest changed meanwhile (a
+//!   debounced one taking a newer event, a batch taking one more) is never overwritten with
+//!   the older copy. A refused write is [`StorageError::Conflict`] and changes nothing.
 //! - **Routing indexes.** A debounced delivery (an entity, not in order) waiting to be
 //!   claimed takes a newer event of its entity instead of a new delivery; an in-order
 //!   delivery is first in line only when no earlier one of its entity is unfinished; a batch
@@ -60,6 +65,20 @@ pub enum StorageError {
         /// Why.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A conditional write was refused; nothing was written.
+    #[error("{0}")]
+    Conflict(Conflict),
+}
+
+/// Why a conditional write was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// The claim no longer holds: another holder claimed the delivery after it lapsed.
+    #[error("the claim lapsed and another holder took the delivery")]
+    ClaimLost,
+    /// The record changed since it was read (another version is stored, or none).
+    #[error("the record changed since it was read")]
+    Changed,
 }
 
 impl StorageError {
@@ -78,6 +97,36 @@ impl StorageError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StorageError::Unavailable { .. })
     }
+
+    /// The conflict, when a conditional write was refused.
+    pub fn conflict(&self) -> Option<Conflict> {
+        match self {
+            StorageError::Conflict(conflict) => Some(*conflict),
+            _ => None,
+        }
+    }
+}
+
+/// A delivery's new state, written by [`Deliveries::finish`] with what else its evaluation
+/// changed.
+#[derive(Debug)]
+pub struct Outcome<'a> {
+    /// The new state. Its `version` is the one read; a write counts it up.
+    pub delivery: &'a mut Delivery,
+    /// Plugin state changes to make with it.
+    pub state: Option<StateWrite<'a>>,
+    /// The claim goes on (a save midway); otherwise the queue entry moves from the claimed
+    /// due time to the delivery's `next_attempt_at` and the claim ends.
+    pub keep: bool,
+}
+
+/// Plugin state changes of one webhook: a value, or `None` to remove the key.
+#[derive(Clone, Copy, Debug)]
+pub struct StateWrite<'a> {
+    /// The webhook whose state changes.
+    pub webhook: &'a WebhookId,
+    /// The changes, applied in order.
+    pub changes: &'a [(String, Option<Vec<u8>>)],
 }
 
 /// Result of storing one event.
@@ -121,8 +170,15 @@ pub struct Claim {
     pub due: Millis,
     /// Who holds it (a host's random id).
     pub holder: u64,
-    /// When it lapses.
+    /// When it lapses, as taken (renewals move it on in storage).
     pub until: Millis,
+}
+
+impl Claim {
+    /// Whether `other` is this claim, however often either was renewed.
+    pub fn is(&self, other: &Claim) -> bool {
+        self.id == other.id && self.due == other.due && self.holder == other.holder
+    }
 }
 
 /// The position of a delivery due at `due` in the queue: positions sort by due time, then
@@ -267,17 +323,22 @@ pub trait Deliveries: Send + Sync {
     /// to newer events, if it still holds the events `read` has. `false` means a newer event
     /// changed it since it was read; it is due again as it is now, and the claim is over.
     fn close(&self, claim: &Claim, read: &Delivery) -> Result<bool, StorageError>;
-    /// Writes a claimed delivery's new state, if `claim` still holds (no other holder has
-    /// claimed the delivery since); `false` when it does not, and nothing was written. With
-    /// `keep` the claim goes on (a save midway); otherwise the queue entry moves from the
-    /// claimed due time to the delivery's `next_attempt_at` and the claim ends.
-    fn finish(&self, claim: &Claim, delivery: &Delivery, keep: bool) -> Result<bool, StorageError>;
+    /// Writes a claimed delivery's outcome: its new state and its plugin's state changes,
+    /// together or not at all, if `claim` still holds and the stored record is at the
+    /// version the delivery was read at; the delivery's `version` is then counted up.
+    /// Refused with [`Conflict::ClaimLost`] or [`Conflict::Changed`], writing nothing (a
+    /// refused final write still ends the claim).
+    fn finish(&self, claim: &Claim, outcome: Outcome<'_>) -> Result<(), StorageError>;
+    /// Extends a claim in use to `until`; [`Conflict::ClaimLost`] when it no longer holds.
+    fn renew(&self, claim: &Claim, until: Millis) -> Result<(), StorageError>;
     /// Writes a delivery's new state and moves its queue entry from `old_due` to its
     /// `next_attempt_at` (removed when final), without a claim: for deliveries no worker
-    /// holds (replayed, recovered, or put off after a storage error).
+    /// holds (replayed, recovered, or put off after a storage error). Only over the version
+    /// read ([`Conflict::Changed`] otherwise; a delivery not stored yet is at version 0, so
+    /// a new one is written this way); the delivery's `version` is counted up.
     fn update_delivery(
         &self,
-        delivery: &Delivery,
+        delivery: &mut Delivery,
         old_due: Option<Millis>,
     ) -> Result<(), StorageError>;
     /// For an in-order delivery: the first unfinished delivery of its webhook and entity.
@@ -297,18 +358,12 @@ pub trait Deliveries: Send + Sync {
     fn queue_len(&self) -> usize;
 }
 
-/// Plugin state, per webhook.
+/// Plugin state, per webhook (written with a delivery's outcome, [`Deliveries::finish`]).
 pub trait PluginStates: Send + Sync {
     /// One value.
     fn state_get(&self, webhook: &WebhookId, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Bytes (keys plus values) a webhook's state holds.
     fn state_size(&self, webhook: &WebhookId) -> Result<usize, StorageError>;
-    /// Applies an evaluation's writes (a value, or `None` to remove) at once.
-    fn state_apply(
-        &self,
-        webhook: &WebhookId,
-        changes: &[(String, Option<Vec<u8>>)],
-    ) -> Result<(), StorageError>;
     /// Removes all of a webhook's state.
     fn state_clear(&self, webhook: &WebhookId) -> Result<(), StorageError>;
 }

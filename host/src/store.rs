@@ -92,6 +92,9 @@ pub enum StoreError {
     /// The store was not opened: too little free space to open it safely.
     #[error(transparent)]
     Space(#[from] space::OpenRefused),
+    /// A conditional write was refused; nothing was written.
+    #[error(transparent)]
+    Conflict(#[from] crate::storage::Conflict),
     /// A sealed record could not be opened.
     #[error("record {id} in {tree}: {source}")]
     Sealed {

@@ -128,24 +128,14 @@ impl Catalog {
         Ok(issued)
     }
 
-    /// Keeps an evaluation's plugin-state writes, made for `webhook` as it was when the
-    /// evaluation began, unless the webhook has moved to another tenant since: state is never
-    /// carried from one tenant's events to another's. `false` when dropped.
-    ///
-    /// # Errors
-    /// On storage failure.
-    pub fn keep_state(
-        &self,
-        webhook: &Webhook,
-        changes: &[(String, Option<Vec<u8>>)],
-    ) -> Result<bool, Error> {
-        let _no_move = self.tenant_moves.read().unwrap();
-        let current = self.webhook_cached(&webhook.id);
-        if current.is_none_or(|now| now.tenant != webhook.tenant) {
-            return Ok(false);
-        }
-        self.store.state_apply(&webhook.id, changes)?;
-        Ok(true)
+    /// Holds off every move of a webhook to another tenant while the plugin state of an
+    /// evaluation made for `webhook` (as it was when the evaluation began) is written with
+    /// its delivery: state is never carried from one tenant's events to another's. `None`
+    /// when the webhook was deleted or has moved since, and the state is to be dropped.
+    pub fn state_keeping(&self, webhook: &Webhook) -> Option<std::sync::RwLockReadGuard<'_, ()>> {
+        let unmoved = self.tenant_moves.read().unwrap();
+        let current = self.webhook_cached(&webhook.id)?;
+        (current.tenant == webhook.tenant).then_some(unmoved)
     }
 
     /// Pauses a webhook: it takes no more events and sends nothing. Allowed whatever else

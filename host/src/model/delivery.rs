@@ -184,6 +184,11 @@ impl LogLevel {
 /// One (webhook, event) pair moving towards the receiver.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
+    /// How many times the stored record was written over: storage writes a new state only
+    /// over the version it was read at, and counts it up (see `storage::Deliveries::finish`).
+    /// First in the record, where storage reads it without decoding the rest.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub version: u64,
     /// Id (`dlv_…`); also the `webhook-id` header, stable across retries.
     pub id: DeliveryId,
     /// The webhook.
@@ -253,6 +258,10 @@ pub struct Delivery {
     pub replaced_events: Vec<EventId>,
 }
 
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -265,6 +274,7 @@ impl Delivery {
     /// or logs yet, not batched, debounced or in order (the router sets those).
     pub fn pending(webhook: &Webhook, event: &Event, due: Millis, now: Millis) -> Delivery {
         Delivery {
+            version: 0,
             id: DeliveryId::generate(),
             webhook_id: webhook.id.clone(),
             event_id: event.id.clone(),

@@ -5,74 +5,71 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use super::outcome::{self};
+use super::outcome::Verdict;
 use super::worker::{plus, PAUSED_WAIT};
 use super::{payer_of, request, to_wit_event, Pipeline};
 use crate::fair_share::Turn;
-use crate::model::{Delivery, DeliveryStatus, Invalid, OutboundRequest, Webhook};
-use crate::runtime::{wit, Answer, Call, Evaluation, LoadedPlugin, PluginContext, QuickSlot};
+use crate::model::{Delivery, Invalid, LogLine, Webhook};
+use crate::runtime::{
+    wit, Answer, Call, Evaluation, LoadedPlugin, PluginContext, PluginError, QuickSlot, StateChange,
+};
 use crate::storage::StorageError;
 
+/// An evaluation's verdict, with what else it left.
+pub(super) struct Evaluated {
+    /// What it decided.
+    pub verdict: Verdict,
+    /// Plugin state changes, written with the delivery's outcome (none when the plugin
+    /// failed or did not run).
+    pub state: Vec<StateChange>,
+    /// The plugin's log lines (`None`: it did not run).
+    pub logs: Option<Vec<LogLine>>,
+}
+
+impl Evaluated {
+    /// A verdict reached without running the plugin.
+    fn without_plugin(verdict: Verdict) -> Evaluated {
+        Evaluated {
+            verdict,
+            state: Vec::new(),
+            logs: None,
+        }
+    }
+}
+
 impl Pipeline {
-    /// Runs the plugin on the delivery's event. Returns the built requests, or `None` when the
-    /// delivery ended here (skipped or failed; its status says which) or waits again (its
-    /// webhook was disabled while it waited for its turn).
+    /// Runs the plugin on the delivery's event (or batch) in one of its webhook's fair turns,
+    /// and builds the requests it decided on. Waits again when the host stops meanwhile, or
+    /// when the webhook was paused, moved or lost its connection while waiting for its turn.
     pub(super) async fn evaluate(
         &self,
         webhook: &Webhook,
-        delivery: &mut Delivery,
-    ) -> Result<Option<(Vec<OutboundRequest>, bool)>, StorageError> {
-        let call = if delivery.batch_events.is_empty() {
-            let tenant = delivery.events_tenant();
-            let Some(event) = self.store.event(tenant, &delivery.event_id)? else {
-                outcome::end(
-                    delivery,
-                    DeliveryStatus::Failed,
-                    "the event is missing".into(),
-                );
-                return Ok(None);
-            };
-            Call::Event(to_wit_event(&event))
-        } else {
-            let mut events = Vec::with_capacity(delivery.batch_events.len());
-            for id in &delivery.batch_events {
-                let Some(event) = self.store.event(delivery.events_tenant(), id)? else {
-                    outcome::end(
-                        delivery,
-                        DeliveryStatus::Failed,
-                        format!("event {id} of the batch is missing"),
-                    );
-                    return Ok(None);
-                };
-                events.push(to_wit_event(&event));
-            }
-            Call::Batch(events)
+        delivery: &Delivery,
+    ) -> Result<Evaluated, StorageError> {
+        let call = match self.call_for(delivery)? {
+            Ok(call) => call,
+            Err(why) => return Ok(Evaluated::without_plugin(Verdict::Fail(why))),
         };
         let module = &webhook.module_id;
         let plugin = match self.plugin(module) {
             Ok(plugin) => plugin,
             Err(e) => {
-                outcome::end(
-                    delivery,
-                    DeliveryStatus::Failed,
-                    format!("loading module {module}: {e}"),
-                );
-                return Ok(None);
+                let why = format!("loading module {module}: {e}");
+                return Ok(Evaluated::without_plugin(Verdict::Fail(why)));
             }
         };
         let turn = self.turn_for(webhook, &plugin).await;
         if turn.0.is_none() {
             // The host is stopping: the next start evaluates it.
-            delivery.next_attempt_at = Some(self.now());
-            return Ok(None);
+            return Ok(Evaluated::without_plugin(Verdict::WaitUntil(self.now())));
         }
         // The webhook as it is after the wait: disabled, deleted, moved to another tenant or
         // its connection withdrawn meanwhile, the delivery waits like a paused webhook's.
         let fresh = match self.webhook_cached(&webhook.id) {
             Some(w) if w.tenant == delivery.tenant && !self.held_back(&w) => w,
             _ => {
-                delivery.next_attempt_at = Some(plus(self.now(), PAUSED_WAIT));
-                return Ok(None);
+                let again = plus(self.now(), PAUSED_WAIT);
+                return Ok(Evaluated::without_plugin(Verdict::WaitUntil(again)));
             }
         };
         let webhook: &Webhook = &fresh;
@@ -82,51 +79,66 @@ impl Pipeline {
             .run_in(turn, judged, webhook, plugin, ctx, call)
             .instrument(plugin_span(webhook, delivery, "event"))
             .await;
-        self.keep_state(webhook, &evaluation);
-        let wrote_state = evaluation.result.is_ok() && !evaluation.state_changes.is_empty();
-        delivery.logs = evaluation.logs;
-        match evaluation.result {
-            Err(e) => {
-                outcome::end(delivery, DeliveryStatus::Failed, e.to_string());
-                Ok(None)
+        let state = if evaluation.result.is_ok() {
+            evaluation.state_changes
+        } else {
+            Vec::new()
+        };
+        Ok(Evaluated {
+            verdict: self.verdict_of(webhook, delivery, evaluation.result),
+            state,
+            logs: Some(evaluation.logs),
+        })
+    }
+
+    /// What the plugin is called on: the delivery's event, or its batch's. `Err` names one
+    /// that is missing.
+    fn call_for(&self, delivery: &Delivery) -> Result<Result<Call, String>, StorageError> {
+        let tenant = delivery.events_tenant();
+        if delivery.batch_events.is_empty() {
+            return Ok(match self.store.event(tenant, &delivery.event_id)? {
+                Some(event) => Ok(Call::Event(to_wit_event(&event))),
+                None => Err("the event is missing".into()),
+            });
+        }
+        let mut events = Vec::with_capacity(delivery.batch_events.len());
+        for id in &delivery.batch_events {
+            match self.store.event(tenant, id)? {
+                Some(event) => events.push(to_wit_event(&event)),
+                None => return Ok(Err(format!("event {id} of the batch is missing"))),
             }
+        }
+        Ok(Ok(Call::Batch(events)))
+    }
+
+    /// What the plugin's answer means for the delivery.
+    fn verdict_of(
+        &self,
+        webhook: &Webhook,
+        delivery: &Delivery,
+        result: Result<Answer, PluginError>,
+    ) -> Verdict {
+        let requests = match result {
+            Err(e) => return Verdict::Fail(e.to_string()),
             Ok(Answer::Verdict(_)) => {
-                outcome::end(
-                    delivery,
-                    DeliveryStatus::Failed,
-                    "plugin answered a verdict to an event".into(),
-                );
-                Ok(None)
+                return Verdict::Fail("plugin answered a verdict to an event".into())
             }
-            Ok(Answer::Decision(wit::Decision::Skip(reason))) => {
-                delivery.skip_reason = Some(reason);
-                delivery.status = DeliveryStatus::Skipped;
-                delivery.next_attempt_at = None;
-                Ok(None)
-            }
-            Ok(Answer::Decision(wit::Decision::Send(requests))) => {
-                if requests.is_empty() {
-                    delivery.skip_reason = Some("the plugin sent no requests".into());
-                    delivery.status = DeliveryStatus::Skipped;
-                    delivery.next_attempt_at = None;
-                    return Ok(None);
-                }
-                let built: Result<Vec<_>, Invalid> =
-                    self.catalog.target(webhook).and_then(|target| {
-                        requests
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, r)| request::build(&target, &delivery.id, i, r))
-                            .collect()
-                    });
-                match built {
-                    Ok(built) => Ok(Some((built, wrote_state))),
-                    Err(e) => {
-                        outcome::end(delivery, DeliveryStatus::Failed, e.0);
-                        Ok(None)
-                    }
-                }
-            }
+            Ok(Answer::Decision(wit::Decision::Skip(reason))) => return Verdict::Skip(reason),
+            Ok(Answer::Decision(wit::Decision::Send(requests))) => requests,
+        };
+        if requests.is_empty() {
+            return Verdict::Skip("the plugin sent no requests".into());
+        }
+        let built: Result<Vec<_>, Invalid> = self.catalog.target(webhook).and_then(|target| {
+            requests
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| request::build(&target, &delivery.id, i, r))
+                .collect()
+        });
+        match built {
+            Ok(built) => Verdict::Send(built),
+            Err(e) => Verdict::Fail(e.0),
         }
     }
 

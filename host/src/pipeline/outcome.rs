@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::model::{AttemptOutcome, Delivery, DeliveryStatus, Millis, Webhook};
+use crate::model::{AttemptOutcome, Delivery, DeliveryStatus, Millis, OutboundRequest, Webhook};
 use crate::runtime::{wit, Answer, PluginError};
 use crate::sender::TransportError;
 
@@ -193,6 +193,34 @@ pub(super) fn settle(delivery: &mut Delivery, facts: RoundFacts, rules: &RetryRu
         }
     }
     delivery.updated_at = now;
+}
+
+/// What a look at a delivery before sending, or its plugin, decided.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Verdict {
+    /// Send these requests.
+    Send(Vec<OutboundRequest>),
+    /// Not sent: the plugin chose so, for this reason.
+    Skip(String),
+    /// Failed for good, for this reason.
+    Fail(String),
+    /// Not decided now: due again at this time.
+    WaitUntil(Millis),
+}
+
+/// Writes a verdict into its delivery: the one place a delivery is skipped, failed or put
+/// off before it is sent (a send round settles the rest, [`settle`]).
+pub(super) fn apply(delivery: &mut Delivery, verdict: Verdict) {
+    match verdict {
+        Verdict::Send(requests) => delivery.requests = Some(requests),
+        Verdict::Skip(reason) => {
+            delivery.status = DeliveryStatus::Skipped;
+            delivery.skip_reason = Some(reason);
+            delivery.next_attempt_at = None;
+        }
+        Verdict::Fail(why) => end(delivery, DeliveryStatus::Failed, why),
+        Verdict::WaitUntil(at) => delivery.next_attempt_at = Some(at),
+    }
 }
 
 /// Ends a delivery with a final status and why.

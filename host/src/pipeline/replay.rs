@@ -179,7 +179,8 @@ impl Pipeline {
                 }
                 requests
             });
-        let replay = Delivery {
+        let mut replay = Delivery {
+            version: 0,
             id: replay_id,
             webhook_id: original.webhook_id,
             event_id: original.event_id,
@@ -208,7 +209,7 @@ impl Pipeline {
             replaced: 0,
             replaced_events: Vec::new(),
         };
-        self.store.update_delivery(&replay, None)?;
+        self.store.update_delivery(&mut replay, None)?;
         Ok(replay)
     }
 }

@@ -343,11 +343,18 @@ impl Pipeline {
         let result = self.store.delivery(id).and_then(|d| match d {
             Some(mut d) if !d.status.is_final() => {
                 d.next_attempt_at = Some(plus(self.now(), STORAGE_ERROR_WAIT));
-                self.store.update_delivery(&d, Some(due))
+                self.store.update_delivery(&mut d, Some(due))
             }
             _ => self.store.remove_queue_entry(due, id),
         });
-        if let Err(e) = result {
+        // Changed meanwhile (a newer event): it is queued as it is now.
+        if let Err(e) = result.or_else(|e| {
+            if e.conflict().is_some() {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }) {
             // Its queue entry stays where it was; the next sweep from the head of the queue
             // (within `staging::FULL_SWEEP_EVERY`) finds it again.
             tracing::error!("could not postpone: {e}");

@@ -10,7 +10,7 @@ use crate::model::{
     Attempt, AttemptOutcome, Connection, Delivery, LogLine, Millis, OutboundRequest, ResponsePath,
     Webhook,
 };
-use crate::runtime::{wit, Call, LoadedPlugin};
+use crate::runtime::{wit, Call, LoadedPlugin, StateChange};
 use crate::sender::SendResult;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -22,6 +22,7 @@ impl Pipeline {
         &self,
         webhook: &Webhook,
         delivery: &mut Delivery,
+        state: &mut Vec<StateChange>,
         hand_back: &mut watch::Receiver<bool>,
     ) -> Round {
         let mut report = Round::default();
@@ -75,7 +76,9 @@ impl Pipeline {
                 hook: hook.as_ref(),
                 response_path: response_path.as_ref(),
             };
-            let judged = self.judge_answer(webhook, delivery, answer, &result).await;
+            let judged = self
+                .judge_answer(webhook, delivery, state, answer, &result)
+                .await;
             report.gone |= judged.gone;
             if judged.outcome == AttemptOutcome::Retry {
                 facts.signals.note(
@@ -140,12 +143,14 @@ impl Pipeline {
     }
 
     /// What an answer means for its request: the status judged against the webhook, then
-    /// the response hook's say (its state kept, its logs on the delivery), and on success the
+    /// the response hook's say (its state changes added to `state`, written with the
+    /// delivery's outcome; its logs on the delivery), and on success the
     /// value kept from the answer (the hook's, or the webhook's `response_value` path).
     async fn judge_answer(
         &self,
         webhook: &Webhook,
         delivery: &mut Delivery,
+        state: &mut Vec<StateChange>,
         answer: Answered<'_>,
         result: &SendResult,
     ) -> Judged {
@@ -165,7 +170,9 @@ impl Pipeline {
             let evaluation = self
                 .run_plugin(webhook, delivery, plugin.clone(), ctx, call)
                 .await;
-            self.keep_state(webhook, &evaluation);
+            if evaluation.result.is_ok() {
+                state.extend(evaluation.state_changes);
+            }
             delivery.logs.extend(evaluation.logs);
             hook_value = outcome::apply_hook(&mut judged, &evaluation.result);
         }

@@ -7,33 +7,42 @@
 //! before the record and the old one comes out after it (in one transaction for in-order and
 //! collecting deliveries), so a crash at any point leaves it queued (at-least-once).
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::outcome;
-use super::Pipeline;
+use super::outcome::{self, Verdict};
+use super::{CachedWebhook, Pipeline};
 use crate::fair_share::Admission;
 use crate::metrics::Ended;
-use crate::model::{Delivery, DeliveryId, DeliveryMode, DeliveryStatus, Millis};
-use crate::storage::{Claim, StorageError};
+use crate::model::{Delivery, DeliveryId, DeliveryMode, DeliveryStatus, Millis, Webhook};
+use crate::runtime::StateChange;
+use crate::storage::{Claim, Conflict, Outcome, StateWrite, StorageError};
 
 /// How long a paused webhook's delivery waits before it is looked at again.
 pub(super) const PAUSED_WAIT: Duration = Duration::from_secs(60);
 /// How long an in-order delivery waits at least before it looks again at the delivery ahead.
 const IN_ORDER_WAIT: Duration = Duration::from_millis(200);
-/// Added to the longest a step of a delivery can take, for how long a claim lasts.
-const CLAIM_MARGIN: Duration = Duration::from_secs(60);
+/// How long a claim lasts unless renewed: a host that dies lets go of its deliveries after
+/// this long.
+pub(super) const LEASE: Duration = Duration::from_secs(30);
+/// How often a claim in use is renewed: well within [`LEASE`], so a slow renewal or two
+/// never lets it lapse.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
 
 pub(super) fn plus(t: Millis, d: Duration) -> Millis {
     t.saturating_add(d)
 }
 
 impl Pipeline {
-    /// Moves one delivery a step forward, under a claim: nothing is written for it unless
-    /// the claim still holds. When `hand_back` turns true (shutdown), a request waiting for
-    /// its answer is dropped and the delivery written as due again. The `admission` (see [`crate::fair_share::FairShare::admit`]) is given back once the
-    /// plugin has run, or when it need not.
+    /// Moves one delivery a step forward, under a claim renewed while the step runs: nothing
+    /// is written for it unless the claim still holds and the delivery is as it was read.
+    /// When `hand_back` turns true (shutdown), a request waiting for its answer is dropped and
+    /// the delivery written as due again. The `admission` (see
+    /// [`crate::fair_share::FairShare::admit`]) is given back once the plugin has run, or when
+    /// it need not.
     pub(super) async fn process(
         &self,
         due: Millis,
@@ -42,88 +51,161 @@ impl Pipeline {
         hand_back: &mut watch::Receiver<bool>,
     ) -> Result<(), StorageError> {
         let now = self.now();
-        let until = plus(now, self.claim_for());
-        let Some((claim, mut delivery)) = self.store.claim(id, due, self.holder, until, now)?
+        let Some((claim, delivery)) =
+            self.store
+                .claim(id, due, self.holder, plus(now, LEASE), now)?
         else {
             // Gone, finished, moved on (its stale entry is dropped), or another holder's.
             return Ok(());
         };
-        delivery.updated_at = now;
-        let Some(webhook) = self.webhook_cached(&delivery.webhook_id) else {
-            outcome::end(
-                &mut delivery,
-                DeliveryStatus::Failed,
-                "the webhook was deleted".into(),
-            );
-            return self.finish_claimed(&claim, &delivery);
-        };
-        if delivery.tenant != webhook.tenant {
-            // Moved to another tenant since: this delivery belongs to the old tenant's
-            // history, and its event never goes to the new tenant's destination.
-            outcome::end(
-                &mut delivery,
-                DeliveryStatus::Failed,
-                "the webhook was moved to another tenant; this delivery was not sent".into(),
-            );
-            return self.finish_claimed(&claim, &delivery);
-        }
-        if self.held_back(&webhook) {
-            delivery.next_attempt_at = Some(plus(now, PAUSED_WAIT));
-            return self.finish_claimed(&claim, &delivery);
-        }
-        if let Some(schedule) = webhook.checked_schedule() {
-            // Checked and compiled when the webhook was saved (or read at start).
-            if let Some(opening) = schedule.next_opening(now) {
-                delivery.next_attempt_at = Some(opening);
-                return self.finish_claimed(&claim, &delivery);
+        let work = self.work(&claim, delivery, admission, hand_back);
+        match self.renewing(&claim, work).await {
+            Err(StorageError::Conflict(conflict)) => {
+                self.refused(id, conflict);
+                Ok(())
             }
+            done => done,
         }
+    }
 
-        if let DeliveryMode::InOrder { .. } = delivery.mode() {
-            if let Some(first) = self.store.first_in_line(&delivery)? {
-                if first != delivery.id {
-                    // An earlier delivery of the entity is unfinished: go after its next
-                    // attempt (and look again soon while it is in flight).
-                    let earlier = self.store.delivery(&first)?;
-                    let after = earlier
-                        .and_then(|d| d.next_attempt_at)
-                        .map_or(now, |t| plus(t, Duration::from_millis(1)));
-                    delivery.next_attempt_at = Some(after.max(plus(now, IN_ORDER_WAIT)));
-                    return self.finish_claimed(&claim, &delivery);
-                }
+    /// Runs `work`, renewing `claim` every [`RENEW_EVERY`]; stops it when the claim is lost.
+    async fn renewing(
+        &self,
+        claim: &Claim,
+        work: impl Future<Output = Result<(), StorageError>>,
+    ) -> Result<(), StorageError> {
+        let mut work = std::pin::pin!(work);
+        let start = tokio::time::Instant::now() + RENEW_EVERY;
+        let mut renew = tokio::time::interval_at(start, RENEW_EVERY);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = renew.tick() => self.store.renew(claim, plus(self.now(), LEASE))?,
             }
         }
+    }
+
+    /// The step itself: look, evaluate once (its requests are stored with the first round,
+    /// so retries resend the same bytes), send what is not yet accepted, write the outcome.
+    async fn work(
+        &self,
+        claim: &Claim,
+        mut delivery: Delivery,
+        admission: Option<Admission>,
+        hand_back: &mut watch::Receiver<bool>,
+    ) -> Result<(), StorageError> {
+        delivery.updated_at = self.now();
+        let webhook = match self.look(&delivery)? {
+            Ok(webhook) => webhook,
+            Err(verdict) => return self.conclude(claim, delivery, None, verdict, Vec::new()),
+        };
         if delivery.requests.is_none() {
-            if delivery.mode().collects() && !self.store.close(&claim, &delivery)? {
+            if delivery.mode().collects() && !self.store.close(claim, &delivery)? {
                 // A newer event changed it meanwhile; it is queued again as it is now.
                 return Ok(());
             }
-            match self.evaluate(&webhook, &mut delivery).await? {
-                Some((requests, wrote_state)) => {
-                    delivery.requests = Some(requests);
-                    // When the evaluation changed plugin state, keep the built bytes before
-                    // sending: after a crash the plugin would decide anew on state that
-                    // already holds this event's change. Without state changes deciding
-                    // again gives the same requests, and the write is saved.
-                    if wrote_state && !self.store.finish(&claim, &delivery, true)? {
-                        self.claim_lost(&delivery);
-                        return Ok(());
-                    }
-                }
-                None => return self.finish_claimed(&claim, &delivery),
+            let evaluated = self.evaluate(&webhook, &delivery).await?;
+            if let Some(logs) = evaluated.logs {
+                delivery.logs = logs;
+            }
+            let Verdict::Send(requests) = evaluated.verdict else {
+                let webhook = Some(&**webhook);
+                return self.conclude(claim, delivery, webhook, evaluated.verdict, evaluated.state);
+            };
+            delivery.requests = Some(requests);
+            // When the evaluation changed plugin state, keep the built bytes with it before
+            // sending: after a crash the plugin would decide anew on state that already holds
+            // this event's change. Without state changes deciding again gives the same
+            // requests, and the write is saved.
+            if !evaluated.state.is_empty() {
+                self.write_outcome(claim, &mut delivery, &webhook, &evaluated.state, true)?;
             }
         }
-
         drop(admission);
-        let round = self.send_round(&webhook, &mut delivery, hand_back).await;
+        let mut state = Vec::new();
+        let round = self
+            .send_round(&webhook, &mut delivery, &mut state, hand_back)
+            .await;
         if delivery.status == DeliveryStatus::Delivered {
             // Emitted before the delivery is recorded as delivered, under an id made from
             // the delivery's: a crash in between resends, and the event is not doubled.
             self.emit_response_event(&webhook, &mut delivery).await?;
         }
-        self.finish_claimed(&claim, &delivery)?;
+        self.write_outcome(claim, &mut delivery, &webhook, &state, false)?;
         self.after_round(&webhook, &delivery, &round).await;
         Ok(())
+    }
+
+    /// Looks at a claimed delivery before its plugin runs: its webhook, or why it is not
+    /// sent now (the webhook was deleted or moved to another tenant, is paused or held back,
+    /// outside its schedule, or an earlier in-order delivery of the entity is unfinished).
+    fn look(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<Result<Arc<CachedWebhook>, Verdict>, StorageError> {
+        let now = delivery.updated_at;
+        let Some(webhook) = self.catalog.webhook_read_through(&delivery.webhook_id)? else {
+            return Ok(Err(Verdict::Fail("the webhook was deleted".into())));
+        };
+        if delivery.tenant != webhook.tenant {
+            // Moved to another tenant since: this delivery belongs to the old tenant's
+            // history, and its event never goes to the new tenant's destination.
+            let why = "the webhook was moved to another tenant; this delivery was not sent";
+            return Ok(Err(Verdict::Fail(why.into())));
+        }
+        if self.held_back(&webhook) {
+            return Ok(Err(Verdict::WaitUntil(plus(now, PAUSED_WAIT))));
+        }
+        if let Some(schedule) = webhook.checked_schedule() {
+            // Checked and compiled when the webhook was saved (or read at start).
+            if let Some(opening) = schedule.next_opening(now) {
+                return Ok(Err(Verdict::WaitUntil(opening)));
+            }
+        }
+        if let Some(after) = self.behind_in_line(delivery, now)? {
+            return Ok(Err(Verdict::WaitUntil(after)));
+        }
+        Ok(Ok(webhook))
+    }
+
+    /// For an in-order delivery behind an unfinished earlier one of its entity: when to look
+    /// again (after the earlier one's next attempt, and soon while it is in flight).
+    fn behind_in_line(
+        &self,
+        delivery: &Delivery,
+        now: Millis,
+    ) -> Result<Option<Millis>, StorageError> {
+        let DeliveryMode::InOrder { .. } = delivery.mode() else {
+            return Ok(None);
+        };
+        match self.store.first_in_line(delivery)? {
+            Some(first) if first != delivery.id => {
+                let earlier = self.store.delivery(&first)?;
+                let after = earlier
+                    .and_then(|d| d.next_attempt_at)
+                    .map_or(now, |t| plus(t, Duration::from_millis(1)));
+                Ok(Some(after.max(plus(now, IN_ORDER_WAIT))))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Ends a step before sending, with `verdict` and the plugin state its evaluation
+    /// changed (of `webhook`, when the plugin ran).
+    fn conclude(
+        &self,
+        claim: &Claim,
+        mut delivery: Delivery,
+        webhook: Option<&Webhook>,
+        verdict: Verdict,
+        state: Vec<StateChange>,
+    ) -> Result<(), StorageError> {
+        outcome::apply(&mut delivery, verdict);
+        match webhook {
+            Some(webhook) => self.write_outcome(claim, &mut delivery, webhook, &state, false),
+            None => self.finish(claim, &mut delivery, None, false),
+        }
     }
 
     /// Whether `webhook`'s deliveries wait: it is paused, or its tenant may no longer use
@@ -132,29 +214,59 @@ impl Pipeline {
         !webhook.enabled || self.catalog.usable_connection(webhook).is_err()
     }
 
-    /// How long a claim lasts: longer than a delivery's round can take (the plugin's time,
-    /// then each request it may build, one after another, up to its timeout), with room to
-    /// spare.
-    pub(super) fn claim_for(&self) -> Duration {
-        let limits = &self.config.plugin.max_limits;
-        let requests = u32::try_from(limits.requests).unwrap_or(u32::MAX);
-        CLAIM_MARGIN
-            .saturating_add(limits.cpu_time)
-            .saturating_add(self.config.delivery.timeout.saturating_mul(requests))
-    }
-
-    /// Writes a claimed delivery's new state and ends the claim.
-    pub(super) fn finish_claimed(
+    /// Writes a claimed delivery's new state with `webhook`'s plugin state changes, all or
+    /// nothing; ends the claim unless `keep` (a save midway). The state is dropped when the
+    /// webhook moved to another tenant since its evaluation began.
+    fn write_outcome(
         &self,
         claim: &Claim,
-        delivery: &Delivery,
+        delivery: &mut Delivery,
+        webhook: &Webhook,
+        state: &[StateChange],
+        keep: bool,
     ) -> Result<(), StorageError> {
-        if !self.store.finish(claim, delivery, false)? {
-            self.claim_lost(delivery);
-            return Ok(());
+        if state.is_empty() {
+            return self.finish(claim, delivery, None, keep);
         }
+        // Held while written: the webhook cannot move to another tenant meanwhile.
+        let Some(_unmoved) = self.catalog.state_keeping(webhook) else {
+            tracing::info!(webhook = %webhook.id, "plugin state not kept: the webhook was deleted or moved to another tenant during the evaluation");
+            return self.finish(claim, delivery, None, keep);
+        };
+        let state = StateWrite {
+            webhook: &webhook.id,
+            changes: state,
+        };
+        self.finish(claim, delivery, Some(state), keep)
+    }
+
+    /// Writes a claimed delivery's new state (see [`crate::storage::Deliveries::finish`]) and
+    /// counts it when it ended.
+    fn finish(
+        &self,
+        claim: &Claim,
+        delivery: &mut Delivery,
+        state: Option<StateWrite<'_>>,
+        keep: bool,
+    ) -> Result<(), StorageError> {
+        self.store.finish(
+            claim,
+            Outcome {
+                delivery,
+                state,
+                keep,
+            },
+        )?;
+        if !keep {
+            self.count_ended(delivery);
+        }
+        Ok(())
+    }
+
+    /// Counts a delivery that ended, with its latency when delivered.
+    fn count_ended(&self, delivery: &Delivery) {
         let ended = match delivery.status {
-            DeliveryStatus::Pending => return Ok(()),
+            DeliveryStatus::Pending => return,
             DeliveryStatus::Delivered => Ended::Delivered,
             DeliveryStatus::Skipped => Ended::Skipped,
             DeliveryStatus::Failed => Ended::Failed,
@@ -169,14 +281,19 @@ impl Pipeline {
         });
         self.metrics
             .delivery_ended(delivery.webhook_id.as_str(), ended, latency);
-        Ok(())
     }
 
-    /// Another holder claimed the delivery after this one's claim lapsed: its work stands.
-    pub(super) fn claim_lost(&self, delivery: &Delivery) {
-        tracing::warn!(
-            delivery = %delivery.id,
-            "the claim lapsed and another holder took the delivery; this result is dropped"
-        );
+    /// A write for delivery `id` was refused: its work is dropped, and what is stored stands.
+    fn refused(&self, id: &DeliveryId, conflict: Conflict) {
+        match conflict {
+            Conflict::ClaimLost => tracing::warn!(
+                delivery = %id,
+                "the claim lapsed and another holder took the delivery; this result is dropped"
+            ),
+            Conflict::Changed => tracing::info!(
+                delivery = %id,
+                "the delivery changed since it was read (a newer event); it goes on as stored"
+            ),
+        }
     }
 }

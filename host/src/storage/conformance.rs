@@ -11,7 +11,10 @@ use crate::model::{
     Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis, Webhook, WebhookId,
 };
 
-use super::{Capacity, Claim, Definitions, Deliveries, Inserted, PluginStates, Storage};
+use super::{
+    Capacity, Claim, Conflict, Definitions, Deliveries, Inserted, Outcome, PluginStates,
+    StateWrite, Storage,
+};
 
 mod pruning;
 
@@ -30,6 +33,7 @@ pub async fn run(opener: &impl Opener) {
     the_queue_reads_in_due_order_from_any_position(opener).await;
     a_new_state_moves_the_queue_entry_and_a_final_one_removes_it(opener).await;
     claims_are_exclusive_until_they_lapse_and_finish_only_while_held(opener).await;
+    an_outcome_is_written_whole_and_only_over_the_version_read(opener).await;
     a_stale_entry_cannot_be_claimed_and_is_dropped(opener).await;
     a_debounced_delivery_takes_newer_events_until_closed(opener).await;
     a_batch_takes_events_until_closed_or_full(opener).await;
@@ -95,6 +99,38 @@ fn claim(storage: &impl Storage, d: &Delivery, holder: u64, now: i64) -> Option<
         .claim(&d.id, due, holder, Millis(now + 60_000), Millis(now))
         .unwrap()
         .map(|(claim, _)| claim)
+}
+
+/// Writes plugin state as an evaluation does: with the outcome of a delivery made for it.
+async fn write_state(
+    storage: &impl Storage,
+    webhook: &WebhookId,
+    changes: &[(String, Option<Vec<u8>>)],
+) {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let e = event(&format!("state-{n}"), None);
+    let mut w = self::webhook();
+    w.id = webhook.clone();
+    let mut d = pending(&w, &e, 1);
+    insert(storage, &e, std::slice::from_ref(&d)).await;
+    let (held, _) = storage
+        .claim(&d.id, Millis(1), 7, Millis(30_001), Millis(1))
+        .unwrap()
+        .unwrap();
+    d.status = DeliveryStatus::Delivered;
+    d.next_attempt_at = None;
+    let state = Some(StateWrite { webhook, changes });
+    storage
+        .finish(
+            &held,
+            Outcome {
+                delivery: &mut d,
+                state,
+                keep: false,
+            },
+        )
+        .unwrap();
 }
 
 async fn acknowledged_events_survive_a_reopen(opener: &impl Opener) {
@@ -187,16 +223,38 @@ async fn a_new_state_moves_the_queue_entry_and_a_final_one_removes_it(opener: &i
     insert(&storage, &e, std::slice::from_ref(&d)).await;
     d.next_attempt_at = Some(Millis(9_000));
     d.rounds = 1;
-    storage.update_delivery(&d, Some(Millis(1_000))).unwrap();
+    storage
+        .update_delivery(&mut d, Some(Millis(1_000)))
+        .unwrap();
     assert_eq!(due_entries(&storage), vec![(Millis(9_000), d.id.clone())]);
+    assert_eq!(d.version, 1, "a write counts the version up");
+    // A copy read before that write is refused, and changes nothing.
+    let mut stale = d.clone();
+    stale.version = 0;
+    stale.status = DeliveryStatus::Failed;
+    let refused = storage.update_delivery(&mut stale, Some(Millis(9_000)));
+    assert_eq!(refused.unwrap_err().conflict(), Some(Conflict::Changed));
+    assert_eq!(stale.version, 0);
+    assert_eq!(storage.delivery(&d.id).unwrap().as_ref(), Some(&d));
     d.status = DeliveryStatus::Delivered;
     d.next_attempt_at = None;
-    storage.update_delivery(&d, Some(Millis(9_000))).unwrap();
+    storage
+        .update_delivery(&mut d, Some(Millis(9_000)))
+        .unwrap();
     assert!(due_entries(&storage).is_empty());
     assert_eq!(
         storage.delivery(&d.id).unwrap().unwrap().status,
         DeliveryStatus::Delivered
     );
+}
+
+/// An outcome of `d`, without plugin state.
+fn outcome(d: &mut Delivery, keep: bool) -> Outcome<'_> {
+    Outcome {
+        delivery: d,
+        state: None,
+        keep,
+    }
 }
 
 async fn claims_are_exclusive_until_they_lapse_and_finish_only_while_held(opener: &impl Opener) {
@@ -224,29 +282,128 @@ async fn claims_are_exclusive_until_they_lapse_and_finish_only_while_held(opener
         assert_eq!(again.holder, first.holder);
         again
     };
-    // Lapsed: another holder takes it, and the first one's result is not written.
-    let second = claim(&storage, &d, b, 61_000).expect("a lapsed claim frees the delivery");
+    // Renewed, it holds past its first lapse.
+    storage.renew(&first, Millis(90_000)).unwrap();
+    assert!(claim(&storage, &d, b, 61_000).is_none(), "renewed");
+    // Lapsed: another holder takes it; the first one can neither renew nor write, and its
+    // plugin state goes unwritten with its result.
+    let second = claim(&storage, &d, b, 90_000).expect("a lapsed claim frees the delivery");
+    let lost = storage.renew(&first, Millis(120_000)).unwrap_err();
+    assert_eq!(lost.conflict(), Some(Conflict::ClaimLost));
     let mut late = d.clone();
     late.status = DeliveryStatus::Delivered;
     late.next_attempt_at = None;
-    assert!(!storage.finish(&first, &late, false).unwrap());
+    let changes = [("late".to_string(), Some(b"1".to_vec()))];
+    let refused = storage.finish(
+        &first,
+        Outcome {
+            delivery: &mut late,
+            state: Some(StateWrite {
+                webhook: &w.id,
+                changes: &changes,
+            }),
+            keep: false,
+        },
+    );
+    assert_eq!(refused.unwrap_err().conflict(), Some(Conflict::ClaimLost));
     assert_eq!(storage.delivery(&d.id).unwrap().as_ref(), Some(&d));
+    assert_eq!(storage.state_get(&w.id, "late").unwrap(), None);
     // The holder in force finishes: written, the entry moved, the claim over.
     let mut done = d.clone();
     done.next_attempt_at = Some(Millis(70_000));
     done.rounds = 1;
-    assert!(
-        storage.finish(&second, &done, true).unwrap(),
-        "a save midway"
-    );
-    assert!(storage.finish(&second, &done, false).unwrap());
+    storage
+        .finish(&second, outcome(&mut done, true))
+        .expect("a save midway");
+    storage.finish(&second, outcome(&mut done, false)).unwrap();
+    assert_eq!(done.version, 2);
     assert_eq!(due_entries(&storage), vec![(Millis(70_000), d.id.clone())]);
-    assert!(
-        !storage.finish(&second, &done, false).unwrap(),
+    let again = storage.finish(&second, outcome(&mut done, false));
+    assert_eq!(
+        again.unwrap_err().conflict(),
+        Some(Conflict::ClaimLost),
         "finished once"
     );
     let third = claim(&storage, &done, a, 70_000).expect("due again, free to claim");
     assert_eq!(third.due, Millis(70_000));
+}
+
+/// A debounced delivery claimed and then put off (its webhook paused) while a newer event of
+/// its entity arrives: the worker's older copy is refused, and the newer event is kept. An
+/// outcome's plugin state is written with it, or not at all.
+async fn an_outcome_is_written_whole_and_only_over_the_version_read(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    let w = webhook();
+    let (e1, e2) = (event("o-1", None), event("o-2", None));
+    let debounced = |e: &Event, due: i64| {
+        let mut d = pending(&w, e, due);
+        d.entity = Some("sku-1".into());
+        d
+    };
+    let first = debounced(&e1, 1_000);
+    insert(&storage, &e1, std::slice::from_ref(&first)).await;
+    let (held, mut read) = storage
+        .claim(&first.id, Millis(1_000), 1, Millis(31_000), Millis(1_000))
+        .unwrap()
+        .unwrap();
+    // Ingest between the claim and the write: the waiting delivery takes the newer event.
+    insert(&storage, &e2, &[debounced(&e2, 3_000)]).await;
+    read.next_attempt_at = Some(Millis(60_000));
+    let changes = [("seen".to_string(), Some(b"o-1".to_vec()))];
+    let state = || {
+        Some(StateWrite {
+            webhook: &w.id,
+            changes: &changes,
+        })
+    };
+    let refused = storage.finish(
+        &held,
+        Outcome {
+            delivery: &mut read,
+            state: state(),
+            keep: false,
+        },
+    );
+    assert_eq!(refused.unwrap_err().conflict(), Some(Conflict::Changed));
+    let stored = storage.delivery(&first.id).unwrap().unwrap();
+    assert_eq!(stored.event_id, e2.id, "the newer event is kept");
+    assert_eq!(
+        due_entries(&storage),
+        vec![(Millis(3_000), first.id.clone())]
+    );
+    assert_eq!(
+        storage.state_get(&w.id, "seen").unwrap(),
+        None,
+        "nothing written"
+    );
+    // Claimed as it is now, its outcome and state are written together.
+    let (held, mut current) = storage
+        .claim(&first.id, Millis(3_000), 1, Millis(33_000), Millis(3_000))
+        .unwrap()
+        .unwrap();
+    assert!(storage.close(&held, &current).unwrap());
+    current.status = DeliveryStatus::Delivered;
+    current.next_attempt_at = None;
+    storage
+        .finish(
+            &held,
+            Outcome {
+                delivery: &mut current,
+                state: state(),
+                keep: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        storage.delivery(&first.id).unwrap().as_ref(),
+        Some(&current)
+    );
+    assert_eq!(
+        storage.state_get(&w.id, "seen").unwrap(),
+        Some(b"o-1".to_vec())
+    );
+    assert!(due_entries(&storage).is_empty());
 }
 
 async fn a_stale_entry_cannot_be_claimed_and_is_dropped(opener: &impl Opener) {
@@ -258,7 +415,7 @@ async fn a_stale_entry_cannot_be_claimed_and_is_dropped(opener: &impl Opener) {
     insert(&storage, &e, std::slice::from_ref(&d)).await;
     // Moved to 4 s, with the entry at 1 s left behind (as a crash between writes leaves it).
     d.next_attempt_at = Some(Millis(4_000));
-    storage.update_delivery(&d, None).unwrap();
+    storage.update_delivery(&mut d, None).unwrap();
     assert_eq!(due_entries(&storage).len(), 2);
     let stale = storage
         .claim(&d.id, Millis(1_000), 1, Millis(9_000), Millis(1_000))
@@ -267,7 +424,7 @@ async fn a_stale_entry_cannot_be_claimed_and_is_dropped(opener: &impl Opener) {
     assert_eq!(due_entries(&storage), vec![(Millis(4_000), d.id.clone())]);
     // A finished delivery cannot be claimed either; a missing one neither.
     d.status = DeliveryStatus::Failed;
-    storage.update_delivery(&d, None).unwrap();
+    storage.update_delivery(&mut d, None).unwrap();
     assert!(claim(&storage, &d, 1, 4_000).is_none());
     let missing = DeliveryId::generate();
     assert!(storage
@@ -392,7 +549,7 @@ async fn in_order_deliveries_wait_for_the_first_in_line(opener: &impl Opener) {
     first.status = DeliveryStatus::Delivered;
     first.next_attempt_at = None;
     storage
-        .update_delivery(&first, Some(Millis(1_000)))
+        .update_delivery(&mut first, Some(Millis(1_000)))
         .unwrap();
     assert_eq!(
         storage.first_in_line(&second).unwrap(),
@@ -409,9 +566,7 @@ async fn definitions_state_and_secrets_read_back(opener: &impl Opener) {
         let storage = opener.open(dir.path());
         storage.put_webhook(&w).unwrap();
         assert_eq!(storage.webhook(&w.id).unwrap().as_ref(), Some(&w));
-        storage
-            .state_apply(&w.id, &[("k".into(), Some(b"v".to_vec()))])
-            .unwrap();
+        write_state(&storage, &w.id, &[("k".into(), Some(b"v".to_vec()))]).await;
         let secret = storage.host_secret("conformance").unwrap();
         assert_eq!(storage.host_secret("conformance").unwrap(), secret);
         assert_ne!(storage.host_secret("other").unwrap(), secret);
@@ -423,7 +578,7 @@ async fn definitions_state_and_secrets_read_back(opener: &impl Opener) {
     assert_eq!(storage.state_get(&w.id, "k").unwrap(), Some(b"v".to_vec()));
     assert_eq!(storage.state_size(&w.id).unwrap(), 2);
     assert_eq!(storage.host_secret("conformance").unwrap(), secret);
-    storage.state_apply(&w.id, &[("k".into(), None)]).unwrap();
+    write_state(&storage, &w.id, &[("k".into(), None)]).await;
     assert_eq!(storage.state_get(&w.id, "k").unwrap(), None);
     // Cleared: every key of this webhook, none of another's.
     let other = webhook();
@@ -432,7 +587,7 @@ async fn definitions_state_and_secrets_read_back(opener: &impl Opener) {
             ("a".into(), Some(b"1".to_vec())),
             ("b".into(), Some(b"2".to_vec())),
         ];
-        storage.state_apply(id, &two).unwrap();
+        write_state(&storage, id, &two).await;
     }
     storage.state_clear(&w.id).unwrap();
     assert_eq!(storage.state_size(&w.id).unwrap(), 0);
@@ -566,12 +721,23 @@ async fn a_backup_opens_with_every_event_and_the_queue_as_copied(opener: &impl O
         let storage = opener.open(dir.path());
         insert(&storage, &first, std::slice::from_ref(&waiting)).await;
         insert(&storage, &second, std::slice::from_ref(&done)).await;
-        storage
-            .state_apply(&w.id, &[("seen".into(), Some(b"1".to_vec()))])
+        let (held, _) = storage
+            .claim(&done.id, Millis(1_000), 1, Millis(31_000), Millis(1_000))
+            .unwrap()
             .unwrap();
         done.status = DeliveryStatus::Delivered;
         done.next_attempt_at = None;
-        storage.update_delivery(&done, Some(Millis(1_000))).unwrap();
+        let changes = [("seen".to_string(), Some(b"1".to_vec()))];
+        let state = Some(StateWrite {
+            webhook: &w.id,
+            changes: &changes,
+        });
+        let outcome = Outcome {
+            delivery: &mut done,
+            state,
+            keep: false,
+        };
+        storage.finish(&held, outcome).unwrap();
         // Received after the backup began, with a delivery made then: not in the copy.
         let mut late = event("late", None);
         late.received_at = Millis(20_000);

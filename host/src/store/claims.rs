@@ -52,7 +52,7 @@ impl Claims {
     /// meanwhile), and ends it afterwards unless `keep`; `None` when `claim` is not in force.
     pub fn while_held<T>(&self, claim: &Claim, keep: bool, write: impl FnOnce() -> T) -> Option<T> {
         let mut held = self.shard(&claim.id).lock().unwrap();
-        if held.get(&claim.id) != Some(claim) {
+        if !held.get(&claim.id).is_some_and(|c| c.is(claim)) {
             return None;
         }
         let written = write();
@@ -62,10 +62,22 @@ impl Claims {
         Some(written)
     }
 
+    /// Moves the lapse of `claim` to `until`; `false` when it is not in force.
+    pub fn renew(&self, claim: &Claim, until: Millis) -> bool {
+        let mut held = self.shard(&claim.id).lock().unwrap();
+        match held.get_mut(&claim.id) {
+            Some(current) if current.is(claim) => {
+                current.until = current.until.max(until);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Ends `claim`, if it is the one in force.
     pub fn end(&self, claim: &Claim) {
         let mut held = self.shard(&claim.id).lock().unwrap();
-        if held.get(&claim.id) == Some(claim) {
+        if held.get(&claim.id).is_some_and(|c| c.is(claim)) {
             held.remove(&claim.id);
         }
     }

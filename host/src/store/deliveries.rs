@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::model::DeliveryMode;
+use crate::storage::{Conflict, StateWrite};
 
 impl Store {
     // ----- events and deliveries -----
@@ -50,7 +51,7 @@ impl Store {
     }
 
     /// Before a collecting delivery (debounced, or a batch) is evaluated: checks that it is
-    /// still as the worker read it (due at `due`, the same events) and takes it out of the
+    /// still as the worker read it (the same version, due at `due`) and takes it out of the
     /// debounce and batch indexes, so no newer event can change it any more. `false` means it
     /// changed meanwhile.
     ///
@@ -68,9 +69,8 @@ impl Store {
                     return Ok(false);
                 };
                 let current: Delivery = decode("deliveries", &raw).map_err(abort)?;
-                if current.next_attempt_at != Some(due)
-                    || current.event_id != read.event_id
-                    || current.batch_events != read.batch_events
+                if current.version != read.version
+                    || current.next_attempt_at != Some(due)
                     || !current.replaceable()
                 {
                     return Ok(false);
@@ -181,14 +181,48 @@ impl Store {
     }
 
     /// Writes a delivery's new state and moves its queue entry from `old_due` to its
-    /// `next_attempt_at` (removed when the delivery is final), in one transaction.
+    /// `next_attempt_at` (removed when the delivery is final), over the version it was read
+    /// at (see [`Store::write_outcome`]).
     ///
     /// # Errors
-    /// On storage failure.
+    /// [`StoreError::Conflict`] when the stored version is another, or on storage failure.
     pub fn update_delivery(
         &self,
-        delivery: &Delivery,
+        delivery: &mut Delivery,
         old_due: Option<Millis>,
+    ) -> Result<(), StoreError> {
+        self.write_outcome(delivery, old_due, None)
+    }
+
+    /// Writes a delivery's new state with its plugin's state changes, all or nothing, over
+    /// the version the delivery was read at, and counts its `version` up. The queue entry
+    /// moves from `old_due` to its `next_attempt_at` (removed when final).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] ([`Conflict::Changed`]) when the stored record is at another
+    /// version (nothing written; no record counts as version 0), or on storage failure.
+    pub fn write_outcome(
+        &self,
+        delivery: &mut Delivery,
+        old_due: Option<Millis>,
+        state: Option<StateWrite<'_>>,
+    ) -> Result<(), StoreError> {
+        let read = delivery.version;
+        delivery.version = read.wrapping_add(1);
+        let written = self.write_over(delivery, read, old_due, state);
+        if written.is_err() {
+            delivery.version = read;
+        }
+        written
+    }
+
+    /// [`Store::write_outcome`] with the version counted up already.
+    fn write_over(
+        &self,
+        delivery: &Delivery,
+        read: u64,
+        old_due: Option<Millis>,
+        state: Option<StateWrite<'_>>,
     ) -> Result<(), StoreError> {
         let bytes = encode(delivery);
         let old_key = old_due.map(|due| queue_key(due, &delivery.id));
@@ -197,14 +231,24 @@ impl Store {
             _ => None,
         };
         let finished_in_line = fifo_key(delivery).filter(|_| delivery.status.is_final());
+        let plain = finished_in_line.is_none()
+            && delivery.mode() == DeliveryMode::Plain
+            && state.is_none_or(|s| s.changes.is_empty());
+        if plain {
+            // Nothing but its claim holder writes a plain delivery (no debounce or batch can
+            // replace its event), so the version read here stays until the writes below.
+            let stored = self.ingest.deliveries.get(delivery.id.as_str())?;
+            if version_of(stored.as_deref()) != Some(read) {
+                return Err(Conflict::Changed.into());
+            }
+        }
         // Before the record that finishes it: an entry whose delivery did not finish after
         // all is dropped by the pruning walk.
         if let Some(key) = retention::finished_key(delivery) {
             self.ingest.finished.insert(key, &[] as &[u8])?;
         }
-        if finished_in_line.is_none() && delivery.mode() == DeliveryMode::Plain {
-            // No other record to keep in step, and nothing else writes this delivery (no
-            // debounce or batch can replace its event): three plain writes, ordered so a crash
+        if plain {
+            // No other record to keep in step: three plain writes, ordered so a crash
             // between any two leaves it scheduled. The new queue entry first, then the record,
             // then the old entry's removal: an entry whose due time the record does not name
             // is dropped as stale when the scheduler meets it.
@@ -225,12 +269,20 @@ impl Store {
             }
             return self.unpin_finished(delivery);
         }
+        let changes = state.map_or(&[][..], |s| s.changes);
         (
             &self.ingest.deliveries,
             &self.ingest.queue,
             &self.ingest.fifo,
+            &self.plugin_state,
         )
-            .transaction(|(dtree, queue, fifo)| {
+            .transaction(|(dtree, queue, fifo, plugin_state)| {
+                let stored = dtree.get(delivery.id.as_str())?;
+                if version_of(stored.as_deref()) != Some(read) {
+                    return Err(ConflictableTransactionError::Abort(
+                        Conflict::Changed.into(),
+                    ));
+                }
                 dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
                 if let Some(line) = &finished_in_line {
                     fifo.remove(line.as_slice())?;
@@ -240,6 +292,15 @@ impl Store {
                 }
                 if let Some(key) = &new_key {
                     queue.insert(key.as_slice(), queue_value(delivery))?;
+                }
+                if let Some(state) = &state {
+                    for (key, value) in changes {
+                        let key = Store::state_key(state.webhook, key);
+                        match value {
+                            Some(value) => plugin_state.insert(key, value.as_slice())?,
+                            None => plugin_state.remove(key)?,
+                        };
+                    }
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })?;
@@ -359,5 +420,40 @@ impl Store {
     /// Number of queue entries.
     pub fn queue_len(&self) -> usize {
         self.ingest.queue.len()
+    }
+}
+
+/// The version of a delivery as stored: 0 when there is no record yet (a replay is written
+/// first through [`Store::update_delivery`]).
+fn version_of(record: Option<&[u8]>) -> Option<u64> {
+    record.map_or(Some(0), stored_version)
+}
+
+/// The version a delivery record was written at: [`Delivery::version`] is its first field
+/// when not zero, so it is read here without decoding the rest. `None` for a record that is
+/// not a delivery's JSON.
+fn stored_version(record: &[u8]) -> Option<u64> {
+    const FIELD: &[u8] = b"{\"version\":";
+    let Some(rest) = record.strip_prefix(FIELD) else {
+        return record.starts_with(b"{").then_some(0);
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_records_version_is_read_from_its_first_field() {
+        let event = crate::store::tests::event("v");
+        let mut delivery = crate::store::tests::delivery(&event, 1);
+        assert_eq!(stored_version(&encode(&delivery)), Some(0));
+        delivery.version = 42;
+        assert_eq!(stored_version(&encode(&delivery)), Some(42));
+        delivery.version = u64::MAX;
+        assert_eq!(stored_version(&encode(&delivery)), Some(u64::MAX));
+        assert_eq!(stored_version(b"\x01lz4"), None);
     }
 }

@@ -146,6 +146,7 @@ pub(super) fn insert_one(
                         && open.batch_events.len() < open.batch_limit as usize
                     {
                         open.batch_events.push(event.id.clone());
+                        open.version = open.version.wrapping_add(1);
                         let pin = retention::pin_key(&event_key, &open.id);
                         pins.insert(pin, &retention::pin_value())?;
                         open.updated_at = delivery.created_at;
@@ -190,6 +191,7 @@ pub(super) fn insert_one(
                         }
                         let due = delivery.next_attempt_at.unwrap_or(delivery.created_at);
                         waiting.replace_event(event.id.clone(), due, delivery.created_at);
+                        waiting.version = waiting.version.wrapping_add(1);
                         for pin in retention::pins_of(&waiting) {
                             pins.insert(pin, &retention::pin_value())?;
                         }

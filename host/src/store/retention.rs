@@ -387,8 +387,12 @@ mod tests {
         let due = waiting.next_attempt_at;
         waiting.status = DeliveryStatus::Delivered;
         waiting.next_attempt_at = None;
-        store.update_delivery(&waiting, due).unwrap();
-        assert_eq!(store.ingest.pins.len(), 0, "a finished delivery holds no pin");
+        store.update_delivery(&mut waiting, due).unwrap();
+        assert_eq!(
+            store.ingest.pins.len(),
+            0,
+            "a finished delivery holds no pin"
+        );
     }
 
     #[test]

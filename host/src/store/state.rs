@@ -5,7 +5,7 @@ use super::*;
 impl Store {
     // ----- plugin state -----
 
-    fn state_key(webhook: &WebhookId, key: &str) -> Vec<u8> {
+    pub(super) fn state_key(webhook: &WebhookId, key: &str) -> Vec<u8> {
         let mut k = Vec::with_capacity(webhook.as_str().len() + 1 + key.len());
         k.extend_from_slice(webhook.as_str().as_bytes());
         k.push(0);
@@ -49,26 +49,6 @@ impl Store {
         for key in self.plugin_state.scan_prefix(&prefix).keys() {
             self.plugin_state.remove(key?)?;
         }
-        Ok(())
-    }
-
-    /// Applies an evaluation's state writes (a value, or `None` to remove) at once.
-    ///
-    /// # Errors
-    /// On storage failure.
-    pub fn state_apply(
-        &self,
-        webhook: &WebhookId,
-        changes: &[(String, Option<Vec<u8>>)],
-    ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (key, value) in changes {
-            match value {
-                Some(value) => batch.insert(Self::state_key(webhook, key), value.as_slice()),
-                None => batch.remove(Self::state_key(webhook, key)),
-            }
-        }
-        self.plugin_state.apply_batch(batch)?;
         Ok(())
     }
 

@@ -10,14 +10,18 @@ use crate::model::{
     ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
 };
 use crate::storage::{
-    BackupReport, Capacity, Claim, Definitions, Deliveries, Finished, Inserted, LowSpace,
-    PluginStates, Pruning, QueueEntry, Scanned, SpaceStatus, StopWalk, StorageError, StorageFuture,
+    BackupReport, Capacity, Claim, Conflict, Definitions, Deliveries, Finished, Inserted, LowSpace,
+    Outcome, PluginStates, Pruning, QueueEntry, Scanned, SpaceStatus, StopWalk, StorageError,
+    StorageFuture,
 };
 
 use super::{Store, StoreError};
 
 impl From<StoreError> for StorageError {
     fn from(error: StoreError) -> Self {
+        if let StoreError::Conflict(conflict) = error {
+            return StorageError::Conflict(conflict);
+        }
         let out_of_space = error.is_out_of_space();
         if error.is_unavailable() {
             StorageError::Unavailable {
@@ -145,19 +149,32 @@ impl Deliveries for Store {
         Ok(closed)
     }
 
-    fn finish(&self, claim: &Claim, delivery: &Delivery, keep: bool) -> Result<bool, StorageError> {
+    fn finish(&self, claim: &Claim, outcome: Outcome<'_>) -> Result<(), StorageError> {
+        let Outcome {
+            delivery,
+            state,
+            keep,
+        } = outcome;
         let old_due = if keep { None } else { Some(claim.due) };
         match self.claims.while_held(claim, keep, || {
-            Store::update_delivery(self, delivery, old_due)
+            Store::write_outcome(self, delivery, old_due, state)
         }) {
-            Some(written) => written.map(|()| true).map_err(StorageError::from),
-            None => Ok(false),
+            Some(written) => Ok(written?),
+            None => Err(StorageError::Conflict(Conflict::ClaimLost)),
+        }
+    }
+
+    fn renew(&self, claim: &Claim, until: Millis) -> Result<(), StorageError> {
+        if self.claims.renew(claim, until) {
+            Ok(())
+        } else {
+            Err(StorageError::Conflict(Conflict::ClaimLost))
         }
     }
 
     fn update_delivery(
         &self,
-        delivery: &Delivery,
+        delivery: &mut Delivery,
         old_due: Option<Millis>,
     ) -> Result<(), StorageError> {
         Ok(Store::update_delivery(self, delivery, old_due)?)
@@ -198,14 +215,6 @@ impl PluginStates for Store {
     fn state_size(&self, webhook: &WebhookId) -> Result<usize, StorageError> {
         Ok(Store::state_size(self, webhook)?)
     }
-    fn state_apply(
-        &self,
-        webhook: &WebhookId,
-        changes: &[(String, Option<Vec<u8>>)],
-    ) -> Result<(), StorageError> {
-        Ok(Store::state_apply(self, webhook, changes)?)
-    }
-
     fn state_clear(&self, webhook: &WebhookId) -> Result<(), StorageError> {
         Ok(Store::state_clear(self, webhook)?)
     }

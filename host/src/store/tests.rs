@@ -146,6 +146,7 @@ pub(super) fn event(id: &str) -> Event {
 /// A plain pending delivery of `event`, due at `due` (also used by the submodules' tests).
 pub(crate) fn delivery(event: &Event, due: i64) -> Delivery {
     Delivery {
+        version: 0,
         id: DeliveryId::generate(),
         webhook_id: WebhookId::generate(),
         event_id: event.id.clone(),
@@ -252,7 +253,9 @@ async fn events_dedupe_and_queue_orders_by_due_time() {
     let mut done = early.clone();
     done.status = DeliveryStatus::Delivered;
     done.next_attempt_at = None;
-    store.update_delivery(&done, Some(Millis(1000))).unwrap();
+    store
+        .update_delivery(&mut done, Some(Millis(1000)))
+        .unwrap();
     assert_eq!(
         store.due_entries(10).unwrap(),
         vec![(Millis(2000), late.id.clone())]
@@ -419,11 +422,11 @@ fn a_delivery_reads_as_last_written_whether_kept_in_memory_or_not() {
     d.status = DeliveryStatus::Failed;
     d.rounds = 1;
     d.next_attempt_at = Some(Millis(5000));
-    store.update_delivery(&d, Some(Millis(1000))).unwrap();
+    store.update_delivery(&mut d, Some(Millis(1000))).unwrap();
     assert_eq!(store.delivery(&d.id).unwrap().as_ref(), Some(&d));
     d.status = DeliveryStatus::Delivered;
     d.next_attempt_at = None;
-    store.update_delivery(&d, Some(Millis(5000))).unwrap();
+    store.update_delivery(&mut d, Some(Millis(5000))).unwrap();
     assert_eq!(store.delivery(&d.id).unwrap().as_ref(), Some(&d));
 
     // An event stored already: its new delivery is neither stored nor kept.
@@ -512,13 +515,22 @@ fn plugin_state_is_scoped_per_webhook() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), test_sealer()).unwrap();
     let (a, b) = (WebhookId::generate(), WebhookId::generate());
-    store
-        .state_apply(&a, &[("k".into(), Some(b"1".to_vec()))])
-        .unwrap();
+    let e = event("stateful");
+    let mut d = delivery(&e, 1000);
+    store.insert_event(&e, std::slice::from_ref(&d)).unwrap();
+    let mut write = |changes: &[(String, Option<Vec<u8>>)]| {
+        let due = d.next_attempt_at;
+        let state = Some(crate::storage::StateWrite {
+            webhook: &a,
+            changes,
+        });
+        store.write_outcome(&mut d, due, state).unwrap();
+    };
+    write(&[("k".into(), Some(b"1".to_vec()))]);
     assert_eq!(store.state_get(&a, "k").unwrap(), Some(b"1".to_vec()));
     assert_eq!(store.state_get(&b, "k").unwrap(), None);
     assert_eq!(store.state_size(&a).unwrap(), 2);
-    store.state_apply(&a, &[("k".into(), None)]).unwrap();
+    write(&[("k".into(), None)]);
     assert_eq!(store.state_get(&a, "k").unwrap(), None);
 }
 
