@@ -24,6 +24,8 @@ pub use load::{parse_network, parse_secrets_key, ConfigError};
 pub struct Config {
     /// Where sled keeps its files.
     pub data_dir: PathBuf,
+    /// The storage engine.
+    pub storage: Engine,
     /// Address the API listens on (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
     /// Delivery behaviour.
@@ -38,6 +40,15 @@ pub struct Config {
     pub store: StoreConfig,
     /// How long finished deliveries and events are kept.
     pub retention: RetentionConfig,
+}
+
+/// The storage engine the host keeps its definitions, events and deliveries in.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// sled, embedded in `data_dir`: one host owns the files.
+    #[default]
+    Sled,
 }
 
 /// How long finished work is kept, and how the pruner that removes it runs. A duration such
@@ -310,6 +321,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("wasmhooks-data"),
             listen: "127.0.0.1:8080".parse().unwrap(),
+            storage: Engine::Sled,
             delivery: DeliveryConfig::default(),
             plugin: PluginConfig::default(),
             api: ApiConfig::default(),

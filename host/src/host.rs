@@ -10,8 +10,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, Engine};
 use crate::pipeline::Pipeline;
+use crate::storage::{Storage, StorageError};
 use crate::store::Store;
 
 /// Why a host could not open its data directory and start.
@@ -59,8 +60,10 @@ pub enum OpenError {
 /// ```
 pub struct Host {
     pipeline: Arc<Pipeline>,
-    /// The sled store under the pipeline (its disk upkeep is the host's).
-    store: Store,
+    /// The storage under the pipeline.
+    storage: Arc<dyn Storage>,
+    /// The sled store, when that is the engine (its disk upkeep is the host's).
+    sled: Option<Store>,
     shutdown: watch::Sender<bool>,
     scheduler: Option<JoinHandle<()>>,
     pruner: Option<JoinHandle<()>>,
@@ -81,37 +84,19 @@ impl Host {
     /// # Errors
     /// When the store cannot be opened or the sandbox cannot be built.
     pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Host, OpenError> {
-        let dir = config.data_dir.clone();
-        let data_dir = |action, source| OpenError::DataDir {
-            action,
-            dir: dir.clone(),
-            source,
-        };
-        create_private_dir(&dir).map_err(|e| data_dir("creating", e))?;
-        let key_file = config.secrets.key_file(&config.data_dir);
-        let configured = config.secrets.key.as_ref().map(|k| k.expose());
-        let (key, source) = crate::store::seal::load_key(configured, &key_file)?;
-        if let crate::store::seal::KeySource::Generated(path) = &source {
-            tracing::info!(
-                "generated the secrets key in {}; keep it with the data: stored credentials \
-                 cannot be read without it",
-                path.display()
-            );
-        }
-        let sealer = crate::store::Sealer::new(key);
-        let store = Store::open_guarded(&dir, sealer, &config.store).map_err(|source| {
-            OpenError::Store {
-                dir: dir.clone(),
-                source,
+        let (storage, sled) = match config.storage {
+            Engine::Sled => {
+                let store = open_sled(&config)?;
+                (Arc::new(store.clone()) as Arc<dyn Storage>, Some(store))
             }
-        })?;
-        restrict_files(&dir).map_err(|e| data_dir("restricting", e))?;
-        let pipeline = Arc::new(Pipeline::new(config, Arc::new(store.clone()), clock)?);
+        };
+        let pipeline = Arc::new(Pipeline::new(config, storage.clone(), clock)?);
         let first_admin_key = pipeline.catalog().bootstrap_admin_key()?;
         let (shutdown, _) = watch::channel(false);
         Ok(Host {
             pipeline,
-            store,
+            storage,
+            sled,
             shutdown,
             scheduler: None,
             pruner: None,
@@ -138,7 +123,9 @@ impl Host {
             self.scheduler = Some(tokio::spawn(self.pipeline.clone().run_scheduler(receiver)));
             let receiver = self.shutdown.subscribe();
             self.pruner = Some(tokio::spawn(self.pipeline.clone().run_pruner(receiver)));
-            tokio::spawn(watch_disk(self.store.clone(), self.shutdown.subscribe()));
+            if let Some(store) = &self.sled {
+                tokio::spawn(watch_disk(store.clone(), self.shutdown.subscribe()));
+            }
         }
     }
 
@@ -183,7 +170,7 @@ impl Host {
                 tracing::error!("the pruner panicked");
             }
         }
-        if let Err(e) = self.store.flush() {
+        if let Err(e) = self.storage.flush() {
             tracing::error!("final flush failed: {e}");
             result = Err(ShutdownError::Flush(e));
         }
@@ -199,7 +186,36 @@ pub enum ShutdownError {
     Scheduler,
     /// The final flush failed.
     #[error("the final flush failed: {0}")]
-    Flush(crate::store::StoreError),
+    Flush(StorageError),
+}
+
+/// Opens the sled store in `config.data_dir` (made private), with its secrets key.
+fn open_sled(config: &Config) -> Result<Store, OpenError> {
+    let dir = config.data_dir.clone();
+    let data_dir = |action, source| OpenError::DataDir {
+        action,
+        dir: dir.clone(),
+        source,
+    };
+    create_private_dir(&dir).map_err(|e| data_dir("creating", e))?;
+    let key_file = config.secrets.key_file(&config.data_dir);
+    let configured = config.secrets.key.as_ref().map(|k| k.expose());
+    let (key, source) = crate::store::seal::load_key(configured, &key_file)?;
+    if let crate::store::seal::KeySource::Generated(path) = &source {
+        tracing::info!(
+            "generated the secrets key in {}; keep it with the data: stored credentials \
+                 cannot be read without it",
+            path.display()
+        );
+    }
+    let sealer = crate::store::Sealer::new(key);
+    let store =
+        Store::open_guarded(&dir, sealer, &config.store).map_err(|source| OpenError::Store {
+            dir: dir.clone(),
+            source,
+        })?;
+    restrict_files(&dir).map_err(|e| data_dir("restricting", e))?;
+    Ok(store)
 }
 
 /// How often the disk watch measures free space (and makes the ballast again when there is

@@ -33,8 +33,10 @@
 //!   delivery is first in line only when no earlier one of its entity is unfinished; a batch
 //!   delivery takes events until claimed or full.
 
-#[cfg(test)]
-pub(crate) mod conformance;
+/// The checks every engine must pass; an engine outside this crate runs them with the
+/// `conformance` feature (see [`conformance::Opener`]).
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 
 use std::future::Future;
 use std::ops::Bound;

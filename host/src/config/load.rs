@@ -397,6 +397,11 @@ mod tests {
                 && err.to_string().contains("plugin.max_limits.cpu_time"),
             "{err}"
         );
+        let err = Config::load(None, env(&[("WASMHOOKS_STORAGE", "postgres")])).unwrap_err();
+        assert!(
+            err.to_string().contains("postgres") && err.to_string().contains("sled"),
+            "{err}"
+        );
         let err = Config::load(None, env(&[("WASMHOOKS_PLUGIN__STACK_BYTES", "16")])).unwrap_err();
         assert!(err.to_string().contains("plugin.stack_bytes"), "{err}");
         let err = Config::load(

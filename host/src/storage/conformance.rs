@@ -2,7 +2,22 @@
 //! way to open (and reopen) its storage in a directory, and
 //! [`a_crash_mid_ingest_leaves_every_event_whole_or_absent`] from a test of its own (the
 //! check runs that test again as a child process and kills it); it must pass every check.
-//! The sled store runs both in its tests; a second engine runs the same.
+//! The sled store runs both in its tests; a second engine runs the same, from its own crate
+//! with this crate's `conformance` feature:
+//!
+//! ```ignore
+//! struct MyOpener;
+//! impl wasmhooks::storage::conformance::Opener for MyOpener {
+//!     type Opened = MyStorage;
+//!     fn open(&self, dir: &std::path::Path) -> MyStorage { MyStorage::open(dir) }
+//! }
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn keeps_the_contract() { wasmhooks::storage::conformance::run(&MyOpener).await }
+//! ```
+//!
+//! The checks here hold one handle on the storage at a time. Checks for engines shared by
+//! several hosts (concurrent claims and ingest, the change feed seen by another handle) come
+//! with the first such engine, which can run them.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -19,6 +34,9 @@ use super::{
 mod pruning;
 
 /// Opens the storage kept in a directory (again, after the last handle to it was dropped).
+/// Each check passes a fresh, empty directory; an engine that keeps no files there (a
+/// database server) names its database after it, so each check starts empty and a reopen
+/// finds what was written.
 pub trait Opener {
     /// The storage.
     type Opened: Storage;
