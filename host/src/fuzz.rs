@@ -237,7 +237,12 @@ fn accepted_events_and_their_deliveries_read_back() {
             prop_assert_eq!(read.payload.get(), stored.payload.get());
             // Straight from the stored bytes too, not only from the just-stored cache.
             let listed = store
-                .scan_deliveries(true, |d| d.id == delivery.id, 1)
+                .scan_deliveries(&crate::storage::DeliveryQuery {
+                    event: Some(delivery.event_id.clone()),
+                    descending: true,
+                    limit: 1,
+                    ..Default::default()
+                })
                 .unwrap();
             prop_assert!(listed.unreadable.is_empty());
             prop_assert_eq!(listed.deliveries.len(), 1);

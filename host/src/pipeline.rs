@@ -48,7 +48,6 @@ pub use crate::catalog::{
     Principal, RotateInput, Rotated, StartError, WebhookInput,
 };
 pub use backup::{Backup, BackupInput};
-pub use delivery_reads::DeliveryFilter;
 pub use ingest::{EmitResult, EventInput, MAX_ATTRIBUTES};
 pub use replay::{RecoverInput, Recovered};
 

@@ -43,8 +43,8 @@ use std::ops::Bound;
 use std::pin::Pin;
 
 use crate::model::{
-    ApiKey, ApiKeyId, Connection, ConnectionId, Delivery, DeliveryId, Event, EventId, Millis,
-    ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
+    ApiKey, ApiKeyId, Connection, ConnectionId, Delivery, DeliveryId, DeliveryStatus, Event,
+    EventId, Millis, ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
 };
 
 /// A future a storage call returns.
@@ -139,6 +139,67 @@ pub enum Inserted {
     New(Vec<DeliveryId>),
     /// An event with this id was already stored; nothing changed.
     Duplicate,
+}
+
+/// Which deliveries a walk ([`Deliveries::scan_deliveries`]) returns, as data an engine can
+/// turn into its own query: every filter set must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryQuery {
+    /// Only this webhook's.
+    pub webhook: Option<WebhookId>,
+    /// Only this event's (its own event, not a batch's).
+    pub event: Option<EventId>,
+    /// Only in one of these statuses (empty: any).
+    pub statuses: Vec<DeliveryStatus>,
+    /// Only replays (`true`) or only originals (`false`).
+    pub replays: Option<bool>,
+    /// Only those recorded for this tenant (see [`Tenancy`]).
+    pub tenant: Tenancy,
+    /// Only created at or after this time.
+    pub created_from: Option<Millis>,
+    /// Only created before this time.
+    pub created_before: Option<Millis>,
+    /// Only those after this delivery in the walk's order (a page's cursor).
+    pub after: Option<DeliveryId>,
+    /// Newest first (ids sort by creation).
+    pub descending: bool,
+    /// Most deliveries returned.
+    pub limit: usize,
+}
+
+/// Whose deliveries a walk returns, by the tenant each was recorded for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Tenancy {
+    /// Anyone's.
+    #[default]
+    Any,
+    /// Only this tenant's (`None`: only those recorded without a tenant).
+    Only(Option<String>),
+}
+
+impl DeliveryQuery {
+    /// Whether `d` passes every filter but the cursor.
+    pub fn keeps(&self, d: &Delivery) -> bool {
+        self.webhook.as_ref().is_none_or(|w| &d.webhook_id == w)
+            && self.event.as_ref().is_none_or(|e| &d.event_id == e)
+            && (self.statuses.is_empty() || self.statuses.contains(&d.status))
+            && self.replays.is_none_or(|r| d.replay_of.is_some() == r)
+            && match &self.tenant {
+                Tenancy::Any => true,
+                Tenancy::Only(tenant) => &d.tenant == tenant,
+            }
+            && self.created_from.is_none_or(|t| d.created_at >= t)
+            && self.created_before.is_none_or(|t| d.created_at < t)
+    }
+
+    /// Whether the delivery `id` lies past the cursor in the walk's order.
+    pub fn is_past_cursor(&self, id: &DeliveryId) -> bool {
+        match &self.after {
+            None => true,
+            Some(after) if self.descending => id.as_str() < after.as_str(),
+            Some(after) => id.as_str() > after.as_str(),
+        }
+    }
 }
 
 /// What [`Deliveries::scan_deliveries`] found.
@@ -300,15 +361,11 @@ pub trait Deliveries: Send + Sync {
     fn event(&self, tenant: Option<&str>, id: &EventId) -> Result<Option<Event>, StorageError>;
     /// One delivery.
     fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StorageError>;
-    /// Walks deliveries in id (creation) order, newest first when `descending`, keeping
-    /// those `keep` accepts until `limit` are kept. A record that does not decode is named
-    /// in [`Scanned::unreadable`] and passed over.
-    fn scan_deliveries(
-        &self,
-        descending: bool,
-        keep: &mut dyn FnMut(&Delivery) -> bool,
-        limit: usize,
-    ) -> Result<Scanned, StorageError>;
+    /// The deliveries `query` selects, in id (creation) order (newest first when
+    /// `descending`), at most `limit`. A record that does not decode is named in
+    /// [`Scanned::unreadable`] and passed over. Blocking, and it may read every delivery:
+    /// callers run it off the async threads.
+    fn scan_deliveries(&self, query: &DeliveryQuery) -> Result<Scanned, StorageError>;
     /// Claims the delivery due at `due` for `holder` until `until`, and returns it as
     /// stored. `None` when it is gone, finished or due at another time (its entry at `due`
     /// is stale and removed), or when another holder's claim has not lapsed at `now`. The

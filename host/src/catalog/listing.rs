@@ -266,9 +266,10 @@ impl ListQuery {
             .encode(serde_json::to_vec(&cursor).expect("cursor serialises"))
     }
 
-    /// For lists that walk storage in order themselves: whether an item is past the cursor.
-    pub fn is_after_cursor(&self, value: &SortValue, id: &str) -> bool {
-        self.after_cursor(value, id)
+    /// For lists that walk storage in id order themselves: the id of the last item of the
+    /// page before (the walk goes on after it).
+    pub fn cursor_id(&self) -> Option<&str> {
+        self.after.as_ref().map(|(_, id)| id.as_str())
     }
 }
 

@@ -4,12 +4,13 @@
 //! plugin error) the webhook's current plugin evaluates the event afresh.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Error, Pipeline};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, Millis, WebhookId};
+use crate::storage::{DeliveryQuery, Tenancy};
 
 /// Which deliveries `recover` replays: the failed and dead ones created in `[since, until)`.
 #[derive(Debug, Deserialize)]
@@ -73,29 +74,34 @@ impl Pipeline {
                 "webhook {webhook_id} sends nothing now: {withdrawn}"
             )));
         }
-        // The walk keeps only what may be replayed (and notes what was replayed already).
-        let (id, tenant, since) = (webhook.id.clone(), webhook.tenant.clone(), input.since);
-        let replayed: Arc<Mutex<HashSet<DeliveryId>>> = Arc::default();
-        let seen = replayed.clone();
-        let candidate = move |d: &Delivery| {
-            if d.webhook_id != id || d.tenant != tenant {
-                return false;
-            }
-            if let Some(original) = &d.replay_of {
-                seen.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(original.clone());
-            }
-            matches!(d.status, DeliveryStatus::Failed | DeliveryStatus::Dead)
-                && d.created_at >= since
-                && d.created_at < until
+        // What may be replayed, and the replays made already (after their originals, so
+        // created since `since`), in two walks of one slot.
+        let recorded = DeliveryQuery {
+            webhook: Some(webhook.id.clone()),
+            tenant: Tenancy::Only(webhook.tenant.clone()),
+            created_from: Some(input.since),
+            limit: usize::MAX,
+            ..DeliveryQuery::default()
         };
-        let candidates = self
-            .walk_deliveries(webhook.tenant.as_deref(), false, candidate, usize::MAX)
-            .await?
-            .deliveries;
-        let replayed = replayed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let failed = DeliveryQuery {
+            statuses: vec![DeliveryStatus::Failed, DeliveryStatus::Dead],
+            created_before: Some(until),
+            ..recorded.clone()
+        };
+        let replays = DeliveryQuery {
+            replays: Some(true),
+            ..recorded
+        };
+        let [candidates, replays] = self
+            .walk_deliveries(webhook.tenant.as_deref(), [failed, replays])
+            .await?;
+        let replayed: HashSet<DeliveryId> = replays
+            .deliveries
+            .into_iter()
+            .filter_map(|d| d.replay_of)
+            .collect();
         let originals: Vec<Delivery> = candidates
+            .deliveries
             .into_iter()
             .filter(|d| !replayed.contains(&d.id))
             .take(MAX_RECOVER)

@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
 use super::{Error, Pipeline};
-use crate::model::Delivery;
-use crate::storage::Scanned;
+use crate::storage::{DeliveryQuery, Scanned};
 
 /// Walks at once in the process.
 pub const MAX_WALKS: usize = 2;
@@ -47,18 +46,17 @@ impl Drop for TenantWalk {
 }
 
 impl Pipeline {
-    /// Walks the deliveries like [`crate::storage::Deliveries::scan_deliveries`], for
-    /// `tenant`'s caller (`None`: the operator), off the async threads and within the slots.
+    /// The deliveries `queries` select ([`crate::storage::Deliveries::scan_deliveries`]), one
+    /// walk each, for `tenant`'s caller (`None`: the operator), off the async threads and
+    /// within the slots.
     ///
     /// # Errors
     /// [`Error::Busy`] while another walk of the same tenant runs, or a storage error.
-    pub(super) async fn walk_deliveries(
+    pub(super) async fn walk_deliveries<const N: usize>(
         &self,
         tenant: Option<&str>,
-        descending: bool,
-        mut keep: impl FnMut(&Delivery) -> bool + Send + 'static,
-        limit: usize,
-    ) -> Result<Scanned, Error> {
+        queries: [DeliveryQuery; N],
+    ) -> Result<[Scanned; N], Error> {
         let walks = &self.walks;
         let tenant = tenant.map(str::to_string);
         if !walks
@@ -86,10 +84,14 @@ impl Pipeline {
         let store = self.store.clone();
         let walked = tokio::task::spawn_blocking(move || {
             let _held = (slot, mine);
-            store.scan_deliveries(descending, &mut keep, limit)
+            let mut walked = Vec::with_capacity(N);
+            for query in &queries {
+                walked.push(store.scan_deliveries(query)?);
+            }
+            Ok::<_, crate::storage::StorageError>(walked)
         })
         .await
         .expect("a delivery walk does not panic")?;
-        Ok(walked)
+        Ok(walked.try_into().expect("one walk per query"))
     }
 }

@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::model::DeliveryMode;
-use crate::storage::{Conflict, StateWrite};
+use std::ops::Bound;
+
+use crate::storage::{Conflict, DeliveryQuery, StateWrite};
 
 impl Store {
     // ----- events and deliveries -----
@@ -139,24 +141,32 @@ impl Store {
             .transpose()
     }
 
-    /// Walks deliveries in id (creation) order — newest first when `descending` — keeping
-    /// those `keep` accepts, until `limit` are kept. A record that does not decode is logged,
-    /// named in [`Scanned::unreadable`] and passed over: one bad record never hides the rest.
+    /// The deliveries `query` selects (see [`crate::storage::Deliveries::scan_deliveries`]):
+    /// the tree is walked in id order from the cursor, each record decoded and filtered (sled
+    /// has no secondary index to ask). A record that does not decode is logged, named in
+    /// [`Scanned::unreadable`] and passed over: one bad record never hides the rest.
     ///
     /// # Errors
     /// On storage failure.
-    pub fn scan_deliveries(
-        &self,
-        descending: bool,
-        mut keep: impl FnMut(&Delivery) -> bool,
-        limit: usize,
-    ) -> Result<Scanned, StoreError> {
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
-            Box::new(self.ingest.deliveries.iter().rev())
-        } else {
-            Box::new(self.ingest.deliveries.iter())
-        };
+    pub fn scan_deliveries(&self, query: &DeliveryQuery) -> Result<Scanned, StoreError> {
+        let after = query.after.as_ref().map(|id| id.as_str().as_bytes());
+        let tree = &self.ingest.deliveries;
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            match (query.descending, after) {
+                (false, None) => Box::new(tree.iter()),
+                (false, Some(after)) => {
+                    Box::new(tree.range::<&[u8], _>((Bound::Excluded(after), Bound::Unbounded)))
+                }
+                (true, None) => Box::new(tree.iter().rev()),
+                (true, Some(after)) => Box::new(
+                    tree.range::<&[u8], _>((Bound::Unbounded, Bound::Excluded(after)))
+                        .rev(),
+                ),
+            };
         let mut out = Scanned::default();
+        if query.limit == 0 {
+            return Ok(out);
+        }
         for item in iter {
             let (key, value) = item?;
             let delivery: Delivery = match decode("deliveries", &value) {
@@ -170,9 +180,9 @@ impl Store {
                     continue;
                 }
             };
-            if keep(&delivery) {
+            if query.keeps(&delivery) {
                 out.deliveries.push(delivery);
-                if out.deliveries.len() >= limit {
+                if out.deliveries.len() >= query.limit {
                     break;
                 }
             }

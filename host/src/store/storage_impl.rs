@@ -10,9 +10,9 @@ use crate::model::{
     ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
 };
 use crate::storage::{
-    BackupReport, Capacity, Claim, Conflict, Definitions, Deliveries, Finished, Inserted, LowSpace,
-    Outcome, PluginStates, Pruning, QueueEntry, Scanned, SpaceStatus, StopWalk, StorageError,
-    StorageFuture,
+    BackupReport, Capacity, Claim, Conflict, Definitions, Deliveries, DeliveryQuery, Finished,
+    Inserted, LowSpace, Outcome, PluginStates, Pruning, QueueEntry, Scanned, SpaceStatus, StopWalk,
+    StorageError, StorageFuture,
 };
 
 use super::{Store, StoreError};
@@ -106,13 +106,8 @@ impl Deliveries for Store {
         Ok(Store::delivery(self, id)?)
     }
 
-    fn scan_deliveries(
-        &self,
-        descending: bool,
-        keep: &mut dyn FnMut(&Delivery) -> bool,
-        limit: usize,
-    ) -> Result<Scanned, StorageError> {
-        Ok(Store::scan_deliveries(self, descending, keep, limit)?)
+    fn scan_deliveries(&self, query: &DeliveryQuery) -> Result<Scanned, StorageError> {
+        Ok(Store::scan_deliveries(self, query)?)
     }
 
     fn claim(

@@ -455,7 +455,12 @@ fn an_unreadable_delivery_is_named_and_passed_over_never_hiding_the_rest() {
         .insert("dlv_0000broken", &b"{\"id\": 12"[..])
         .unwrap();
     for descending in [true, false] {
-        let scanned = store.scan_deliveries(descending, |_| true, 10).unwrap();
+        let query = crate::storage::DeliveryQuery {
+            descending,
+            limit: 10,
+            ..Default::default()
+        };
+        let scanned = store.scan_deliveries(&query).unwrap();
         assert_eq!(scanned.unreadable, vec!["dlv_0000broken".to_string()]);
         assert_eq!(scanned.deliveries.len(), 1);
         assert_eq!(scanned.deliveries[0].id, good.id);
