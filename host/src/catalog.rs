@@ -17,6 +17,7 @@ mod modules;
 pub mod request;
 mod signing;
 mod webhook_input;
+mod webhook_rules;
 mod webhooks;
 
 use std::collections::HashMap;

@@ -3,7 +3,6 @@
 
 use crate::model::Invalid;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -12,13 +11,14 @@ use super::checks::{
     refuse_nulls,
 };
 use super::request::{destination, is_absolute};
+use super::webhook_rules as rules;
 use super::{Catalog, Error};
 use crate::model::parse_duration;
 use crate::model::{
-    validate_kind, BatchConfig, ConnectionId, EntityMode, Keep, LimitOverrides, Method, ModuleId,
+    BatchConfig, ConnectionId, EntityMode, Keep, LimitOverrides, Method, ModuleId,
     RetentionOverrides, Schedule, Webhook, WebhookId,
 };
-use crate::model::{ResponsePath, ResponseValue, Secret};
+use crate::model::{ResponseValue, Secret};
 
 /// A webhook definition as the API and CLI take it: the whole definition on create, only
 /// the fields to change on update (`PATCH`; `null` clears an optional field).
@@ -185,34 +185,6 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// Longest request timeout a webhook may set.
-const MAX_TIMEOUT: Duration = Duration::from_secs(300);
-/// Longest delay a webhook may set.
-const MAX_DELAY: Duration = Duration::from_secs(30 * 86_400);
-/// Most events in one batch.
-const MAX_BATCH: u32 = 1000;
-/// Longest batch window.
-const MAX_BATCH_WINDOW: Duration = Duration::from_secs(3600);
-/// Most retry steps a webhook may set.
-const MAX_RETRY_STEPS: usize = 50;
-/// Longest single retry delay.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 86_400);
-/// Shortest single retry delay.
-const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
-/// Most event kinds one webhook takes.
-pub const MAX_EVENT_KINDS: usize = 64;
-/// Most attributes one scope names.
-pub const MAX_SCOPE_ATTRIBUTES: usize = 64;
-/// Most accepted values of one scope attribute.
-pub const MAX_SCOPE_VALUES: usize = 256;
-/// Longest accepted scope value, in bytes (as long as an event attribute's value).
-pub const MAX_SCOPE_VALUE: usize = crate::model::MAX_ATTRIBUTE_VALUE;
-/// Most bytes of a whole scope (attribute names and values): every event of the webhook's
-/// tenant is matched against it, on the API's threads.
-pub const MAX_SCOPE_BYTES: usize = 64 * 1024;
-/// Largest plugin config, in bytes of JSON.
-pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
-
 /// Fields of a webhook that are never absent: `null` for them is refused rather than read as
 /// "leave unchanged".
 const WEBHOOK_NOT_NULL: &[&str] = &[
@@ -266,17 +238,7 @@ impl Catalog {
         input: WebhookInput,
     ) -> Result<Webhook, Error> {
         let api = &self.config.api;
-        let required = |field: &str| Error::invalid(field, "is required");
-        // `Some(x)` in the input wins; otherwise the existing value; otherwise the default.
-        fn pick<T: Clone>(given: Option<T>, existing: Option<&T>, default: T) -> T {
-            given.unwrap_or_else(|| existing.cloned().unwrap_or(default))
-        }
-
-        let name = match (input.name, existing) {
-            (Some(name), _) => name,
-            (None, Some(w)) => w.name.clone(),
-            (None, None) => return Err(required("name")),
-        };
+        let name = given_or_kept("name", input.name, existing.map(|w| &w.name))?;
         check_label("name", &name, api.max_name_len)?;
         let description = pick(input.description, existing.map(|w| &w.description), None);
         if let Some(text) = &description {
@@ -286,350 +248,53 @@ impl Catalog {
         if let Some(tenant) = &tenant {
             check_tenant("tenant", tenant)?;
         }
-
-        let event_kinds = match (input.event_kinds, existing) {
-            (Some(kinds), _) => kinds,
-            (None, Some(w)) => w.event_kinds.clone(),
-            (None, None) => return Err(required("event_kinds")),
-        };
-        if event_kinds.is_empty() {
-            return Err(Error::invalid(
-                "event_kinds",
-                "at least one event kind is required",
-            ));
-        }
-        if event_kinds.len() > MAX_EVENT_KINDS {
-            return Err(Error::invalid(
-                "event_kinds",
-                format!(
-                    "has {} kinds; the limit is {MAX_EVENT_KINDS}",
-                    event_kinds.len()
-                ),
-            ));
-        }
-        for (i, kind) in event_kinds.iter().enumerate() {
-            validate_kind(kind, true)
-                .map_err(|m| Error::invalid(format!("event_kinds[{i}]"), m))?;
-        }
+        let kinds = existing.map(|w| &w.event_kinds);
+        let event_kinds = given_or_kept("event_kinds", input.event_kinds, kinds)?;
+        rules::check_event_kinds(&event_kinds)?;
         let scope = pick(input.scope, existing.map(|w| &w.scope), BTreeMap::new());
-        if scope.len() > MAX_SCOPE_ATTRIBUTES {
-            return Err(Error::invalid(
-                "scope",
-                format!(
-                    "names {} attributes; the limit is {MAX_SCOPE_ATTRIBUTES}",
-                    scope.len()
-                ),
-            ));
-        }
-        let scope_bytes: usize = scope
-            .iter()
-            .map(|(attribute, values)| {
-                attribute.len() + values.iter().map(String::len).sum::<usize>()
-            })
-            .sum();
-        if scope_bytes > MAX_SCOPE_BYTES {
-            return Err(Error::invalid(
-                "scope",
-                format!(
-                    "is {scope_bytes} bytes of names and values; the limit is {MAX_SCOPE_BYTES}"
-                ),
-            ));
-        }
-        for (attribute, values) in &scope {
-            if values.len() > MAX_SCOPE_VALUES {
-                return Err(Error::invalid(
-                    format!("scope.{attribute}"),
-                    format!(
-                        "lists {} values; the limit is {MAX_SCOPE_VALUES}",
-                        values.len()
-                    ),
-                ));
-            }
-            if let Some(long) = values.iter().find(|v| v.len() > MAX_SCOPE_VALUE) {
-                return Err(Error::invalid(
-                    format!("scope.{attribute}"),
-                    format!(
-                        "a value is {} bytes; the limit is {MAX_SCOPE_VALUE}",
-                        long.len()
-                    ),
-                ));
-            }
-            if attribute.is_empty() || attribute.len() > 128 {
-                return Err(Error::invalid(
-                    "scope",
-                    format!("attribute name `{attribute}` must be 1 to 128 characters"),
-                ));
-            }
-            if values.is_empty() {
-                return Err(Error::invalid(
-                    format!("scope.{attribute}"),
-                    "list at least one accepted value (leave the attribute out for all values)",
-                ));
-            }
-        }
-
-        let module_id = match (input.module_id, existing) {
-            (Some(raw), _) => {
-                let id = ModuleId::parse(&raw)
-                    .map_err(|e| Error::invalid("module_id", e.to_string()))?;
-                if self.store.module_info(&id)?.is_none() {
-                    return Err(Error::NotFound {
-                        kind: "module",
-                        id: raw,
-                    });
-                }
-                id
-            }
-            (None, Some(w)) => w.module_id.clone(),
-            (None, None) => return Err(required("module_id")),
+        rules::check_scope(&scope)?;
+        let module_id = self.merged_module(input.module_id, existing)?;
+        let empty = serde_json::Value::Object(Default::default());
+        let config = pick(input.config, existing.map(|w| &w.config), empty);
+        rules::check_config(&config)?;
+        let (connection_id, url) =
+            self.merged_destination(input.connection_id, input.url, existing, tenant.as_deref())?;
+        let method = match &input.method {
+            Some(m) => parse_method(m).map_err(|e| Error::invalid("method", e))?,
+            None => existing.map_or(Method::Post, |w| w.method),
         };
-        let config = pick(
-            input.config,
-            existing.map(|w| &w.config),
-            serde_json::Value::Object(Default::default()),
-        );
-        if !config.is_object() {
-            return Err(Error::invalid("config", "must be a JSON object"));
-        }
-        let config_bytes = config.to_string().len();
-        if config_bytes > MAX_CONFIG_BYTES {
-            return Err(Error::invalid(
-                "config",
-                format!("is {config_bytes} bytes of JSON; the limit is {MAX_CONFIG_BYTES}"),
-            ));
-        }
-
-        let connection_id = match input.connection_id {
-            Some(Some(raw)) => {
-                let id = ConnectionId::parse(&raw)
-                    .map_err(|e| Error::invalid("connection_id", e.to_string()))?;
-                if self.connection_cached(&id).is_none() {
-                    return Err(Error::NotFound {
-                        kind: "connection",
-                        id: raw,
-                    });
-                }
-                Some(id)
-            }
-            Some(None) => None,
-            None => existing.and_then(|w| w.connection_id.clone()),
+        let headers = match input.headers {
+            Some(map) => check_headers("headers", map)?,
+            None => existing.map(|w| w.headers.clone()).unwrap_or_default(),
         };
-        let url = pick(input.url, existing.map(|w| &w.url), None);
-        if let Some(url) = &url {
-            if url.len() > api.max_url_len {
-                return Err(Error::invalid(
-                    "url",
-                    format!("is {} bytes; the limit is {}", url.len(), api.max_url_len),
-                ));
-            }
-            check_url_characters(url)?;
-            if is_absolute(url) {
-                check_url(url, api.max_url_len)?;
-            } else if url.contains("://") || url.starts_with("//") {
-                return Err(Error::invalid("url", format!("`{url}` is not a valid URL")));
-            }
-        }
-        let connection = connection_id
-            .as_ref()
-            .and_then(|id| self.connection_cached(id));
-        if let Some(connection) = &connection {
-            // A tenant's webhook sends only through connections shared with that tenant: once
-            // the operator withdraws one, the webhook can be changed only to detach it.
-            if !connection.shared_with(tenant.as_deref()) {
-                return Err(Error::invalid(
-                    "connection_id",
-                    format!(
-                        "connection {} is not shared with tenant `{}`; detach it \
-                         (\"connection_id\": null) or have the operator add the tenant to the \
-                         connection's `tenants`",
-                        connection.id,
-                        tenant.as_deref().unwrap_or_default()
-                    ),
-                ));
-            }
-        }
-        let base = connection.as_ref().map(|c| c.base_url.as_str());
-        let resolved = destination(url.as_deref(), base).map_err(|m| Error::invalid("url", m))?;
-        check_url(&resolved, api.max_url_len)?;
-        self.check_destination("url", &resolved)?;
-        if let Some(connection) = &connection {
-            connection.covers(&resolved).map_err(|m| {
-                Error::invalid(
-                    "url",
-                    format!(
-                        "{m}; a connection's credentials go only to its own base URL: give a \
-                         path under it, or no connection"
-                    ),
-                )
-            })?;
-        }
-
-        let method = match (&input.method, existing) {
-            (Some(m), _) => parse_method(m).map_err(|e| Error::invalid("method", e))?,
-            (None, Some(w)) => w.method,
-            (None, None) => Method::Post,
-        };
-        let headers = match (input.headers, existing) {
-            (Some(map), _) => check_headers("headers", map)?,
-            (None, Some(w)) => w.headers.clone(),
-            (None, None) => Vec::new(),
-        };
-        let success_statuses = pick(
-            input.success_statuses,
-            existing.map(|w| &w.success_statuses),
-            Vec::new(),
-        );
-        for (i, status) in success_statuses.iter().enumerate() {
-            if !(100..=599).contains(status) {
-                return Err(Error::invalid(
-                    format!("success_statuses[{i}]"),
-                    format!("{status} is not an HTTP status (100 to 599)"),
-                ));
-            }
-        }
-        let timeout = match input.timeout {
-            Some(Some(text)) => {
-                let d = parse_duration(&text).map_err(|m| Error::invalid("timeout", m))?;
-                if d.is_zero() || d > MAX_TIMEOUT {
-                    return Err(Error::invalid(
-                        "timeout",
-                        format!("must be more than 0 and at most {}s", MAX_TIMEOUT.as_secs()),
-                    ));
-                }
-                Some(d)
-            }
-            Some(None) => None,
-            None => existing.and_then(|w| w.timeout),
-        };
-        let retry_schedule = match input.retry_schedule {
-            Some(Some(list)) => {
-                if list.len() > MAX_RETRY_STEPS {
-                    return Err(Error::invalid(
-                        "retry_schedule",
-                        format!("has {} steps; the limit is {MAX_RETRY_STEPS}", list.len()),
-                    ));
-                }
-                let mut schedule = Vec::with_capacity(list.len());
-                for (i, text) in list.iter().enumerate() {
-                    let field = format!("retry_schedule[{i}]");
-                    let d = parse_duration(text).map_err(|m| Error::invalid(&field, m))?;
-                    if d > MAX_RETRY_DELAY {
-                        return Err(Error::invalid(field, "must be at most 7d"));
-                    }
-                    if d < MIN_RETRY_DELAY {
-                        return Err(Error::invalid(field, "must be at least 100ms"));
-                    }
-                    schedule.push(d);
-                }
-                Some(schedule)
-            }
-            Some(None) => None,
-            None => existing.and_then(|w| w.retry_schedule.clone()),
-        };
-
-        let delay = match input.delay {
-            Some(Some(text)) => {
-                let d = parse_duration(&text).map_err(|m| Error::invalid("delay", m))?;
-                if d > MAX_DELAY {
-                    return Err(Error::invalid("delay", "must be at most 30d"));
-                }
-                Some(d)
-            }
-            Some(None) => None,
-            None => existing.and_then(|w| w.delay),
-        };
+        let statuses = existing.map(|w| &w.success_statuses);
+        let success_statuses = pick(input.success_statuses, statuses, Vec::new());
+        rules::check_success_statuses(&success_statuses)?;
+        let kept = existing.and_then(|w| w.timeout);
+        let timeout = merged(input.timeout, kept, rules::timeout)?;
+        let retries = existing.and_then(|w| w.retry_schedule.clone());
+        let retry_schedule = merged(input.retry_schedule, retries, rules::retry_schedule)?;
+        let delay = merged(input.delay, existing.and_then(|w| w.delay), rules::delay)?;
         let entity_key = pick(input.entity_key, existing.map(|w| &w.entity_key), None);
-        if let Some(pointer) = &entity_key {
-            if !pointer.starts_with('/') || pointer.len() > 256 {
-                return Err(Error::invalid(
-                    "entity_key",
-                    format!("`{pointer}` is not a JSON pointer like /sku or /order/id (1 to 256 characters, starting with /)"),
-                ));
-            }
-        }
-        let entity_mode = pick(
-            input.entity_mode,
-            existing.map(|w| &w.entity_mode),
-            EntityMode::Latest,
-        );
+        rules::check_entity_key(entity_key.as_deref())?;
+        let mode = existing.map(|w| &w.entity_mode);
+        let entity_mode = pick(input.entity_mode, mode, EntityMode::Latest);
         let batch = pick(input.batch, existing.map(|w| &w.batch), None);
-        if let Some(batch) = &batch {
-            if batch.max_size == 0 || batch.max_size > MAX_BATCH {
-                return Err(Error::invalid(
-                    "batch.max_size",
-                    format!("must be 1 to {MAX_BATCH}"),
-                ));
-            }
-            if batch.window.is_zero() || batch.window > MAX_BATCH_WINDOW {
-                return Err(Error::invalid(
-                    "batch.window",
-                    "must be more than 0 and at most 1h",
-                ));
-            }
-            if entity_key.is_some() || delay.is_some() {
-                return Err(Error::invalid(
-                    "batch",
-                    "cannot be combined with entity_key or delay; a batch collects for its window",
-                ));
-            }
-        }
+        rules::check_batch(batch.as_ref(), entity_key.is_some() || delay.is_some())?;
         let schedule = pick(input.schedule, existing.map(|w| &w.schedule), None);
-        if let Some(schedule) = &schedule {
-            schedule
-                .check()
-                .map_err(|(field, message)| Error::invalid(field, message))?;
-        }
-
-        let limits = match input.limits {
-            Some(Some(given)) => given.parse()?,
-            Some(None) => LimitOverrides::default(),
-            None => existing.map(|w| w.limits.clone()).unwrap_or_default(),
-        };
-        let plugin = &self.config.plugin;
-        plugin
-            .limits
-            .with(&limits)
-            .check(&plugin.max_limits)
-            .map_err(|(name, message)| Error::invalid(format!("limits.{name}"), message))?;
-
-        // Checked when given: a stored one the host's setting has since come under is
-        // clamped when pruning, and does not stop other changes.
-        let retention = match input.retention {
-            Some(Some(given)) => {
-                let retention = given.parse()?;
-                self.check_retention(&retention, tenant.as_deref())?;
-                retention
-            }
-            Some(None) => RetentionOverrides::default(),
-            None => existing.map(|w| w.retention.clone()).unwrap_or_default(),
-        };
-
-        let response_value = pick(
-            input.response_value,
-            existing.map(|w| &w.response_value),
-            None,
-        );
-        if let Some(path) = response_value.as_ref().and_then(|r| r.path.as_deref()) {
-            ResponsePath::parse(path).map_err(|m| Error::invalid("response_value.path", m))?;
-        }
-
+        rules::check_schedule(schedule.as_ref())?;
+        let limits = self.merged_limits(input.limits, existing)?;
+        let retention = self.merged_retention(input.retention, existing, tenant.as_deref())?;
+        let kept = existing.map(|w| &w.response_value);
+        let response_value = pick(input.response_value, kept, None);
+        rules::check_response_value(response_value.as_ref())?;
+        let standing = Standing::merged(input.enabled, existing);
         let now = self.now();
-        let enabled = input
-            .enabled
-            .or(existing.map(|w| w.enabled))
-            .unwrap_or(true);
-        // Enabling again starts a fresh failure streak.
-        let (failing_since, disabled_reason) = match existing {
-            Some(w) if input.enabled != Some(true) || w.enabled => {
-                (w.failing_since, w.disabled_reason.clone())
-            }
-            _ => (None, None),
-        };
         Ok(Webhook {
             id: existing.map_or_else(WebhookId::generate, |w| w.id.clone()),
             name,
             description,
-            enabled,
+            enabled: standing.enabled,
             tenant,
             event_kinds,
             scope,
@@ -650,11 +315,202 @@ impl Catalog {
             limits,
             retention,
             response_value,
-            failing_since,
-            disabled_reason,
+            failing_since: standing.failing_since,
+            disabled_reason: standing.disabled_reason,
             created_at: existing.map_or(now, |w| w.created_at),
             updated_at: now,
         })
+    }
+
+    /// The module: a given one must be stored.
+    fn merged_module(
+        &self,
+        given: Option<String>,
+        existing: Option<&Webhook>,
+    ) -> Result<ModuleId, Error> {
+        let Some(raw) = given else {
+            return given_or_kept("module_id", None, existing.map(|w| &w.module_id));
+        };
+        let id = ModuleId::parse(&raw).map_err(|e| Error::invalid("module_id", e.to_string()))?;
+        if self.store.module_info(&id)?.is_none() {
+            return Err(Error::NotFound {
+                kind: "module",
+                id: raw,
+            });
+        }
+        Ok(id)
+    }
+
+    /// Where requests go: the connection (which must exist and be shared with the webhook's
+    /// tenant) and the URL, resolved against the connection's base, allowed as a
+    /// destination, and under that base when there is one.
+    fn merged_destination(
+        &self,
+        connection_id: Option<Option<String>>,
+        url: Option<Option<String>>,
+        existing: Option<&Webhook>,
+        tenant: Option<&str>,
+    ) -> Result<(Option<ConnectionId>, Option<String>), Error> {
+        let api = &self.config.api;
+        let connection_id = match connection_id {
+            Some(Some(raw)) => {
+                let id = ConnectionId::parse(&raw)
+                    .map_err(|e| Error::invalid("connection_id", e.to_string()))?;
+                if self.connection_cached(&id).is_none() {
+                    return Err(Error::NotFound {
+                        kind: "connection",
+                        id: raw,
+                    });
+                }
+                Some(id)
+            }
+            Some(None) => None,
+            None => existing.and_then(|w| w.connection_id.clone()),
+        };
+        let url = pick(url, existing.map(|w| &w.url), None);
+        if let Some(url) = &url {
+            if url.len() > api.max_url_len {
+                return Err(Error::invalid(
+                    "url",
+                    format!("is {} bytes; the limit is {}", url.len(), api.max_url_len),
+                ));
+            }
+            check_url_characters(url)?;
+            if is_absolute(url) {
+                check_url(url, api.max_url_len)?;
+            } else if url.contains("://") || url.starts_with("//") {
+                return Err(Error::invalid("url", format!("`{url}` is not a valid URL")));
+            }
+        }
+        let connection = connection_id
+            .as_ref()
+            .and_then(|id| self.connection_cached(id));
+        if let Some(connection) = &connection {
+            // A tenant's webhook sends only through connections shared with that tenant: once
+            // the operator withdraws one, the webhook can be changed only to detach it.
+            if !connection.shared_with(tenant) {
+                return Err(Error::invalid(
+                    "connection_id",
+                    format!(
+                        "connection {} is not shared with tenant `{}`; detach it \
+                         (\"connection_id\": null) or have the operator add the tenant to the \
+                         connection's `tenants`",
+                        connection.id,
+                        tenant.unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        let base = connection.as_ref().map(|c| c.base_url.as_str());
+        let resolved = destination(url.as_deref(), base).map_err(|m| Error::invalid("url", m))?;
+        check_url(&resolved, api.max_url_len)?;
+        self.check_destination("url", &resolved)?;
+        if let Some(connection) = &connection {
+            connection.covers(&resolved).map_err(|m| {
+                Error::invalid(
+                    "url",
+                    format!(
+                        "{m}; a connection's credentials go only to its own base URL: give a \
+                         path under it, or no connection"
+                    ),
+                )
+            })?;
+        }
+
+        Ok((connection_id, url))
+    }
+
+    /// The sandbox limits: within the host's ceilings once added to its defaults.
+    fn merged_limits(
+        &self,
+        given: Option<Option<LimitsInput>>,
+        existing: Option<&Webhook>,
+    ) -> Result<LimitOverrides, Error> {
+        let limits = match given {
+            Some(Some(given)) => given.parse()?,
+            Some(None) => LimitOverrides::default(),
+            None => existing.map(|w| w.limits.clone()).unwrap_or_default(),
+        };
+        let plugin = &self.config.plugin;
+        plugin
+            .limits
+            .with(&limits)
+            .check(&plugin.max_limits)
+            .map_err(|(name, message)| Error::invalid(format!("limits.{name}"), message))?;
+
+        Ok(limits)
+    }
+
+    /// How long its deliveries are kept. Checked when given: a stored one the host's setting
+    /// has since come under is clamped when pruning, and does not stop other changes.
+    fn merged_retention(
+        &self,
+        given: Option<Option<RetentionInput>>,
+        existing: Option<&Webhook>,
+        tenant: Option<&str>,
+    ) -> Result<RetentionOverrides, Error> {
+        Ok(match given {
+            Some(Some(given)) => {
+                let retention = given.parse()?;
+                self.check_retention(&retention, tenant)?;
+                retention
+            }
+            Some(None) => RetentionOverrides::default(),
+            None => existing.map(|w| w.retention.clone()).unwrap_or_default(),
+        })
+    }
+}
+
+/// `Some(x)` in the input wins; otherwise the existing value; otherwise the default.
+fn pick<T: Clone>(given: Option<T>, existing: Option<&T>, default: T) -> T {
+    given.unwrap_or_else(|| existing.cloned().unwrap_or(default))
+}
+
+/// A field a new webhook must have: the given value, else the existing one.
+fn given_or_kept<T: Clone>(
+    field: &str,
+    given: Option<T>,
+    existing: Option<&T>,
+) -> Result<T, Error> {
+    given
+        .or_else(|| existing.cloned())
+        .ok_or_else(|| Error::invalid(field, "is required"))
+}
+
+/// A field that may be cleared (`null`): the given text parsed by `parse`, nothing, or the
+/// existing value when not given.
+fn merged<T, U>(
+    given: Option<Option<T>>,
+    existing: Option<U>,
+    parse: impl FnOnce(T) -> Result<U, Error>,
+) -> Result<Option<U>, Error> {
+    match given {
+        Some(Some(given)) => parse(given).map(Some),
+        Some(None) => Ok(None),
+        None => Ok(existing),
+    }
+}
+
+/// Whether a webhook is enabled, with its failure streak: enabling it again starts afresh.
+struct Standing {
+    enabled: bool,
+    failing_since: Option<crate::model::Millis>,
+    disabled_reason: Option<String>,
+}
+
+impl Standing {
+    fn merged(enabled: Option<bool>, existing: Option<&Webhook>) -> Standing {
+        let (failing_since, disabled_reason) = match existing {
+            Some(w) if enabled != Some(true) || w.enabled => {
+                (w.failing_since, w.disabled_reason.clone())
+            }
+            _ => (None, None),
+        };
+        Standing {
+            enabled: enabled.or(existing.map(|w| w.enabled)).unwrap_or(true),
+            failing_since,
+            disabled_reason,
+        }
     }
 }
 
