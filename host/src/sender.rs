@@ -175,7 +175,6 @@ impl Sender {
         timeout: Option<Duration>,
     ) -> SendResult {
         let started = Instant::now();
-        let auth = connection.map(|c| &c.auth);
         let failed = |error: TransportError| SendResult {
             status: None,
             error: Some(error),
@@ -183,62 +182,17 @@ impl Sender {
             body: Vec::new(),
             duration: started.elapsed(),
         };
-        // A connection's credentials and CAs serve only its own base URL, whatever a stored
-        // request says (it may predate a change of the base).
-        if let Some(Err(refused)) = connection.map(|c| c.covers(&request.url)) {
-            return failed(TransportError::OutsideConnection(refused.to_string()));
-        }
-        let client = match self.client_for(connection.and_then(|c| c.ca_certificate.as_deref())) {
-            Ok(client) => client,
-            Err(e) => return failed(TransportError::CaCertificate(e.to_string())),
+        let (client, url, auth_header) = match self.prepare(request, connection) {
+            Ok(prepared) => prepared,
+            Err(error) => return failed(error),
         };
-        let method = match request.method {
-            Method::Get => reqwest::Method::GET,
-            Method::Post => reqwest::Method::POST,
-            Method::Put => reqwest::Method::PUT,
-            Method::Patch => reqwest::Method::PATCH,
-            Method::Delete => reqwest::Method::DELETE,
-        };
-        let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-        // Parsed once: the guard checks the same `Url` reqwest sends to.
-        let mut url = match url::Url::parse(&request.url) {
-            Ok(url) => url,
-            Err(e) => {
-                return failed(TransportError::InvalidUrl {
-                    url: request.url.clone(),
-                    reason: e.to_string(),
-                })
-            }
-        };
-        let mut auth_header: Option<(String, String)> = None;
-        match auth {
-            None | Some(ConnectionAuth::None) => {}
-            Some(ConnectionAuth::Basic { username, password }) => {
-                let pair = format!("{username}:{}", password.expose());
-                let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-                auth_header = Some(("authorization".into(), format!("Basic {encoded}")));
-            }
-            Some(ConnectionAuth::Bearer { token }) => {
-                auth_header = Some(("authorization".into(), format!("Bearer {}", token.expose())));
-            }
-            Some(ConnectionAuth::Header { name, value }) => {
-                auth_header = Some((name.clone(), value.expose().to_string()));
-            }
-            Some(ConnectionAuth::Query { name, value }) => {
-                url.query_pairs_mut().append_pair(name, value.expose());
-            }
-        }
-        if let Err(refused) = self.guard.check_url(&url) {
-            return failed(TransportError::Refused(refused));
-        }
-        let mut builder = client.request(method, url);
+        let mut builder = client.request(method_of(request.method), url);
         if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
         }
-        if let Some((name, value)) = &auth_header {
-            if !has(name) {
-                builder = builder.header(name, value);
-            }
+        let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        if let Some((name, value)) = auth_header.filter(|(name, _)| !has(name)) {
+            builder = builder.header(name, value);
         }
         for (name, value) in headers {
             builder = builder.header(name, value);
@@ -246,19 +200,41 @@ impl Sender {
         for (name, value) in extra {
             builder = builder.header(*name, *value);
         }
-        let response = builder.body(request.body.clone()).send().await;
-        let mut response = match response {
-            Ok(r) => r,
-            Err(e) => {
-                return SendResult {
-                    status: None,
-                    error: Some(describe(&e)),
-                    headers: Vec::new(),
-                    body: Vec::new(),
-                    duration: started.elapsed(),
-                }
-            }
-        };
+        match builder.body(request.body.clone()).send().await {
+            Ok(response) => self.read_answer(response, started).await,
+            Err(e) => failed(describe(&e)),
+        }
+    }
+
+    /// What a request goes out with: the client for its connection's CA, its URL (with a
+    /// query credential added), checked by the guard, and the connection's auth header.
+    fn prepare(
+        &self,
+        request: &OutboundRequest,
+        connection: Option<&Connection>,
+    ) -> Result<Prepared, TransportError> {
+        // A connection's credentials and CAs serve only its own base URL, whatever a stored
+        // request says (it may predate a change of the base).
+        if let Some(Err(refused)) = connection.map(|c| c.covers(&request.url)) {
+            return Err(TransportError::OutsideConnection(refused.to_string()));
+        }
+        let client = self
+            .client_for(connection.and_then(|c| c.ca_certificate.as_deref()))
+            .map_err(|e| TransportError::CaCertificate(e.to_string()))?;
+        // Parsed once: the guard checks the same `Url` reqwest sends to.
+        let mut url = url::Url::parse(&request.url).map_err(|e| TransportError::InvalidUrl {
+            url: request.url.clone(),
+            reason: e.to_string(),
+        })?;
+        let auth_header = connection.and_then(|c| apply_auth(&c.auth, &mut url));
+        self.guard
+            .check_url(&url)
+            .map_err(TransportError::Refused)?;
+        Ok((client, url, auth_header))
+    }
+
+    /// The answer: its status and headers, and its body up to the limit.
+    async fn read_answer(&self, mut response: reqwest::Response, started: Instant) -> SendResult {
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -294,6 +270,39 @@ impl Sender {
             headers,
             body,
             duration: started.elapsed(),
+        }
+    }
+}
+
+/// A request ready to go: its client, its URL, and the connection's auth header.
+type Prepared = (reqwest::Client, url::Url, Option<(String, String)>);
+
+fn method_of(method: Method) -> reqwest::Method {
+    match method {
+        Method::Get => reqwest::Method::GET,
+        Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
+        Method::Patch => reqwest::Method::PATCH,
+        Method::Delete => reqwest::Method::DELETE,
+    }
+}
+
+/// A connection's credentials: the header they go in, or (`Query`) added to `url`.
+fn apply_auth(auth: &ConnectionAuth, url: &mut url::Url) -> Option<(String, String)> {
+    match auth {
+        ConnectionAuth::None => None,
+        ConnectionAuth::Basic { username, password } => {
+            let pair = format!("{username}:{}", password.expose());
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            Some(("authorization".into(), format!("Basic {encoded}")))
+        }
+        ConnectionAuth::Bearer { token } => {
+            Some(("authorization".into(), format!("Bearer {}", token.expose())))
+        }
+        ConnectionAuth::Header { name, value } => Some((name.clone(), value.expose().to_string())),
+        ConnectionAuth::Query { name, value } => {
+            url.query_pairs_mut().append_pair(name, value.expose());
+            None
         }
     }
 }

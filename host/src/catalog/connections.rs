@@ -327,54 +327,15 @@ impl Catalog {
             Some(pem) => pem,
             None => existing.and_then(|c| c.ca_certificate.clone()),
         };
-        if let Some(pem) = &ca_certificate {
-            if pem.len() > MAX_CA_LEN {
-                return Err(Error::invalid(
-                    "ca_certificate",
-                    format!("is {} bytes; the limit is {MAX_CA_LEN}", pem.len()),
-                ));
-            }
-            self.sender
-                .client_for(Some(pem))
-                .map_err(|e| Error::invalid("ca_certificate", e))?;
-        }
+        self.check_ca_certificate(ca_certificate.as_deref())?;
         let tenants = match (input.tenants, existing) {
             (Some(tenants), _) => tenants,
             (None, Some(c)) => c.tenants.clone(),
             (None, None) => Vec::new(),
         };
-        if tenants.len() > MAX_SHARED_TENANTS {
-            return Err(Error::invalid(
-                "tenants",
-                format!(
-                    "has {} entries; the limit is {MAX_SHARED_TENANTS}",
-                    tenants.len()
-                ),
-            ));
-        }
-        for (i, tenant) in tenants.iter().enumerate() {
-            check_tenant(&format!("tenants[{i}]"), tenant)?;
-        }
-        let moved =
-            |c: &&Connection| c.base_url != base_url || c.auth.query_name() != auth.query_name();
-        if let Some(c) = existing.filter(moved) {
-            // Webhooks already pointing at it must stay under the new base, and not set the
-            // new query auth's parameter: its credentials travel only there.
-            for webhook in self.webhooks() {
-                if webhook.connection_id.as_ref() != Some(&c.id) {
-                    continue;
-                }
-                let url = super::request::destination(webhook.url.as_deref(), Some(&base_url))
-                    .map_err(|m| Error::invalid("base_url", m))?;
-                crate::model::credentials_may_go(&url, &base_url, auth.query_name()).map_err(
-                    |m| {
-                        Error::invalid(
-                            "base_url",
-                            format!("webhook {} would send to {m}", webhook.id),
-                        )
-                    },
-                )?;
-            }
+        check_shared_tenants(&tenants)?;
+        if let Some(c) = existing {
+            self.check_webhooks_stay_under(c, &base_url, &auth)?;
         }
         let now = self.now();
         Ok(Connection {
@@ -391,4 +352,66 @@ impl Catalog {
             updated_at: now,
         })
     }
+
+    /// A CA certificate: at most [`MAX_CA_LEN`] bytes, and one a client can be built with.
+    fn check_ca_certificate(&self, pem: Option<&str>) -> Result<(), Error> {
+        let Some(pem) = pem else {
+            return Ok(());
+        };
+        if pem.len() > MAX_CA_LEN {
+            return Err(Error::invalid(
+                "ca_certificate",
+                format!("is {} bytes; the limit is {MAX_CA_LEN}", pem.len()),
+            ));
+        }
+        self.sender
+            .client_for(Some(pem))
+            .map_err(|e| Error::invalid("ca_certificate", e))?;
+        Ok(())
+    }
+
+    /// When a connection's base URL or query auth changes: the webhooks already pointing at
+    /// it must stay under the new base, and not set the new query auth's parameter, since its
+    /// credentials travel only there.
+    fn check_webhooks_stay_under(
+        &self,
+        existing: &Connection,
+        base_url: &str,
+        auth: &ConnectionAuth,
+    ) -> Result<(), Error> {
+        if existing.base_url == base_url && existing.auth.query_name() == auth.query_name() {
+            return Ok(());
+        }
+        for webhook in self.webhooks() {
+            if webhook.connection_id.as_ref() != Some(&existing.id) {
+                continue;
+            }
+            let url = super::request::destination(webhook.url.as_deref(), Some(base_url))
+                .map_err(|m| Error::invalid("base_url", m))?;
+            crate::model::credentials_may_go(&url, base_url, auth.query_name()).map_err(|m| {
+                Error::invalid(
+                    "base_url",
+                    format!("webhook {} would send to {m}", webhook.id),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The tenants a connection is shared with: at most [`MAX_SHARED_TENANTS`], each a tenant.
+fn check_shared_tenants(tenants: &[String]) -> Result<(), Error> {
+    if tenants.len() > MAX_SHARED_TENANTS {
+        return Err(Error::invalid(
+            "tenants",
+            format!(
+                "has {} entries; the limit is {MAX_SHARED_TENANTS}",
+                tenants.len()
+            ),
+        ));
+    }
+    for (i, tenant) in tenants.iter().enumerate() {
+        check_tenant(&format!("tenants[{i}]"), tenant)?;
+    }
+    Ok(())
 }
