@@ -84,6 +84,9 @@ impl From<Error> for ApiError {
                 )
                 .retry_after(STORAGE_RETRY_AFTER)
             }
+            Error::Store(crate::storage::StorageError::Conflict(_)) => {
+                (StatusCode::CONFLICT, "conflict")
+            }
             Error::Store(e) if e.is_out_of_space() => {
                 tracing::error!("storage full: {e}");
                 return ApiError::new(

@@ -11,6 +11,7 @@ mod cached_webhook;
 mod checks;
 mod connections;
 mod error;
+mod follow;
 mod keys;
 pub mod listing;
 mod modules;
@@ -66,6 +67,8 @@ pub struct Catalog {
     signers: RwLock<HashMap<WebhookId, Arc<signing::CachedSigners>>>,
     /// Counts changes that can move a delivery's endpoint or limits.
     generation: AtomicU64,
+    /// How far the definitions' change feed has been followed (see [`Catalog::follow`]).
+    followed: Mutex<u64>,
     /// Wakes the scheduler after a change.
     wake: Arc<Notify>,
 }
@@ -83,6 +86,8 @@ impl Catalog {
         clock: Arc<dyn Clock>,
         wake: Arc<Notify>,
     ) -> Result<Catalog, StorageError> {
+        // Before reading: whatever changes after this is in the feed.
+        let followed = store.definition_feed_head()?;
         let webhooks = store
             .webhooks()?
             .into_iter()
@@ -105,6 +110,7 @@ impl Catalog {
             tenant_moves: RwLock::new(()),
             signers: RwLock::default(),
             generation: AtomicU64::new(0),
+            followed: Mutex::new(followed),
             wake,
         };
         // Saved before a tenant's webhook had to use a connection shared with its tenant, or

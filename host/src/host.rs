@@ -126,6 +126,8 @@ impl Host {
             if let Some(store) = &self.sled {
                 tokio::spawn(watch_disk(store.clone(), self.shutdown.subscribe()));
             }
+            let catalog = self.pipeline.catalog().clone();
+            tokio::spawn(follow_definitions(catalog, self.shutdown.subscribe()));
         }
     }
 
@@ -216,6 +218,29 @@ fn open_sled(config: &Config) -> Result<Store, OpenError> {
         })?;
     restrict_files(&dir).map_err(|e| data_dir("restricting", e))?;
     Ok(store)
+}
+
+/// How often the catalog reads the definitions' change feed.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the catalog's copies of webhooks and connections following what any writer changes
+/// in storage (see [`crate::catalog::Catalog::follow`]).
+async fn follow_definitions(
+    catalog: Arc<crate::catalog::Catalog>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+        let catalog = catalog.clone();
+        match tokio::task::spawn_blocking(move || catalog.follow()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("following the definitions' changes: {e}"),
+            Err(e) => tracing::error!("following the definitions' changes panicked: {e}"),
+        }
+    }
 }
 
 /// How often the disk watch measures free space (and makes the ballast again when there is

@@ -135,6 +135,10 @@ impl Method {
 pub struct Webhook {
     /// Id (`wh_…`).
     pub id: WebhookId,
+    /// How many times it was written: storage writes a change only over the version it was
+    /// read at, so two writers never undo each other's change unseen.
+    #[serde(default)]
+    pub version: u64,
     /// Human name (≤ 100 characters by default).
     pub name: String,
     /// What it is for.

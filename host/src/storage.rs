@@ -323,16 +323,19 @@ pub trait Definitions: Send + Sync {
     fn module_bytes(&self, id: &ModuleId) -> Result<Option<Vec<u8>>, StorageError>;
     /// Every module's description, in id order.
     fn modules(&self) -> Result<Vec<ModuleInfo>, StorageError>;
-    /// Stores a webhook.
-    fn put_webhook(&self, webhook: &Webhook) -> Result<(), StorageError>;
+    /// Stores a webhook over the version it was read at (a new one: 0, and none stored),
+    /// counting its `version` up; [`Conflict::Changed`] when another was stored meanwhile.
+    fn put_webhook(&self, webhook: &mut Webhook) -> Result<(), StorageError>;
     /// Removes a webhook with its plugin state and signing secrets.
     fn delete_webhook(&self, id: &WebhookId) -> Result<(), StorageError>;
     /// One webhook.
     fn webhook(&self, id: &WebhookId) -> Result<Option<Webhook>, StorageError>;
     /// Every webhook, in id order.
     fn webhooks(&self) -> Result<Vec<Webhook>, StorageError>;
-    /// Stores a connection.
-    fn put_connection(&self, connection: &Connection) -> Result<(), StorageError>;
+    /// Stores a connection over the version it was read at, like [`Definitions::put_webhook`].
+    fn put_connection(&self, connection: &mut Connection) -> Result<(), StorageError>;
+    /// One connection.
+    fn connection(&self, id: &ConnectionId) -> Result<Option<Connection>, StorageError>;
     /// Removes a connection.
     fn delete_connection(&self, id: &ConnectionId) -> Result<(), StorageError>;
     /// Every connection, in id order.
@@ -347,6 +350,34 @@ pub trait Definitions: Send + Sync {
     fn signing_keys(&self, id: &WebhookId) -> Result<Option<SigningKeys>, StorageError>;
     /// Stores a webhook's signing secrets.
     fn put_signing_keys(&self, id: &WebhookId, keys: &SigningKeys) -> Result<(), StorageError>;
+    /// The webhooks and connections written or deleted after position `after` of the
+    /// change feed, in the order written, with the position reached (pass it next time).
+    /// Every host's writes are in it, so a host keeping copies in memory follows what the
+    /// others change. `reset` when the feed no longer reaches back to `after`: read
+    /// everything again.
+    fn definition_changes(&self, after: u64) -> Result<DefinitionChanges, StorageError>;
+    /// The change feed's last position: a reader starting now follows from there.
+    fn definition_feed_head(&self) -> Result<u64, StorageError>;
+}
+
+/// What [`Definitions::definition_changes`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DefinitionChanges {
+    /// Where the feed was read to.
+    pub position: u64,
+    /// What changed, in the order written (an id may come more than once).
+    pub changed: Vec<Changed>,
+    /// The feed no longer holds everything after the position asked for.
+    pub reset: bool,
+}
+
+/// One definition written or deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Changed {
+    /// A webhook (its signing secrets and plugin state with it).
+    Webhook(WebhookId),
+    /// A connection.
+    Connection(ConnectionId),
 }
 
 /// Events, deliveries and the due queue (see the contract in the module docs).

@@ -26,6 +26,7 @@
 
 mod backup;
 mod catalog;
+mod changes;
 mod claims;
 mod codec;
 mod commit;
@@ -147,6 +148,10 @@ pub struct Store {
     plugin_state: sled::Tree,
     meta: sled::Tree,
     signing: sled::Tree,
+    /// The change feed of definitions (see `changes.rs`).
+    changes: sled::Tree,
+    /// Held while a webhook or connection is compared with the version read and written.
+    definition_writes: Arc<std::sync::Mutex<()>>,
     sealer: Sealer,
     /// The free-space guard over the data directory.
     space: Arc<space::SpaceGuard>,
@@ -253,6 +258,8 @@ impl Store {
             plugin_state: db.open_tree("plugin_state")?,
             meta: db.open_tree("meta")?,
             signing: db.open_tree("signing")?,
+            changes: db.open_tree("definition_changes")?,
+            definition_writes: Arc::default(),
             sealer,
             space,
             committer: commit::Committer::start(db.clone(), ingest.clone()),

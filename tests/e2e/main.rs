@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `wasmhooks` binary, a real HTTP receiver, the real plugins
 //! built from `plugins/`.
 
+mod another_writer;
 mod auth;
 mod backup;
 mod bad_input;

@@ -161,7 +161,11 @@ impl Catalog {
         id: &ConnectionId,
         input: ConnectionInput,
     ) -> Result<Connection, Error> {
-        let existing = self.connection(id)?;
+        // As stored, not as kept in memory: another host may have changed it.
+        let existing = self.store.connection(id)?.ok_or_else(|| Error::NotFound {
+            kind: "connection",
+            id: id.to_string(),
+        })?;
         let connection = self.merge_connection(Some(&existing), input)?;
         self.save_connection(connection)
     }
@@ -266,14 +270,33 @@ impl Catalog {
         Ok(query.page(items))
     }
 
-    fn save_connection(&self, connection: Connection) -> Result<Connection, Error> {
-        self.store.put_connection(&connection)?;
-        self.connections
-            .write()
-            .unwrap()
-            .insert(connection.id.clone(), Arc::new(connection.clone()));
+    /// Writes `connection` over the version it was read at, and keeps it in memory.
+    fn save_connection(&self, mut connection: Connection) -> Result<Connection, Error> {
+        self.store
+            .put_connection(&mut connection)
+            .map_err(|e| match e.conflict() {
+                Some(_) => Error::Conflict(format!(
+                    "connection {} was changed by another writer since it was read; read it \
+                     again and make the change on what it is now",
+                    connection.id
+                )),
+                None => e.into(),
+            })?;
+        self.keep_connection(connection.clone());
         self.changed();
         Ok(connection)
+    }
+
+    /// Keeps `connection` in memory, unless a later version is kept already.
+    pub(super) fn keep_connection(&self, connection: Connection) {
+        let mut connections = self.connections.write().unwrap();
+        if connections
+            .get(&connection.id)
+            .is_some_and(|kept| kept.version > connection.version)
+        {
+            return;
+        }
+        connections.insert(connection.id.clone(), Arc::new(connection));
     }
 
     fn merge_connection(
@@ -340,6 +363,7 @@ impl Catalog {
         let now = self.now();
         Ok(Connection {
             id: existing.map_or_else(ConnectionId::generate, |c| c.id.clone()),
+            version: existing.map_or(0, |c| c.version),
             name,
             description,
             base_url,

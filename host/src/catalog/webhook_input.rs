@@ -292,6 +292,7 @@ impl Catalog {
         let now = self.now();
         Ok(Webhook {
             id: existing.map_or_else(WebhookId::generate, |w| w.id.clone()),
+            version: existing.map_or(0, |w| w.version),
             name,
             description,
             enabled: standing.enabled,

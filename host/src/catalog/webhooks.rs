@@ -23,6 +23,10 @@ impl Listed for Webhook {
     }
 }
 
+/// How often a change the host makes to a webhook (a failure streak) is made again when
+/// another writer changed the webhook in between.
+const HOST_CHANGE_TRIES: usize = 5;
+
 impl Catalog {
     /// Creates a webhook after checking every field.
     ///
@@ -98,7 +102,8 @@ impl Catalog {
         }
         let _moves = self.tenant_moves.write().unwrap();
         let _writing = self.webhook_writes.lock().unwrap();
-        let existing = self.webhook(id)?;
+        // As stored, not as kept in memory: another host may have changed it.
+        let existing = self.webhook_stored(id)?;
         let webhook = self.merge_webhook(Some(&existing), input)?;
         if webhook.tenant == existing.tenant {
             return Ok((self.save_webhook(webhook)?, None));
@@ -169,29 +174,70 @@ impl Catalog {
     pub fn change_webhook(
         &self,
         id: &WebhookId,
-        change: impl FnOnce(&mut Webhook),
+        mut change: impl FnMut(&mut Webhook),
     ) -> Result<Option<Webhook>, Error> {
         let _writing = self.webhook_writes.lock().unwrap();
-        let Some(current) = self.webhook_cached(id) else {
-            return Ok(None);
-        };
-        let mut changed = current.webhook().clone();
-        change(&mut changed);
-        if changed == *current.webhook() {
-            return Ok(None);
+        // Read as stored and written over that version: when another host changed it in
+        // between, the change is made again on what it wrote.
+        for _ in 0..HOST_CHANGE_TRIES {
+            let Some(current) = self.store.webhook(id)? else {
+                return Ok(None);
+            };
+            let mut changed = current.clone();
+            change(&mut changed);
+            if changed == current {
+                return Ok(None);
+            }
+            changed.updated_at = self.now();
+            match self.save_webhook(changed) {
+                Err(Error::Conflict(_)) => continue,
+                saved => return saved.map(Some),
+            }
         }
-        changed.updated_at = self.now();
-        self.save_webhook(changed).map(Some)
+        Err(Error::Conflict(format!(
+            "webhook {id} kept changing while the host changed it"
+        )))
     }
 
-    fn save_webhook(&self, webhook: Webhook) -> Result<Webhook, Error> {
-        self.store.put_webhook(&webhook)?;
-        self.webhooks.write().unwrap().insert(
-            webhook.id.clone(),
-            Arc::new(CachedWebhook::new(webhook.clone())),
-        );
+    /// Writes `webhook` over the version it was read at, and keeps it in memory.
+    fn save_webhook(&self, mut webhook: Webhook) -> Result<Webhook, Error> {
+        self.store
+            .put_webhook(&mut webhook)
+            .map_err(|e| match e.conflict() {
+                Some(_) => Error::Conflict(format!(
+                    "webhook {} was changed by another writer since it was read; read it again \
+                     and make the change on what it is now",
+                    webhook.id
+                )),
+                None => e.into(),
+            })?;
+        self.keep_webhook(webhook.clone());
         self.changed();
         Ok(webhook)
+    }
+
+    /// Keeps `webhook` in memory, unless a later version is kept already.
+    pub(super) fn keep_webhook(&self, webhook: Webhook) {
+        let mut webhooks = self.webhooks.write().unwrap();
+        if webhooks
+            .get(&webhook.id)
+            .is_some_and(|kept| kept.version > webhook.version)
+        {
+            return;
+        }
+        self.signers.write().unwrap().remove(&webhook.id);
+        webhooks.insert(webhook.id.clone(), Arc::new(CachedWebhook::new(webhook)));
+    }
+
+    /// A webhook as stored now.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or a storage error.
+    fn webhook_stored(&self, id: &WebhookId) -> Result<Webhook, Error> {
+        self.store.webhook(id)?.ok_or_else(|| Error::NotFound {
+            kind: "webhook",
+            id: id.to_string(),
+        })
     }
 
     /// One webhook.

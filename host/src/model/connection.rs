@@ -114,6 +114,9 @@ impl ConnectionAuth {
 pub struct Connection {
     /// Id (`con_…`).
     pub id: ConnectionId,
+    /// How many times it was written (see [`crate::model::Webhook::version`]).
+    #[serde(default)]
+    pub version: u64,
     /// Human name.
     pub name: String,
     /// What it is for.
@@ -402,6 +405,7 @@ mod tests {
     fn secrets_never_show_in_debug_or_public_views() {
         let connection = Connection {
             id: ConnectionId::generate(),
+            version: 0,
             name: "erp".into(),
             description: None,
             base_url: "https://erp.example/api".into(),

@@ -48,6 +48,8 @@ impl Pipeline {
     async fn change_webhook(&self, id: &WebhookId, change: WebhookChange) {
         let mut disabled_now = false;
         let result = self.catalog.change_webhook(id, |w| {
+            // Made again on what another writer saved, should one have come in between.
+            disabled_now = false;
             if let Some(failing_since) = change.failing_since {
                 w.failing_since = failing_since;
             }

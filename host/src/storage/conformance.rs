@@ -23,11 +23,12 @@ use std::ops::Bound;
 use std::path::Path;
 
 use crate::model::{
-    Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis, Webhook, WebhookId,
+    Connection, ConnectionId, Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis,
+    Webhook, WebhookId,
 };
 
 use super::{
-    Capacity, Claim, Conflict, Definitions, Deliveries, DeliveryQuery, Inserted, Outcome,
+    Capacity, Changed, Claim, Conflict, Definitions, Deliveries, DeliveryQuery, Inserted, Outcome,
     PluginStates, StateWrite, Storage, Tenancy,
 };
 
@@ -58,6 +59,7 @@ pub async fn run(opener: &impl Opener) {
     a_batch_takes_events_until_closed_or_full(opener).await;
     in_order_deliveries_wait_for_the_first_in_line(opener).await;
     definitions_state_and_secrets_read_back(opener).await;
+    definitions_are_written_over_their_version_and_fed_in_order(opener).await;
     a_backup_opens_with_every_event_and_the_queue_as_copied(opener).await;
     pruning::finished_work_is_pruned_past_its_time_and_pending_work_is_kept(opener).await;
     pruning::a_pruning_walk_stops_between_steps_and_the_next_goes_on(opener).await;
@@ -665,12 +667,66 @@ async fn in_order_deliveries_wait_for_the_first_in_line(opener: &impl Opener) {
     assert_eq!(storage.first_in_line(&pending(&w, &e1, 1)).unwrap(), None);
 }
 
+/// Definitions are written only over the version read, and every write and delete is in
+/// the change feed, in order, for whoever follows it.
+async fn definitions_are_written_over_their_version_and_fed_in_order(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    let start = storage.definition_feed_head().unwrap();
+    let mut w = webhook();
+    storage.put_webhook(&mut w).unwrap();
+    assert_eq!(w.version, 1);
+    let mut stale = w.clone();
+    stale.version = 0;
+    stale.name = "stale".into();
+    let refused = storage.put_webhook(&mut stale).unwrap_err();
+    assert_eq!(refused.conflict(), Some(Conflict::Changed));
+    assert_eq!(storage.webhook(&w.id).unwrap().as_ref(), Some(&w));
+    let mut again = webhook();
+    again.id = w.id.clone();
+    let refused = storage.put_webhook(&mut again).unwrap_err();
+    assert_eq!(refused.conflict(), Some(Conflict::Changed), "created twice");
+    w.name = "renamed".into();
+    storage.put_webhook(&mut w).unwrap();
+    assert_eq!(storage.webhook(&w.id).unwrap().unwrap().version, 2);
+
+    let mut c: Connection = serde_json::from_value(serde_json::json!({
+        "id": ConnectionId::generate(), "name": "erp", "base_url": "https://erp.example/",
+        "auth": {"type": "none"}, "headers": {},
+        "created_at": "1970-01-01T00:00:00Z", "updated_at": "1970-01-01T00:00:00Z",
+    }))
+    .expect("a minimal connection");
+    storage.put_connection(&mut c).unwrap();
+    let mut stale = c.clone();
+    stale.version = 0;
+    let refused = storage.put_connection(&mut stale).unwrap_err();
+    assert_eq!(refused.conflict(), Some(Conflict::Changed));
+    assert_eq!(storage.connection(&c.id).unwrap().as_ref(), Some(&c));
+    storage.delete_connection(&c.id).unwrap();
+    assert_eq!(storage.connection(&c.id).unwrap(), None);
+    storage.delete_webhook(&w.id).unwrap();
+
+    let fed = storage.definition_changes(start).unwrap();
+    assert!(!fed.reset);
+    let named: Vec<Changed> = fed.changed.into_iter().collect();
+    let (wh, con) = (
+        Changed::Webhook(w.id.clone()),
+        Changed::Connection(c.id.clone()),
+    );
+    assert_eq!(named.first(), Some(&wh));
+    assert_eq!(named.last(), Some(&wh), "the delete, last");
+    assert!(named.contains(&con));
+    assert_eq!(storage.definition_feed_head().unwrap(), fed.position);
+    let after = storage.definition_changes(fed.position).unwrap();
+    assert!(after.changed.is_empty() && after.position == fed.position);
+}
+
 async fn definitions_state_and_secrets_read_back(opener: &impl Opener) {
     let dir = tempfile::tempdir().unwrap();
-    let w = webhook();
+    let mut w = webhook();
     let secret = {
         let storage = opener.open(dir.path());
-        storage.put_webhook(&w).unwrap();
+        storage.put_webhook(&mut w).unwrap();
         assert_eq!(storage.webhook(&w.id).unwrap().as_ref(), Some(&w));
         write_state(&storage, &w.id, &[("k".into(), Some(b"v".to_vec()))]).await;
         let secret = storage.host_secret("conformance").unwrap();

@@ -12,7 +12,9 @@
 //!   against sending it again; the other way round it may send once more (at least once);
 //! - the due queue and the in-order lines are rebuilt from the copied deliveries rather than
 //!   copied (an entry copied before its delivery moved would point at a time it no longer
-//!   has); the retention indexes are left out, and rebuilt when a host starts from the copy.
+//!   has); the retention indexes are left out, and rebuilt when a host starts from the copy;
+//!   so is the definitions' change feed (a host starting from the copy reads every
+//!   definition).
 //!
 //! An ingest round under way is copied with its intent record, and the copy's start undoes
 //! it like a crash's. Claims live in memory and are not copied.
@@ -36,6 +38,7 @@ const HANDLED: &[&[u8]] = &[
     b"finished",
     b"received",
     b"pins",
+    b"definition_changes",
 ];
 
 impl Store {

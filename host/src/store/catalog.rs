@@ -2,6 +2,7 @@
 //! secrets (credentials sealed at rest).
 
 use super::*;
+use crate::storage::{Changed, Conflict};
 
 impl Store {
     // ----- modules -----
@@ -65,17 +66,31 @@ impl Store {
 
     // ----- webhooks -----
 
-    /// Stores a webhook (create or replace).
+    /// Stores a webhook (create or replace) over the version it was read at, and counts
+    /// its `version` up.
     ///
     /// # Errors
-    /// On storage failure.
-    pub fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+    /// [`StoreError::Conflict`] when another version is stored, or on storage failure.
+    pub fn put_webhook(&self, webhook: &mut Webhook) -> Result<(), StoreError> {
+        let _writing = self
+            .definition_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let stored = self.webhook(&webhook.id)?.map_or(0, |w| w.version);
+        if stored != webhook.version {
+            return Err(Conflict::Changed.into());
+        }
+        self.note_change(&Changed::Webhook(webhook.id.clone()))?;
+        webhook.version += 1;
         // Sealed: its headers and plugin config may hold tokens.
         let key = webhook.id.as_str().as_bytes();
         let sealed = self
             .sealer
-            .seal(&context("webhooks", key), &encode(webhook));
-        self.webhooks.insert(key, sealed)?;
+            .seal(&context("webhooks", key), &encode(&*webhook));
+        if let Err(e) = self.webhooks.insert(key, sealed) {
+            webhook.version -= 1;
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -84,6 +99,7 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn delete_webhook(&self, id: &WebhookId) -> Result<(), StoreError> {
+        self.note_change(&Changed::Webhook(id.clone()))?;
         self.webhooks.remove(id.as_str())?;
         self.signing.remove(id.as_str())?;
         self.state_clear(id)
@@ -116,17 +132,42 @@ impl Store {
 
     // ----- connections -----
 
-    /// Stores a connection (create or replace).
+    /// Stores a connection (create or replace) over the version it was read at, and counts
+    /// its `version` up.
     ///
     /// # Errors
-    /// On storage failure.
-    pub fn put_connection(&self, connection: &Connection) -> Result<(), StoreError> {
+    /// [`StoreError::Conflict`] when another version is stored, or on storage failure.
+    pub fn put_connection(&self, connection: &mut Connection) -> Result<(), StoreError> {
+        let _writing = self
+            .definition_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let stored = self.connection(&connection.id)?.map_or(0, |c| c.version);
+        if stored != connection.version {
+            return Err(Conflict::Changed.into());
+        }
+        self.note_change(&Changed::Connection(connection.id.clone()))?;
+        connection.version += 1;
         let key = connection.id.as_str().as_bytes();
         let sealed = self
             .sealer
-            .seal(&context("connections", key), &encode(connection));
-        self.connections.insert(key, sealed)?;
+            .seal(&context("connections", key), &encode(&*connection));
+        if let Err(e) = self.connections.insert(key, sealed) {
+            connection.version -= 1;
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    /// One connection.
+    ///
+    /// # Errors
+    /// On storage failure or a corrupt record.
+    pub fn connection(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        self.connections
+            .get(id.as_str())?
+            .map(|v| self.decode_sealed("connections", id.as_str().as_bytes(), &v))
+            .transpose()
     }
 
     /// Deletes a connection.
@@ -134,6 +175,7 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn delete_connection(&self, id: &ConnectionId) -> Result<(), StoreError> {
+        self.note_change(&Changed::Connection(id.clone()))?;
         self.connections.remove(id.as_str())?;
         Ok(())
     }
@@ -205,6 +247,7 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn put_signing_keys(&self, id: &WebhookId, keys: &SigningKeys) -> Result<(), StoreError> {
+        self.note_change(&Changed::Webhook(id.clone()))?;
         let key = id.as_str().as_bytes();
         let sealed = self.sealer.seal(&context("signing", key), &encode(keys));
         self.signing.insert(key, sealed)?;

@@ -10,9 +10,9 @@ use crate::model::{
     ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
 };
 use crate::storage::{
-    BackupReport, Capacity, Claim, Conflict, Definitions, Deliveries, DeliveryQuery, Finished,
-    Inserted, LowSpace, Outcome, PluginStates, Pruning, QueueEntry, Scanned, SpaceStatus, StopWalk,
-    StorageError, StorageFuture,
+    BackupReport, Capacity, Claim, Conflict, DefinitionChanges, Definitions, Deliveries,
+    DeliveryQuery, Finished, Inserted, LowSpace, Outcome, PluginStates, Pruning, QueueEntry,
+    Scanned, SpaceStatus, StopWalk, StorageError, StorageFuture,
 };
 
 use super::{Store, StoreError};
@@ -52,7 +52,7 @@ impl Definitions for Store {
     fn modules(&self) -> Result<Vec<ModuleInfo>, StorageError> {
         Ok(Store::modules(self)?)
     }
-    fn put_webhook(&self, webhook: &Webhook) -> Result<(), StorageError> {
+    fn put_webhook(&self, webhook: &mut Webhook) -> Result<(), StorageError> {
         Ok(Store::put_webhook(self, webhook)?)
     }
     fn delete_webhook(&self, id: &WebhookId) -> Result<(), StorageError> {
@@ -64,7 +64,16 @@ impl Definitions for Store {
     fn webhooks(&self) -> Result<Vec<Webhook>, StorageError> {
         Ok(Store::webhooks(self)?)
     }
-    fn put_connection(&self, connection: &Connection) -> Result<(), StorageError> {
+    fn connection(&self, id: &ConnectionId) -> Result<Option<Connection>, StorageError> {
+        Ok(Store::connection(self, id)?)
+    }
+    fn definition_changes(&self, after: u64) -> Result<DefinitionChanges, StorageError> {
+        Ok(Store::definition_changes(self, after)?)
+    }
+    fn definition_feed_head(&self) -> Result<u64, StorageError> {
+        Ok(Store::change_head(self)?)
+    }
+    fn put_connection(&self, connection: &mut Connection) -> Result<(), StorageError> {
         Ok(Store::put_connection(self, connection)?)
     }
     fn delete_connection(&self, id: &ConnectionId) -> Result<(), StorageError> {

@@ -47,6 +47,7 @@ async fn the_sled_store_keeps_every_event_whole_across_a_crash() {
 fn connection() -> Connection {
     Connection {
         id: ConnectionId::parse("con_01JB0000000000000000000000").unwrap(),
+        version: 0,
         name: "erp".into(),
         description: None,
         base_url: "https://erp.example/".into(),
@@ -90,7 +91,7 @@ fn credentials_are_sealed_at_rest_and_clear_records_get_sealed() {
     };
     {
         let store = Store::open(dir.path(), test_sealer()).unwrap();
-        store.put_connection(&connection()).unwrap();
+        store.put_connection(&mut connection()).unwrap();
         store.put_signing_keys(&wid, &keys).unwrap();
         // A record an earlier version wrote in clear. (Its old bytes stay in sled's log
         // until sled reuses the segment; only new writes are guaranteed sealed.)
@@ -108,7 +109,13 @@ fn credentials_are_sealed_at_rest_and_clear_records_get_sealed() {
     let store = reopen(dir.path(), test_sealer()).unwrap();
     let connections = store.connections().unwrap();
     assert_eq!(connections.len(), 2);
-    assert_eq!(connections[0], connection());
+    assert_eq!(
+        connections[0],
+        Connection {
+            version: 1,
+            ..connection()
+        }
+    );
     let legacy = store
         .connections
         .get("con_01JB0000000000000000000001")

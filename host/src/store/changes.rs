@@ -1,0 +1,92 @@
+//! The change feed of definitions in the sled store: one entry per webhook or connection
+//! written or deleted, keyed by a sequence number sled hands out (`generate_id`, increasing
+//! across restarts), so a reader follows every writer's changes in order. The feed keeps the
+//! last [`KEPT`] entries; a reader further behind is told to read everything again.
+//!
+//! An entry is written before the change it names: after a crash between the two, a reader
+//! reads the definition as it still is, which changes nothing.
+
+use std::ops::Bound;
+
+use super::{Store, StoreError};
+use crate::model::{ConnectionId, WebhookId};
+use crate::storage::{Changed, DefinitionChanges};
+
+/// Entries kept.
+const KEPT: u64 = 10_000;
+/// Most entries one read returns.
+const READ_AT_MOST: usize = 1_000;
+
+impl Store {
+    /// Notes that a definition is about to change.
+    pub(super) fn note_change(&self, changed: &Changed) -> Result<(), StoreError> {
+        let position = self.db.generate_id()?.saturating_add(1);
+        let value = match changed {
+            Changed::Webhook(id) => [b"w", id.as_str().as_bytes()].concat(),
+            Changed::Connection(id) => [b"c", id.as_str().as_bytes()].concat(),
+        };
+        self.changes.insert(position.to_be_bytes(), value)?;
+        // The entries now too old, usually none or one.
+        let oldest = position.saturating_sub(KEPT).to_be_bytes();
+        for key in self
+            .changes
+            .range::<&[u8], _>((Bound::Unbounded, Bound::Excluded(&oldest[..])))
+            .keys()
+        {
+            self.changes.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// See [`crate::storage::Definitions::definition_changes`].
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn definition_changes(&self, after: u64) -> Result<DefinitionChanges, StoreError> {
+        let mut out = DefinitionChanges {
+            position: after,
+            ..DefinitionChanges::default()
+        };
+        let first = self.changes.first()?.map(|(key, _)| position_of(&key));
+        // The feed starts past `after + 1`: entries after `after` were dropped.
+        if first.is_some_and(|first| first > after.saturating_add(1)) && after > 0 {
+            out.reset = true;
+        }
+        let from = after.to_be_bytes();
+        for entry in self
+            .changes
+            .range::<&[u8], _>((Bound::Excluded(&from[..]), Bound::Unbounded))
+            .take(READ_AT_MOST)
+        {
+            let (key, value) = entry?;
+            out.position = position_of(&key);
+            match parse_change(&value) {
+                Some(changed) => out.changed.push(changed),
+                None => tracing::warn!(entry = ?value, "skipping a malformed change entry"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The feed's last position (0: none yet).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn change_head(&self) -> Result<u64, StoreError> {
+        Ok(self.changes.last()?.map_or(0, |(key, _)| position_of(&key)))
+    }
+}
+
+fn position_of(key: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(key).map_or(0, u64::from_be_bytes)
+}
+
+fn parse_change(value: &[u8]) -> Option<Changed> {
+    let (&kind, id) = value.split_first()?;
+    let id = std::str::from_utf8(id).ok()?;
+    match kind {
+        b'w' => WebhookId::parse(id).ok().map(Changed::Webhook),
+        b'c' => ConnectionId::parse(id).ok().map(Changed::Connection),
+        _ => None,
+    }
+}

@@ -1,0 +1,85 @@
+//! Another writer on the same storage (as a second host on a shared database would be):
+//! the host follows what it changes, and never undoes it with an older copy.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use wasmhooks::config::Config;
+use wasmhooks::model::Millis;
+use wasmhooks::pipeline::{EventInput, WebhookInput};
+
+use crate::support::{data_dir, eventually, Receiver};
+
+#[tokio::test]
+async fn a_webhook_another_writer_changes_is_followed_and_never_undone() {
+    let (_tmp, dir) = data_dir();
+    let receiver = Receiver::start().await;
+    let mut config = Config {
+        data_dir: dir,
+        ..Config::default()
+    };
+    config.delivery.allowed_destinations = vec!["127.0.0.1".into()];
+    let mut host = wasmhooks::Host::open(config).unwrap();
+    host.start();
+    let p = host.pipeline().clone();
+    let (module, _) = p
+        .catalog()
+        .upload_module("forward", "1", wasmhooks::examples::FORWARD)
+        .unwrap();
+    let input: WebhookInput = serde_json::from_value(json!({
+        "name": "ours", "event_kinds": ["order.*"], "module_id": module.id, "url": receiver.url
+    }))
+    .unwrap();
+    let created = p.catalog().create_webhook(input).unwrap();
+    let storage: Arc<dyn wasmhooks::storage::Storage> = p.storage().clone();
+
+    // Another writer renames it in storage: the host's copy follows.
+    let mut theirs = storage.webhook(&created.id).unwrap().unwrap();
+    theirs.name = "renamed elsewhere".into();
+    storage.put_webhook(&mut theirs).unwrap();
+    eventually("the rename to be followed", || async {
+        let kept = p.catalog().webhook(&created.id).unwrap();
+        (kept.name == "renamed elsewhere").then_some(())
+    })
+    .await;
+
+    // A change the host makes (a failure streak) is made on what the other writer saved,
+    // even before the host has followed it, and keeps it.
+    let mut theirs = storage.webhook(&created.id).unwrap().unwrap();
+    theirs.description = Some("described elsewhere".into());
+    storage.put_webhook(&mut theirs).unwrap();
+    let changed = p
+        .catalog()
+        .change_webhook(&created.id, |w| w.failing_since = Some(Millis(5)))
+        .unwrap()
+        .expect("changed");
+    assert_eq!(changed.description.as_deref(), Some("described elsewhere"));
+    assert_eq!(changed.failing_since, Some(Millis(5)));
+    let stored = storage.webhook(&created.id).unwrap().unwrap();
+    assert_eq!(stored, changed);
+
+    // Paused elsewhere: once followed, new events no longer go to it.
+    let mut theirs = stored;
+    theirs.enabled = false;
+    storage.put_webhook(&mut theirs).unwrap();
+    eventually("the pause to be followed", || async {
+        let kept = p.catalog().webhook(&created.id).unwrap();
+        (!kept.enabled).then_some(())
+    })
+    .await;
+    let event: EventInput =
+        serde_json::from_value(json!({ "kind": "order.created", "payload": {} })).unwrap();
+    let emitted = p.emit(vec![event]).await.unwrap();
+    assert!(
+        emitted[0].deliveries.is_empty(),
+        "a paused webhook takes no events"
+    );
+
+    // Deleted elsewhere: forgotten.
+    storage.delete_webhook(&created.id).unwrap();
+    eventually("the delete to be followed", || async {
+        p.catalog().webhook(&created.id).is_err().then_some(())
+    })
+    .await;
+    host.shutdown().await.unwrap();
+}
