@@ -80,18 +80,18 @@ impl Store {
         if stored != webhook.version {
             return Err(Conflict::Changed.into());
         }
-        self.note_change(&Changed::Webhook(webhook.id.clone()))?;
         webhook.version += 1;
         // Sealed: its headers and plugin config may hold tokens.
         let key = webhook.id.as_str().as_bytes();
         let sealed = self
             .sealer
             .seal(&context("webhooks", key), &encode(&*webhook));
-        if let Err(e) = self.webhooks.insert(key, sealed) {
+        let changed = Changed::Webhook(webhook.id.clone());
+        let written = self.write_fed(&self.webhooks, key, Some(&sealed), &changed);
+        if written.is_err() {
             webhook.version -= 1;
-            return Err(e.into());
         }
-        Ok(())
+        written
     }
 
     /// Deletes a webhook and its plugin state.
@@ -99,8 +99,8 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn delete_webhook(&self, id: &WebhookId) -> Result<(), StoreError> {
-        self.note_change(&Changed::Webhook(id.clone()))?;
-        self.webhooks.remove(id.as_str())?;
+        let changed = Changed::Webhook(id.clone());
+        self.write_fed(&self.webhooks, id.as_str().as_bytes(), None, &changed)?;
         self.signing.remove(id.as_str())?;
         self.state_clear(id)
     }
@@ -146,17 +146,17 @@ impl Store {
         if stored != connection.version {
             return Err(Conflict::Changed.into());
         }
-        self.note_change(&Changed::Connection(connection.id.clone()))?;
         connection.version += 1;
         let key = connection.id.as_str().as_bytes();
         let sealed = self
             .sealer
             .seal(&context("connections", key), &encode(&*connection));
-        if let Err(e) = self.connections.insert(key, sealed) {
+        let changed = Changed::Connection(connection.id.clone());
+        let written = self.write_fed(&self.connections, key, Some(&sealed), &changed);
+        if written.is_err() {
             connection.version -= 1;
-            return Err(e.into());
         }
-        Ok(())
+        written
     }
 
     /// One connection.
@@ -175,9 +175,8 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn delete_connection(&self, id: &ConnectionId) -> Result<(), StoreError> {
-        self.note_change(&Changed::Connection(id.clone()))?;
-        self.connections.remove(id.as_str())?;
-        Ok(())
+        let changed = Changed::Connection(id.clone());
+        self.write_fed(&self.connections, id.as_str().as_bytes(), None, &changed)
     }
 
     /// Every connection, oldest first.
@@ -247,10 +246,9 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn put_signing_keys(&self, id: &WebhookId, keys: &SigningKeys) -> Result<(), StoreError> {
-        self.note_change(&Changed::Webhook(id.clone()))?;
         let key = id.as_str().as_bytes();
         let sealed = self.sealer.seal(&context("signing", key), &encode(keys));
-        self.signing.insert(key, sealed)?;
-        Ok(())
+        let changed = Changed::Webhook(id.clone());
+        self.write_fed(&self.signing, key, Some(&sealed), &changed)
     }
 }

@@ -3,10 +3,12 @@
 //! across restarts), so a reader follows every writer's changes in order. The feed keeps the
 //! last [`KEPT`] entries; a reader further behind is told to read everything again.
 //!
-//! An entry is written before the change it names: after a crash between the two, a reader
-//! reads the definition as it still is, which changes nothing.
+//! An entry is written in one transaction with the change it names, so a reader that meets
+//! it reads the change (a shared database does the same in its own transaction).
 
 use std::ops::Bound;
+
+use sled::transaction::{ConflictableTransactionError, Transactional};
 
 use super::{Store, StoreError};
 use crate::model::{ConnectionId, WebhookId};
@@ -18,15 +20,34 @@ const KEPT: u64 = 10_000;
 const READ_AT_MOST: usize = 1_000;
 
 impl Store {
-    /// Notes that a definition is about to change.
-    pub(super) fn note_change(&self, changed: &Changed) -> Result<(), StoreError> {
-        let position = self.db.generate_id()?.saturating_add(1);
-        let value = match changed {
+    /// Writes a record's new value (`None`: removes it) to `tree` together with the
+    /// change-feed entry naming it, in one transaction: a reader meets the entry only once
+    /// the change can be read.
+    pub(super) fn write_fed(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        value: Option<&[u8]>,
+        changed: &Changed,
+    ) -> Result<(), StoreError> {
+        let position = self.db.generate_id()?.saturating_add(1).to_be_bytes();
+        let entry = match changed {
             Changed::Webhook(id) => [b"w", id.as_str().as_bytes()].concat(),
             Changed::Connection(id) => [b"c", id.as_str().as_bytes()].concat(),
         };
-        self.changes.insert(position.to_be_bytes(), value)?;
-        // The entries now too old, usually none or one.
+        (tree, &self.changes).transaction(|(tree, changes)| {
+            match value {
+                Some(value) => tree.insert(key, value)?,
+                None => tree.remove(key)?,
+            };
+            changes.insert(&position[..], entry.as_slice())?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        self.trim_changes(u64::from_be_bytes(position))
+    }
+
+    /// Drops the entries older than the last [`KEPT`], usually none or one.
+    fn trim_changes(&self, position: u64) -> Result<(), StoreError> {
         let oldest = position.saturating_sub(KEPT).to_be_bytes();
         for key in self
             .changes
