@@ -28,6 +28,11 @@
 //!   the worker read ([`Delivery::version`]): a delivery that ingest changed meanwhile (a
 //!   debounced one taking a newer event, a batch taking one more) is never overwritten with
 //!   the older copy. A refused write is [`StorageError::Conflict`] and changes nothing.
+//! - **Definitions are written over the version read.** A webhook or connection is stored
+//!   only over the [`Webhook::version`] it was read at ([`Conflict::Changed`] otherwise),
+//!   and every write and delete of one (and of a webhook's signing secrets) is in the change
+//!   feed ([`Definitions::definition_changes`]) once it can be read, so hosts keeping copies
+//!   in memory follow each other's changes.
 //! - **Routing indexes.** A debounced delivery (an entity, not in order) waiting to be
 //!   claimed takes a newer event of its entity instead of a new delivery; an in-order
 //!   delivery is first in line only when no earlier one of its entity is unfinished; a batch
