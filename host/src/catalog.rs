@@ -145,13 +145,14 @@ impl Catalog {
         if let Some(webhook) = self.webhook_cached(id) {
             return Ok(Some(webhook));
         }
-        // Under the write lock: a delete cannot slip between the read and the keeping.
+        // Read while the copies are locked: no delete, this host's or one followed from the
+        // change feed, can slip between the read and the keeping.
         let _writing = self.webhook_writes.lock().unwrap();
+        let mut webhooks = self.webhooks.write().unwrap();
         let Some(stored) = self.store.webhook(id)? else {
             return Ok(None);
         };
         let cached = Arc::new(CachedWebhook::new(stored));
-        let mut webhooks = self.webhooks.write().unwrap();
         Ok(Some(webhooks.entry(id.clone()).or_insert(cached).clone()))
     }
 

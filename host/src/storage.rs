@@ -127,11 +127,15 @@ pub struct Outcome<'a> {
     pub keep: bool,
 }
 
-/// Plugin state changes of one webhook: a value, or `None` to remove the key.
+/// Plugin state changes of one webhook: a value, or `None` to remove the key. Written only
+/// while the webhook is still `tenant`'s (it was when the evaluation began): the outcome is
+/// written without them when the webhook moved to another tenant or is gone.
 #[derive(Clone, Copy, Debug)]
 pub struct StateWrite<'a> {
     /// The webhook whose state changes.
     pub webhook: &'a WebhookId,
+    /// Its tenant when the evaluation began.
+    pub tenant: Option<&'a str>,
     /// The changes, applied in order.
     pub changes: &'a [(String, Option<Vec<u8>>)],
 }

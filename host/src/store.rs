@@ -152,6 +152,8 @@ pub struct Store {
     changes: sled::Tree,
     /// Held while a webhook or connection is compared with the version read and written.
     definition_writes: Arc<std::sync::Mutex<()>>,
+    /// Held while a change-feed position is taken and its entry committed.
+    feed_writes: Arc<std::sync::Mutex<()>>,
     sealer: Sealer,
     /// The free-space guard over the data directory.
     space: Arc<space::SpaceGuard>,
@@ -260,6 +262,7 @@ impl Store {
             signing: db.open_tree("signing")?,
             changes: db.open_tree("definition_changes")?,
             definition_writes: Arc::default(),
+            feed_writes: Arc::default(),
             sealer,
             space,
             committer: commit::Committer::start(db.clone(), ingest.clone()),

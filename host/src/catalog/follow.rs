@@ -83,19 +83,41 @@ impl Catalog {
         Ok(())
     }
 
-    /// Reads every webhook and connection again; returns how many there are.
+    /// Reads every webhook and connection again, keeping a kept copy newer than what was
+    /// read (this host's write kept meanwhile) and forgetting what storage no longer holds;
+    /// under the webhooks' write lock, so no write of this host interleaves. Returns how
+    /// many there are.
     fn read_all_again(&self) -> Result<usize, StorageError> {
+        let _writing = self.webhook_writes.lock().unwrap();
         let webhooks = self.store.webhooks()?;
         let connections = self.store.connections()?;
         let count = webhooks.len() + connections.len();
-        *self.webhooks.write().unwrap() = webhooks
-            .into_iter()
-            .map(|w| (w.id.clone(), Arc::new(CachedWebhook::new(w))))
-            .collect();
-        *self.connections.write().unwrap() = connections
-            .into_iter()
-            .map(|c| (c.id.clone(), Arc::new(c)))
-            .collect();
+        {
+            let mut kept = self.webhooks.write().unwrap();
+            let stored: HashSet<WebhookId> = webhooks.iter().map(|w| w.id.clone()).collect();
+            kept.retain(|id, _| stored.contains(id));
+            for webhook in webhooks {
+                if kept
+                    .get(&webhook.id)
+                    .is_none_or(|k| k.version <= webhook.version)
+                {
+                    kept.insert(webhook.id.clone(), Arc::new(CachedWebhook::new(webhook)));
+                }
+            }
+        }
+        {
+            let mut kept = self.connections.write().unwrap();
+            let stored: HashSet<ConnectionId> = connections.iter().map(|c| c.id.clone()).collect();
+            kept.retain(|id, _| stored.contains(id));
+            for connection in connections {
+                if kept
+                    .get(&connection.id)
+                    .is_none_or(|k| k.version <= connection.version)
+                {
+                    kept.insert(connection.id.clone(), Arc::new(connection));
+                }
+            }
+        }
         self.signers.write().unwrap().clear();
         Ok(count)
     }

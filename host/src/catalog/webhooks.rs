@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::listing::{contains, ListQuery, Listed, Page, SortValue};
 use super::webhook_input::WebhookInput;
-use super::{CachedWebhook, Catalog, Error};
+use super::{CachedWebhook, Catalog, Error, Principal};
 use crate::model::SigningKeys;
 use crate::model::{kind_matches, Webhook, WebhookId};
 
@@ -71,7 +71,7 @@ impl Catalog {
     /// [`Error::NotFound`] for an unknown webhook, module or connection, [`Error::Invalid`]
     /// naming the first bad field, or a storage error. Nothing changes on error.
     pub fn update_webhook(&self, id: &WebhookId, input: WebhookInput) -> Result<Webhook, Error> {
-        self.update_webhook_signed(id, input)
+        self.update_webhook_signed(id, input, &Principal::admin())
             .map(|(webhook, _)| webhook)
     }
 
@@ -87,6 +87,7 @@ impl Catalog {
         &self,
         id: &WebhookId,
         input: WebhookInput,
+        who: &Principal,
     ) -> Result<(Webhook, Option<super::signing::Issued>), Error> {
         if input.signature_scheme.is_some() {
             return Err(Error::invalid(
@@ -102,8 +103,10 @@ impl Catalog {
         }
         let _moves = self.tenant_moves.write().unwrap();
         let _writing = self.webhook_writes.lock().unwrap();
-        // As stored, not as kept in memory: another host may have changed it.
-        let existing = self.webhook_stored(id)?;
+        // As stored, not as kept in memory: another host may have changed it. Checked
+        // against the caller here, under the lock: a webhook moved to another tenant since
+        // the caller looked is not the caller's to change.
+        let existing = self.webhook_stored(id, who)?;
         let webhook = self.merge_webhook(Some(&existing), input)?;
         if webhook.tenant == existing.tenant {
             return Ok((self.save_webhook(webhook)?, None));
@@ -159,8 +162,17 @@ impl Catalog {
     /// # Errors
     /// [`Error::NotFound`] or a storage error.
     pub fn delete_webhook(&self, id: &WebhookId) -> Result<Webhook, Error> {
+        self.delete_webhook_as(id, &Principal::admin())
+    }
+
+    /// [`Catalog::delete_webhook`] for `who`: only a webhook of a tenant it sees, as stored
+    /// when the delete runs.
+    ///
+    /// # Errors
+    /// As [`Catalog::delete_webhook`].
+    pub fn delete_webhook_as(&self, id: &WebhookId, who: &Principal) -> Result<Webhook, Error> {
         let _writing = self.webhook_writes.lock().unwrap();
-        let existing = self.webhook(id)?;
+        let existing = self.webhook_stored(id, who)?;
         self.store.delete_webhook(&existing.id)?;
         self.signers.write().unwrap().remove(&existing.id);
         self.webhooks.write().unwrap().remove(&existing.id);
@@ -229,15 +241,18 @@ impl Catalog {
         webhooks.insert(webhook.id.clone(), Arc::new(CachedWebhook::new(webhook)));
     }
 
-    /// A webhook as stored now.
+    /// A webhook as stored now, if `who` sees its tenant.
     ///
     /// # Errors
-    /// [`Error::NotFound`] or a storage error.
-    fn webhook_stored(&self, id: &WebhookId) -> Result<Webhook, Error> {
-        self.store.webhook(id)?.ok_or_else(|| Error::NotFound {
-            kind: "webhook",
-            id: id.to_string(),
-        })
+    /// [`Error::NotFound`] (also for another tenant's) or a storage error.
+    fn webhook_stored(&self, id: &WebhookId, who: &Principal) -> Result<Webhook, Error> {
+        self.store
+            .webhook(id)?
+            .filter(|w| who.sees(w.tenant.as_deref()))
+            .ok_or_else(|| Error::NotFound {
+                kind: "webhook",
+                id: id.to_string(),
+            })
     }
 
     /// One webhook.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::outcome::{self, Verdict};
+use super::outcome::{self, Round, Verdict};
 use super::{CachedWebhook, Pipeline};
 use crate::fair_share::Admission;
 use crate::metrics::Ended;
@@ -31,6 +31,13 @@ pub(super) const LEASE: Duration = Duration::from_secs(30);
 /// How often a claim in use is renewed: well within [`LEASE`], so a slow renewal or two
 /// never lets it lapse.
 const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+/// A round sent and written: what [`Pipeline::after_round`] needs.
+struct Sent {
+    webhook: Arc<CachedWebhook>,
+    delivery: Delivery,
+    round: Round,
+}
 
 pub(super) fn plus(t: Millis, d: Duration) -> Millis {
     t.saturating_add(d)
@@ -60,26 +67,34 @@ impl Pipeline {
         };
         let work = self.work(&claim, delivery, admission, hand_back);
         match self.renewing(&claim, work).await {
+            Ok(Some(sent)) => {
+                // After the claim ended: what the round means for its webhook.
+                self.after_round(&sent.webhook, &sent.delivery, &sent.round)
+                    .await;
+                Ok(())
+            }
+            Ok(None) => Ok(()),
             Err(StorageError::Conflict(conflict)) => {
                 self.refused(id, conflict);
                 Ok(())
             }
-            done => done,
+            Err(e) => Err(e),
         }
     }
 
     /// Runs `work`, renewing `claim` every [`RENEW_EVERY`]; stops it when the claim is lost.
-    async fn renewing(
+    async fn renewing<T>(
         &self,
         claim: &Claim,
-        work: impl Future<Output = Result<(), StorageError>>,
-    ) -> Result<(), StorageError> {
+        work: impl Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
         let mut work = std::pin::pin!(work);
         let start = tokio::time::Instant::now() + RENEW_EVERY;
         let mut renew = tokio::time::interval_at(start, RENEW_EVERY);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 done = &mut work => return done,
                 _ = renew.tick() => self.store.renew(claim, plus(self.now(), LEASE))?,
             }
@@ -88,22 +103,27 @@ impl Pipeline {
 
     /// The step itself: look, evaluate once (its requests are stored with the first round,
     /// so retries resend the same bytes), send what is not yet accepted, write the outcome.
+    /// Returns the round sent, for what follows from it once the claim has ended.
     async fn work(
         &self,
         claim: &Claim,
         mut delivery: Delivery,
         admission: Option<Admission>,
         hand_back: &mut watch::Receiver<bool>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<Sent>, StorageError> {
         delivery.updated_at = self.now();
         let webhook = match self.look(&delivery)? {
             Ok(webhook) => webhook,
-            Err(verdict) => return self.conclude(claim, delivery, None, verdict, Vec::new()),
+            Err(verdict) => {
+                return self
+                    .conclude(claim, delivery, None, verdict, Vec::new())
+                    .map(|()| None)
+            }
         };
         if delivery.requests.is_none() {
             if delivery.mode().collects() && !self.store.close(claim, &delivery)? {
                 // A newer event changed it meanwhile; it is queued again as it is now.
-                return Ok(());
+                return Ok(None);
             }
             let evaluated = self.evaluate(&webhook, &delivery).await?;
             if let Some(logs) = evaluated.logs {
@@ -111,7 +131,10 @@ impl Pipeline {
             }
             let Verdict::Send(requests) = evaluated.verdict else {
                 let webhook = Some(&**webhook);
-                return self.conclude(claim, delivery, webhook, evaluated.verdict, evaluated.state);
+                let (verdict, state) = (evaluated.verdict, evaluated.state);
+                return self
+                    .conclude(claim, delivery, webhook, verdict, state)
+                    .map(|()| None);
             };
             delivery.requests = Some(requests);
             // When the evaluation changed plugin state, keep the built bytes with it before
@@ -133,8 +156,11 @@ impl Pipeline {
             self.emit_response_event(&webhook, &mut delivery).await?;
         }
         self.write_outcome(claim, &mut delivery, &webhook, &state, false)?;
-        self.after_round(&webhook, &delivery, &round).await;
-        Ok(())
+        Ok(Some(Sent {
+            webhook,
+            delivery,
+            round,
+        }))
     }
 
     /// Looks at a claimed delivery before its plugin runs: its webhook, or why it is not
@@ -235,6 +261,7 @@ impl Pipeline {
         };
         let state = StateWrite {
             webhook: &webhook.id,
+            tenant: webhook.tenant.as_deref(),
             changes: state,
         };
         self.finish(claim, delivery, Some(state), keep)

@@ -133,6 +133,9 @@ async fn write_state(
     let e = event(&format!("state-{n}"), None);
     let mut w = self::webhook();
     w.id = webhook.clone();
+    if storage.webhook(webhook).unwrap().is_none() {
+        storage.put_webhook(&mut w).unwrap();
+    }
     let mut d = pending(&w, &e, 1);
     insert(storage, &e, std::slice::from_ref(&d)).await;
     let (held, _) = storage
@@ -141,7 +144,11 @@ async fn write_state(
         .unwrap();
     d.status = DeliveryStatus::Delivered;
     d.next_attempt_at = None;
-    let state = Some(StateWrite { webhook, changes });
+    let state = Some(StateWrite {
+        webhook,
+        tenant: None,
+        changes,
+    });
     storage
         .finish(
             &held,
@@ -321,6 +328,7 @@ async fn claims_are_exclusive_until_they_lapse_and_finish_only_while_held(opener
             delivery: &mut late,
             state: Some(StateWrite {
                 webhook: &w.id,
+                tenant: None,
                 changes: &changes,
             }),
             keep: false,
@@ -355,7 +363,8 @@ async fn claims_are_exclusive_until_they_lapse_and_finish_only_while_held(opener
 async fn an_outcome_is_written_whole_and_only_over_the_version_read(opener: &impl Opener) {
     let dir = tempfile::tempdir().unwrap();
     let storage = opener.open(dir.path());
-    let w = webhook();
+    let mut w = webhook();
+    storage.put_webhook(&mut w).unwrap();
     let (e1, e2) = (event("o-1", None), event("o-2", None));
     let debounced = |e: &Event, due: i64| {
         let mut d = pending(&w, e, due);
@@ -375,6 +384,7 @@ async fn an_outcome_is_written_whole_and_only_over_the_version_read(opener: &imp
     let state = || {
         Some(StateWrite {
             webhook: &w.id,
+            tenant: None,
             changes: &changes,
         })
     };
@@ -882,6 +892,7 @@ async fn a_backup_opens_with_every_event_and_the_queue_as_copied(opener: &impl O
     let mut done = pending(&w, &second, 1_000);
     let report = {
         let storage = opener.open(dir.path());
+        storage.put_webhook(&mut w.clone()).unwrap();
         insert(&storage, &first, std::slice::from_ref(&waiting)).await;
         insert(&storage, &second, std::slice::from_ref(&done)).await;
         let (held, _) = storage
@@ -893,6 +904,7 @@ async fn a_backup_opens_with_every_event_and_the_queue_as_copied(opener: &impl O
         let changes = [("seen".to_string(), Some(b"1".to_vec()))];
         let state = Some(StateWrite {
             webhook: &w.id,
+            tenant: None,
             changes: &changes,
         });
         let outcome = Outcome {

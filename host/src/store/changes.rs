@@ -1,7 +1,8 @@
 //! The change feed of definitions in the sled store: one entry per webhook or connection
 //! written or deleted, keyed by a sequence number sled hands out (`generate_id`, increasing
 //! across restarts), so a reader follows every writer's changes in order. The feed keeps the
-//! last [`KEPT`] entries; a reader further behind is told to read everything again.
+//! entries within [`KEPT`] positions of the newest; a reader from before the last one dropped
+//! is told to read everything again.
 //!
 //! An entry is written in one transaction with the change it names, so a reader that meets
 //! it reads the change (a shared database does the same in its own transaction).
@@ -14,8 +15,10 @@ use super::{Store, StoreError};
 use crate::model::{ConnectionId, WebhookId};
 use crate::storage::{Changed, DefinitionChanges};
 
-/// Entries kept.
+/// Entries kept: those within this many positions of the newest.
 const KEPT: u64 = 10_000;
+/// The `meta` key of the last position dropped from the feed.
+const TRIMMED: &[u8] = b"definition_changes_trimmed";
 /// Most entries one read returns.
 const READ_AT_MOST: usize = 1_000;
 
@@ -30,6 +33,9 @@ impl Store {
         value: Option<&[u8]>,
         changed: &Changed,
     ) -> Result<(), StoreError> {
+        // Positions are taken and committed in one order: a reader never meets a later
+        // entry before an earlier one is readable.
+        let _feed = self.feed_writes.lock().unwrap_or_else(|e| e.into_inner());
         let position = self.db.generate_id()?.saturating_add(1).to_be_bytes();
         let entry = match changed {
             Changed::Webhook(id) => [b"w", id.as_str().as_bytes()].concat(),
@@ -46,15 +52,22 @@ impl Store {
         self.trim_changes(u64::from_be_bytes(position))
     }
 
-    /// Drops the entries older than the last [`KEPT`], usually none or one.
+    /// Drops the entries older than the last [`KEPT`] positions (usually none or one),
+    /// noting the last one dropped: a reader from before it has missed changes.
     fn trim_changes(&self, position: u64) -> Result<(), StoreError> {
         let oldest = position.saturating_sub(KEPT).to_be_bytes();
+        let mut dropped = None;
         for key in self
             .changes
             .range::<&[u8], _>((Bound::Unbounded, Bound::Excluded(&oldest[..])))
             .keys()
         {
-            self.changes.remove(key?)?;
+            let key = key?;
+            dropped = Some(position_of(&key));
+            self.changes.remove(key)?;
+        }
+        if let Some(dropped) = dropped {
+            self.meta.insert(TRIMMED, &dropped.to_be_bytes())?;
         }
         Ok(())
     }
@@ -68,11 +81,10 @@ impl Store {
             position: after,
             ..DefinitionChanges::default()
         };
-        let first = self.changes.first()?.map(|(key, _)| position_of(&key));
-        // The feed starts past `after + 1`: entries after `after` were dropped.
-        if first.is_some_and(|first| first > after.saturating_add(1)) && after > 0 {
-            out.reset = true;
-        }
+        // Entries after `after` were dropped: the reader has missed changes. (Positions
+        // themselves leap, by a million or so after each restart; only drops count.)
+        let trimmed = self.meta.get(TRIMMED)?.map_or(0, |v| position_of(&v));
+        out.reset = trimmed > after;
         let from = after.to_be_bytes();
         for entry in self
             .changes

@@ -201,7 +201,7 @@ impl Store {
         delivery: &mut Delivery,
         old_due: Option<Millis>,
     ) -> Result<(), StoreError> {
-        self.write_outcome(delivery, old_due, None)
+        self.write_versioned(delivery, old_due, None, Absent::IsNew)
     }
 
     /// Writes a delivery's new state with its plugin's state changes, all or nothing, over
@@ -210,16 +210,28 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Conflict`] ([`Conflict::Changed`]) when the stored record is at another
-    /// version (nothing written; no record counts as version 0), or on storage failure.
+    /// version or gone (nothing written), or on storage failure.
     pub fn write_outcome(
         &self,
         delivery: &mut Delivery,
         old_due: Option<Millis>,
         state: Option<StateWrite<'_>>,
     ) -> Result<(), StoreError> {
+        self.write_versioned(delivery, old_due, state, Absent::Gone)
+    }
+
+    /// Writes over the version read and counts it up (see [`Store::write_outcome`]).
+    fn write_versioned(
+        &self,
+        delivery: &mut Delivery,
+        old_due: Option<Millis>,
+        state: Option<StateWrite<'_>>,
+        absent: Absent,
+    ) -> Result<(), StoreError> {
         let read = delivery.version;
         delivery.version = read.wrapping_add(1);
-        let written = self.write_over(delivery, read, old_due, state);
+        let expected = Expected { read, absent };
+        let written = self.write_over(delivery, expected, old_due, state);
         if written.is_err() {
             delivery.version = read;
         }
@@ -230,7 +242,7 @@ impl Store {
     fn write_over(
         &self,
         delivery: &Delivery,
-        read: u64,
+        expected: Expected,
         old_due: Option<Millis>,
         state: Option<StateWrite<'_>>,
     ) -> Result<(), StoreError> {
@@ -248,7 +260,7 @@ impl Store {
             // Nothing but its claim holder writes a plain delivery (no debounce or batch can
             // replace its event), so the version read here stays until the writes below.
             let stored = self.ingest.deliveries.get(delivery.id.as_str())?;
-            if version_of(stored.as_deref()) != Some(read) {
+            if !expected.holds(stored.as_deref()) {
                 return Err(Conflict::Changed.into());
             }
         }
@@ -285,10 +297,11 @@ impl Store {
             &self.ingest.queue,
             &self.ingest.fifo,
             &self.plugin_state,
+            &self.webhooks,
         )
-            .transaction(|(dtree, queue, fifo, plugin_state)| {
+            .transaction(|(dtree, queue, fifo, plugin_state, webhooks)| {
                 let stored = dtree.get(delivery.id.as_str())?;
-                if version_of(stored.as_deref()) != Some(read) {
+                if !expected.holds(stored.as_deref()) {
                     return Err(ConflictableTransactionError::Abort(
                         Conflict::Changed.into(),
                     ));
@@ -303,7 +316,25 @@ impl Store {
                 if let Some(key) = &new_key {
                     queue.insert(key.as_slice(), queue_value(delivery))?;
                 }
-                if let Some(state) = &state {
+                // Kept only while the webhook is still its tenant's: state made from one
+                // tenant's events never reaches another's.
+                let state = match &state {
+                    Some(state) => {
+                        let stored = webhooks.get(state.webhook.as_str())?;
+                        let tenant = stored
+                            .map(|v| {
+                                let key = state.webhook.as_str().as_bytes();
+                                self.decode_sealed::<Webhook>("webhooks", key, &v)
+                            })
+                            .transpose()
+                            .map_err(ConflictableTransactionError::Abort)?
+                            .map(|w| w.tenant);
+                        (tenant.as_ref().map(Option::as_deref) == Some(state.tenant))
+                            .then_some(state)
+                    }
+                    None => None,
+                };
+                if let Some(state) = state {
                     for (key, value) in changes {
                         let key = Store::state_key(state.webhook, key);
                         match value {
@@ -433,10 +464,32 @@ impl Store {
     }
 }
 
-/// The version of a delivery as stored: 0 when there is no record yet (a replay is written
-/// first through [`Store::update_delivery`]).
-fn version_of(record: Option<&[u8]>) -> Option<u64> {
-    record.map_or(Some(0), stored_version)
+/// What a record must be for a write over it to go ahead.
+#[derive(Clone, Copy)]
+struct Expected {
+    /// The version read.
+    read: u64,
+    /// What no record at all means.
+    absent: Absent,
+}
+
+/// What a missing delivery record means to a write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Absent {
+    /// A delivery not stored yet (a replay is written first through
+    /// [`Store::update_delivery`]): version 0.
+    IsNew,
+    /// Removed (an ingest round undone): a claimed outcome is refused, never made anew.
+    Gone,
+}
+
+impl Expected {
+    fn holds(&self, record: Option<&[u8]>) -> bool {
+        match record {
+            Some(record) => stored_version(record) == Some(self.read),
+            None => self.absent == Absent::IsNew && self.read == 0,
+        }
+    }
 }
 
 /// The version a delivery record was written at: [`Delivery::version`] is its first field

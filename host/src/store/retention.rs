@@ -194,8 +194,13 @@ impl Store {
             else {
                 return Ok(());
             };
+            // Only where there is none: an event stored while the walk runs has its entry,
+            // listing its deliveries, which an empty one would hide.
             let entry = received_key(event.received_at, key);
-            self.ingest.received.insert(entry, &[] as &[u8]).map(drop)
+            self.ingest
+                .received
+                .compare_and_swap(entry, None as Option<&[u8]>, Some(&[] as &[u8]))
+                .map(drop)
         })?;
         if indexed {
             self.meta.insert(INDEXED, &[1u8])?;

@@ -527,6 +527,13 @@ fn plugin_state_is_scoped_per_webhook() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), test_sealer()).unwrap();
     let (a, b) = (WebhookId::generate(), WebhookId::generate());
+    let mut stored: Webhook = serde_json::from_value(serde_json::json!({
+        "id": a, "name": "w", "enabled": true, "event_kinds": ["*"], "config": {},
+        "module_id": "mod_00000000000000000000000000000000", "method": "POST", "headers": {},
+        "created_at": "1970-01-01T00:00:00Z", "updated_at": "1970-01-01T00:00:00Z",
+    }))
+    .unwrap();
+    store.put_webhook(&mut stored).unwrap();
     let e = event("stateful");
     let mut d = delivery(&e, 1000);
     store.insert_event(&e, std::slice::from_ref(&d)).unwrap();
@@ -534,6 +541,7 @@ fn plugin_state_is_scoped_per_webhook() {
         let due = d.next_attempt_at;
         let state = Some(crate::storage::StateWrite {
             webhook: &a,
+            tenant: None,
             changes,
         });
         store.write_outcome(&mut d, due, state).unwrap();

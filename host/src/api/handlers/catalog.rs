@@ -325,7 +325,7 @@ pub async fn update_webhook(
     check_connection_use(&p, &who, &input)?;
     let (webhook, issued) = p
         .catalog()
-        .update_webhook_signed(&webhook_id(&id)?, input)?;
+        .update_webhook_signed(&webhook_id(&id)?, input, &who)?;
     let mut view = serde_json::to_value(&webhook).map_err(internal)?;
     // Moved to another tenant: a new secret, shown this once (see create_webhook).
     if let Some(issued) = issued {
@@ -345,7 +345,7 @@ pub async fn delete_webhook(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     visible_webhook(&p, &who, &id)?;
-    let deleted = p.catalog().delete_webhook(&webhook_id(&id)?)?;
+    let deleted = p.catalog().delete_webhook_as(&webhook_id(&id)?, &who)?;
     p.metrics().forget_webhook(deleted.id.as_str());
     Ok(Json(deleted).into_response())
 }
