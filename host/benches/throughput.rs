@@ -977,7 +977,7 @@ async fn soak(args: &Args) {
     .await;
     println!(
         "retention {keep} (delivered, failed, events), interval {}\n",
-        std::env::var("WASMHOOKS_RETENTION__INTERVAL").unwrap_or_else(|_| "1m (default)".into())
+        std::env::var("WASMHOOKS_RETENTION__INTERVAL").unwrap_or_else(|_| "10s (default)".into())
     );
     println!("| elapsed | delivered | deliveries/s | p99 ms | host CPU | host RSS | data dir on disk | pruned deliveries | pruned events |");
     println!("|---|---|---|---|---|---|---|---|---|");
