@@ -23,15 +23,16 @@ use std::ops::Bound;
 use std::path::Path;
 
 use crate::model::{
-    Connection, ConnectionId, Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis,
-    Webhook, WebhookId,
+    Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis, Webhook, WebhookId,
 };
 
 use super::{
-    Capacity, Changed, Claim, Conflict, Definitions, Deliveries, DeliveryQuery, Inserted, Outcome,
-    PluginStates, StateWrite, Storage, Tenancy,
+    Capacity, Claim, Conflict, Definitions, Deliveries, DeliveryQuery, Inserted, Outcome,
+    PluginStates, StateWrite, Storage,
 };
 
+mod definitions;
+mod lists;
 mod pruning;
 
 /// Opens the storage kept in a directory (again, after the last handle to it was dropped).
@@ -54,12 +55,12 @@ pub async fn run(opener: &impl Opener) {
     claims_are_exclusive_until_they_lapse_and_finish_only_while_held(opener).await;
     an_outcome_is_written_whole_and_only_over_the_version_read(opener).await;
     a_stale_entry_cannot_be_claimed_and_is_dropped(opener).await;
-    a_delivery_query_filters_and_pages(opener).await;
+    lists::a_delivery_query_filters_and_pages(opener).await;
     a_debounced_delivery_takes_newer_events_until_closed(opener).await;
     a_batch_takes_events_until_closed_or_full(opener).await;
     in_order_deliveries_wait_for_the_first_in_line(opener).await;
-    definitions_state_and_secrets_read_back(opener).await;
-    definitions_are_written_over_their_version_and_fed_in_order(opener).await;
+    definitions::definitions_state_and_secrets_read_back(opener).await;
+    definitions::definitions_are_written_over_their_version_and_fed_in_order(opener).await;
     a_backup_opens_with_every_event_and_the_queue_as_copied(opener).await;
     pruning::finished_work_is_pruned_past_its_time_and_pending_work_is_kept(opener).await;
     pruning::a_pruning_walk_stops_between_steps_and_the_next_goes_on(opener).await;
@@ -120,45 +121,6 @@ fn claim(storage: &impl Storage, d: &Delivery, holder: u64, now: i64) -> Option<
         .claim(&d.id, due, holder, Millis(now + 60_000), Millis(now))
         .unwrap()
         .map(|(claim, _)| claim)
-}
-
-/// Writes plugin state as an evaluation does: with the outcome of a delivery made for it.
-async fn write_state(
-    storage: &impl Storage,
-    webhook: &WebhookId,
-    changes: &[(String, Option<Vec<u8>>)],
-) {
-    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let e = event(&format!("state-{n}"), None);
-    let mut w = self::webhook();
-    w.id = webhook.clone();
-    if storage.webhook(webhook).unwrap().is_none() {
-        storage.put_webhook(&mut w).unwrap();
-    }
-    let mut d = pending(&w, &e, 1);
-    insert(storage, &e, std::slice::from_ref(&d)).await;
-    let (held, _) = storage
-        .claim(&d.id, Millis(1), 7, Millis(30_001), Millis(1))
-        .unwrap()
-        .unwrap();
-    d.status = DeliveryStatus::Delivered;
-    d.next_attempt_at = None;
-    let state = Some(StateWrite {
-        webhook,
-        tenant: None,
-        changes,
-    });
-    storage
-        .finish(
-            &held,
-            Outcome {
-                delivery: &mut d,
-                state,
-                keep: false,
-            },
-        )
-        .unwrap();
 }
 
 async fn acknowledged_events_survive_a_reopen(opener: &impl Opener) {
@@ -437,93 +399,6 @@ async fn an_outcome_is_written_whole_and_only_over_the_version_read(opener: &imp
     assert!(due_entries(&storage).is_empty());
 }
 
-/// Walks select by every filter together, in id order either way, and page from a cursor.
-async fn a_delivery_query_filters_and_pages(opener: &impl Opener) {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = opener.open(dir.path());
-    let (w, other) = (webhook(), webhook());
-    let mut ids = Vec::new();
-    for i in 0..6 {
-        let tenant = (i % 3 == 2).then_some("acme");
-        let e = event(&format!("listed-{i}"), tenant);
-        let mut d = pending(if i == 5 { &other } else { &w }, &e, 1_000);
-        d.tenant = tenant.map(str::to_string);
-        d.created_at = Millis(1_000 * i);
-        insert(&storage, &e, std::slice::from_ref(&d)).await;
-        if i % 2 == 1 {
-            d.status = DeliveryStatus::Failed;
-            d.next_attempt_at = None;
-            storage
-                .update_delivery(&mut d, Some(Millis(1_000)))
-                .unwrap();
-        }
-        ids.push(d.id);
-    }
-    let select = |query: DeliveryQuery| -> Vec<DeliveryId> {
-        let query = DeliveryQuery {
-            limit: query.limit.max(1),
-            ..query
-        };
-        let scanned = storage.scan_deliveries(&query).unwrap();
-        scanned.deliveries.into_iter().map(|d| d.id).collect()
-    };
-    let all = DeliveryQuery {
-        limit: 100,
-        ..DeliveryQuery::default()
-    };
-    assert_eq!(select(all.clone()), ids);
-    let newest_first: Vec<_> = ids.iter().rev().cloned().collect();
-    let descending = DeliveryQuery {
-        descending: true,
-        ..all.clone()
-    };
-    assert_eq!(select(descending.clone()), newest_first);
-    // Pages: each after the last of the one before, either way.
-    for query in [all.clone(), descending] {
-        let expected = select(query.clone());
-        let first = select(DeliveryQuery {
-            limit: 4,
-            ..query.clone()
-        });
-        let rest = select(DeliveryQuery {
-            after: first.last().cloned(),
-            ..query
-        });
-        assert_eq!([first, rest].concat(), expected);
-    }
-    let of_w = DeliveryQuery {
-        webhook: Some(w.id.clone()),
-        ..all.clone()
-    };
-    assert_eq!(select(of_w.clone()), ids[..5]);
-    let failed = DeliveryQuery {
-        statuses: vec![DeliveryStatus::Failed, DeliveryStatus::Dead],
-        ..of_w.clone()
-    };
-    assert_eq!(select(failed.clone()), [ids[1].clone(), ids[3].clone()]);
-    let in_range = DeliveryQuery {
-        created_from: Some(Millis(1_000)),
-        created_before: Some(Millis(3_000)),
-        ..of_w.clone()
-    };
-    assert_eq!(select(in_range), ids[1..3]);
-    let acme = DeliveryQuery {
-        tenant: Tenancy::Only(Some("acme".into())),
-        ..all.clone()
-    };
-    assert_eq!(select(acme), [ids[2].clone(), ids[5].clone()]);
-    let no_tenant = DeliveryQuery {
-        tenant: Tenancy::Only(None),
-        ..failed
-    };
-    assert_eq!(select(no_tenant), [ids[1].clone(), ids[3].clone()]);
-    let replays = DeliveryQuery {
-        replays: Some(true),
-        ..all
-    };
-    assert!(select(replays).is_empty());
-}
-
 async fn a_stale_entry_cannot_be_claimed_and_is_dropped(opener: &impl Opener) {
     let dir = tempfile::tempdir().unwrap();
     let storage = opener.open(dir.path());
@@ -675,97 +550,6 @@ async fn in_order_deliveries_wait_for_the_first_in_line(opener: &impl Opener) {
     );
     // A delivery that is not in order has no line.
     assert_eq!(storage.first_in_line(&pending(&w, &e1, 1)).unwrap(), None);
-}
-
-/// Definitions are written only over the version read, and every write and delete is in
-/// the change feed, in order, for whoever follows it.
-async fn definitions_are_written_over_their_version_and_fed_in_order(opener: &impl Opener) {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = opener.open(dir.path());
-    let start = storage.definition_feed_head().unwrap();
-    let mut w = webhook();
-    storage.put_webhook(&mut w).unwrap();
-    assert_eq!(w.version, 1);
-    let mut stale = w.clone();
-    stale.version = 0;
-    stale.name = "stale".into();
-    let refused = storage.put_webhook(&mut stale).unwrap_err();
-    assert_eq!(refused.conflict(), Some(Conflict::Changed));
-    assert_eq!(storage.webhook(&w.id).unwrap().as_ref(), Some(&w));
-    let mut again = webhook();
-    again.id = w.id.clone();
-    let refused = storage.put_webhook(&mut again).unwrap_err();
-    assert_eq!(refused.conflict(), Some(Conflict::Changed), "created twice");
-    w.name = "renamed".into();
-    storage.put_webhook(&mut w).unwrap();
-    assert_eq!(storage.webhook(&w.id).unwrap().unwrap().version, 2);
-
-    let mut c: Connection = serde_json::from_value(serde_json::json!({
-        "id": ConnectionId::generate(), "name": "erp", "base_url": "https://erp.example/",
-        "auth": {"type": "none"}, "headers": {},
-        "created_at": "1970-01-01T00:00:00Z", "updated_at": "1970-01-01T00:00:00Z",
-    }))
-    .expect("a minimal connection");
-    storage.put_connection(&mut c).unwrap();
-    let mut stale = c.clone();
-    stale.version = 0;
-    let refused = storage.put_connection(&mut stale).unwrap_err();
-    assert_eq!(refused.conflict(), Some(Conflict::Changed));
-    assert_eq!(storage.connection(&c.id).unwrap().as_ref(), Some(&c));
-    storage.delete_connection(&c.id).unwrap();
-    assert_eq!(storage.connection(&c.id).unwrap(), None);
-    storage.delete_webhook(&w.id).unwrap();
-
-    let fed = storage.definition_changes(start).unwrap();
-    assert!(!fed.reset);
-    let named: Vec<Changed> = fed.changed.into_iter().collect();
-    let (wh, con) = (
-        Changed::Webhook(w.id.clone()),
-        Changed::Connection(c.id.clone()),
-    );
-    assert_eq!(named.first(), Some(&wh));
-    assert_eq!(named.last(), Some(&wh), "the delete, last");
-    assert!(named.contains(&con));
-    assert_eq!(storage.definition_feed_head().unwrap(), fed.position);
-    let after = storage.definition_changes(fed.position).unwrap();
-    assert!(after.changed.is_empty() && after.position == fed.position);
-}
-
-async fn definitions_state_and_secrets_read_back(opener: &impl Opener) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = webhook();
-    let secret = {
-        let storage = opener.open(dir.path());
-        storage.put_webhook(&mut w).unwrap();
-        assert_eq!(storage.webhook(&w.id).unwrap().as_ref(), Some(&w));
-        write_state(&storage, &w.id, &[("k".into(), Some(b"v".to_vec()))]).await;
-        let secret = storage.host_secret("conformance").unwrap();
-        assert_eq!(storage.host_secret("conformance").unwrap(), secret);
-        assert_ne!(storage.host_secret("other").unwrap(), secret);
-        storage.flush().unwrap();
-        secret
-    };
-    let storage = opener.open(dir.path());
-    assert_eq!(storage.webhooks().unwrap(), vec![w.clone()]);
-    assert_eq!(storage.state_get(&w.id, "k").unwrap(), Some(b"v".to_vec()));
-    assert_eq!(storage.state_size(&w.id).unwrap(), 2);
-    assert_eq!(storage.host_secret("conformance").unwrap(), secret);
-    write_state(&storage, &w.id, &[("k".into(), None)]).await;
-    assert_eq!(storage.state_get(&w.id, "k").unwrap(), None);
-    // Cleared: every key of this webhook, none of another's.
-    let other = webhook();
-    for id in [&w.id, &other.id] {
-        let two = [
-            ("a".into(), Some(b"1".to_vec())),
-            ("b".into(), Some(b"2".to_vec())),
-        ];
-        write_state(&storage, id, &two).await;
-    }
-    storage.state_clear(&w.id).unwrap();
-    assert_eq!(storage.state_size(&w.id).unwrap(), 0);
-    assert_eq!(storage.state_size(&other.id).unwrap(), 4);
-    storage.delete_webhook(&w.id).unwrap();
-    assert!(storage.webhook(&w.id).unwrap().is_none());
 }
 
 /// Set in the child process of [`a_crash_mid_ingest_leaves_every_event_whole_or_absent`]:
