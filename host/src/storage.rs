@@ -11,11 +11,11 @@
 //! - **Ingest is idempotent and all-or-nothing.** An event id already stored (per tenant) is
 //!   [`Inserted::Duplicate`] and changes nothing; a batch whose write fails leaves none of
 //!   its events behind.
-//! - **The queue.** Every unfinished delivery with a `next_attempt_at` has one entry at that
-//!   time; entries are read in (due, delivery id) order through opaque *positions*
-//!   ([`queue_key`]). An entry whose time the delivery no longer names is stale: readers drop
-//!   it ([`Deliveries::remove_queue_entry`]).
-//! - **Claims.** A worker claims a due delivery before working on it
+//! - **The queue.** Every unfinished delivery with a `next_attempt_at` has an entry at that
+//!   time; entries are read in [`QueuePosition`] order (due time, then delivery id). An
+//!   engine that leaves an outdated entry behind for a while (after a crash) keeps that to
+//!   itself: such an entry is never claimed, and the engine drops it.
+//! - **Claims.** The scheduler claims due deliveries before working on them
 //!   ([`Deliveries::claim`]): at most one holder has a claim at a time; a claim lapses at its
 //!   `until` unless renewed ([`Deliveries::renew`]), and the delivery is then free to claim
 //!   again; a delivery that moved on (another due time, finished) cannot be claimed for the
@@ -44,7 +44,6 @@
 pub mod conformance;
 
 use std::future::Future;
-use std::ops::Bound;
 use std::pin::Pin;
 
 use crate::model::{
@@ -220,17 +219,44 @@ pub struct Scanned {
     pub unreadable: Vec<String>,
 }
 
-/// One entry of the due queue, as the scheduler reads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueEntry {
+/// A place in the due queue: entries sort by due time, then delivery id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueuePosition {
     /// When the delivery is due.
     pub due: Millis,
     /// The delivery.
     pub id: DeliveryId,
+}
+
+/// Where a read of the due queue starts ([`Deliveries::due_from`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueFrom<'a> {
+    /// At the first entry due at or after this time ([`Millis::EARLIEST`]: the head).
+    Due(Millis),
+    /// At this position (the entry there, if any, is read).
+    At(&'a QueuePosition),
+    /// After this position.
+    After(&'a QueuePosition),
+}
+
+impl QueueFrom<'_> {
+    /// Whether an entry at `position` is read by a walk starting here.
+    pub fn admits(&self, position: &QueuePosition) -> bool {
+        match self {
+            QueueFrom::Due(due) => position.due >= *due,
+            QueueFrom::At(at) => position >= *at,
+            QueueFrom::After(after) => position > *after,
+        }
+    }
+}
+
+/// One entry of the due queue, as the scheduler reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// Where it is: its due time and delivery.
+    pub position: QueuePosition,
     /// Its webhook; `None` when unreadable.
     pub webhook: Option<WebhookId>,
-    /// The entry's position ([`queue_key`]).
-    pub key: Vec<u8>,
 }
 
 /// A claim on a delivery ([`Deliveries::claim`]).
@@ -253,27 +279,16 @@ impl Claim {
     }
 }
 
-/// The position of a delivery due at `due` in the queue: positions sort by due time, then
-/// delivery id.
-pub fn queue_key(due: Millis, id: &DeliveryId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(8 + id.as_str().len());
-    key.extend_from_slice(&queue_due_prefix(due));
-    key.extend_from_slice(id.as_str().as_bytes());
-    key
-}
-
-/// The start of the positions due at `due`: every delivery due then or later sorts at or
-/// after it.
-pub fn queue_due_prefix(due: Millis) -> [u8; 8] {
-    (due.as_i64().max(0) as u64).to_be_bytes()
-}
-
-/// Splits a queue position into due time and delivery id.
-pub fn parse_queue_key(key: &[u8]) -> Option<(Millis, DeliveryId)> {
-    let (due, id) = key.split_at_checked(8)?;
-    let due = u64::from_be_bytes(due.try_into().ok()?);
-    let id = DeliveryId::parse(std::str::from_utf8(id).ok()?).ok()?;
-    Some((Millis(due as i64), id))
+/// A delivery claimed ([`Deliveries::claim`]), as stored when claimed.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The claim.
+    pub claim: Claim,
+    /// The delivery.
+    pub delivery: Delivery,
+    /// Its own event, read with it when its plugin is still to run (no requests stored) and
+    /// it is not a batch; `None` otherwise, or when the event is gone.
+    pub event: Option<Event>,
 }
 
 /// What a backup copied.
@@ -406,18 +421,19 @@ pub trait Deliveries: Send + Sync {
     /// [`Scanned::unreadable`] and passed over. Blocking, and it may read every delivery:
     /// callers run it off the async threads.
     fn scan_deliveries(&self, query: &DeliveryQuery) -> Result<Scanned, StorageError>;
-    /// Claims the delivery due at `due` for `holder` until `until`, and returns it as
-    /// stored. `None` when it is gone, finished or due at another time (its entry at `due`
-    /// is stale and removed), or when another holder's claim has not lapsed at `now`. The
-    /// same holder may claim again.
+    /// Claims the deliveries at `positions` for `holder` until `until`, each returned as
+    /// stored (with its event, see [`Claimed`]) in the order asked, or `None` when it is
+    /// gone, finished or due at another time, or when another holder's claim has not lapsed
+    /// at `now`. The same holder may claim again. One call for a whole pass of the
+    /// scheduler: it claims first, and spends endpoint and fair-share allowances only on
+    /// what it holds.
     fn claim(
         &self,
-        id: &DeliveryId,
-        due: Millis,
+        positions: &[QueuePosition],
         holder: u64,
         until: Millis,
         now: Millis,
-    ) -> Result<Option<(Claim, Delivery)>, StorageError>;
+    ) -> Result<Vec<Option<Claimed>>, StorageError>;
     /// Before a claimed collecting delivery (debounced, or a batch) is evaluated: closes it
     /// to newer events, if it still holds the events `read` has. `false` means a newer event
     /// changed it since it was read; it is due again as it is now, and the claim is over.
@@ -430,29 +446,24 @@ pub trait Deliveries: Send + Sync {
     fn finish(&self, claim: &Claim, outcome: Outcome<'_>) -> Result<(), StorageError>;
     /// Extends a claim in use to `until`; [`Conflict::ClaimLost`] when it no longer holds.
     fn renew(&self, claim: &Claim, until: Millis) -> Result<(), StorageError>;
-    /// Writes a delivery's new state and moves its queue entry from `old_due` to its
-    /// `next_attempt_at` (removed when final), without a claim: for deliveries no worker
-    /// holds (replayed, recovered, or put off after a storage error). Only over the version
-    /// read ([`Conflict::Changed`] otherwise; a delivery not stored yet is at version 0, so
-    /// a new one is written this way); the delivery's `version` is counted up.
-    fn update_delivery(
-        &self,
-        delivery: &mut Delivery,
-        old_due: Option<Millis>,
-    ) -> Result<(), StorageError>;
+    /// Writes a delivery's new state and moves its queue entry to its `next_attempt_at`
+    /// (removed when final), without a claim: for deliveries no worker holds (replayed,
+    /// recovered, or put off after a storage error). Only over the version read
+    /// ([`Conflict::Changed`] otherwise; a delivery not stored yet is at version 0, so a new
+    /// one is written this way); the delivery's `version` is counted up.
+    fn update_delivery(&self, delivery: &mut Delivery) -> Result<(), StorageError>;
     /// For an in-order delivery: the first unfinished delivery of its webhook and entity.
     fn first_in_line(&self, delivery: &Delivery) -> Result<Option<DeliveryId>, StorageError>;
-    /// Queue entries from `from` on, in position order.
+    /// Queue entries from `from` on, in position order, read lazily.
     fn due_from<'a>(
         &'a self,
-        from: Bound<&[u8]>,
+        from: QueueFrom<'_>,
     ) -> Box<dyn Iterator<Item = Result<QueueEntry, StorageError>> + 'a>;
-    /// Whether the queue holds the entry at `key`.
-    fn queue_contains(&self, key: &[u8]) -> Result<bool, StorageError>;
-    /// The earliest due time among entries written since the last call (`None`: none).
+    /// The earliest due time among entries this handle wrote since the last call (`None`:
+    /// none): a reader that walks the queue once in order goes back there for entries
+    /// written behind it. Only a hint: entries another host writes may not be in it, and
+    /// the scheduler sweeps from the head now and then for those.
     fn take_written_due(&self) -> Option<Millis>;
-    /// Removes a queue entry (of a delivery that vanished or moved on).
-    fn remove_queue_entry(&self, due: Millis, id: &DeliveryId) -> Result<(), StorageError>;
     /// Number of queue entries.
     fn queue_len(&self) -> usize;
 }

@@ -3,7 +3,8 @@
 //! Files: `catalog` (definitions), `ingest` (how events and their deliveries are written,
 //! with the routing indexes), `round` (the intent log that makes a plain ingest round
 //! all-or-nothing), `commit` (group commit on one thread), `recent` (the hot cache of
-//! records just written), `deliveries` (events, deliveries and the due queue), `claims`
+//! records just written), `deliveries` (events and deliveries), `queue` (the due queue and
+//! claims taken from it), `claims`
 //! (claims on deliveries, in memory), `state` (plugin state, the host's secrets),
 //! `retention` (pruning by age, and the indexes it walks), [`seal`] (credentials encrypted
 //! at rest), `codec` (event records), [`space`] (the free-space guard), `backup` (a copy
@@ -36,6 +37,7 @@ mod engine_faults;
 #[cfg(test)]
 mod engine_order;
 mod ingest;
+mod queue;
 mod recent;
 mod retention;
 mod round;
@@ -55,7 +57,9 @@ use sled::transaction::{
 
 pub use seal::Sealer;
 
-use crate::storage::{parse_queue_key, queue_key, Inserted, QueueEntry, Scanned};
+use crate::storage::{Inserted, QueueEntry, Scanned};
+
+pub use queue::{parse_queue_key, queue_due_prefix, queue_key};
 
 pub use ingest::event_key;
 use ingest::{

@@ -82,6 +82,17 @@ impl Endpoints {
         }
     }
 
+    /// A delivery started at `endpoint` did not go ahead after all (its claim was refused):
+    /// its place and the request token it took are given back.
+    pub fn give_back(&self, endpoint: &str) {
+        if self.rate > 0.0 {
+            if let Some(e) = self.state.lock().unwrap().get_mut(endpoint) {
+                e.tokens = (e.tokens + 1.0).min(self.burst);
+            }
+        }
+        self.finish(endpoint);
+    }
+
     /// Deliveries in flight per endpoint with any.
     pub fn all_in_flight(&self) -> Vec<(String, usize)> {
         self.state
@@ -128,6 +139,18 @@ mod tests {
         e.finish("a");
         assert_eq!(e.try_start("a", now), Ok(()));
         assert_eq!(e.in_flight("a"), 2);
+    }
+
+    #[test]
+    fn a_start_given_back_returns_its_place_and_its_token() {
+        let e = Endpoints::new(1, 10.0, 1);
+        let t0 = Instant::now();
+        assert_eq!(e.try_start("a", t0), Ok(()));
+        e.give_back("a");
+        assert_eq!(e.in_flight("a"), 0);
+        assert_eq!(e.try_start("a", t0), Ok(()), "the token came back too");
+        e.finish("a");
+        assert!(matches!(e.try_start("a", t0), Err(Busy::RateLimited(_))));
     }
 
     #[test]

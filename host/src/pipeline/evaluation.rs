@@ -9,7 +9,7 @@ use super::outcome::Verdict;
 use super::worker::{plus, PAUSED_WAIT};
 use super::{payer_of, request, to_wit_event, Pipeline};
 use crate::fair_share::Turn;
-use crate::model::{Delivery, Invalid, LogLine, Webhook};
+use crate::model::{Delivery, Event, Invalid, LogLine, Webhook};
 use crate::runtime::{
     wit, Answer, Call, Evaluation, LoadedPlugin, PluginContext, PluginError, QuickSlot, StateChange,
 };
@@ -45,8 +45,9 @@ impl Pipeline {
         &self,
         webhook: &Webhook,
         delivery: &Delivery,
+        event: Option<Event>,
     ) -> Result<Evaluated, StorageError> {
-        let call = match self.call_for(delivery)? {
+        let call = match self.call_for(delivery, event)? {
             Ok(call) => call,
             Err(why) => return Ok(Evaluated::without_plugin(Verdict::Fail(why))),
         };
@@ -91,12 +92,20 @@ impl Pipeline {
         })
     }
 
-    /// What the plugin is called on: the delivery's event, or its batch's. `Err` names one
-    /// that is missing.
-    fn call_for(&self, delivery: &Delivery) -> Result<Result<Call, String>, StorageError> {
+    /// What the plugin is called on: the delivery's event (read with its claim, or now), or
+    /// its batch's. `Err` names one that is missing.
+    fn call_for(
+        &self,
+        delivery: &Delivery,
+        event: Option<Event>,
+    ) -> Result<Result<Call, String>, StorageError> {
         let tenant = delivery.events_tenant();
         if delivery.batch_events.is_empty() {
-            return Ok(match self.store.event(tenant, &delivery.event_id)? {
+            let event = match event.filter(|e| e.id == delivery.event_id) {
+                Some(event) => Some(event),
+                None => self.store.event(tenant, &delivery.event_id)?,
+            };
+            return Ok(match event {
                 Some(event) => Ok(Call::Event(to_wit_event(&event))),
                 None => Err("the event is missing".into()),
             });

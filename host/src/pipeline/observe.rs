@@ -1,13 +1,14 @@
 //! What the host shows a monitoring system: the metrics the flow moves, and the gauges read
 //! from it when `GET /metrics` is scraped.
 
-use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Pipeline;
 use crate::metrics::{Gauges, Metrics};
+use crate::model::Millis;
+use crate::storage::QueueFrom;
 
 /// How long a count of the queue is shared.
 const QUEUE_COUNT_FRESH: Duration = Duration::from_secs(1);
@@ -59,13 +60,15 @@ impl Pipeline {
         let in_flight = self.in_flight.lock().unwrap().clone();
         let oldest_due_age = self
             .store
-            .due_from(Bound::Unbounded)
+            .due_from(QueueFrom::Due(Millis::EARLIEST))
             .take(in_flight.len() + 1)
             .filter_map(Result::ok)
-            .find(|entry| !in_flight.contains_key(&entry.id))
-            .filter(|entry| entry.due < now)
-            .map_or(Duration::ZERO, |entry| {
-                Duration::from_millis(u64::try_from(now.as_i64() - entry.due.as_i64()).unwrap_or(0))
+            .map(|entry| entry.position)
+            .find(|position| !in_flight.contains_key(&position.id))
+            .filter(|position| position.due < now)
+            .map_or(Duration::ZERO, |position| {
+                let behind = now.as_i64() - position.due.as_i64();
+                Duration::from_millis(u64::try_from(behind).unwrap_or(0))
             });
         let summary = self.fair.summary();
         Gauges {

@@ -215,7 +215,7 @@ impl Pipeline {
             replaced: 0,
             replaced_events: Vec::new(),
         };
-        self.store.update_delivery(&mut replay, None)?;
+        self.store.update_delivery(&mut replay)?;
         Ok(replay)
     }
 }

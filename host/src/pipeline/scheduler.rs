@@ -10,12 +10,12 @@ use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-use super::staging::{Endpoint, QueueView, Staged};
-use super::worker::plus;
+use super::staging::{Endpoint, QueueView, Staged, Staging};
+use super::worker::{plus, LEASE};
 use super::{endpoints, Pipeline};
 use crate::fair_share::Admission;
 use crate::model::{DeliveryId, Millis, WebhookId};
-use crate::storage::{QueueEntry, StorageError};
+use crate::storage::{Claimed, QueueEntry, QueueFrom, QueuePosition, StorageError};
 
 /// How long the scheduler sleeps at most when nothing wakes it.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
@@ -72,13 +72,9 @@ struct StoreView<'a>(&'a Pipeline);
 impl QueueView for StoreView<'_> {
     fn entries<'a>(
         &'a self,
-        from: std::ops::Bound<&[u8]>,
+        from: QueueFrom<'_>,
     ) -> Box<dyn Iterator<Item = Result<QueueEntry, StorageError>> + 'a> {
-        Box::new(self.0.store.due_from(from))
-    }
-
-    fn contains(&self, key: &[u8]) -> Result<bool, StorageError> {
-        self.0.store.queue_contains(key)
+        self.0.store.due_from(from)
     }
 
     fn take_written_due(&self) -> Option<Millis> {
@@ -95,6 +91,13 @@ impl QueueView for StoreView<'_> {
     fn in_flight(&self, id: &DeliveryId) -> Option<Millis> {
         self.0.in_flight.lock().unwrap().get(id).copied()
     }
+}
+
+/// A delivery chosen to start in this pass, with what it was given, until it is claimed.
+struct Chosen {
+    position: QueuePosition,
+    started: Started,
+    admission: Option<Admission>,
 }
 
 impl Pipeline {
@@ -153,7 +156,6 @@ impl Pipeline {
     /// long the backlog). Starting work then pops from the lines of endpoints with room, so
     /// one slow receiver holds back only its own line.
     pub(super) fn start_due(self: &Arc<Self>, slots: &Slots) -> Result<Duration, StorageError> {
-        let permits = &slots.permits;
         let generation = self.catalog.generation();
         if self.endpoints_generation.swap(generation, Ordering::AcqRel) != generation {
             // A webhook or connection changed: endpoints are worked out anew.
@@ -165,10 +167,23 @@ impl Pipeline {
         if let Some(at) = self.fair.poke() {
             wait = wait.min(until(at));
         }
-        let mut staging = self.staging.lock().unwrap();
-        staging.stage(&StoreView(self), now, std::time::Instant::now(), &mut wait)?;
+        let chosen = {
+            let mut staging = self.staging.lock().unwrap();
+            staging.stage(&StoreView(self), now, std::time::Instant::now(), &mut wait)?;
+            let chosen = self.choose(&mut staging, slots, &mut wait);
+            let ids: Vec<DeliveryId> = chosen.iter().map(|c| c.position.id.clone()).collect();
+            staging.started(&ids);
+            chosen
+        };
+        self.claim_and_spawn(chosen)?;
+        Ok(wait)
+    }
 
-        let mut started = Vec::new();
+    /// Takes from the lines every delivery there is room for now, giving each its slot, its
+    /// endpoint's allowance and its webhook's admission (counted as in flight from here).
+    fn choose(&self, staging: &mut Staging, slots: &Slots, wait: &mut Duration) -> Vec<Chosen> {
+        let permits = &slots.permits;
+        let mut chosen = Vec::new();
         // Webhooks not admitted in this pass (throttled, or enough on their way already).
         let mut refused = HashSet::new();
         let reserve = reserved_slots(self.config.delivery.max_in_flight);
@@ -199,8 +214,7 @@ impl Pipeline {
                 {
                     continue 'lines;
                 }
-                let Some((index, admission)) = self.first_admitted(line, &mut refused, &mut wait)
-                else {
+                let Some((index, admission)) = self.first_admitted(line, &mut refused, wait) else {
                     continue 'lines;
                 };
                 if let Some(endpoint) = endpoint {
@@ -211,7 +225,7 @@ impl Pipeline {
                         Ok(()) => {}
                         Err(endpoints::Busy::Full) => continue 'lines,
                         Err(endpoints::Busy::RateLimited(token)) => {
-                            wait = wait.min(token.max(Duration::from_millis(1)));
+                            *wait = (*wait).min(token.max(Duration::from_millis(1)));
                             continue 'lines;
                         }
                     }
@@ -223,27 +237,50 @@ impl Pipeline {
                     break 'lines;
                 };
                 let (due, id, _) = line.remove(index).expect("found in the line");
-                self.in_flight.lock().unwrap().insert(id.clone(), due);
-                if let Some(tenant) = &tenant {
-                    *self
-                        .tenants_in_flight
-                        .lock()
-                        .unwrap()
-                        .entry(tenant.clone())
-                        .or_default() += 1;
-                }
-                started.push(id.clone());
-                let started = Started {
-                    endpoint: endpoint.clone(),
-                    tenant: tenant.clone(),
-                    permit,
-                    hand_back: slots.hand_back.clone(),
-                };
-                self.spawn_delivery(due, id, started, admission);
+                self.count_in_flight(&id, due, tenant.as_deref());
+                chosen.push(Chosen {
+                    position: QueuePosition { due, id },
+                    started: Started {
+                        endpoint: endpoint.clone(),
+                        tenant: tenant.clone(),
+                        permit,
+                        hand_back: slots.hand_back.clone(),
+                    },
+                    admission,
+                });
             }
         }
-        staging.started(&started);
-        Ok(wait)
+        chosen
+    }
+
+    /// Claims the chosen deliveries in one call and starts those claimed; the others (gone,
+    /// finished, moved on, or another host's) give back what they were given, their
+    /// endpoint's request allowance too.
+    fn claim_and_spawn(self: &Arc<Self>, chosen: Vec<Chosen>) -> Result<(), StorageError> {
+        if chosen.is_empty() {
+            return Ok(());
+        }
+        let positions: Vec<QueuePosition> = chosen.iter().map(|c| c.position.clone()).collect();
+        let now = self.now();
+        let claimed = match self
+            .store
+            .claim(&positions, self.holder, plus(now, LEASE), now)
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                for c in chosen {
+                    self.let_go(&c.position.id, c.started, true);
+                }
+                return Err(e);
+            }
+        };
+        for (c, claimed) in chosen.into_iter().zip(claimed) {
+            match claimed {
+                Some(claimed) => self.spawn_delivery(claimed, c.started, c.admission),
+                None => self.let_go(&c.position.id, c.started, true),
+            }
+        }
+        Ok(())
     }
 
     /// The first of a line's first [`LOOK_AHEAD`] deliveries whose webhook may start one
@@ -283,45 +320,68 @@ impl Pipeline {
     /// wakes the scheduler. Handed back at shutdown, a request still waiting for its answer is
     /// dropped and the delivery is written as due again at once (what was accepted before
     /// stays accepted).
-    pub(super) fn spawn_delivery(
+    fn spawn_delivery(
         self: &Arc<Self>,
-        due: Millis,
-        id: DeliveryId,
-        started: Started,
+        claimed: Claimed,
+        mut started: Started,
         admission: Option<Admission>,
     ) {
         let this = self.clone();
-        let span = tracing::info_span!("wasmhooks.delivery", delivery = %id);
-        let Started {
-            endpoint,
-            tenant,
-            permit,
-            mut hand_back,
-        } = started;
+        let span = tracing::info_span!("wasmhooks.delivery", delivery = %claimed.claim.id);
         tokio::spawn(
             async move {
-                if let Err(e) = this.process(due, &id, admission, &mut hand_back).await {
+                let (due, id) = (claimed.claim.due, claimed.claim.id.clone());
+                let hand_back = &mut started.hand_back;
+                if let Err(e) = this.process(claimed, admission, hand_back).await {
                     tracing::error!("storage error, will retry: {e}");
                     this.postpone(due, &id);
                 }
-                if let Some(endpoint) = &endpoint {
-                    this.endpoints.finish(endpoint);
-                }
-                if let Some(tenant) = &tenant {
-                    let mut tenants = this.tenants_in_flight.lock().unwrap();
-                    if let Some(count) = tenants.get_mut(tenant) {
-                        *count -= 1;
-                        if *count == 0 {
-                            tenants.remove(tenant);
-                        }
-                    }
-                }
-                this.in_flight.lock().unwrap().remove(&id);
-                drop(permit);
+                this.let_go(&id, started, false);
                 this.wake.notify_one();
             }
             .instrument(span),
         );
+    }
+
+    /// Counts a delivery chosen to start as in flight: overall, and for its tenant.
+    fn count_in_flight(&self, id: &DeliveryId, due: Millis, tenant: Option<&str>) {
+        self.in_flight.lock().unwrap().insert(id.clone(), due);
+        if let Some(tenant) = tenant {
+            *self
+                .tenants_in_flight
+                .lock()
+                .unwrap()
+                .entry(tenant.to_string())
+                .or_default() += 1;
+        }
+    }
+
+    /// Ends what a delivery was given to start: its endpoint's place (and request
+    /// allowance, when `unused`), its tenant's count, its slot.
+    fn let_go(&self, id: &DeliveryId, started: Started, unused: bool) {
+        let Started {
+            endpoint,
+            tenant,
+            permit,
+            hand_back: _,
+        } = started;
+        if let Some(endpoint) = &endpoint {
+            match unused {
+                true => self.endpoints.give_back(endpoint),
+                false => self.endpoints.finish(endpoint),
+            }
+        }
+        if let Some(tenant) = &tenant {
+            let mut tenants = self.tenants_in_flight.lock().unwrap();
+            if let Some(count) = tenants.get_mut(tenant) {
+                *count -= 1;
+                if *count == 0 {
+                    tenants.remove(tenant);
+                }
+            }
+        }
+        self.in_flight.lock().unwrap().remove(id);
+        drop(permit);
     }
 
     /// Deliveries of `tenant`'s webhooks in flight now.
@@ -339,13 +399,16 @@ impl Pipeline {
         self.staging.lock().unwrap().forget_endpoints();
     }
 
+    /// Puts a delivery whose step failed on a storage error off by
+    /// [`STORAGE_ERROR_WAIT`].
     pub(super) fn postpone(&self, due: Millis, id: &DeliveryId) {
         let result = self.store.delivery(id).and_then(|d| match d {
-            Some(mut d) if !d.status.is_final() => {
+            Some(mut d) if !d.status.is_final() && d.next_attempt_at == Some(due) => {
                 d.next_attempt_at = Some(plus(self.now(), STORAGE_ERROR_WAIT));
-                self.store.update_delivery(&mut d, Some(due))
+                self.store.update_delivery(&mut d)
             }
-            _ => self.store.remove_queue_entry(due, id),
+            // Finished, gone or moved on meanwhile: nothing to put off.
+            _ => Ok(()),
         });
         // Changed meanwhile (a newer event): it is queued as it is now.
         if let Err(e) = result.or_else(|e| {

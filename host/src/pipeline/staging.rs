@@ -1,34 +1,35 @@
 //! The scheduler's in-memory view of due work: due deliveries staged in a line per webhook
 //! (with its endpoint), and how the due queue is walked to fill those lines.
 //!
-//! The queue (in sled, keyed by due time then delivery id) can hold millions of entries, and
-//! reading one costs about a microsecond and a half, so each entry should be read about once.
+//! The queue (in (due time, delivery id) order) can hold millions of entries, and reading one
+//! from sled costs about a microsecond and a half, so each entry should be read about once.
 //! Three walks share that work:
 //!
 //! - **The sweep** follows the queue in key order up to the entries due now, and continues
 //!   from where it stopped as new entries arrive behind the last one it read. An entry whose
-//!   line is full is stepped over; the line remembers the first key it had to leave behind.
+//!   line is full is stepped over; the line remembers the first position it left behind.
 //!   With [`MAX_STAGED`] staged, a line with [`LINE_WHEN_CROWDED`] is full, so one tenant's
 //!   many busy webhooks cannot keep another's from being staged.
-//! - **A refill** walks again from that key, once the line has room (half empty) and the
+//! - **A refill** walks again from there, once the line has room (half empty) and the
 //!   staging is not crowded, and stops as soon as the line is full again — not at the end of
 //!   a backlog that may hold a million entries of the same webhook.
 //! - **Entries written behind the sweep** (same millisecond as entries already read, or a
-//!   debounced delivery moved to an earlier time) are noted by the store as they are written
-//!   ([`QueueView::take_written_due`]); the sweep goes back to the earliest such due time.
+//!   debounced delivery moved to an earlier time) are noted by the storage as they are
+//!   written ([`QueueView::take_written_due`]); the sweep goes back to the earliest such due
+//!   time.
 //!
 //! An entry of a delivery that is staged or in flight under another due time is kept aside
-//! and looked at again when that delivery is no longer staged or in flight. A sweep from the
-//! head of the queue now and then ([`FULL_SWEEP_EVERY`]) finds whatever is left (an entry
-//! whose delivery could not be postponed after a storage error).
+//! and looked at again when that delivery is no longer staged or in flight (it may be outdated
+//! by then: its claim then fails, and the storage drops it). A sweep from the head of the
+//! queue now and then ([`FULL_SWEEP_EVERY`]) finds whatever is left (an entry whose delivery
+//! could not be postponed after a storage error, one another host wrote behind the sweep).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::model::{DeliveryId, Millis, WebhookId};
-use crate::storage::{queue_due_prefix, QueueEntry, StorageError};
+use crate::storage::{QueueEntry, QueueFrom, QueuePosition, StorageError};
 
 /// Due deliveries staged in memory, waiting for their endpoint, beyond which lines are kept
 /// short (see [`LINE_WHEN_CROWDED`]).
@@ -60,13 +61,11 @@ pub(super) type Staged = (Millis, DeliveryId, Option<WebhookId>);
 
 /// What the staging reads besides the queue's entries.
 pub(super) trait QueueView {
-    /// The queue's entries from `from` on, in key order.
+    /// The queue's entries from `from` on, in position order.
     fn entries<'a>(
         &'a self,
-        from: Bound<&[u8]>,
+        from: QueueFrom<'_>,
     ) -> Box<dyn Iterator<Item = Result<QueueEntry, StorageError>> + 'a>;
-    /// Whether the queue still holds `key`.
-    fn contains(&self, key: &[u8]) -> Result<bool, StorageError>;
     /// The earliest due time written to the queue since the last call.
     fn take_written_due(&self) -> Option<Millis>;
     /// A webhook's endpoint.
@@ -75,10 +74,46 @@ pub(super) trait QueueView {
     fn in_flight(&self, id: &DeliveryId) -> Option<Millis>;
 }
 
+/// Where the sweep has got to.
+#[derive(Clone, Debug)]
+enum Cursor {
+    /// Just before the entries due at this time (it reads them next).
+    Before(Millis),
+    /// At this entry, read last.
+    At(QueuePosition),
+}
+
+impl Cursor {
+    /// Where a walk continues from here.
+    fn onward(&self) -> QueueFrom<'_> {
+        match self {
+            Cursor::Before(due) => QueueFrom::Due(*due),
+            Cursor::At(position) => QueueFrom::After(position),
+        }
+    }
+
+    /// The due time of the entries it has passed or is about to read.
+    fn due(&self) -> Millis {
+        match self {
+            Cursor::Before(due) => *due,
+            Cursor::At(position) => position.due,
+        }
+    }
+}
+
+/// Where a refill continues.
+#[derive(Clone, Debug)]
+enum RefillFrom {
+    /// At this entry (the first left behind).
+    At(QueuePosition),
+    /// After this entry (read last).
+    After(QueuePosition),
+}
+
 /// A walk behind the sweep for lines that have room again.
 struct Refill {
     /// Where it continues.
-    from: Bound<Vec<u8>>,
+    from: RefillFrom,
     /// The lines it fills that have not had an entry left behind again.
     pending: HashSet<LineKey>,
 }
@@ -95,8 +130,8 @@ enum Offered {
 /// Due deliveries staged per webhook, and where the walks of the queue have got to.
 #[derive(Default)]
 pub(super) struct Staging {
-    /// The key of the last entry the sweep read (`None`: it starts at the head).
-    cursor: Option<Vec<u8>>,
+    /// Where the sweep has got to (`None`: it starts at the head).
+    cursor: Option<Cursor>,
     /// When the sweep last started from the head.
     swept_from_head: Option<Instant>,
     /// Due deliveries per webhook, in due order.
@@ -105,11 +140,11 @@ pub(super) struct Staging {
     staged: HashMap<DeliveryId, Millis>,
     /// Each webhook's endpoint, worked out once.
     endpoint_of: HashMap<WebhookId, Endpoint>,
-    /// Lines that had entries left behind (they were full): the first such key.
-    left_behind: HashMap<LineKey, Vec<u8>>,
+    /// Lines that had entries left behind (they were full): the first such position.
+    left_behind: HashMap<LineKey, QueuePosition>,
     refill: Option<Refill>,
-    /// Entries of deliveries staged or in flight under another due time, by key.
-    revisit: HashMap<Vec<u8>, QueueEntry>,
+    /// Entries of deliveries staged or in flight under another due time, by position.
+    revisit: HashMap<QueuePosition, Option<WebhookId>>,
     /// When they were last looked at.
     revisited_at: Option<Instant>,
 }
@@ -158,14 +193,14 @@ impl Staging {
             self.refill = None;
         }
         if let Some(due) = view.take_written_due() {
-            let behind = self
+            if self
                 .cursor
-                .as_deref()
-                .is_some_and(|key| key[..8.min(key.len())] >= queue_due_prefix(due)[..]);
-            if behind {
-                // Back to the start of that millisecond: every key due then is longer than
-                // the prefix and sorts after it, so the sweep reads on from the first.
-                self.cursor = Some(queue_due_prefix(due).to_vec());
+                .as_ref()
+                .is_some_and(|cursor| cursor.due() >= due)
+            {
+                // Back to the start of that millisecond: the sweep reads on from its first
+                // entry.
+                self.cursor = Some(Cursor::Before(due));
             }
         }
         let mut budget = MAX_VISITED;
@@ -188,17 +223,15 @@ impl Staging {
             return Ok(());
         }
         self.revisited_at = Some(at);
-        let ready: Vec<Vec<u8>> = self
+        let ready: Vec<QueuePosition> = self
             .revisit
-            .iter()
-            .filter(|(_, e)| !self.staged.contains_key(&e.id) && view.in_flight(&e.id).is_none())
-            .map(|(key, _)| key.clone())
+            .keys()
+            .filter(|p| !self.staged.contains_key(&p.id) && view.in_flight(&p.id).is_none())
+            .cloned()
             .collect();
-        for key in ready {
-            let entry = self.revisit.remove(&key).expect("listed above");
-            if view.contains(&entry.key)? {
-                self.offer(view, entry);
-            }
+        for position in ready {
+            let webhook = self.revisit.remove(&position).expect("listed above");
+            self.offer(view, QueueEntry { position, webhook });
         }
         Ok(())
     }
@@ -223,7 +256,7 @@ impl Staging {
                 .min();
             if let Some(from) = from {
                 self.refill = Some(Refill {
-                    from: Bound::Included(from),
+                    from: RefillFrom::At(from),
                     pending: ready.into_iter().collect(),
                 });
             }
@@ -236,18 +269,17 @@ impl Staging {
             return Ok(());
         };
         let from = match &refill.from {
-            Bound::Included(key) => Bound::Included(key.as_slice()),
-            Bound::Excluded(key) => Bound::Excluded(key.as_slice()),
-            Bound::Unbounded => Bound::Unbounded,
+            RefillFrom::At(position) => QueueFrom::At(position),
+            RefillFrom::After(position) => QueueFrom::After(position),
         };
         let mut last = None;
         for entry in view.entries(from) {
             let entry = entry?;
-            if entry.key > until {
+            if until.onward().admits(&entry.position) {
                 return Ok(());
             }
             *budget = budget.saturating_sub(1);
-            let key = entry.key.clone();
+            let position = entry.position.clone();
             if let Offered::LeftBehind(line) = self.offer(view, entry) {
                 refill.pending.remove(&line);
                 if refill.pending.is_empty() {
@@ -255,12 +287,12 @@ impl Staging {
                 }
             }
             if *budget == 0 || self.staged.len() >= MAX_STAGED {
-                last = Some(key);
+                last = Some(position);
                 break;
             }
         }
-        if let Some(key) = last {
-            refill.from = Bound::Excluded(key);
+        if let Some(position) = last {
+            refill.from = RefillFrom::After(position);
             self.refill = Some(refill);
         }
         Ok(())
@@ -278,15 +310,18 @@ impl Staging {
             return Ok(());
         }
         let cursor = self.cursor.clone();
-        let from = cursor.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let from = cursor
+            .as_ref()
+            .map_or(QueueFrom::Due(Millis::EARLIEST), Cursor::onward);
         for entry in view.entries(from) {
             let entry = entry?;
-            if entry.due > now {
-                let until = Duration::from_millis((entry.due.as_i64() - now.as_i64()) as u64);
+            let due = entry.position.due;
+            if due > now {
+                let until = Duration::from_millis((due.as_i64() - now.as_i64()) as u64);
                 *wait = (*wait).min(until);
                 return Ok(());
             }
-            self.cursor = Some(entry.key.clone());
+            self.cursor = Some(Cursor::At(entry.position.clone()));
             *budget = budget.saturating_sub(1);
             self.offer(view, entry);
             if *budget == 0 {
@@ -298,24 +333,25 @@ impl Staging {
 
     /// Stages one entry in its webhook's line, or leaves it behind when the line is full.
     fn offer(&mut self, view: &dyn QueueView, entry: QueueEntry) -> Offered {
+        let QueueEntry { position, webhook } = entry;
         let taken = self
             .staged
-            .get(&entry.id)
+            .get(&position.id)
             .copied()
-            .or_else(|| view.in_flight(&entry.id));
+            .or_else(|| view.in_flight(&position.id));
         if let Some(due) = taken {
-            if due != entry.due {
+            if due != position.due {
                 // Another entry of the same delivery: look again once that one is done
-                // (usually it is then gone, as stale or replaced).
+                // (usually it is then gone, as outdated or replaced).
                 if self.revisit.len() < MAX_REVISIT {
-                    self.revisit.insert(entry.key.clone(), entry);
+                    self.revisit.insert(position, webhook);
                 } else {
                     self.swept_from_head = None;
                 }
             }
             return Offered::Skipped;
         }
-        let endpoint = match &entry.webhook {
+        let endpoint = match &webhook {
             Some(webhook) => self
                 .endpoint_of
                 .entry(webhook.clone())
@@ -323,20 +359,23 @@ impl Staging {
                 .clone(),
             None => None,
         };
-        let key = (endpoint, entry.webhook.clone());
+        let key = (endpoint, webhook.clone());
         let line = self.lines.entry(key.clone()).or_default();
         // Crowded (as many staged as memory allows), a line with some staged already takes
         // no more, so a webhook that appears meanwhile is still staged.
         let crowded = self.staged.len() >= MAX_STAGED && line.len() >= LINE_WHEN_CROWDED;
         if line.len() >= MAX_STAGED_PER_LINE || crowded {
-            let first = self.left_behind.entry(key.clone()).or_default();
-            if first.is_empty() || entry.key < *first {
-                *first = entry.key;
+            match self.left_behind.get_mut(&key) {
+                Some(first) if *first <= position => {}
+                Some(first) => *first = position,
+                None => {
+                    self.left_behind.insert(key.clone(), position);
+                }
             }
             return Offered::LeftBehind(key);
         }
-        line.push_back((entry.due, entry.id.clone(), entry.webhook.clone()));
-        self.staged.insert(entry.id, entry.due);
+        line.push_back((position.due, position.id.clone(), webhook));
+        self.staged.insert(position.id, position.due);
         Offered::Staged
     }
 }

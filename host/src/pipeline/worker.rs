@@ -17,9 +17,9 @@ use super::outcome::{self, Round, Verdict};
 use super::{CachedWebhook, Pipeline};
 use crate::fair_share::Admission;
 use crate::metrics::Ended;
-use crate::model::{Delivery, DeliveryId, DeliveryMode, DeliveryStatus, Millis, Webhook};
+use crate::model::{Delivery, DeliveryId, DeliveryMode, DeliveryStatus, Event, Millis, Webhook};
 use crate::runtime::StateChange;
-use crate::storage::{Claim, Conflict, Outcome, StateWrite, StorageError};
+use crate::storage::{Claim, Claimed, Conflict, Outcome, StateWrite, StorageError};
 
 /// How long a paused webhook's delivery waits before it is looked at again.
 pub(super) const PAUSED_WAIT: Duration = Duration::from_secs(60);
@@ -52,20 +52,17 @@ impl Pipeline {
     /// it need not.
     pub(super) async fn process(
         &self,
-        due: Millis,
-        id: &DeliveryId,
+        claimed: Claimed,
         admission: Option<Admission>,
         hand_back: &mut watch::Receiver<bool>,
     ) -> Result<(), StorageError> {
-        let now = self.now();
-        let Some((claim, delivery)) =
-            self.store
-                .claim(id, due, self.holder, plus(now, LEASE), now)?
-        else {
-            // Gone, finished, moved on (its stale entry is dropped), or another holder's.
-            return Ok(());
-        };
-        let work = self.work(&claim, delivery, admission, hand_back);
+        let Claimed {
+            claim,
+            delivery,
+            event,
+        } = claimed;
+        let id = &claim.id;
+        let work = self.work(&claim, delivery, event, admission, hand_back);
         match self.renewing(&claim, work).await {
             Ok(Some(sent)) => {
                 // After the claim ended: what the round means for its webhook.
@@ -108,6 +105,7 @@ impl Pipeline {
         &self,
         claim: &Claim,
         mut delivery: Delivery,
+        event: Option<Event>,
         admission: Option<Admission>,
         hand_back: &mut watch::Receiver<bool>,
     ) -> Result<Option<Sent>, StorageError> {
@@ -125,7 +123,7 @@ impl Pipeline {
                 // A newer event changed it meanwhile; it is queued again as it is now.
                 return Ok(None);
             }
-            let evaluated = self.evaluate(&webhook, &delivery).await?;
+            let evaluated = self.evaluate(&webhook, &delivery, event).await?;
             if let Some(logs) = evaluated.logs {
                 delivery.logs = logs;
             }

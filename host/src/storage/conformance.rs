@@ -19,7 +19,6 @@
 //! several hosts (concurrent claims and ingest, the change feed seen by another handle) come
 //! with the first such engine, which can run them.
 
-use std::ops::Bound;
 use std::path::Path;
 
 use crate::model::{
@@ -28,7 +27,7 @@ use crate::model::{
 
 use super::{
     Capacity, Claim, Conflict, Definitions, Deliveries, DeliveryQuery, Inserted, Outcome,
-    PluginStates, StateWrite, Storage,
+    PluginStates, QueueFrom, QueuePosition, StateWrite, Storage, StorageError,
 };
 
 mod definitions;
@@ -54,7 +53,7 @@ pub async fn run(opener: &impl Opener) {
     a_new_state_moves_the_queue_entry_and_a_final_one_removes_it(opener).await;
     claims_are_exclusive_until_they_lapse_and_finish_only_while_held(opener).await;
     an_outcome_is_written_whole_and_only_over_the_version_read(opener).await;
-    a_stale_entry_cannot_be_claimed_and_is_dropped(opener).await;
+    a_delivery_cannot_be_claimed_where_it_no_longer_is(opener).await;
     lists::a_delivery_query_filters_and_pages(opener).await;
     a_debounced_delivery_takes_newer_events_until_closed(opener).await;
     a_batch_takes_events_until_closed_or_full(opener).await;
@@ -110,17 +109,41 @@ async fn insert(storage: &impl Storage, event: &Event, deliveries: &[Delivery]) 
 
 fn due_entries(storage: &impl Storage) -> Vec<(Millis, DeliveryId)> {
     storage
-        .due_from(Bound::Unbounded)
-        .map(|entry| entry.map(|e| (e.due, e.id)).unwrap())
+        .due_from(QueueFrom::Due(Millis::EARLIEST))
+        .map(|entry| entry.map(|e| (e.position.due, e.position.id)).unwrap())
         .collect()
+}
+
+/// Claims one delivery at (`due`, `id`), as the scheduler claims a pass's.
+fn claim_at(
+    storage: &impl Storage,
+    id: &DeliveryId,
+    due: Millis,
+    holder: u64,
+    until: Millis,
+    now: Millis,
+) -> Result<Option<(Claim, Delivery)>, StorageError> {
+    let position = QueuePosition {
+        due,
+        id: id.clone(),
+    };
+    let mut claimed = storage.claim(&[position], holder, until, now)?;
+    assert_eq!(claimed.len(), 1, "one answer per position");
+    Ok(claimed.pop().unwrap().map(|c| (c.claim, c.delivery)))
 }
 
 fn claim(storage: &impl Storage, d: &Delivery, holder: u64, now: i64) -> Option<Claim> {
     let due = d.next_attempt_at.unwrap();
-    storage
-        .claim(&d.id, due, holder, Millis(now + 60_000), Millis(now))
-        .unwrap()
-        .map(|(claim, _)| claim)
+    claim_at(
+        storage,
+        &d.id,
+        due,
+        holder,
+        Millis(now + 60_000),
+        Millis(now),
+    )
+    .unwrap()
+    .map(|(claim, _)| claim)
 }
 
 async fn acknowledged_events_survive_a_reopen(opener: &impl Opener) {
@@ -186,16 +209,31 @@ async fn the_queue_reads_in_due_order_from_any_position(opener: &impl Opener) {
     assert_eq!(storage.queue_len(), 5);
     // From a position: the entries after it, in order; each carries its webhook.
     let all: Vec<_> = storage
-        .due_from(Bound::Unbounded)
+        .due_from(QueueFrom::Due(Millis::EARLIEST))
         .map(Result::unwrap)
         .collect();
-    let rest: Vec<_> = storage
-        .due_from(Bound::Excluded(all[1].key.as_slice()))
+    let after: Vec<_> = storage
+        .due_from(QueueFrom::After(&all[1].position))
         .map(Result::unwrap)
         .collect();
-    assert_eq!(rest, all[2..]);
+    assert_eq!(after, all[2..]);
+    let at: Vec<_> = storage
+        .due_from(QueueFrom::At(&all[1].position))
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(at, all[1..]);
+    // From a due time: every entry due then or later, however their ids sort.
+    let from_due: Vec<_> = storage
+        .due_from(QueueFrom::Due(Millis(1_000)))
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(from_due, all);
+    let from_due: Vec<_> = storage
+        .due_from(QueueFrom::Due(Millis(1_001)))
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(from_due, all[2..]);
     assert!(all.iter().all(|e| e.webhook.as_ref() == Some(&w.id)));
-    assert!(storage.queue_contains(&all[0].key).unwrap());
     // Writes are reported by their earliest due time, once.
     let _ = storage.take_written_due();
     let e = event("q-late", None);
@@ -213,24 +251,20 @@ async fn a_new_state_moves_the_queue_entry_and_a_final_one_removes_it(opener: &i
     insert(&storage, &e, std::slice::from_ref(&d)).await;
     d.next_attempt_at = Some(Millis(9_000));
     d.rounds = 1;
-    storage
-        .update_delivery(&mut d, Some(Millis(1_000)))
-        .unwrap();
+    storage.update_delivery(&mut d).unwrap();
     assert_eq!(due_entries(&storage), vec![(Millis(9_000), d.id.clone())]);
     assert_eq!(d.version, 1, "a write counts the version up");
     // A copy read before that write is refused, and changes nothing.
     let mut stale = d.clone();
     stale.version = 0;
     stale.status = DeliveryStatus::Failed;
-    let refused = storage.update_delivery(&mut stale, Some(Millis(9_000)));
+    let refused = storage.update_delivery(&mut stale);
     assert_eq!(refused.unwrap_err().conflict(), Some(Conflict::Changed));
     assert_eq!(stale.version, 0);
     assert_eq!(storage.delivery(&d.id).unwrap().as_ref(), Some(&d));
     d.status = DeliveryStatus::Delivered;
     d.next_attempt_at = None;
-    storage
-        .update_delivery(&mut d, Some(Millis(9_000)))
-        .unwrap();
+    storage.update_delivery(&mut d).unwrap();
     assert!(due_entries(&storage).is_empty());
     assert_eq!(
         storage.delivery(&d.id).unwrap().unwrap().status,
@@ -255,20 +289,32 @@ async fn claims_are_exclusive_until_they_lapse_and_finish_only_while_held(opener
     let d = pending(&w, &e, 1_000);
     insert(&storage, &e, std::slice::from_ref(&d)).await;
     let (a, b) = (1, 2);
-    let (first, read) = storage
-        .claim(&d.id, Millis(1_000), a, Millis(61_000), Millis(1_000))
-        .unwrap()
-        .expect("a due delivery can be claimed");
+    let (first, read) = claim_at(
+        &storage,
+        &d.id,
+        Millis(1_000),
+        a,
+        Millis(61_000),
+        Millis(1_000),
+    )
+    .unwrap()
+    .expect("a due delivery can be claimed");
     assert_eq!(read, d);
     // Exclusive while it runs; the holder itself may claim again.
     assert!(claim(&storage, &d, b, 2_000).is_none());
     assert!(claim(&storage, &d, b, 60_999).is_none());
     let first = {
-        let again = storage
-            .claim(&d.id, Millis(1_000), a, Millis(61_000), Millis(2_000))
-            .unwrap()
-            .unwrap()
-            .0;
+        let again = claim_at(
+            &storage,
+            &d.id,
+            Millis(1_000),
+            a,
+            Millis(61_000),
+            Millis(2_000),
+        )
+        .unwrap()
+        .unwrap()
+        .0;
         assert_eq!(again.holder, first.holder);
         again
     };
@@ -335,10 +381,16 @@ async fn an_outcome_is_written_whole_and_only_over_the_version_read(opener: &imp
     };
     let first = debounced(&e1, 1_000);
     insert(&storage, &e1, std::slice::from_ref(&first)).await;
-    let (held, mut read) = storage
-        .claim(&first.id, Millis(1_000), 1, Millis(31_000), Millis(1_000))
-        .unwrap()
-        .unwrap();
+    let (held, mut read) = claim_at(
+        &storage,
+        &first.id,
+        Millis(1_000),
+        1,
+        Millis(31_000),
+        Millis(1_000),
+    )
+    .unwrap()
+    .unwrap();
     // Ingest between the claim and the write: the waiting delivery takes the newer event.
     insert(&storage, &e2, &[debounced(&e2, 3_000)]).await;
     read.next_attempt_at = Some(Millis(60_000));
@@ -371,10 +423,16 @@ async fn an_outcome_is_written_whole_and_only_over_the_version_read(opener: &imp
         "nothing written"
     );
     // Claimed as it is now, its outcome and state are written together.
-    let (held, mut current) = storage
-        .claim(&first.id, Millis(3_000), 1, Millis(33_000), Millis(3_000))
-        .unwrap()
-        .unwrap();
+    let (held, mut current) = claim_at(
+        &storage,
+        &first.id,
+        Millis(3_000),
+        1,
+        Millis(33_000),
+        Millis(3_000),
+    )
+    .unwrap()
+    .unwrap();
     assert!(storage.close(&held, &current).unwrap());
     current.status = DeliveryStatus::Delivered;
     current.next_attempt_at = None;
@@ -399,31 +457,38 @@ async fn an_outcome_is_written_whole_and_only_over_the_version_read(opener: &imp
     assert!(due_entries(&storage).is_empty());
 }
 
-async fn a_stale_entry_cannot_be_claimed_and_is_dropped(opener: &impl Opener) {
+async fn a_delivery_cannot_be_claimed_where_it_no_longer_is(opener: &impl Opener) {
     let dir = tempfile::tempdir().unwrap();
     let storage = opener.open(dir.path());
     let w = webhook();
     let e = event("stale", None);
     let mut d = pending(&w, &e, 1_000);
     insert(&storage, &e, std::slice::from_ref(&d)).await;
-    // Moved to 4 s, with the entry at 1 s left behind (as a crash between writes leaves it).
+    // Moved to 4 s: the entry moves with it, and the old place cannot be claimed.
     d.next_attempt_at = Some(Millis(4_000));
-    storage.update_delivery(&mut d, None).unwrap();
-    assert_eq!(due_entries(&storage).len(), 2);
-    let stale = storage
-        .claim(&d.id, Millis(1_000), 1, Millis(9_000), Millis(1_000))
-        .unwrap();
+    storage.update_delivery(&mut d).unwrap();
+    assert_eq!(due_entries(&storage), vec![(Millis(4_000), d.id.clone())]);
+    let stale = claim_at(
+        &storage,
+        &d.id,
+        Millis(1_000),
+        1,
+        Millis(9_000),
+        Millis(1_000),
+    )
+    .unwrap();
     assert!(stale.is_none());
     assert_eq!(due_entries(&storage), vec![(Millis(4_000), d.id.clone())]);
     // A finished delivery cannot be claimed either; a missing one neither.
     d.status = DeliveryStatus::Failed;
-    storage.update_delivery(&mut d, None).unwrap();
+    storage.update_delivery(&mut d).unwrap();
     assert!(claim(&storage, &d, 1, 4_000).is_none());
     let missing = DeliveryId::generate();
-    assert!(storage
-        .claim(&missing, Millis(1), 1, Millis(9), Millis(1))
-        .unwrap()
-        .is_none());
+    assert!(
+        claim_at(&storage, &missing, Millis(1), 1, Millis(9), Millis(1))
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn a_debounced_delivery_takes_newer_events_until_closed(opener: &impl Opener) {
@@ -541,9 +606,7 @@ async fn in_order_deliveries_wait_for_the_first_in_line(opener: &impl Opener) {
     // Once the first is finished, the second is first in line.
     first.status = DeliveryStatus::Delivered;
     first.next_attempt_at = None;
-    storage
-        .update_delivery(&mut first, Some(Millis(1_000)))
-        .unwrap();
+    storage.update_delivery(&mut first).unwrap();
     assert_eq!(
         storage.first_in_line(&second).unwrap(),
         Some(second.id.clone())
@@ -679,10 +742,16 @@ async fn a_backup_opens_with_every_event_and_the_queue_as_copied(opener: &impl O
         storage.put_webhook(&mut w.clone()).unwrap();
         insert(&storage, &first, std::slice::from_ref(&waiting)).await;
         insert(&storage, &second, std::slice::from_ref(&done)).await;
-        let (held, _) = storage
-            .claim(&done.id, Millis(1_000), 1, Millis(31_000), Millis(1_000))
-            .unwrap()
-            .unwrap();
+        let (held, _) = claim_at(
+            &storage,
+            &done.id,
+            Millis(1_000),
+            1,
+            Millis(31_000),
+            Millis(1_000),
+        )
+        .unwrap()
+        .unwrap();
         done.status = DeliveryStatus::Delivered;
         done.next_attempt_at = None;
         let changes = [("seen".to_string(), Some(b"1".to_vec()))];

@@ -24,9 +24,10 @@ use std::path::Path;
 
 use super::codec::decode_event;
 use super::ingest::{event_key, fifo_key, queue_value};
+use super::queue_key;
 use super::{decode, Store, StoreError};
 use crate::model::{Delivery, Millis};
-use crate::storage::{queue_key, BackupReport};
+use crate::storage::BackupReport;
 
 /// Trees copied first, rebuilt, or left out, apart from the rest.
 const HANDLED: &[&[u8]] = &[

@@ -190,18 +190,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes a delivery's new state and moves its queue entry from `old_due` to its
-    /// `next_attempt_at` (removed when the delivery is final), over the version it was read
-    /// at (see [`Store::write_outcome`]).
+    /// Writes a delivery's new state and moves its queue entry from where the stored record
+    /// has it to its `next_attempt_at` (removed when the delivery is final), over the version
+    /// it was read at (see [`Store::write_outcome`]).
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when the stored version is another, or on storage failure.
-    pub fn update_delivery(
-        &self,
-        delivery: &mut Delivery,
-        old_due: Option<Millis>,
-    ) -> Result<(), StoreError> {
-        self.write_versioned(delivery, old_due, None, Absent::IsNew)
+    pub fn update_delivery(&self, delivery: &mut Delivery) -> Result<(), StoreError> {
+        self.write_versioned(delivery, OldEntry::AsStored, None, Absent::IsNew)
     }
 
     /// Writes a delivery's new state with its plugin's state changes, all or nothing, over
@@ -217,21 +213,21 @@ impl Store {
         old_due: Option<Millis>,
         state: Option<StateWrite<'_>>,
     ) -> Result<(), StoreError> {
-        self.write_versioned(delivery, old_due, state, Absent::Gone)
+        self.write_versioned(delivery, OldEntry::Due(old_due), state, Absent::Gone)
     }
 
     /// Writes over the version read and counts it up (see [`Store::write_outcome`]).
     fn write_versioned(
         &self,
         delivery: &mut Delivery,
-        old_due: Option<Millis>,
+        old: OldEntry,
         state: Option<StateWrite<'_>>,
         absent: Absent,
     ) -> Result<(), StoreError> {
         let read = delivery.version;
         delivery.version = read.wrapping_add(1);
         let expected = Expected { read, absent };
-        let written = self.write_over(delivery, expected, old_due, state);
+        let written = self.write_over(delivery, expected, old, state);
         if written.is_err() {
             delivery.version = read;
         }
@@ -243,11 +239,17 @@ impl Store {
         &self,
         delivery: &Delivery,
         expected: Expected,
-        old_due: Option<Millis>,
+        old: OldEntry,
         state: Option<StateWrite<'_>>,
     ) -> Result<(), StoreError> {
         let bytes = encode(delivery);
-        let old_key = old_due.map(|due| queue_key(due, &delivery.id));
+        let old_key = |stored: Option<&[u8]>| {
+            let due = match old {
+                OldEntry::Due(due) => due,
+                OldEntry::AsStored => stored.and_then(stored_due),
+            };
+            due.map(|due| queue_key(due, &delivery.id))
+        };
         let new_key = match (delivery.status.is_final(), delivery.next_attempt_at) {
             (false, Some(due)) => Some(queue_key(due, &delivery.id)),
             _ => None,
@@ -256,6 +258,7 @@ impl Store {
         let plain = finished_in_line.is_none()
             && delivery.mode() == DeliveryMode::Plain
             && state.is_none_or(|s| s.changes.is_empty());
+        let mut plain_old_key = None;
         if plain {
             // Nothing but its claim holder writes a plain delivery (no debounce or batch can
             // replace its event), so the version read here stays until the writes below.
@@ -263,6 +266,7 @@ impl Store {
             if !expected.holds(stored.as_deref()) {
                 return Err(Conflict::Changed.into());
             }
+            plain_old_key = old_key(stored.as_deref());
         }
         // Before the record that finishes it: an entry whose delivery did not finish after
         // all is dropped by the pruning walk.
@@ -283,7 +287,7 @@ impl Store {
                 .deliveries
                 .insert(delivery.id.as_str().as_bytes(), bytes)?;
             self.ingest.recent_deliveries.forget([&delivery.id]);
-            if let Some(key) = old_key.filter(|k| Some(k) != new_key.as_ref()) {
+            if let Some(key) = plain_old_key.filter(|k| Some(k) != new_key.as_ref()) {
                 self.ingest.queue.remove(key)?;
             }
             if let Some(due) = new_key.as_ref().and(delivery.next_attempt_at) {
@@ -306,6 +310,7 @@ impl Store {
                         Conflict::Changed.into(),
                     ));
                 }
+                let old_key = old_key(stored.as_deref());
                 dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
                 if let Some(line) = &finished_in_line {
                     fifo.remove(line.as_slice())?;
@@ -382,86 +387,6 @@ impl Store {
             .ok()
             .and_then(|id| DeliveryId::parse(id).ok()))
     }
-
-    /// Queue entries in due order, up to `limit`.
-    ///
-    /// # Errors
-    /// On storage failure.
-    pub fn due_entries(&self, limit: usize) -> Result<Vec<(Millis, DeliveryId)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.ingest.queue.iter().keys().take(limit) {
-            let key = item?;
-            match parse_queue_key(&key) {
-                Some(entry) => out.push(entry),
-                None => {
-                    tracing::warn!(key = ?key, "dropping malformed queue key");
-                    self.ingest.queue.remove(key)?;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Queue entries from `from` on, in due order, lazily: due time, delivery, the webhook
-    /// (the entry's value, so the scheduler can apply per-endpoint limits without reading the
-    /// delivery) and the key, so a sweep can continue where the last one stopped. Malformed
-    /// keys are skipped.
-    pub fn due_from(
-        &self,
-        from: std::ops::Bound<&[u8]>,
-    ) -> impl Iterator<Item = Result<QueueEntry, StoreError>> + '_ {
-        use std::ops::Bound;
-        let start = match from {
-            Bound::Included(key) => Bound::Included(sled::IVec::from(key)),
-            Bound::Excluded(key) => Bound::Excluded(sled::IVec::from(key)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        self.ingest
-            .queue
-            .range::<sled::IVec, _>((start, Bound::Unbounded))
-            .filter_map(|item| match item {
-                Err(e) => Some(Err(StoreError::from(e))),
-                Ok((key, value)) => {
-                    let (due, id) = parse_queue_key(&key)?;
-                    let webhook = parse_queue_value(&value);
-                    Some(Ok(QueueEntry {
-                        due,
-                        id,
-                        webhook,
-                        key: key.to_vec(),
-                    }))
-                }
-            })
-    }
-
-    /// Whether the queue holds `key`.
-    ///
-    /// # Errors
-    /// On storage failure.
-    pub fn queue_contains(&self, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.ingest.queue.contains_key(key)?)
-    }
-
-    /// The earliest due time among queue entries written since the last call (`None`: none
-    /// written). Each entry is noted after it is written, so a sweep of the queue from that
-    /// due time on finds every one.
-    pub fn take_written_due(&self) -> Option<Millis> {
-        self.ingest.written.take()
-    }
-
-    /// Removes a queue entry (for deliveries that vanished).
-    ///
-    /// # Errors
-    /// On storage failure.
-    pub fn remove_queue_entry(&self, due: Millis, id: &DeliveryId) -> Result<(), StoreError> {
-        self.ingest.queue.remove(queue_key(due, id))?;
-        Ok(())
-    }
-
-    /// Number of queue entries.
-    pub fn queue_len(&self) -> usize {
-        self.ingest.queue.len()
-    }
 }
 
 /// What a record must be for a write over it to go ahead.
@@ -471,6 +396,15 @@ struct Expected {
     read: u64,
     /// What no record at all means.
     absent: Absent,
+}
+
+/// Where a delivery's queue entry is before a write.
+#[derive(Clone, Copy)]
+enum OldEntry {
+    /// At this due time (the claim's), or nowhere.
+    Due(Option<Millis>),
+    /// Where the stored record names (its `next_attempt_at`, unless it is final).
+    AsStored,
 }
 
 /// What a missing delivery record means to a write.
@@ -502,6 +436,17 @@ fn stored_version(record: &[u8]) -> Option<u64> {
     };
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+/// Where a stored delivery record is queued: its `next_attempt_at` while it is unfinished.
+fn stored_due(record: &[u8]) -> Option<Millis> {
+    #[derive(serde::Deserialize)]
+    struct Queued {
+        status: crate::model::DeliveryStatus,
+        next_attempt_at: Option<Millis>,
+    }
+    let queued: Queued = serde_json::from_slice(record).ok()?;
+    queued.next_attempt_at.filter(|_| !queued.status.is_final())
 }
 
 #[cfg(test)]

@@ -389,10 +389,9 @@ mod tests {
         assert_eq!(waiting.event_id, e2.id);
         assert_eq!(store.ingest.pins.len(), 1, "the newer event is pinned");
 
-        let due = waiting.next_attempt_at;
         waiting.status = DeliveryStatus::Delivered;
         waiting.next_attempt_at = None;
-        store.update_delivery(&mut waiting, due).unwrap();
+        store.update_delivery(&mut waiting).unwrap();
         assert_eq!(
             store.ingest.pins.len(),
             0,

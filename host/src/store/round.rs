@@ -256,7 +256,7 @@ mod tests {
                 for d in ds {
                     assert_eq!(store.delivery(&d.id).unwrap().is_some(), complete);
                     let key = queue_key(d.next_attempt_at.unwrap(), &d.id);
-                    assert_eq!(store.queue_contains(&key).unwrap(), complete);
+                    assert_eq!(store.ingest.queue.contains_key(&key).unwrap(), complete);
                 }
             }
             assert_eq!(store.ingest.intents.len(), 0);

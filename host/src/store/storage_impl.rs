@@ -3,16 +3,14 @@
 //!
 //! [`Claims`]: super::claims::Claims
 
-use std::ops::Bound;
-
 use crate::model::{
     ApiKey, ApiKeyId, Connection, ConnectionId, Delivery, DeliveryId, Event, EventId, Millis,
     ModuleId, ModuleInfo, SigningKeys, Webhook, WebhookId,
 };
 use crate::storage::{
-    BackupReport, Capacity, Claim, Conflict, DefinitionChanges, Definitions, Deliveries,
+    BackupReport, Capacity, Claim, Claimed, Conflict, DefinitionChanges, Definitions, Deliveries,
     DeliveryQuery, Finished, Inserted, LowSpace, Outcome, PluginStates, Pruning, QueueEntry,
-    Scanned, SpaceStatus, StopWalk, StorageError, StorageFuture,
+    QueueFrom, QueuePosition, Scanned, SpaceStatus, StopWalk, StorageError, StorageFuture,
 };
 
 use super::{Store, StoreError};
@@ -121,28 +119,12 @@ impl Deliveries for Store {
 
     fn claim(
         &self,
-        id: &DeliveryId,
-        due: Millis,
+        positions: &[QueuePosition],
         holder: u64,
         until: Millis,
         now: Millis,
-    ) -> Result<Option<(Claim, Delivery)>, StorageError> {
-        let current = Store::delivery(self, id)?;
-        let Some(delivery) =
-            current.filter(|d| !d.status.is_final() && d.next_attempt_at == Some(due))
-        else {
-            // The entry at `due` is stale: the delivery is gone, finished or due at another
-            // time (where its own entry is).
-            Store::remove_queue_entry(self, due, id)?;
-            return Ok(None);
-        };
-        let claim = Claim {
-            id: id.clone(),
-            due,
-            holder,
-            until,
-        };
-        Ok(self.claims.take(claim, now).map(|claim| (claim, delivery)))
+    ) -> Result<Vec<Option<Claimed>>, StorageError> {
+        Ok(Store::claim_positions(self, positions, holder, until, now)?)
     }
 
     fn close(&self, claim: &Claim, read: &Delivery) -> Result<bool, StorageError> {
@@ -176,12 +158,8 @@ impl Deliveries for Store {
         }
     }
 
-    fn update_delivery(
-        &self,
-        delivery: &mut Delivery,
-        old_due: Option<Millis>,
-    ) -> Result<(), StorageError> {
-        Ok(Store::update_delivery(self, delivery, old_due)?)
+    fn update_delivery(&self, delivery: &mut Delivery) -> Result<(), StorageError> {
+        Ok(Store::update_delivery(self, delivery)?)
     }
 
     fn first_in_line(&self, delivery: &Delivery) -> Result<Option<DeliveryId>, StorageError> {
@@ -190,21 +168,13 @@ impl Deliveries for Store {
 
     fn due_from<'a>(
         &'a self,
-        from: Bound<&[u8]>,
+        from: QueueFrom<'_>,
     ) -> Box<dyn Iterator<Item = Result<QueueEntry, StorageError>> + 'a> {
         Box::new(Store::due_from(self, from).map(|entry| entry.map_err(StorageError::from)))
     }
 
-    fn queue_contains(&self, key: &[u8]) -> Result<bool, StorageError> {
-        Ok(Store::queue_contains(self, key)?)
-    }
-
     fn take_written_due(&self) -> Option<Millis> {
         Store::take_written_due(self)
-    }
-
-    fn remove_queue_entry(&self, due: Millis, id: &DeliveryId) -> Result<(), StorageError> {
-        Ok(Store::remove_queue_entry(self, due, id)?)
     }
 
     fn queue_len(&self) -> usize {

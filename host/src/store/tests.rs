@@ -44,6 +44,44 @@ async fn the_sled_store_keeps_every_event_whole_across_a_crash() {
     .await;
 }
 
+#[test]
+fn an_entry_a_crash_left_behind_is_never_claimed_and_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), test_sealer()).unwrap();
+    let e = event("left");
+    let mut d = delivery(&e, 1_000);
+    store.insert_event(&e, std::slice::from_ref(&d)).unwrap();
+    d.next_attempt_at = Some(Millis(4_000));
+    store.update_delivery(&mut d).unwrap();
+    // The old entry back, as a crash between the new entry and the old one's removal
+    // leaves it.
+    let old = queue_key(Millis(1_000), &d.id);
+    store.ingest.queue.insert(old.as_slice(), &b""[..]).unwrap();
+    assert_eq!(store.due_entries(10).unwrap().len(), 2);
+    let at = |due| crate::storage::QueuePosition {
+        due: Millis(due),
+        id: d.id.clone(),
+    };
+    let claimed = store
+        .claim_positions(&[at(1_000)], 1, Millis(9_000), Millis(1_000))
+        .unwrap();
+    assert!(claimed[0].is_none());
+    assert_eq!(
+        store.due_entries(10).unwrap(),
+        vec![(Millis(4_000), d.id.clone())]
+    );
+    let claimed = store
+        .claim_positions(&[at(4_000)], 1, Millis(9_000), Millis(4_000))
+        .unwrap();
+    let claimed = claimed[0].as_ref().expect("claimed where it is");
+    assert_eq!(claimed.delivery, d);
+    assert_eq!(
+        claimed.event.as_ref().map(|e| &e.id),
+        Some(&e.id),
+        "read with it"
+    );
+}
+
 fn connection() -> Connection {
     Connection {
         id: ConnectionId::parse("con_01JB0000000000000000000000").unwrap(),
@@ -260,9 +298,7 @@ async fn events_dedupe_and_queue_orders_by_due_time() {
     let mut done = early.clone();
     done.status = DeliveryStatus::Delivered;
     done.next_attempt_at = None;
-    store
-        .update_delivery(&mut done, Some(Millis(1000)))
-        .unwrap();
+    store.update_delivery(&mut done).unwrap();
     assert_eq!(
         store.due_entries(10).unwrap(),
         vec![(Millis(2000), late.id.clone())]
@@ -429,11 +465,11 @@ fn a_delivery_reads_as_last_written_whether_kept_in_memory_or_not() {
     d.status = DeliveryStatus::Failed;
     d.rounds = 1;
     d.next_attempt_at = Some(Millis(5000));
-    store.update_delivery(&mut d, Some(Millis(1000))).unwrap();
+    store.update_delivery(&mut d).unwrap();
     assert_eq!(store.delivery(&d.id).unwrap().as_ref(), Some(&d));
     d.status = DeliveryStatus::Delivered;
     d.next_attempt_at = None;
-    store.update_delivery(&mut d, Some(Millis(5000))).unwrap();
+    store.update_delivery(&mut d).unwrap();
     assert_eq!(store.delivery(&d.id).unwrap().as_ref(), Some(&d));
 
     // An event stored already: its new delivery is neither stored nor kept.

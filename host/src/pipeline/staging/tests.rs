@@ -1,14 +1,14 @@
 //! Tests of the staging: the sweep, refills, entries written behind, revisits.
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use super::*;
-use crate::storage::{parse_queue_key, queue_key};
 
 /// A queue in memory that counts the entries read.
 #[derive(Default)]
 struct Queue {
-    entries: RefCell<BTreeMap<Vec<u8>, WebhookId>>,
+    entries: RefCell<BTreeMap<QueuePosition, WebhookId>>,
     written: Cell<Option<Millis>>,
     in_flight: RefCell<HashMap<DeliveryId, Millis>>,
     reads: Cell<usize>,
@@ -19,9 +19,13 @@ impl Queue {
     fn put(&self, due: i64, n: usize, webhook: &str) -> DeliveryId {
         let id = DeliveryId::parse(&format!("dlv_{n:08}")).unwrap();
         let webhook = WebhookId::parse(&format!("wh_{webhook}")).unwrap();
-        self.entries
-            .borrow_mut()
-            .insert(queue_key(Millis(due), &id), webhook);
+        self.entries.borrow_mut().insert(
+            QueuePosition {
+                due: Millis(due),
+                id: id.clone(),
+            },
+            webhook,
+        );
         let earliest = self.written.get().map_or(due, |w| w.as_i64().min(due));
         self.written.set(Some(Millis(earliest)));
         id
@@ -35,50 +39,47 @@ impl Queue {
     }
 
     fn remove(&self, due: Millis, id: &DeliveryId) {
-        self.entries.borrow_mut().remove(&queue_key(due, id));
+        let position = QueuePosition {
+            due,
+            id: id.clone(),
+        };
+        self.entries.borrow_mut().remove(&position);
     }
 }
 
 impl QueueView for Queue {
     fn entries<'a>(
         &'a self,
-        from: Bound<&[u8]>,
+        from: QueueFrom<'_>,
     ) -> Box<dyn Iterator<Item = Result<QueueEntry, StorageError>> + 'a> {
         // Lazily, a few entries at a time (like sled's iterator): a pass reads only
         // what it looks at.
-        let mut next = match from {
-            Bound::Included(k) => Bound::Included(k.to_vec()),
-            Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
-            Bound::Unbounded => Bound::Unbounded,
+        let from = match from {
+            QueueFrom::Due(due) => Start::Due(due),
+            QueueFrom::At(at) => Start::At(at.clone()),
+            QueueFrom::After(after) => Start::After(after.clone()),
         };
+        let mut next = Some(from);
         let mut chunk = std::collections::VecDeque::new();
         Box::new(std::iter::from_fn(move || {
             if chunk.is_empty() {
+                let start = next.as_ref()?.bound();
                 chunk.extend(
                     self.entries
                         .borrow()
-                        .range((next.clone(), Bound::Unbounded))
+                        .range((start, Bound::Unbounded))
                         .take(64)
-                        .map(|(key, webhook)| {
-                            let (due, id) = parse_queue_key(key).unwrap();
-                            QueueEntry {
-                                due,
-                                id,
-                                webhook: Some(webhook.clone()),
-                                key: key.clone(),
-                            }
+                        .map(|(position, webhook)| QueueEntry {
+                            position: position.clone(),
+                            webhook: Some(webhook.clone()),
                         }),
                 );
             }
             let entry = chunk.pop_front()?;
-            next = Bound::Excluded(entry.key.clone());
+            next = Some(Start::After(entry.position.clone()));
             self.reads.set(self.reads.get() + 1);
             Some(Ok(entry))
         }))
-    }
-
-    fn contains(&self, key: &[u8]) -> Result<bool, StorageError> {
-        Ok(self.entries.borrow().contains_key(key))
     }
 
     fn take_written_due(&self) -> Option<Millis> {
@@ -91,6 +92,27 @@ impl QueueView for Queue {
 
     fn in_flight(&self, id: &DeliveryId) -> Option<Millis> {
         self.in_flight.borrow().get(id).copied()
+    }
+}
+
+/// An owned [`QueueFrom`], for the lazy walk above.
+enum Start {
+    Due(Millis),
+    At(QueuePosition),
+    After(QueuePosition),
+}
+
+impl Start {
+    /// Where the walk starts, as a bound on positions ("dlv_0" sorts before any other id).
+    fn bound(&self) -> Bound<QueuePosition> {
+        match self {
+            Start::Due(due) => Bound::Included(QueuePosition {
+                due: *due,
+                id: DeliveryId::parse("dlv_0").unwrap(),
+            }),
+            Start::At(at) => Bound::Included(at.clone()),
+            Start::After(after) => Bound::Excluded(after.clone()),
+        }
     }
 }
 

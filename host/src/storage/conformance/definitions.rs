@@ -2,7 +2,7 @@
 //! read and fed in order to whoever follows the change feed; plugin state (written with an
 //! outcome) and the host's secrets read back after a reopen.
 
-use super::{event, insert, pending, webhook, Opener};
+use super::{claim_at, event, insert, pending, webhook, Opener};
 use crate::model::{Connection, ConnectionId, DeliveryStatus, Millis, WebhookId};
 use crate::storage::{
     Capacity, Changed, Conflict, Definitions, Outcome, PluginStates, StateWrite, Storage,
@@ -24,8 +24,7 @@ async fn write_state(
     }
     let mut d = pending(&w, &e, 1);
     insert(storage, &e, std::slice::from_ref(&d)).await;
-    let (held, _) = storage
-        .claim(&d.id, Millis(1), 7, Millis(30_001), Millis(1))
+    let (held, _) = claim_at(storage, &d.id, Millis(1), 7, Millis(30_001), Millis(1))
         .unwrap()
         .unwrap();
     d.status = DeliveryStatus::Delivered;

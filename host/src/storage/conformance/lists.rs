@@ -21,9 +21,7 @@ pub(super) async fn a_delivery_query_filters_and_pages(opener: &impl Opener) {
         if i % 2 == 1 {
             d.status = DeliveryStatus::Failed;
             d.next_attempt_at = None;
-            storage
-                .update_delivery(&mut d, Some(Millis(1_000)))
-                .unwrap();
+            storage.update_delivery(&mut d).unwrap();
         }
         ids.push(d.id);
     }
