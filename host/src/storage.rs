@@ -35,8 +35,9 @@
 //!   in memory follow each other's changes.
 //! - **Routing indexes.** A debounced delivery (an entity, not in order) waiting to be
 //!   claimed takes a newer event of its entity instead of a new delivery; an in-order
-//!   delivery is first in line only when no earlier one of its entity is unfinished; a batch
-//!   delivery takes events until claimed or full.
+//!   delivery is first in line only when none of its entity stored before it is unfinished
+//!   (the storage gives each its [`Delivery::line_position`] from its own sequence, never
+//!   from a host's clock); a batch delivery takes events until claimed or full.
 
 /// The checks every engine must pass; an engine outside this crate runs them with the
 /// `conformance` feature (see [`conformance::Opener`]).

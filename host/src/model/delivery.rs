@@ -250,6 +250,11 @@ pub struct Delivery {
     /// Sent only after every earlier delivery of the same webhook and entity has finished.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub in_order: bool,
+    /// An in-order delivery's position in its entity's line, given by the storage when it
+    /// was stored: the line goes by it, not by the id (whose clock is one host's). A delivery
+    /// stored without one goes before those with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_position: Option<u64>,
     /// How many events a newer one replaced while this delivery waited.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub replaced: u32,
@@ -294,6 +299,7 @@ impl Delivery {
             replay_of: None,
             entity: None,
             in_order: false,
+            line_position: None,
             batch_events: Vec::new(),
             batch_limit: 0,
             replaced: 0,

@@ -210,6 +210,7 @@ impl Pipeline {
             replay_of: Some(original.id),
             entity: None,
             in_order: false,
+            line_position: None,
             batch_events: original.batch_events,
             batch_limit: 0,
             replaced: 0,

@@ -595,6 +595,16 @@ async fn in_order_deliveries_wait_for_the_first_in_line(opener: &impl Opener) {
             Inserted::New(vec![d.id.clone()])
         );
     }
+    // The line goes by the order stored, not by id: one made on another host's clock
+    // (an id that sorts first) and stored last waits behind both.
+    let e4 = event("f4", None);
+    let mut late = of(&e4, "sku-1");
+    late.id = DeliveryId::parse("dlv_00000000000000000000000001").unwrap();
+    insert(&storage, &e4, std::slice::from_ref(&late)).await;
+    assert_eq!(
+        storage.first_in_line(&late).unwrap(),
+        Some(first.id.clone())
+    );
     assert_eq!(
         storage.first_in_line(&second).unwrap(),
         Some(first.id.clone())
@@ -611,6 +621,12 @@ async fn in_order_deliveries_wait_for_the_first_in_line(opener: &impl Opener) {
         storage.first_in_line(&second).unwrap(),
         Some(second.id.clone())
     );
+    // Then the one stored last.
+    let mut second = storage.delivery(&second.id).unwrap().unwrap();
+    second.status = DeliveryStatus::Delivered;
+    second.next_attempt_at = None;
+    storage.update_delivery(&mut second).unwrap();
+    assert_eq!(storage.first_in_line(&late).unwrap(), Some(late.id.clone()));
     // A delivery that is not in order has no line.
     assert_eq!(storage.first_in_line(&pending(&w, &e1, 1)).unwrap(), None);
 }

@@ -124,7 +124,7 @@ impl Store {
             };
             queue.insert(queue_key(due, &delivery.id), queue_value(&delivery))?;
             if let Some(line) = fifo_key(&delivery) {
-                fifo.insert(line, &[] as &[u8])?;
+                fifo.insert(line, delivery.id.as_str().as_bytes())?;
             }
             report.pending += 1;
         }

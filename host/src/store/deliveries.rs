@@ -254,8 +254,8 @@ impl Store {
             (false, Some(due)) => Some(queue_key(due, &delivery.id)),
             _ => None,
         };
-        let finished_in_line = fifo_key(delivery).filter(|_| delivery.status.is_final());
-        let plain = finished_in_line.is_none()
+        let leaves_line = delivery.status.is_final() && fifo_key(delivery).is_some();
+        let plain = !leaves_line
             && delivery.mode() == DeliveryMode::Plain
             && state.is_none_or(|s| s.changes.is_empty());
         let mut plain_old_key = None;
@@ -312,8 +312,16 @@ impl Store {
                 }
                 let old_key = old_key(stored.as_deref());
                 dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
-                if let Some(line) = &finished_in_line {
-                    fifo.remove(line.as_slice())?;
+                if leaves_line {
+                    // Where the storage placed it, whatever the copy written says.
+                    let mut placed = delivery.clone();
+                    placed.line_position = stored.as_deref().and_then(stored_line_position);
+                    for line in [fifo_key(&placed), fifo_key(delivery)]
+                        .into_iter()
+                        .flatten()
+                    {
+                        fifo.remove(line)?;
+                    }
                 }
                 if let Some(key) = &old_key {
                     queue.remove(key.as_slice())?;
@@ -379,11 +387,15 @@ impl Store {
         };
         let mut prefix = debounce_key(delivery, entity);
         prefix.push(0);
-        let Some(first) = self.ingest.fifo.scan_prefix(&prefix).keys().next() else {
+        let Some(first) = self.ingest.fifo.scan_prefix(&prefix).next() else {
             return Ok(None);
         };
-        let first = first?;
-        Ok(std::str::from_utf8(&first[prefix.len()..])
+        let (key, value) = first?;
+        let id = match key.get(prefix.len()) {
+            Some(&ingest::FIFO_POSITIONED) => &value[..],
+            _ => &key[prefix.len()..],
+        };
+        Ok(std::str::from_utf8(id)
             .ok()
             .and_then(|id| DeliveryId::parse(id).ok()))
     }
@@ -436,6 +448,15 @@ fn stored_version(record: &[u8]) -> Option<u64> {
     };
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+/// A stored in-order delivery record's position in its entity's line.
+fn stored_line_position(record: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Placed {
+        line_position: Option<u64>,
+    }
+    serde_json::from_slice::<Placed>(record).ok()?.line_position
 }
 
 /// Where a stored delivery record is queued: its `next_attempt_at` while it is unfinished.

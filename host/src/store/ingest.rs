@@ -39,16 +39,28 @@ pub(super) fn debounce_key(delivery: &Delivery, entity: &str) -> Vec<u8> {
 }
 
 /// The key of an in-order delivery in the FIFO index: its entity's prefix (partition, zero,
-/// entity, zero) then its id, so one entity's unfinished deliveries sort by creation.
+/// entity, zero), then [`FIFO_POSITIONED`] and its line position (big-endian), so one
+/// entity's unfinished deliveries sort in the order they were stored. A delivery stored
+/// before positions were given has its id there instead (ASCII, so it sorts first). The
+/// value is the delivery id.
 pub(super) fn fifo_key(delivery: &Delivery) -> Option<Vec<u8>> {
     let DeliveryMode::InOrder { entity } = delivery.mode() else {
         return None;
     };
     let mut key = debounce_key(delivery, entity);
     key.push(0);
-    key.extend_from_slice(delivery.id.as_str().as_bytes());
+    match delivery.line_position {
+        Some(position) => {
+            key.push(FIFO_POSITIONED);
+            key.extend_from_slice(&position.to_be_bytes());
+        }
+        None => key.extend_from_slice(delivery.id.as_str().as_bytes()),
+    }
     Some(key)
 }
+
+/// The byte before a line position in a FIFO key: above every byte of an id.
+pub(super) const FIFO_POSITIONED: u8 = 0xFF;
 
 /// A queue entry's value: the delivery's webhook, so the scheduler can apply per-endpoint
 /// limits without reading the delivery.
@@ -170,9 +182,17 @@ pub(super) fn insert_one(
                 batches.insert(index, delivery.id.as_str().as_bytes())?;
             }
             DeliveryMode::InOrder { .. } => {
-                if let Some(line) = fifo_key(delivery) {
-                    fifo.insert(line, &[] as &[u8])?;
+                // Its place in the entity's line comes from the storage's own sequence.
+                let mut placed = delivery.clone();
+                placed.line_position = Some(fifo.generate_id()?);
+                if let Some(line) = fifo_key(&placed) {
+                    fifo.insert(line, placed.id.as_str().as_bytes())?;
                 }
+                dtree.insert(placed.id.as_str().as_bytes(), encode(&placed))?;
+                queue.insert(key.as_slice(), queue_value(delivery))?;
+                carried.push(placed.id);
+                stored_with.push(&delivery.id);
+                continue;
             }
             DeliveryMode::Debounced { entity } => {
                 let index = debounce_key(delivery, entity);

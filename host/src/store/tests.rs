@@ -82,6 +82,41 @@ fn an_entry_a_crash_left_behind_is_never_claimed_and_is_dropped() {
     );
 }
 
+#[test]
+fn in_order_deliveries_stored_before_line_positions_keep_their_place_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), test_sealer()).unwrap();
+    let (e1, e2) = (event("old"), event("new"));
+    let in_line = |e: &Event, webhook: &WebhookId| {
+        let mut d = delivery(e, 1_000);
+        d.webhook_id = webhook.clone();
+        d.entity = Some("sku".into());
+        d.in_order = true;
+        d
+    };
+    let webhook = WebhookId::generate();
+    // Stored the way it was before positions: its id in the key, no value.
+    let old = in_line(&e1, &webhook);
+    store.insert_event(&e1, &[]).unwrap();
+    store
+        .ingest
+        .deliveries
+        .insert(old.id.as_str(), encode(&old))
+        .unwrap();
+    let old_key = ingest::fifo_key(&old).unwrap();
+    store.ingest.fifo.insert(old_key, &b""[..]).unwrap();
+    let new = in_line(&e2, &webhook);
+    store.insert_event(&e2, std::slice::from_ref(&new)).unwrap();
+    let stored = store.delivery(&new.id).unwrap().unwrap();
+    assert!(stored.line_position.is_some(), "placed by the store");
+    assert_eq!(store.first_in_line(&new).unwrap(), Some(old.id.clone()));
+    let mut old = store.delivery(&old.id).unwrap().unwrap();
+    old.status = DeliveryStatus::Delivered;
+    old.next_attempt_at = None;
+    store.update_delivery(&mut old).unwrap();
+    assert_eq!(store.first_in_line(&new).unwrap(), Some(new.id.clone()));
+}
+
 fn connection() -> Connection {
     Connection {
         id: ConnectionId::parse("con_01JB0000000000000000000000").unwrap(),
@@ -211,6 +246,7 @@ pub(crate) fn delivery(event: &Event, due: i64) -> Delivery {
         replay_of: None,
         entity: None,
         in_order: false,
+        line_position: None,
         batch_events: Vec::new(),
         batch_limit: 0,
         replaced: 0,
