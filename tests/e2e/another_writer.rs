@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use serde_json::json;
+use wasmhooks::catalog::{Error, Principal};
 use wasmhooks::config::Config;
-use wasmhooks::model::Millis;
+use wasmhooks::model::{Millis, Role};
 use wasmhooks::pipeline::{EventInput, WebhookInput};
 
 use crate::support::{data_dir, eventually, Receiver};
@@ -82,4 +83,71 @@ async fn a_webhook_another_writer_changes_is_followed_and_never_undone() {
     })
     .await;
     host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_acts_only_on_its_webhook_as_stored_not_as_remembered() {
+    let (_tmp, dir) = data_dir();
+    let config = Config {
+        data_dir: dir,
+        ..Config::default()
+    };
+    // Not started: nothing follows the storage's changes, so the copy in memory stays as
+    // it was, as on a host that has not yet heard of another host's write.
+    let host = wasmhooks::Host::open(config).unwrap();
+    let p = host.pipeline().clone();
+    let (module, _) = p
+        .catalog()
+        .upload_module("forward", "1", wasmhooks::examples::FORWARD)
+        .unwrap();
+    let input: WebhookInput = serde_json::from_value(json!({
+        "name": "acme's", "event_kinds": ["order.*"], "module_id": module.id,
+        "url": "https://acme.example/hook", "tenant": "acme"
+    }))
+    .unwrap();
+    let created = p.catalog().create_webhook(input).unwrap();
+    let storage: Arc<dyn wasmhooks::storage::Storage> = p.storage().clone();
+    // Another host moves it to another tenant.
+    let mut moved = storage.webhook(&created.id).unwrap().unwrap();
+    moved.tenant = Some("globex".into());
+    moved.enabled = false;
+    storage.put_webhook(&mut moved).unwrap();
+    let remembered = p.catalog().webhook(&created.id).unwrap();
+    assert_eq!(
+        remembered.tenant.as_deref(),
+        Some("acme"),
+        "not followed yet"
+    );
+
+    let acme = Principal {
+        role: Role::Admin,
+        tenant: Some("acme".into()),
+        key_id: None,
+    };
+    let not_found = |e: Error| assert!(matches!(e, Error::NotFound { .. }), "{e}");
+    let catalog = p.catalog();
+    not_found(catalog.webhook_seen_by(&created.id, &acme).unwrap_err());
+    not_found(catalog.pause_webhook_as(&created.id, &acme).unwrap_err());
+    let enable: WebhookInput = serde_json::from_value(json!({ "enabled": true })).unwrap();
+    not_found(
+        catalog
+            .update_webhook_signed(&created.id, enable, &acme)
+            .unwrap_err(),
+    );
+    not_found(
+        catalog
+            .rotate_signing_secret_as(&created.id, Default::default(), &acme)
+            .unwrap_err(),
+    );
+    not_found(catalog.delete_webhook_as(&created.id, &acme).unwrap_err());
+    // Nothing of it changed; its new tenant sees it as stored.
+    let globex = Principal {
+        tenant: Some("globex".into()),
+        ..acme
+    };
+    assert_eq!(
+        catalog.webhook_seen_by(&created.id, &globex).unwrap(),
+        moved
+    );
+    assert_eq!(storage.webhook(&created.id).unwrap().unwrap(), moved);
 }

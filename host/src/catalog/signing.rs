@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Catalog, Error};
+use super::{Catalog, Error, Principal};
 use crate::model::{Connection, Millis, Secret, SigningKeys, Webhook, WebhookId};
 use crate::signature::{signature_header, Signer};
 
@@ -127,8 +127,24 @@ impl Catalog {
         id: &WebhookId,
         input: RotateInput,
     ) -> Result<Rotated, Error> {
-        let webhook = self.webhook(id)?;
+        self.rotate_signing_secret_as(id, input, &Principal::admin())
+    }
+
+    /// [`Catalog::rotate_signing_secret`] for `who`: only a webhook of a tenant it sees, as
+    /// stored, and no move to another tenant runs meanwhile on this host (a move gives the
+    /// webhook a new secret the old tenant never sees).
+    ///
+    /// # Errors
+    /// As [`Catalog::rotate_signing_secret`].
+    pub fn rotate_signing_secret_as(
+        &self,
+        id: &WebhookId,
+        input: RotateInput,
+        who: &Principal,
+    ) -> Result<Rotated, Error> {
+        let _unmoved = self.tenant_moves.read().unwrap();
         let _writing = self.webhook_writes.lock().unwrap();
+        let webhook = self.webhook_seen_by(id, who)?;
         let existing = self.store.signing_keys(&webhook.id)?;
         let scheme = match (&input.secret, input.scheme, &existing) {
             (None, None, Some(keys)) if keys.current.expose().starts_with("whsk_") => {

@@ -152,8 +152,20 @@ impl Catalog {
     /// # Errors
     /// [`Error::NotFound`] or a storage error.
     pub fn pause_webhook(&self, id: &WebhookId) -> Result<Webhook, Error> {
-        self.change_webhook(id, |w| w.enabled = false)?;
-        self.webhook(id)
+        self.pause_webhook_as(id, &Principal::admin())
+    }
+
+    /// [`Catalog::pause_webhook`] for `who`: only a webhook of a tenant it sees, as stored
+    /// when the pause is written.
+    ///
+    /// # Errors
+    /// As [`Catalog::pause_webhook`].
+    pub fn pause_webhook_as(&self, id: &WebhookId, who: &Principal) -> Result<Webhook, Error> {
+        match self.change_webhook_seen_by(id, who, |w| w.enabled = false)? {
+            Some(paused) => Ok(paused),
+            // Paused already, or not the caller's (not found).
+            None => self.webhook_seen_by(id, who),
+        }
     }
 
     /// Deletes a webhook. Its pending deliveries end as failed ("the webhook was deleted");
@@ -186,13 +198,24 @@ impl Catalog {
     pub fn change_webhook(
         &self,
         id: &WebhookId,
+        change: impl FnMut(&mut Webhook),
+    ) -> Result<Option<Webhook>, Error> {
+        self.change_webhook_seen_by(id, &Principal::admin(), change)
+    }
+
+    /// [`Catalog::change_webhook`] of a webhook `who` sees as stored (`None` otherwise).
+    fn change_webhook_seen_by(
+        &self,
+        id: &WebhookId,
+        who: &Principal,
         mut change: impl FnMut(&mut Webhook),
     ) -> Result<Option<Webhook>, Error> {
         let _writing = self.webhook_writes.lock().unwrap();
         // Read as stored and written over that version: when another host changed it in
         // between, the change is made again on what it wrote.
         for _ in 0..HOST_CHANGE_TRIES {
-            let Some(current) = self.store.webhook(id)? else {
+            let stored = self.store.webhook(id)?;
+            let Some(current) = stored.filter(|w| who.sees(w.tenant.as_deref())) else {
                 return Ok(None);
             };
             let mut changed = current.clone();
@@ -241,10 +264,16 @@ impl Catalog {
         webhooks.insert(webhook.id.clone(), Arc::new(CachedWebhook::new(webhook)));
     }
 
-    /// A webhook as stored now, if `who` sees its tenant.
+    /// A webhook as stored now (not as kept in memory, which follows another host's changes
+    /// a moment later), if `who` sees its tenant: what an action on it checks.
     ///
     /// # Errors
     /// [`Error::NotFound`] (also for another tenant's) or a storage error.
+    pub fn webhook_seen_by(&self, id: &WebhookId, who: &Principal) -> Result<Webhook, Error> {
+        self.webhook_stored(id, who)
+    }
+
+    /// [`Catalog::webhook_seen_by`].
     fn webhook_stored(&self, id: &WebhookId, who: &Principal) -> Result<Webhook, Error> {
         self.store
             .webhook(id)?

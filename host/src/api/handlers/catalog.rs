@@ -201,13 +201,11 @@ fn check_connection_use(p: &AppState, who: &Principal, input: &WebhookInput) -> 
 
 // ----- webhooks -----
 
-/// The webhook, if the caller may see it (others' webhooks are "not found").
+/// The webhook as stored now, if the caller may see it (others' webhooks are "not found"):
+/// read from storage, not from the copy in memory, which follows another host's move of it
+/// to another tenant only a moment later.
 fn visible_webhook(p: &AppState, who: &Principal, id: &str) -> ApiResult<Webhook> {
-    let webhook = p.catalog().webhook(&webhook_id(id)?)?;
-    if !who.sees(webhook.tenant.as_deref()) {
-        return Err(not_found("webhook", id));
-    }
-    Ok(webhook)
+    Ok(p.catalog().webhook_seen_by(&webhook_id(id)?, who)?)
 }
 
 /// Keeps a tenant-bound caller's webhook in its tenant.
@@ -366,16 +364,18 @@ pub async fn disable_webhook(
     set_enabled(&p, &who, &id, false)
 }
 
+/// Each checks the caller against the webhook as stored, under the catalog's write lock.
 fn set_enabled(p: &AppState, who: &Principal, id: &str, enabled: bool) -> ApiResult<Response> {
-    visible_webhook(p, who, id)?;
+    let id = webhook_id(id)?;
     if !enabled {
-        return Ok(Json(p.catalog().pause_webhook(&webhook_id(id)?)?).into_response());
+        return Ok(Json(p.catalog().pause_webhook_as(&id, who)?).into_response());
     }
     let input = WebhookInput {
         enabled: Some(enabled),
         ..WebhookInput::default()
     };
-    Ok(Json(p.catalog().update_webhook(&webhook_id(id)?, input)?).into_response())
+    let (enabled, _) = p.catalog().update_webhook_signed(&id, input, who)?;
+    Ok(Json(enabled).into_response())
 }
 
 /// Evaluation time per webhook, most first, and who is throttled: the webhooks the key may
@@ -439,18 +439,16 @@ pub async fn rotate_webhook_secret(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    visible_webhook(&p, &who, &id)?;
+    let id = webhook_id(&id)?;
+    // Not found before the body is read: another tenant's webhook stays invisible.
+    p.catalog().webhook_seen_by(&id, &who)?;
     let body = body?;
     let input: RotateInput = if body.is_empty() {
         RotateInput::default()
     } else {
         parse_json(&headers, &body)?
     };
-    Ok(Json(
-        p.catalog()
-            .rotate_signing_secret(&webhook_id(&id)?, input)?,
-    )
-    .into_response())
+    Ok(Json(p.catalog().rotate_signing_secret_as(&id, input, &who)?).into_response())
 }
 
 // ----- deliveries -----
