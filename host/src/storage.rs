@@ -38,6 +38,18 @@
 //!   delivery is first in line only when none of its entity stored before it is unfinished
 //!   (the storage gives each its [`Delivery::line_position`] from its own sequence, never
 //!   from a host's clock); a batch delivery takes events until claimed or full.
+//!
+//! # Blocking calls
+//! Only the calls that wait for durability ([`Deliveries::insert_and_commit`],
+//! [`Capacity::commit`]) return futures; the rest block their caller. sled answers them from
+//! the calling thread in microseconds, and a future per call would cost every delivery for
+//! nothing. A networked engine runs each call's round trip inside
+//! `tokio::task::block_in_place` (with `Handle::block_on` for an async driver): the host runs
+//! on tokio's multi-thread runtime, whose other workers go on meanwhile. The flow holds no
+//! async lock across a storage call, and whole-table walks (lists, pruning, backups) already
+//! run on blocking threads. Should the hand-offs cost too much at thousands of deliveries a
+//! second, the calls of a delivery's life (`claim`, `close`, `finish`, `renew`,
+//! `first_in_line`) are the ones to make async.
 
 /// The checks every engine must pass; an engine outside this crate runs them with the
 /// `conformance` feature (see [`conformance::Opener`]).

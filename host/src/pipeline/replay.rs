@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, Pipeline};
-use crate::model::{Delivery, DeliveryId, DeliveryStatus, Millis, WebhookId};
+use super::{CachedWebhook, Error, Pipeline};
+use crate::model::{Delivery, DeliveryId, DeliveryStatus, Millis, Webhook, WebhookId};
 use crate::storage::{DeliveryQuery, Tenancy};
 
 /// Which deliveries `recover` replays: the failed and dead ones created in `[since, until)`.
@@ -125,7 +125,36 @@ impl Pipeline {
 
     /// Stores the replay of `original` (not yet durable).
     fn queue_replay(&self, original: Delivery) -> Result<Delivery, Error> {
+        let webhook = self.replayable(&original)?;
         let id = original.id.to_string();
+        let rebuilt = original.requests.as_ref().is_none_or(|requests| {
+            requests
+                .iter()
+                .any(|r| r.connection_id != webhook.connection_id)
+        });
+        // Kept for the replay while it is pending, so the pruner leaves them alone.
+        let replay_id = DeliveryId::generate();
+        let tenant = original.events_tenant();
+        for event in std::iter::once(&original.event_id).chain(&original.batch_events) {
+            let kept = self
+                .store
+                .keep_event_for(tenant, event, &replay_id, original.updated_at)?;
+            if !kept && rebuilt {
+                return Err(Error::Conflict(format!(
+                    "delivery {id} cannot be replayed: its plugin must build the request \
+                     again, and its event {event} was removed after retention.events"
+                )));
+            }
+        }
+        let mut replay = replay_of(original, replay_id, &webhook, self.now());
+        self.store.update_delivery(&mut replay)?;
+        Ok(replay)
+    }
+
+    /// The webhook `original` is replayed through, if it may be: the delivery has finished,
+    /// and its webhook still exists, may send, and is still the tenant's it was recorded for.
+    fn replayable(&self, original: &Delivery) -> Result<Arc<CachedWebhook>, Error> {
+        let id = &original.id;
         if original.status == DeliveryStatus::Pending {
             return Err(Error::Conflict(format!(
                 "delivery {id} is still pending; replay it once it has finished"
@@ -150,73 +179,56 @@ impl Pipeline {
                 original.webhook_id
             )));
         }
-        let now = self.now();
-        let rebuilt = original.requests.as_ref().is_none_or(|requests| {
+        Ok(webhook)
+    }
+}
+
+/// A new pending delivery `id` replaying `original` through `webhook` now. Requests built
+/// through another connection than the webhook's now are dropped, to be built anew by its
+/// plugin: a request is only ever sent through the connection it was built for.
+fn replay_of(original: Delivery, id: DeliveryId, webhook: &Webhook, now: Millis) -> Delivery {
+    let requests = original
+        .requests
+        .filter(|requests| {
             requests
                 .iter()
-                .any(|r| r.connection_id != webhook.connection_id)
-        });
-        // Kept for the replay while it is pending, so the pruner leaves them alone.
-        let replay_id = DeliveryId::generate();
-        let tenant = original.events_tenant();
-        for event in std::iter::once(&original.event_id).chain(&original.batch_events) {
-            let kept = self
-                .store
-                .keep_event_for(tenant, event, &replay_id, original.updated_at)?;
-            if !kept && rebuilt {
-                return Err(Error::Conflict(format!(
-                    "delivery {id} cannot be replayed: its plugin must build the request \
-                     again, and its event {event} was removed after retention.events"
-                )));
+                .all(|r| r.connection_id == webhook.connection_id)
+        })
+        .map(|mut requests| {
+            for r in &mut requests {
+                r.delivered = false;
             }
-        }
-        // Requests built through another connection than the webhook's now are built anew
-        // by its plugin: a request is only ever sent through the connection it was built for.
-        let requests = original
-            .requests
-            .filter(|requests| {
-                requests
-                    .iter()
-                    .all(|r| r.connection_id == webhook.connection_id)
-            })
-            .map(|mut requests| {
-                for r in &mut requests {
-                    r.delivered = false;
-                }
-                requests
-            });
-        let mut replay = Delivery {
-            version: 0,
-            id: replay_id,
-            webhook_id: original.webhook_id,
-            event_id: original.event_id,
-            tenant: original.tenant,
-            event_tenant: original.event_tenant,
-            status: DeliveryStatus::Pending,
-            created_at: now,
-            updated_at: now,
-            next_attempt_at: Some(now),
-            logs: if requests.is_some() {
-                original.logs
-            } else {
-                Vec::new()
-            },
-            requests,
-            rounds: 0,
-            attempts: Vec::new(),
-            skip_reason: None,
-            error: None,
-            extracted_value: None,
-            replay_of: Some(original.id),
-            entity: None,
-            in_order: false,
-            line_position: None,
-            batch_events: original.batch_events,
-            batch_limit: 0,
-            replaced: 0,
-            replaced_events: Vec::new(),
-        };
-        self.store.update_delivery(&mut replay)?;
-        Ok(replay)
+            requests
+        });
+    Delivery {
+        version: 0,
+        id,
+        webhook_id: original.webhook_id,
+        event_id: original.event_id,
+        tenant: original.tenant,
+        event_tenant: original.event_tenant,
+        status: DeliveryStatus::Pending,
+        created_at: now,
+        updated_at: now,
+        next_attempt_at: Some(now),
+        logs: if requests.is_some() {
+            original.logs
+        } else {
+            Vec::new()
+        },
+        requests,
+        rounds: 0,
+        attempts: Vec::new(),
+        skip_reason: None,
+        error: None,
+        extracted_value: None,
+        replay_of: Some(original.id),
+        entity: None,
+        in_order: false,
+        line_position: None,
+        batch_events: original.batch_events,
+        batch_limit: 0,
+        replaced: 0,
+        replaced_events: Vec::new(),
     }
 }

@@ -16,6 +16,23 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+/// A round as it goes: who reads the answers, and what the attempts so far add up to.
+struct Going {
+    round: u32,
+    hook: Option<Arc<LoadedPlugin>>,
+    response_path: Option<ResponsePath>,
+    facts: RoundFacts,
+    report: Round,
+    /// Whether any request was tried (a round that tried none is not counted).
+    attempted: bool,
+}
+
+/// One request of a round to try, with its place in the delivery.
+struct RequestAt<'a> {
+    index: usize,
+    request: &'a mut OutboundRequest,
+}
+
 impl Pipeline {
     /// Sends every request not yet accepted and decides the delivery's next state.
     pub(super) async fn send_round(
@@ -25,89 +42,118 @@ impl Pipeline {
         state: &mut Vec<StateChange>,
         hand_back: &mut watch::Receiver<bool>,
     ) -> Round {
-        let mut report = Round::default();
-        let mut facts = RoundFacts::default();
         delivery.rounds += 1;
-        let round = delivery.rounds;
         let (hook, response_path) = self.answer_readers(webhook);
+        let mut going = Going {
+            round: delivery.rounds,
+            hook,
+            response_path,
+            facts: RoundFacts::default(),
+            report: Round::default(),
+            attempted: false,
+        };
         let mut requests = delivery.requests.take().unwrap_or_default();
-        let (mut held, mut attempted) = (None, false);
+        let mut held = None;
         for (index, request) in requests.iter_mut().enumerate() {
             if request.delivered {
                 continue;
             }
-            let started_at = self.now();
-            let (current, connection) = match self.gate(delivery, request) {
-                Gate::Open {
-                    webhook,
-                    connection,
-                } => (webhook, connection),
-                Gate::Held => {
-                    held = Some(plus(self.now(), PAUSED_WAIT));
-                    break;
-                }
-                Gate::Stale(why) => {
-                    delivery
-                        .attempts
-                        .push(unsent(round, index, started_at, why.clone()));
-                    attempted = true;
-                    facts.failed_for_good = Some(why);
-                    continue;
-                }
-            };
-            let webhook: &Webhook = &current;
-            let span = attempt_span(delivery, webhook, index, round);
-            let sending = self
-                .send_signed(webhook, connection.as_deref(), request, started_at)
-                .instrument(span.clone());
-            let Some(result) = until_handed_back(sending, hand_back).await else {
-                // The host is stopping: the answer is not waited for, and the next start
-                // sends the request again.
-                tracing::info!(delivery = %delivery.id, "handed back at shutdown");
-                held = Some(self.now());
-                break;
-            };
-            attempted = true;
-            if let Some(status) = result.status {
-                span.record("status", status);
-            }
-            let answer = Answered {
-                index,
-                hook: hook.as_ref(),
-                response_path: response_path.as_ref(),
-            };
-            let judged = self
-                .judge_answer(webhook, delivery, state, answer, &result)
+            let attempt = RequestAt { index, request };
+            held = self
+                .attempt(delivery, attempt, &mut going, state, hand_back)
                 .await;
-            report.gone |= judged.gone;
-            if judged.outcome == AttemptOutcome::Retry {
-                facts.signals.note(
-                    result.status,
-                    result.error.as_ref(),
-                    &result.headers,
-                    self.now(),
-                );
+            if held.is_some() {
+                break;
             }
-            self.metrics.attempt(result.status, result.duration);
-            delivery
-                .attempts
-                .push(sent(round, index, started_at, result, judged.outcome));
-            request.delivered = judged.outcome == AttemptOutcome::Success;
-            tally(judged, &mut facts, &mut report);
         }
         if let Some(again) = held {
             // Nothing more goes out now: the worker looks again when the webhook may send
             // (or at the next start, when handed back). A round that sent nothing is none.
             delivery.requests = Some(requests);
-            delivery.rounds -= u32::from(!attempted);
+            delivery.rounds -= u32::from(!going.attempted);
             delivery.next_attempt_at = Some(again);
             delivery.updated_at = self.now();
-            return report;
+            return going.report;
         }
-        facts.all_delivered = requests.iter().all(|r| r.delivered);
+        going.facts.all_delivered = requests.iter().all(|r| r.delivered);
         delivery.requests = Some(requests);
-        outcome::settle(delivery, facts, &self.retry_rules(webhook), self.now());
-        report
+        outcome::settle(
+            delivery,
+            going.facts,
+            &self.retry_rules(webhook),
+            self.now(),
+        );
+        going.report
+    }
+
+    /// Sends one request of a round through the webhook as it is now, and judges the answer
+    /// into `going`. Returns when to look again when the round stops here: the webhook is
+    /// held back, or the host is handing work back at shutdown.
+    async fn attempt(
+        &self,
+        delivery: &mut Delivery,
+        attempt: RequestAt<'_>,
+        going: &mut Going,
+        state: &mut Vec<StateChange>,
+        hand_back: &mut watch::Receiver<bool>,
+    ) -> Option<Millis> {
+        let RequestAt { index, request } = attempt;
+        let round = going.round;
+        let started_at = self.now();
+        let (current, connection) = match self.gate(delivery, request) {
+            Gate::Open {
+                webhook,
+                connection,
+            } => (webhook, connection),
+            Gate::Held => return Some(plus(self.now(), PAUSED_WAIT)),
+            Gate::Stale(why) => {
+                delivery
+                    .attempts
+                    .push(unsent(round, index, started_at, why.clone()));
+                going.attempted = true;
+                going.facts.failed_for_good = Some(why);
+                return None;
+            }
+        };
+        let webhook: &Webhook = &current;
+        let span = attempt_span(delivery, webhook, index, round);
+        let sending = self
+            .send_signed(webhook, connection.as_deref(), request, started_at)
+            .instrument(span.clone());
+        let Some(result) = until_handed_back(sending, hand_back).await else {
+            // The host is stopping: the answer is not waited for, and the next start sends
+            // the request again.
+            tracing::info!(delivery = %delivery.id, "handed back at shutdown");
+            return Some(self.now());
+        };
+        going.attempted = true;
+        if let Some(status) = result.status {
+            span.record("status", status);
+        }
+        let answer = Answered {
+            index,
+            hook: going.hook.as_ref(),
+            response_path: going.response_path.as_ref(),
+        };
+        let judged = self
+            .judge_answer(webhook, delivery, state, answer, &result)
+            .await;
+        going.report.gone |= judged.gone;
+        if judged.outcome == AttemptOutcome::Retry {
+            going.facts.signals.note(
+                result.status,
+                result.error.as_ref(),
+                &result.headers,
+                self.now(),
+            );
+        }
+        self.metrics.attempt(result.status, result.duration);
+        delivery
+            .attempts
+            .push(sent(round, index, started_at, result, judged.outcome));
+        request.delivered = judged.outcome == AttemptOutcome::Success;
+        tally(judged, &mut going.facts, &mut going.report);
+        None
     }
 
     /// What reads `webhook`'s answers besides their status: its plugin, when it has a
