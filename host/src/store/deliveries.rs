@@ -242,60 +242,70 @@ impl Store {
         old: OldEntry,
         state: Option<StateWrite<'_>>,
     ) -> Result<(), StoreError> {
-        let bytes = encode(delivery);
-        let old_key = |stored: Option<&[u8]>| {
-            let due = match old {
-                OldEntry::Due(due) => due,
-                OldEntry::AsStored => stored.and_then(stored_due),
-            };
-            due.map(|due| queue_key(due, &delivery.id))
-        };
-        let new_key = match (delivery.status.is_final(), delivery.next_attempt_at) {
-            (false, Some(due)) => Some(queue_key(due, &delivery.id)),
-            _ => None,
+        let write = Write {
+            delivery,
+            bytes: encode(delivery),
+            expected,
+            old,
+            new_key: match (delivery.status.is_final(), delivery.next_attempt_at) {
+                (false, Some(due)) => Some(queue_key(due, &delivery.id)),
+                _ => None,
+            },
         };
         let leaves_line = delivery.status.is_final() && fifo_key(delivery).is_some();
         let plain = !leaves_line
             && delivery.mode() == DeliveryMode::Plain
             && state.is_none_or(|s| s.changes.is_empty());
-        let mut plain_old_key = None;
         if plain {
-            // Nothing but its claim holder writes a plain delivery (no debounce or batch can
-            // replace its event), so the version read here stays until the writes below.
-            let stored = self.ingest.deliveries.get(delivery.id.as_str())?;
-            if !expected.holds(stored.as_deref()) {
-                return Err(Conflict::Changed.into());
-            }
-            plain_old_key = old_key(stored.as_deref());
+            self.write_plain(&write)?;
+        } else {
+            self.write_together(&write, leaves_line, state)?;
         }
-        // Before the record that finishes it: an entry whose delivery did not finish after
-        // all is dropped by the pruning walk.
-        if let Some(key) = retention::finished_key(delivery) {
-            self.ingest.finished.insert(key, &[] as &[u8])?;
+        self.ingest.recent_deliveries.forget([&delivery.id]);
+        if let Some(due) = write.new_key.as_ref().and(delivery.next_attempt_at) {
+            self.ingest.written.note(due);
         }
-        if plain {
-            // No other record to keep in step: three plain writes, ordered so a crash
-            // between any two leaves it scheduled. The new queue entry first, then the record,
-            // then the old entry's removal: an entry whose due time the record does not name
-            // is dropped as stale when the scheduler meets it.
-            if let Some(key) = &new_key {
-                self.ingest
-                    .queue
-                    .insert(key.as_slice(), queue_value(delivery))?;
-            }
+        self.unpin_finished(delivery)
+    }
+
+    /// A plain delivery's write: nothing but its claim holder writes one (no debounce or
+    /// batch can replace its event), so the version read here stays until the writes below,
+    /// and there is no other record to keep in step: three plain writes, ordered so a crash
+    /// between any two leaves it scheduled. The new queue entry first, then the record, then
+    /// the old entry's removal: an entry whose due time the record does not name is dropped
+    /// when the scheduler meets it.
+    fn write_plain(&self, write: &Write<'_>) -> Result<(), StoreError> {
+        let delivery = write.delivery;
+        let stored = self.ingest.deliveries.get(delivery.id.as_str())?;
+        if !write.expected.holds(stored.as_deref()) {
+            return Err(Conflict::Changed.into());
+        }
+        let old_key = write.old_key(stored.as_deref());
+        self.note_finished(delivery)?;
+        if let Some(key) = &write.new_key {
             self.ingest
-                .deliveries
-                .insert(delivery.id.as_str().as_bytes(), bytes)?;
-            self.ingest.recent_deliveries.forget([&delivery.id]);
-            if let Some(key) = plain_old_key.filter(|k| Some(k) != new_key.as_ref()) {
-                self.ingest.queue.remove(key)?;
-            }
-            if let Some(due) = new_key.as_ref().and(delivery.next_attempt_at) {
-                self.ingest.written.note(due);
-            }
-            return self.unpin_finished(delivery);
+                .queue
+                .insert(key.as_slice(), queue_value(delivery))?;
         }
-        let changes = state.map_or(&[][..], |s| s.changes);
+        self.ingest
+            .deliveries
+            .insert(delivery.id.as_str().as_bytes(), write.bytes.as_slice())?;
+        if let Some(key) = old_key.filter(|k| Some(k) != write.new_key.as_ref()) {
+            self.ingest.queue.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// The write of a delivery that shares indexes with others (in order, debounced,
+    /// batched) or comes with plugin state: one transaction.
+    fn write_together(
+        &self,
+        write: &Write<'_>,
+        leaves_line: bool,
+        state: Option<StateWrite<'_>>,
+    ) -> Result<(), StoreError> {
+        let delivery = write.delivery;
+        self.note_finished(delivery)?;
         (
             &self.ingest.deliveries,
             &self.ingest.queue,
@@ -305,13 +315,13 @@ impl Store {
         )
             .transaction(|(dtree, queue, fifo, plugin_state, webhooks)| {
                 let stored = dtree.get(delivery.id.as_str())?;
-                if !expected.holds(stored.as_deref()) {
+                if !write.expected.holds(stored.as_deref()) {
                     return Err(ConflictableTransactionError::Abort(
                         Conflict::Changed.into(),
                     ));
                 }
-                let old_key = old_key(stored.as_deref());
-                dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
+                let old_key = write.old_key(stored.as_deref());
+                dtree.insert(delivery.id.as_str().as_bytes(), write.bytes.as_slice())?;
                 if leaves_line {
                     // Where the storage placed it, whatever the copy written says.
                     let mut placed = delivery.clone();
@@ -326,29 +336,11 @@ impl Store {
                 if let Some(key) = &old_key {
                     queue.remove(key.as_slice())?;
                 }
-                if let Some(key) = &new_key {
+                if let Some(key) = &write.new_key {
                     queue.insert(key.as_slice(), queue_value(delivery))?;
                 }
-                // Kept only while the webhook is still its tenant's: state made from one
-                // tenant's events never reaches another's.
-                let state = match &state {
-                    Some(state) => {
-                        let stored = webhooks.get(state.webhook.as_str())?;
-                        let tenant = stored
-                            .map(|v| {
-                                let key = state.webhook.as_str().as_bytes();
-                                self.decode_sealed::<Webhook>("webhooks", key, &v)
-                            })
-                            .transpose()
-                            .map_err(ConflictableTransactionError::Abort)?
-                            .map(|w| w.tenant);
-                        (tenant.as_ref().map(Option::as_deref) == Some(state.tenant))
-                            .then_some(state)
-                    }
-                    None => None,
-                };
-                if let Some(state) = state {
-                    for (key, value) in changes {
+                if let Some(state) = self.state_to_keep(webhooks, state.as_ref())? {
+                    for (key, value) in state.changes {
                         let key = Store::state_key(state.webhook, key);
                         match value {
                             Some(value) => plugin_state.insert(key, value.as_slice())?,
@@ -358,11 +350,37 @@ impl Store {
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })?;
-        self.ingest.recent_deliveries.forget([&delivery.id]);
-        if let Some(due) = new_key.as_ref().and(delivery.next_attempt_at) {
-            self.ingest.written.note(due);
+        Ok(())
+    }
+
+    /// Plugin state changes to keep: only while the webhook is still the tenant's it was when
+    /// the evaluation began, so state made from one tenant's events never reaches another's.
+    fn state_to_keep<'s>(
+        &self,
+        webhooks: &TransactionalTree,
+        state: Option<&'s StateWrite<'s>>,
+    ) -> Result<Option<&'s StateWrite<'s>>, ConflictableTransactionError<StoreError>> {
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        let key = state.webhook.as_str().as_bytes();
+        let tenant = webhooks
+            .get(key)?
+            .map(|v| self.decode_sealed::<Webhook>("webhooks", key, &v))
+            .transpose()
+            .map_err(ConflictableTransactionError::Abort)?
+            .map(|w| w.tenant);
+        Ok((tenant.as_ref().map(Option::as_deref) == Some(state.tenant)).then_some(state))
+    }
+
+    /// Before the record that finishes a delivery: its entry in retention's `finished`
+    /// index (an entry whose delivery did not finish after all is dropped by the pruning
+    /// walk).
+    fn note_finished(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        if let Some(key) = retention::finished_key(delivery) {
+            self.ingest.finished.insert(key, &[] as &[u8])?;
         }
-        self.unpin_finished(delivery)
+        Ok(())
     }
 
     /// After a finished delivery's record is written: its events may be pruned now (a crash
@@ -408,6 +426,28 @@ struct Expected {
     read: u64,
     /// What no record at all means.
     absent: Absent,
+}
+
+/// One delivery's write, as [`Store::write_over`] prepared it.
+struct Write<'a> {
+    delivery: &'a Delivery,
+    /// Its record.
+    bytes: Vec<u8>,
+    expected: Expected,
+    old: OldEntry,
+    /// Its queue entry after the write (`None`: final, or not due).
+    new_key: Option<Vec<u8>>,
+}
+
+impl Write<'_> {
+    /// Where its queue entry is before the write, given the record stored.
+    fn old_key(&self, stored: Option<&[u8]>) -> Option<Vec<u8>> {
+        let due = match self.old {
+            OldEntry::Due(due) => due,
+            OldEntry::AsStored => stored.and_then(stored_due),
+        };
+        due.map(|due| queue_key(due, &self.delivery.id))
+    }
 }
 
 /// Where a delivery's queue entry is before a write.

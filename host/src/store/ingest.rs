@@ -113,6 +113,9 @@ pub(super) fn encode_items(items: &[(&Event, &[Delivery])]) -> Vec<EncodedEvent>
         .collect()
 }
 
+/// A transaction's failure while an event is inserted.
+type Aborted = ConflictableTransactionError<StoreError>;
+
 /// One event of [`Store::insert_events`], inside its transaction.
 pub(super) fn insert_one(
     trees: &IngestTrees<'_>,
@@ -120,120 +123,154 @@ pub(super) fn insert_one(
     event_bytes: &[u8],
     deliveries: &[Delivery],
     encoded: &[(Vec<u8>, Vec<u8>)],
-) -> Result<Inserted, ConflictableTransactionError<StoreError>> {
-    let IngestTrees {
-        events,
-        received,
-        pins,
-        dtree,
-        queue,
-        debounce,
-        fifo,
-        batches,
-    } = trees;
+) -> Result<Inserted, Aborted> {
     let event_key = event_key(event.tenant.as_deref(), &event.id);
-    if events.get(event_key.as_str())?.is_some() {
+    if trees.events.get(event_key.as_str())?.is_some() {
         return Ok(Inserted::Duplicate);
     }
-    events.insert(event_key.as_bytes(), event_bytes)?;
+    trees.events.insert(event_key.as_bytes(), event_bytes)?;
     let mut carried = Vec::with_capacity(deliveries.len());
     // The deliveries stored with the event: its `received` entry lists them (no pins).
     let mut stored_with = Vec::with_capacity(deliveries.len());
     for (delivery, (key, bytes)) in deliveries.iter().zip(encoded) {
-        match delivery.mode() {
-            DeliveryMode::Plain => {}
+        let placed = match delivery.mode() {
+            DeliveryMode::Plain => None,
             DeliveryMode::Batched { .. } => {
-                // Join the webhook's collecting batch if it has room.
-                let index = partition_key(delivery);
-                let index = index.as_slice();
-                let open = match batches.get(index)? {
-                    Some(id) => dtree.get(&id)?,
-                    None => None,
-                };
-                if let Some(raw) = open {
-                    let mut open: Delivery = decode("deliveries", &raw).map_err(abort)?;
-                    // A batch never spans the webhook's move to another tenant.
-                    if open.replaceable()
-                        && open.tenant == delivery.tenant
-                        && open.batch_events.len() < open.batch_limit as usize
-                    {
-                        open.batch_events.push(event.id.clone());
-                        open.version = open.version.wrapping_add(1);
-                        let pin = retention::pin_key(&event_key, &open.id);
-                        pins.insert(pin, &retention::pin_value())?;
-                        open.updated_at = delivery.created_at;
-                        if open.batch_events.len() >= open.batch_limit as usize {
-                            // Full: due now, and no longer collecting.
-                            if let Some(old) = open.next_attempt_at {
-                                queue.remove(queue_key(old, &open.id))?;
-                            }
-                            open.next_attempt_at = Some(delivery.created_at);
-                            queue.insert(
-                                queue_key(delivery.created_at, &open.id),
-                                queue_value(&open),
-                            )?;
-                            batches.remove(index)?;
-                        }
-                        dtree.insert(open.id.as_str().as_bytes(), encode(&open))?;
-                        carried.push(open.id);
-                        continue;
-                    }
+                if let Some(open) = join_batch(trees, event, &event_key, delivery)? {
+                    carried.push(open);
+                    continue;
                 }
-                batches.insert(index, delivery.id.as_str().as_bytes())?;
+                None
             }
-            DeliveryMode::InOrder { .. } => {
-                // Its place in the entity's line comes from the storage's own sequence.
-                let mut placed = delivery.clone();
-                placed.line_position = Some(fifo.generate_id()?);
-                if let Some(line) = fifo_key(&placed) {
-                    fifo.insert(line, placed.id.as_str().as_bytes())?;
-                }
-                dtree.insert(placed.id.as_str().as_bytes(), encode(&placed))?;
-                queue.insert(key.as_slice(), queue_value(delivery))?;
-                carried.push(placed.id);
-                stored_with.push(&delivery.id);
-                continue;
-            }
+            DeliveryMode::InOrder { .. } => Some(place_in_line(trees, delivery)?),
             DeliveryMode::Debounced { entity } => {
-                let index = debounce_key(delivery, entity);
-                let waiting = match debounce.get(&index)? {
-                    Some(id) => dtree.get(&id)?,
-                    None => None,
-                };
-                if let Some(raw) = waiting {
-                    let mut waiting: Delivery = decode("deliveries", &raw).map_err(abort)?;
-                    if waiting.replaceable() && waiting.tenant == delivery.tenant {
-                        if let Some(old) = waiting.next_attempt_at {
-                            queue.remove(queue_key(old, &waiting.id))?;
-                        }
-                        for pin in retention::pins_of(&waiting) {
-                            pins.remove(pin)?;
-                        }
-                        let due = delivery.next_attempt_at.unwrap_or(delivery.created_at);
-                        waiting.replace_event(event.id.clone(), due, delivery.created_at);
-                        waiting.version = waiting.version.wrapping_add(1);
-                        for pin in retention::pins_of(&waiting) {
-                            pins.insert(pin, &retention::pin_value())?;
-                        }
-                        queue.insert(queue_key(due, &waiting.id), queue_value(&waiting))?;
-                        dtree.insert(waiting.id.as_str().as_bytes(), encode(&waiting))?;
-                        carried.push(waiting.id);
-                        continue;
-                    }
+                if let Some(waiting) = replace_waiting(trees, event, delivery, entity)? {
+                    carried.push(waiting);
+                    continue;
                 }
-                debounce.insert(index, delivery.id.as_str().as_bytes())?;
+                None
             }
-        }
-        dtree.insert(delivery.id.as_str().as_bytes(), bytes.as_slice())?;
-        queue.insert(key.as_slice(), queue_value(delivery))?;
+        };
+        let record = placed.as_deref().unwrap_or(bytes.as_slice());
+        trees
+            .dtree
+            .insert(delivery.id.as_str().as_bytes(), record)?;
+        trees.queue.insert(key.as_slice(), queue_value(delivery))?;
         carried.push(delivery.id.clone());
         stored_with.push(&delivery.id);
     }
-    received.insert(
+    trees.received.insert(
         retention::received_key(event.received_at, &event_key),
         retention::received_value(stored_with),
     )?;
     Ok(Inserted::New(carried))
+}
+
+/// Adds the event to its webhook's collecting batch when that has room (due at once when
+/// that fills it), and returns the batch; otherwise `delivery` becomes the collecting batch
+/// and `None` is returned, for it to be stored.
+fn join_batch(
+    trees: &IngestTrees<'_>,
+    event: &Event,
+    event_key: &str,
+    delivery: &Delivery,
+) -> Result<Option<DeliveryId>, Aborted> {
+    let IngestTrees {
+        pins,
+        dtree,
+        queue,
+        batches,
+        ..
+    } = trees;
+    let index = partition_key(delivery);
+    let index = index.as_slice();
+    let open = match batches.get(index)? {
+        Some(id) => dtree.get(&id)?,
+        None => None,
+    };
+    if let Some(raw) = open {
+        let mut open: Delivery = decode("deliveries", &raw).map_err(abort)?;
+        // A batch never spans the webhook's move to another tenant.
+        if open.replaceable()
+            && open.tenant == delivery.tenant
+            && open.batch_events.len() < open.batch_limit as usize
+        {
+            open.batch_events.push(event.id.clone());
+            open.version = open.version.wrapping_add(1);
+            let pin = retention::pin_key(event_key, &open.id);
+            pins.insert(pin, &retention::pin_value())?;
+            open.updated_at = delivery.created_at;
+            if open.batch_events.len() >= open.batch_limit as usize {
+                // Full: due now, and no longer collecting.
+                if let Some(old) = open.next_attempt_at {
+                    queue.remove(queue_key(old, &open.id))?;
+                }
+                open.next_attempt_at = Some(delivery.created_at);
+                queue.insert(queue_key(delivery.created_at, &open.id), queue_value(&open))?;
+                batches.remove(index)?;
+            }
+            dtree.insert(open.id.as_str().as_bytes(), encode(&open))?;
+            return Ok(Some(open.id));
+        }
+    }
+    batches.insert(index, delivery.id.as_str().as_bytes())?;
+    Ok(None)
+}
+
+/// Gives an in-order delivery its place at the end of its entity's line, from the storage's
+/// own sequence (never a host's clock), and returns its record as placed.
+fn place_in_line(trees: &IngestTrees<'_>, delivery: &Delivery) -> Result<Vec<u8>, Aborted> {
+    let mut placed = delivery.clone();
+    placed.line_position = Some(trees.fifo.generate_id()?);
+    if let Some(line) = fifo_key(&placed) {
+        trees.fifo.insert(line, placed.id.as_str().as_bytes())?;
+    }
+    Ok(encode(&placed))
+}
+
+/// Gives the event to the delivery of its entity waiting to be claimed (moved to the new
+/// delivery's due time), and returns it; otherwise `delivery` becomes the one waiting and
+/// `None` is returned, for it to be stored.
+fn replace_waiting(
+    trees: &IngestTrees<'_>,
+    event: &Event,
+    delivery: &Delivery,
+    entity: &str,
+) -> Result<Option<DeliveryId>, Aborted> {
+    let IngestTrees {
+        pins,
+        dtree,
+        queue,
+        debounce,
+        ..
+    } = trees;
+    let index = debounce_key(delivery, entity);
+    let waiting = match debounce.get(&index)? {
+        Some(id) => dtree.get(&id)?,
+        None => None,
+    };
+    if let Some(raw) = waiting {
+        let mut waiting: Delivery = decode("deliveries", &raw).map_err(abort)?;
+        if waiting.replaceable() && waiting.tenant == delivery.tenant {
+            if let Some(old) = waiting.next_attempt_at {
+                queue.remove(queue_key(old, &waiting.id))?;
+            }
+            for pin in retention::pins_of(&waiting) {
+                pins.remove(pin)?;
+            }
+            let due = delivery.next_attempt_at.unwrap_or(delivery.created_at);
+            waiting.replace_event(event.id.clone(), due, delivery.created_at);
+            waiting.version = waiting.version.wrapping_add(1);
+            for pin in retention::pins_of(&waiting) {
+                pins.insert(pin, &retention::pin_value())?;
+            }
+            queue.insert(queue_key(due, &waiting.id), queue_value(&waiting))?;
+            dtree.insert(waiting.id.as_str().as_bytes(), encode(&waiting))?;
+            return Ok(Some(waiting.id));
+        }
+    }
+    debounce.insert(index, delivery.id.as_str().as_bytes())?;
+    Ok(None)
 }
 
 /// The trees an event's insertion writes, apart from the [`Store`] so the commit thread can
