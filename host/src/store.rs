@@ -239,6 +239,8 @@ impl Store {
             .cache_capacity(cache_bytes as u64)
             .flush_every_ms(Some(500))
             .open()?;
+        let meta = db.open_tree("meta")?;
+        let line_base = ingest::parse_line_base(meta.get(ingest::LINE_BASE)?.as_deref());
         let ingest = EventTrees {
             events: db.open_tree("events")?,
             deliveries: db.open_tree("deliveries")?,
@@ -250,6 +252,7 @@ impl Store {
             finished: db.open_tree("finished")?,
             received: db.open_tree("received")?,
             pins: db.open_tree("pins")?,
+            line_base,
             ingest_lock: Arc::default(),
             recent: Arc::default(),
             recent_deliveries: Arc::default(),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde_json::json;
 use wasmhooks::catalog::{Error, Principal};
 use wasmhooks::config::Config;
-use wasmhooks::model::{Millis, Role};
-use wasmhooks::pipeline::{EventInput, WebhookInput};
+use wasmhooks::model::{Delivery, DeliveryStatus, Millis, Role};
+use wasmhooks::pipeline::{EventInput, RecoverInput, WebhookInput};
 
 use crate::support::{data_dir, eventually, Receiver};
 
@@ -110,7 +110,6 @@ async fn a_tenant_acts_only_on_its_webhook_as_stored_not_as_remembered() {
     // Another host moves it to another tenant.
     let mut moved = storage.webhook(&created.id).unwrap().unwrap();
     moved.tenant = Some("globex".into());
-    moved.enabled = false;
     storage.put_webhook(&mut moved).unwrap();
     let remembered = p.catalog().webhook(&created.id).unwrap();
     assert_eq!(
@@ -143,11 +142,37 @@ async fn a_tenant_acts_only_on_its_webhook_as_stored_not_as_remembered() {
     // Nothing of it changed; its new tenant sees it as stored.
     let globex = Principal {
         tenant: Some("globex".into()),
-        ..acme
+        ..acme.clone()
     };
     assert_eq!(
         catalog.webhook_seen_by(&created.id, &globex).unwrap(),
         moved
     );
     assert_eq!(storage.webhook(&created.id).unwrap().unwrap(), moved);
+
+    // acme's failed delivery of it stays acme's: recovering the webhook as its new tenant
+    // walks globex's history, not the one the stale copy names.
+    let event: wasmhooks::model::Event = serde_json::from_value(json!({
+        "id": "evt-acme-1", "kind": "order.created", "tenant": "acme",
+        "occurred_at": 1_000, "received_at": 1_000, "payload": {}
+    }))
+    .unwrap();
+    storage
+        .insert_and_commit(vec![(event.clone(), Vec::new())])
+        .await
+        .unwrap();
+    let mut failed = Delivery::pending(&remembered, &event, Millis(1_000), Millis(1_000));
+    failed.status = DeliveryStatus::Failed;
+    failed.next_attempt_at = None;
+    storage.update_delivery(&mut failed).unwrap();
+    let since = || serde_json::from_value::<RecoverInput>(json!({ "since": 0 })).unwrap();
+    let recovered = p.recover(&created.id, since(), &globex).await.unwrap();
+    assert!(recovered.replayed.is_empty(), "{:?}", recovered.replayed);
+    not_found(p.recover(&created.id, since(), &acme).await.unwrap_err());
+    // Nor is that delivery replayed: its webhook is another tenant's now.
+    let replay = p.replay(&failed.id).await;
+    assert!(
+        matches!(replay, Err(Error::Conflict(ref why)) if why.contains("moved to another tenant")),
+        "{replay:?}"
+    );
 }

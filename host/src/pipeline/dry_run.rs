@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::request::{self, Target};
 use super::{payer_of, to_wit_event, Error, EventInput, Pipeline};
-use crate::model::{DeliveryId, Event, LogLine, OutboundRequest, WebhookId};
+use crate::model::{DeliveryId, Event, LogLine, OutboundRequest, Webhook};
 use crate::runtime::{wit, Answer, Call, Cost, LoadedPlugin, PluginContext, Runtime};
 
 /// What the plugin decided, in a dry run.
@@ -131,22 +131,19 @@ impl Pipeline {
     /// It waits for a fair turn of the webhook's like a delivery and is charged to it, with no
     /// say on the webhook's streak of limit hits: a test is not a delivery.
     ///
+    /// `webhook` is as the caller was checked against (read from storage, see
+    /// [`crate::catalog::Catalog::webhook_seen_by`]).
+    ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown webhook, [`Error::Invalid`] for a bad event, or the
-    /// module failing to load.
-    pub async fn dry_run(
-        &self,
-        webhook_id: &WebhookId,
-        input: EventInput,
-    ) -> Result<DryRun, Error> {
-        let webhook = self.catalog.webhook(webhook_id)?;
+    /// [`Error::Invalid`] for a bad event, or the module failing to load.
+    pub async fn dry_run(&self, webhook: &Webhook, input: EventInput) -> Result<DryRun, Error> {
         let event = self.event_from(input, self.now(), None)?;
         let plugin = self
             .plugin(&webhook.module_id)
             .map_err(|e| Error::invalid("module_id", e.to_string()))?;
-        let target = self.catalog.target(&webhook);
-        let ctx = self.plugin_context(&webhook);
-        let turn = self.fair.turn(&payer_of(&webhook)).await;
+        let target = self.catalog.target(webhook);
+        let ctx = self.plugin_context(webhook);
+        let turn = self.fair.turn(&payer_of(webhook)).await;
         let runtime = self.runtime.clone();
         let run = tokio::task::spawn_blocking(move || {
             let target = target.as_ref().map_err(|e| e.0.as_str());

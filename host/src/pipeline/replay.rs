@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CachedWebhook, Error, Pipeline};
+use super::{Error, Pipeline};
+use crate::catalog::Principal;
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, Millis, Webhook, WebhookId};
 use crate::storage::{DeliveryQuery, Tenancy};
 
@@ -60,9 +61,12 @@ impl Pipeline {
         self: &Arc<Self>,
         webhook_id: &WebhookId,
         input: RecoverInput,
+        who: &Principal,
     ) -> Result<Recovered, Error> {
         self.store.admit()?;
-        let webhook = self.catalog.webhook(webhook_id)?;
+        // As stored, and the caller's: the copy in memory may not yet know of a move to
+        // another tenant.
+        let webhook = self.catalog.webhook_seen_by(webhook_id, who)?;
         let until = input.until.unwrap_or_else(|| self.now());
         if until <= input.since {
             return Err(Error::invalid("until", "must be after `since`"));
@@ -153,18 +157,26 @@ impl Pipeline {
 
     /// The webhook `original` is replayed through, if it may be: the delivery has finished,
     /// and its webhook still exists, may send, and is still the tenant's it was recorded for.
-    fn replayable(&self, original: &Delivery) -> Result<Arc<CachedWebhook>, Error> {
+    fn replayable(&self, original: &Delivery) -> Result<Webhook, Error> {
         let id = &original.id;
         if original.status == DeliveryStatus::Pending {
             return Err(Error::Conflict(format!(
                 "delivery {id} is still pending; replay it once it has finished"
             )));
         }
-        let Some(webhook) = self.webhook_cached(&original.webhook_id) else {
-            return Err(Error::Conflict(format!(
-                "the webhook {} of delivery {id} was deleted",
-                original.webhook_id
-            )));
+        // As stored: the copy in memory may not yet know of a move to another tenant.
+        let stored = self
+            .catalog
+            .webhook_seen_by(&original.webhook_id, &Principal::admin());
+        let webhook = match stored {
+            Ok(webhook) => webhook,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::Conflict(format!(
+                    "the webhook {} of delivery {id} was deleted",
+                    original.webhook_id
+                )))
+            }
+            Err(e) => return Err(e),
         };
         if let Err(withdrawn) = self.catalog.usable_connection(&webhook) {
             return Err(Error::Conflict(format!(

@@ -262,10 +262,21 @@ impl Pipeline {
         }
         let positions: Vec<QueuePosition> = chosen.iter().map(|c| c.position.clone()).collect();
         let now = self.now();
-        let claimed = match self
+        let claimed = self
             .store
             .claim(&positions, self.holder, plus(now, LEASE), now)
-        {
+            .and_then(|claimed| match claimed.len() == chosen.len() {
+                true => Ok(claimed),
+                false => Err(StorageError::Record {
+                    source: format!(
+                        "the storage answered {} claims for {} deliveries",
+                        claimed.len(),
+                        chosen.len()
+                    )
+                    .into(),
+                }),
+            });
+        let claimed = match claimed {
             Ok(claimed) => claimed,
             Err(e) => {
                 for c in chosen {
@@ -274,11 +285,19 @@ impl Pipeline {
                 return Err(e);
             }
         };
+        let mut refused = false;
         for (c, claimed) in chosen.into_iter().zip(claimed) {
             match claimed {
                 Some(claimed) => self.spawn_delivery(claimed, c.started, c.admission),
-                None => self.let_go(&c.position.id, c.started, true),
+                None => {
+                    self.let_go(&c.position.id, c.started, true);
+                    refused = true;
+                }
             }
+        }
+        if refused {
+            // What those were given is free again: look for other work now.
+            self.wake.notify_one();
         }
         Ok(())
     }

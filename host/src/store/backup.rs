@@ -76,6 +76,9 @@ impl Store {
         // The copy's start rebuilds them: copied here, they could miss a record copied just
         // before the pruning walk removed its entry, which would then be kept for ever.
         let meta = copy.open_tree("meta")?;
+        // The copy's sequence starts again: its line positions start past all of ours.
+        let past = self.db.generate_id()?.saturating_add(self.ingest.line_base);
+        meta.insert(super::ingest::LINE_BASE, &past.to_be_bytes())?;
         meta.remove(super::retention::INDEXED)?;
         for place in super::retention::INDEXED_UP_TO {
             meta.remove(place)?;

@@ -260,8 +260,8 @@ impl Store {
             self.write_plain(&write)?;
         } else {
             self.write_together(&write, leaves_line, state)?;
+            self.ingest.recent_deliveries.forget([&delivery.id]);
         }
-        self.ingest.recent_deliveries.forget([&delivery.id]);
         if let Some(due) = write.new_key.as_ref().and(delivery.next_attempt_at) {
             self.ingest.written.note(due);
         }
@@ -290,6 +290,9 @@ impl Store {
         self.ingest
             .deliveries
             .insert(delivery.id.as_str().as_bytes(), write.bytes.as_slice())?;
+        // At once: the copy kept since ingest must not outlive the record written over it,
+        // even when the next write fails.
+        self.ingest.recent_deliveries.forget([&delivery.id]);
         if let Some(key) = old_key.filter(|k| Some(k) != write.new_key.as_ref()) {
             self.ingest.queue.remove(key)?;
         }

@@ -94,6 +94,20 @@ pub(super) struct IngestTrees<'a> {
     debounce: &'a TransactionalTree,
     fifo: &'a TransactionalTree,
     batches: &'a TransactionalTree,
+    /// Added to the sequence for a line position (see [`LINE_BASE`]).
+    line_base: u64,
+}
+
+/// The `meta` key of the base added to sled's id sequence for an in-order delivery's line
+/// position (u64 big-endian; absent: 0). A store copied by a backup starts a new sequence, so
+/// the copy's base lies past every position the original gave: a line never goes backwards.
+pub(super) const LINE_BASE: &[u8] = b"line_positions_from";
+
+/// A `meta` value of [`LINE_BASE`].
+pub(super) fn parse_line_base(value: Option<&[u8]>) -> u64 {
+    value
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 /// Events' records, and their deliveries' queue keys and records.
@@ -221,7 +235,7 @@ fn join_batch(
 /// own sequence (never a host's clock), and returns its record as placed.
 fn place_in_line(trees: &IngestTrees<'_>, delivery: &Delivery) -> Result<Vec<u8>, Aborted> {
     let mut placed = delivery.clone();
-    placed.line_position = Some(trees.fifo.generate_id()?);
+    placed.line_position = Some(trees.fifo.generate_id()?.saturating_add(trees.line_base));
     if let Some(line) = fifo_key(&placed) {
         trees.fifo.insert(line, placed.id.as_str().as_bytes())?;
     }
@@ -291,6 +305,8 @@ pub(super) struct EventTrees {
     pub(super) received: sled::Tree,
     /// The events pending deliveries point at (see [`retention`]).
     pub(super) pins: sled::Tree,
+    /// Added to sled's id sequence for a line position ([`LINE_BASE`]).
+    pub(super) line_base: u64,
     /// Held while events are inserted: rounds never overlap, and an id's check for a
     /// duplicate and its writes are one step.
     pub(super) ingest_lock: Arc<std::sync::Mutex<()>>,
@@ -376,6 +392,7 @@ impl EventTrees {
                             debounce,
                             fifo,
                             batches,
+                            line_base: self.line_base,
                         };
                         items
                             .iter()

@@ -114,7 +114,17 @@ impl Store {
     ) -> Result<Vec<Option<Claimed>>, StoreError> {
         let mut out = Vec::with_capacity(positions.len());
         for QueuePosition { due, id } in positions {
-            let current = self.delivery(id)?;
+            let current = match self.delivery(id) {
+                Ok(current) => current,
+                Err(e @ (StoreError::Corrupt { .. } | StoreError::Sealed { .. })) => {
+                    // One unreadable record holds back only itself: it stays queued (and is
+                    // named in the log each time it comes up), and the others go on.
+                    tracing::error!(delivery = %id, "cannot claim an unreadable delivery: {e}");
+                    out.push(None);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let Some(delivery) =
                 current.filter(|d| !d.status.is_final() && d.next_attempt_at == Some(*due))
             else {
@@ -132,8 +142,13 @@ impl Store {
                 out.push(None);
                 continue;
             };
+            // Read with it when its plugin is still to run; a failed read here is the
+            // evaluation's to meet and record (it reads the event again).
             let event = match delivery.requests.is_none() && delivery.batch_events.is_empty() {
-                true => self.event(delivery.events_tenant(), &delivery.event_id)?,
+                true => self
+                    .event(delivery.events_tenant(), &delivery.event_id)
+                    .ok()
+                    .flatten(),
                 false => None,
             };
             out.push(Some(Claimed {

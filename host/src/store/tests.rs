@@ -117,6 +117,59 @@ fn in_order_deliveries_stored_before_line_positions_keep_their_place_first() {
     assert_eq!(store.first_in_line(&new).unwrap(), Some(new.id.clone()));
 }
 
+#[test]
+fn a_line_goes_on_in_order_in_a_copy_taken_by_a_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let webhook = WebhookId::generate();
+    let in_line = |e: &Event| {
+        let mut d = delivery(e, 1_000);
+        d.webhook_id = webhook.clone();
+        d.entity = Some("sku".into());
+        d.in_order = true;
+        d.next_attempt_at = Some(Millis(1_000));
+        d
+    };
+    let (e1, e2) = (event("before"), event("after"));
+    let first = in_line(&e1);
+    // Each start moves sled's sequence on (by two of its persist intervals), so a store
+    // started a few times gives positions a new copy's sequence starts behind.
+    for n in 0..3 {
+        let store = reopen(dir.path(), test_sealer()).unwrap();
+        let e = event(&format!("other-{n}"));
+        let mut other = in_line(&e);
+        other.entity = Some(format!("other-{n}"));
+        store.insert_event(&e, &[other]).unwrap();
+        store.flush().unwrap();
+    }
+    {
+        let store = reopen(dir.path(), test_sealer()).unwrap();
+        store
+            .insert_event(&e1, std::slice::from_ref(&first))
+            .unwrap();
+        store.backup(&copy.path().join("b"), Millis(5_000)).unwrap();
+    }
+    let restored = reopen(&copy.path().join("b"), test_sealer()).unwrap();
+    let second = in_line(&e2);
+    restored
+        .insert_event(&e2, std::slice::from_ref(&second))
+        .unwrap();
+    let placed = |id: &DeliveryId| {
+        let d = restored.delivery(id).unwrap().unwrap();
+        d.line_position.unwrap()
+    };
+    assert!(
+        placed(&second.id) > placed(&first.id),
+        "{} after {}",
+        placed(&second.id),
+        placed(&first.id)
+    );
+    assert_eq!(
+        restored.first_in_line(&second).unwrap(),
+        Some(first.id.clone())
+    );
+}
+
 fn connection() -> Connection {
     Connection {
         id: ConnectionId::parse("con_01JB0000000000000000000000").unwrap(),

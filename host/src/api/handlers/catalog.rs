@@ -410,7 +410,7 @@ pub async fn test_webhook(
 ) -> ApiResult<Response> {
     let webhook = visible_webhook(&p, &who, &id)?;
     let input: EventInput = parse_json(&headers, &body?)?;
-    let run = p.dry_run(&webhook.id, input).await?;
+    let run = p.dry_run(&webhook, input).await?;
     Ok(Json(run).into_response())
 }
 
@@ -423,7 +423,7 @@ pub async fn recover_webhook(
 ) -> ApiResult<Response> {
     visible_webhook(&p, &who, &id)?;
     let input: RecoverInput = parse_json(&headers, &body?)?;
-    let recovered = p.recover(&webhook_id(&id)?, input).await?;
+    let recovered = p.recover(&webhook_id(&id)?, input, &who).await?;
     let data: Vec<Value> = recovered.replayed.iter().map(Delivery::summary).collect();
     Ok((
         StatusCode::ACCEPTED,
