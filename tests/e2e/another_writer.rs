@@ -11,6 +11,21 @@ use wasmhooks::pipeline::{EventInput, RecoverInput, WebhookInput};
 
 use crate::support::{data_dir, eventually, Receiver};
 
+/// A webhook of the `forward` example on `order.*`, with the fields of `fields` besides.
+fn forward_webhook(
+    p: &wasmhooks::pipeline::Pipeline,
+    mut fields: serde_json::Value,
+) -> wasmhooks::model::Webhook {
+    let (module, _) = p
+        .catalog()
+        .upload_module("forward", "1", wasmhooks::examples::FORWARD)
+        .unwrap();
+    fields["event_kinds"] = json!(["order.*"]);
+    fields["module_id"] = json!(module.id);
+    let input: WebhookInput = serde_json::from_value(fields).unwrap();
+    p.catalog().create_webhook(input).unwrap()
+}
+
 #[tokio::test]
 async fn a_webhook_another_writer_changes_is_followed_and_never_undone() {
     let (_tmp, dir) = data_dir();
@@ -23,15 +38,7 @@ async fn a_webhook_another_writer_changes_is_followed_and_never_undone() {
     let mut host = wasmhooks::Host::open(config).unwrap();
     host.start();
     let p = host.pipeline().clone();
-    let (module, _) = p
-        .catalog()
-        .upload_module("forward", "1", wasmhooks::examples::FORWARD)
-        .unwrap();
-    let input: WebhookInput = serde_json::from_value(json!({
-        "name": "ours", "event_kinds": ["order.*"], "module_id": module.id, "url": receiver.url
-    }))
-    .unwrap();
-    let created = p.catalog().create_webhook(input).unwrap();
+    let created = forward_webhook(&p, json!({ "name": "ours", "url": receiver.url }));
     let storage: Arc<dyn wasmhooks::storage::Storage> = p.storage().clone();
 
     // Another writer renames it in storage: the host's copy follows.
@@ -96,16 +103,10 @@ async fn a_tenant_acts_only_on_its_webhook_as_stored_not_as_remembered() {
     // it was, as on a host that has not yet heard of another host's write.
     let host = wasmhooks::Host::open(config).unwrap();
     let p = host.pipeline().clone();
-    let (module, _) = p
-        .catalog()
-        .upload_module("forward", "1", wasmhooks::examples::FORWARD)
-        .unwrap();
-    let input: WebhookInput = serde_json::from_value(json!({
-        "name": "acme's", "event_kinds": ["order.*"], "module_id": module.id,
-        "url": "https://acme.example/hook", "tenant": "acme"
-    }))
-    .unwrap();
-    let created = p.catalog().create_webhook(input).unwrap();
+    let created = forward_webhook(
+        &p,
+        json!({ "name": "acme's", "url": "https://acme.example/hook", "tenant": "acme" }),
+    );
     let storage: Arc<dyn wasmhooks::storage::Storage> = p.storage().clone();
     // Another host moves it to another tenant.
     let mut moved = storage.webhook(&created.id).unwrap().unwrap();
