@@ -133,6 +133,11 @@ impl Catalog {
         self.webhooks.read().unwrap().get(id).cloned()
     }
 
+    /// Every webhook as kept in memory.
+    pub fn webhooks_cached(&self) -> Vec<Arc<CachedWebhook>> {
+        self.webhooks.read().unwrap().values().cloned().collect()
+    }
+
     /// A webhook as kept in memory, or as stored when memory has none (kept from then on):
     /// a webhook missing from memory is not taken for deleted before storage says so.
     ///

@@ -552,10 +552,13 @@ pub trait Pruning: Send + Sync {
     fn prepare_pruning(&self, stop: StopWalk<'_>) -> Result<bool, StorageError>;
     /// Removes finished deliveries, with their attempts and logs, that finished before the
     /// cutoff `cutoff` gives for their webhook and outcome (`None`: kept), `batch` at a time.
-    /// Returns how many it removed.
+    /// `shortest_keep` is the shortest time any finished delivery is kept now (`None`: all
+    /// are kept for ever): an engine may leave a delivery made less than that long ago, by
+    /// the wall clock, for a later pass. Returns how many it removed.
     fn prune_deliveries(
         &self,
         cutoff: &(dyn Fn(&WebhookId, Finished) -> Option<Millis> + Sync),
+        shortest_keep: Option<std::time::Duration>,
         batch: usize,
         stop: StopWalk<'_>,
     ) -> Result<u64, StorageError>;

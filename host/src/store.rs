@@ -169,6 +169,9 @@ pub struct Store {
     /// Held while a replay pins a stored event, and while the pruner checks an event's pins
     /// and removes it.
     pinning: Arc<std::sync::Mutex<()>>,
+    /// Deliveries generated before this time (ms, wall clock) are handed over to retention:
+    /// each writes its own `finished` entry when it finishes (see `retention/hand_over.rs`).
+    handed_over: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -276,6 +279,7 @@ impl Store {
             ingest,
             claims: Arc::default(),
             pinning: Arc::default(),
+            handed_over: Arc::new(retention::handed_over_before(&meta)?.into()),
             db,
         };
         let undone = round::undo_unfinished(&store.ingest)?;

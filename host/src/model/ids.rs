@@ -35,10 +35,26 @@ fn ulid_suffix() -> String {
         }
         *last = value;
     }
+    crockford(value)
+}
+
+/// `value` as 26 characters of Crockford base32, the most significant first.
+fn crockford(value: u128) -> String {
     (0..26)
         .rev()
         .map(|i| CROCKFORD[((value >> (i * 5)) & 31) as usize] as char)
         .collect()
+}
+
+/// The millisecond a generated suffix was made at; `None` for a suffix of another shape.
+fn suffix_millis(suffix: &str) -> Option<u64> {
+    if suffix.len() != 26 {
+        return None;
+    }
+    suffix.bytes().take(10).try_fold(0u64, |at, b| {
+        let digit = CROCKFORD.iter().position(|&c| c == b)?;
+        Some(at << 5 | digit as u64)
+    })
 }
 
 /// Why a string is not a valid id.
@@ -120,6 +136,20 @@ prefixed_id!(
     ModuleId, "mod", "module"
 );
 
+impl DeliveryId {
+    /// When a generated id was made (ms since the epoch, by the clock of the process that
+    /// made it); `None` for an id of another shape.
+    pub fn generated_at(&self) -> Option<u64> {
+        suffix_millis(&self.0[Self::PREFIX.len() + 1..])
+    }
+
+    /// The lowest id generated at `millis`: every id generated earlier sorts before it.
+    pub fn first_generated_at(millis: u64) -> String {
+        let value = u128::from(millis & 0xffff_ffff_ffff) << 80;
+        format!("{}_{}", Self::PREFIX, crockford(value))
+    }
+}
+
 impl ModuleId {
     /// The id of a module with these bytes.
     pub fn for_bytes(bytes: &[u8]) -> Self {
@@ -198,6 +228,29 @@ mod tests {
     fn ids_made_in_the_same_millisecond_still_increase() {
         let ids: Vec<DeliveryId> = (0..1000).map(|_| DeliveryId::generate()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_generated_delivery_id_tells_when_it_was_made() {
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let before = now();
+        let id = DeliveryId::generate();
+        let at = id.generated_at().unwrap();
+        assert!(
+            before <= at && at <= now() + 1,
+            "{at} not in [{before}, now]"
+        );
+        assert!(DeliveryId::first_generated_at(at).as_str() <= id.as_str());
+        assert!(DeliveryId::first_generated_at(at + 1).as_str() > id.as_str());
+        assert_eq!(
+            DeliveryId::parse("dlv_legacy").unwrap().generated_at(),
+            None
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::Pipeline;
-use crate::model::{Millis, WebhookId};
+use crate::catalog::CachedWebhook;
+use crate::model::{Keep, Millis, Webhook, WebhookId};
 use crate::storage::{Finished, StorageError};
 
 /// What one pass removed.
@@ -88,9 +89,9 @@ impl Pipeline {
         let cutoff = |webhook: &WebhookId, finished: Finished| self.cutoff(webhook, finished, now);
         let step = Pacer::new(self, "deliveries", shutdown);
         let step = |removed| step.step(removed);
-        report.deliveries = self
-            .store
-            .prune_deliveries(&cutoff, retention.batch, &step)?;
+        report.deliveries =
+            self.store
+                .prune_deliveries(&cutoff, self.shortest_keep(), retention.batch, &step)?;
         if step(report.deliveries) {
             return Ok(report);
         }
@@ -122,26 +123,43 @@ impl Pipeline {
     /// `now`: its own retention, or the host's; a tenant's webhook never keeps them longer
     /// than the host does (the host's setting may have been lowered since it was saved).
     fn cutoff(&self, webhook: &WebhookId, finished: Finished, now: Millis) -> Option<Millis> {
+        let webhook = self.webhook_cached(webhook);
+        self.keep(webhook.as_deref().map(CachedWebhook::webhook), finished)
+            .cutoff(now)
+    }
+
+    /// How long `webhook`'s deliveries that ended so are kept (the host's when it is gone).
+    fn keep(&self, webhook: Option<&Webhook>, finished: Finished) -> Keep {
         let retention = &self.config.retention;
         let host = match finished {
             Finished::Succeeded => retention.delivered,
             Finished::Failed => retention.failed,
         };
-        let keep = match self.webhook_cached(webhook) {
-            Some(webhook) => {
-                let own = match finished {
-                    Finished::Succeeded => webhook.retention.delivered,
-                    Finished::Failed => webhook.retention.failed,
-                };
-                match (own, &webhook.tenant) {
-                    (Some(own), Some(_)) => own.min(host),
-                    (Some(own), None) => own,
-                    (None, _) => host,
-                }
-            }
-            None => host,
+        let Some(webhook) = webhook else {
+            return host;
         };
-        keep.cutoff(now)
+        let own = match finished {
+            Finished::Succeeded => webhook.retention.delivered,
+            Finished::Failed => webhook.retention.failed,
+        };
+        match (own, &webhook.tenant) {
+            (Some(own), Some(_)) => own.min(host),
+            (Some(own), None) => own,
+            (None, _) => host,
+        }
+    }
+
+    /// The shortest time any finished delivery is kept now (`None`: all for ever).
+    fn shortest_keep(&self) -> Option<Duration> {
+        let webhooks = self.catalog.webhooks_cached();
+        let owners = std::iter::once(None).chain(webhooks.iter().map(|w| Some(w.webhook())));
+        owners
+            .flat_map(|w| [Finished::Succeeded, Finished::Failed].map(|f| self.keep(w, f)))
+            .filter_map(|keep| match keep {
+                Keep::For(d) => Some(d),
+                Keep::Forever => None,
+            })
+            .min()
     }
 }
 

@@ -281,7 +281,7 @@ impl Store {
             return Err(Conflict::Changed.into());
         }
         let old_key = write.old_key(stored.as_deref());
-        self.note_finished(delivery)?;
+        let noted = self.note_finished(delivery)?;
         if let Some(key) = &write.new_key {
             self.ingest
                 .queue
@@ -293,6 +293,7 @@ impl Store {
         // At once: the copy kept since ingest must not outlive the record written over it,
         // even when the next write fails.
         self.ingest.recent_deliveries.forget([&delivery.id]);
+        self.note_finished_after(delivery, noted)?;
         if let Some(key) = old_key.filter(|k| Some(k) != write.new_key.as_ref()) {
             self.ingest.queue.remove(key)?;
         }
@@ -308,7 +309,7 @@ impl Store {
         state: Option<StateWrite<'_>>,
     ) -> Result<(), StoreError> {
         let delivery = write.delivery;
-        self.note_finished(delivery)?;
+        let noted = self.note_finished(delivery)?;
         (
             &self.ingest.deliveries,
             &self.ingest.queue,
@@ -353,7 +354,7 @@ impl Store {
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })?;
-        Ok(())
+        self.note_finished_after(delivery, noted)
     }
 
     /// Plugin state changes to keep: only while the webhook is still the tenant's it was when
@@ -374,16 +375,6 @@ impl Store {
             .map_err(ConflictableTransactionError::Abort)?
             .map(|w| w.tenant);
         Ok((tenant.as_ref().map(Option::as_deref) == Some(state.tenant)).then_some(state))
-    }
-
-    /// Before the record that finishes a delivery: its entry in retention's `finished`
-    /// index (an entry whose delivery did not finish after all is dropped by the pruning
-    /// walk).
-    fn note_finished(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        if let Some(key) = retention::finished_key(delivery) {
-            self.ingest.finished.insert(key, &[] as &[u8])?;
-        }
-        Ok(())
     }
 
     /// After a finished delivery's record is written: its events may be pruned now (a crash

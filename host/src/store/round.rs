@@ -7,9 +7,10 @@
 //! (no debounce, order or batch index to keep in step) are stored with plain writes instead:
 //!
 //! 1. an *intent* record listing what the round adds: event ids, delivery ids, queue keys;
-//! 2. per event, its record, its deliveries' records, its retention entry (listing them, so
-//!    the pruner never meets an entry before what it names), then their queue entries, so the
-//!    scheduler (which starts from queue entries) never meets a delivery before its event;
+//! 2. per event, its record and its deliveries' records; then the round's one retention entry
+//!    (listing them, so the pruner never meets an entry before what it names); then the
+//!    deliveries' queue entries, so the scheduler (which starts from queue entries) never
+//!    meets a delivery before its event;
 //! 3. the intent's removal.
 //!
 //! Calls are answered only after the flush that follows the round (the commit thread), and
@@ -115,9 +116,6 @@ fn insert_cut(
             inserted.push(Inserted::Duplicate);
             continue;
         }
-        intent
-            .received
-            .push(super::retention::received_key(event.received_at, &key));
         intent.events.push(key);
         for (delivery, (key, _)) in deliveries.iter().zip(&encoded[i].1) {
             intent.deliveries.push(delivery.id.to_string());
@@ -131,12 +129,17 @@ fn insert_cut(
     if new.is_empty() {
         return Ok(inserted);
     }
+    // One retention entry for the round's events, at the latest receipt among them.
+    let received_at = new.iter().map(|&i| items[i].0.received_at).max();
+    let received =
+        super::retention::round_key(received_at.expect("a round with new events"), &keys[new[0]]);
+    intent.received.push(received.clone());
     let key = NEXT_INTENT.fetch_add(1, Ordering::Relaxed).to_be_bytes();
     let mut writes = Writes(cut);
     writes.next()?;
     trees.intents.insert(key, encode(&intent))?;
     let written = (|| -> Result<(), Stop> {
-        for (n, &i) in new.iter().enumerate() {
+        for &i in &new {
             let (_, deliveries) = items[i];
             let (event_bytes, records) = &encoded[i];
             writes.next()?;
@@ -149,13 +152,20 @@ fn insert_cut(
                     .deliveries
                     .insert(delivery.id.as_str(), bytes.as_slice())?;
             }
-            // After the records it names: the pruner never meets an entry whose deliveries
-            // are still on their way.
-            writes.next()?;
-            trees.received.insert(
-                intent.received[n].as_slice(),
-                super::retention::received_value(deliveries.iter().map(|d| &d.id)),
-            )?;
+        }
+        // After the records it names: the pruner never meets an entry whose deliveries are
+        // still on their way.
+        writes.next()?;
+        trees.received.insert(
+            received.as_slice(),
+            super::retention::round_value(new.iter().map(|&i| {
+                let listed = items[i].1.iter().map(|d| &d.id);
+                (keys[i].as_str(), super::retention::received_value(listed))
+            })),
+        )?;
+        for &i in &new {
+            let (_, deliveries) = items[i];
+            let (_, records) = &encoded[i];
             for (delivery, (queue_key, _)) in deliveries.iter().zip(records) {
                 writes.next()?;
                 trees
@@ -233,9 +243,9 @@ mod tests {
         let d1 = [delivery(&e1, 10), delivery(&e1, 11)];
         let d2 = [delivery(&e2, 12)];
         let items: Vec<(&Event, &[Delivery])> = vec![(&e1, &d1), (&e2, &d2)];
-        // intent, 2 retention entries, 2 events, 3 records, 3 queue entries, the intent's
-        // removal
-        let all_writes = 12;
+        // intent, 2 events, 3 records, the round's retention entry, 3 queue entries, the
+        // intent's removal
+        let all_writes = 11;
         for cut in 0..=all_writes {
             let dir = tempfile::tempdir().unwrap();
             {
@@ -260,8 +270,12 @@ mod tests {
                 }
             }
             assert_eq!(store.ingest.intents.len(), 0);
-            let indexed = if complete { 2 } else { 0 };
-            assert_eq!(store.ingest.received.len(), indexed, "cut {cut}");
+            let indexed = if complete { 1 } else { 0 };
+            assert_eq!(
+                store.ingest.received.len(),
+                indexed,
+                "one entry a round: cut {cut}"
+            );
             // The emitter's retry (same ids) stores it, or finds it stored.
             let again = store.insert_events(&items).unwrap();
             let expected = if complete {

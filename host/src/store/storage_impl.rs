@@ -227,10 +227,17 @@ impl Pruning for Store {
     fn prune_deliveries(
         &self,
         cutoff: &(dyn Fn(&WebhookId, Finished) -> Option<Millis> + Sync),
+        shortest_keep: Option<std::time::Duration>,
         batch: usize,
         stop: StopWalk<'_>,
     ) -> Result<u64, StorageError> {
-        Ok(Store::prune_deliveries(self, cutoff, batch, stop)?)
+        Ok(Store::prune_deliveries(
+            self,
+            cutoff,
+            shortest_keep,
+            batch,
+            stop,
+        )?)
     }
 
     fn prune_events(

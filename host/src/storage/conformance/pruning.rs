@@ -1,6 +1,7 @@
 //! The pruning part of the storage contract: what retention removes, and what it never does.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::{event, insert, pending, webhook, Opener};
 use crate::model::{
@@ -113,7 +114,12 @@ pub(super) async fn finished_work_is_pruned_past_its_time_and_pending_work_is_ke
         Finished::Succeeded => Some(Millis(10_000)),
         Finished::Failed => Some(Millis(1_500)),
     };
-    assert_eq!(storage.prune_deliveries(&cutoff, 2, &never).unwrap(), 1);
+    assert_eq!(
+        storage
+            .prune_deliveries(&cutoff, Some(Duration::ZERO), 2, &never)
+            .unwrap(),
+        1
+    );
     assert!(storage.delivery(&done.id).unwrap().is_none());
     for kept in [&failed, &waiting, &forever, &replayed] {
         assert!(storage.delivery(&kept.id).unwrap().is_some(), "{}", kept.id);
@@ -157,6 +163,16 @@ pub(super) async fn finished_work_is_pruned_past_its_time_and_pending_work_is_ke
     }
     assert!(!stored(&storage, Some("acme"), "p-b1"));
     assert!(stored(&storage, None, "p-d2"), "still pending");
+    // Deliveries that finished after an earlier walk had passed them go as well.
+    assert_eq!(
+        storage
+            .prune_deliveries(&cutoff, Some(Duration::ZERO), 2, &never)
+            .unwrap(),
+        3
+    );
+    for gone in [&waiting.id, &replay_of.id, &batch.id] {
+        assert!(storage.delivery(gone).unwrap().is_none(), "{gone}");
+    }
     // An id whose event went is new again, and kept from its new receipt.
     let again = received("p-done", 60_000);
     assert!(matches!(
@@ -180,9 +196,16 @@ pub(super) async fn a_pruning_walk_stops_between_steps_and_the_next_goes_on(open
     }
     let cutoff = |_: &WebhookId, _: Finished| Some(Millis(10_000));
     let after_two = |removed: u64| removed >= 2;
-    let first = storage.prune_deliveries(&cutoff, 1, &after_two).unwrap();
+    let first = storage
+        .prune_deliveries(&cutoff, Some(Duration::ZERO), 1, &after_two)
+        .unwrap();
     assert_eq!(first, 2);
-    assert_eq!(storage.prune_deliveries(&cutoff, 1, &never).unwrap(), 3);
+    assert_eq!(
+        storage
+            .prune_deliveries(&cutoff, Some(Duration::ZERO), 1, &never)
+            .unwrap(),
+        3
+    );
     assert_eq!(
         storage.prune_events(Millis(10_000), 2, &after_two).unwrap(),
         2
@@ -211,7 +234,12 @@ pub(super) async fn a_backup_prunes_like_its_original(opener: &impl Opener) {
     let restored = opener.open(Path::new(&copy_dir));
     assert!(restored.prepare_pruning(&never).unwrap());
     let cutoff = |_: &WebhookId, _: Finished| Some(Millis(10_000));
-    assert_eq!(restored.prune_deliveries(&cutoff, 10, &never).unwrap(), 1);
+    assert_eq!(
+        restored
+            .prune_deliveries(&cutoff, Some(Duration::ZERO), 10, &never)
+            .unwrap(),
+        1
+    );
     assert_eq!(
         restored.prune_events(Millis(10_000), 10, &never).unwrap(),
         1

@@ -67,9 +67,11 @@ impl Store {
             {
                 let (key, value) = entry?;
                 walked += 1;
-                if self.prune_event_at(&key, &value, before)? {
-                    removed += 1;
-                }
+                removed += if is_round(&key) {
+                    self.prune_round_at(&key, &value, before)?
+                } else {
+                    u64::from(self.prune_event_at(&key, &value, before)?)
+                };
                 from = key.to_vec();
             }
             if walked < batch || stop(removed) {
@@ -78,56 +80,94 @@ impl Store {
         }
     }
 
-    /// Handles one `received` entry older than `before`: removes its event unless a pending
-    /// delivery needs it (one the entry lists, or one holding a pin on it), and the entry
-    /// unless it must be walked again. `true` when the event was removed.
+    /// Handles one event's `received` entry older than `before` (see [`Store::prune_one`]):
+    /// the entry goes unless it must be walked again as it is. `true` when the event was
+    /// removed.
     fn prune_event_at(&self, key: &[u8], value: &[u8], before: Millis) -> Result<bool, StoreError> {
         let Some((at, event_key)) = parse_received(key) else {
             tracing::warn!(key = ?key, "dropping a malformed retention entry");
             self.ingest.received.remove(key)?;
             return Ok(false);
         };
+        let fate = self.prune_one(at, event_key, value, before)?;
+        if fate != Fate::Left {
+            self.ingest.received.remove(key)?;
+        }
+        Ok(fate == Fate::Removed)
+    }
+
+    /// Handles a round's `received` entry older than `before`: each of its events as
+    /// [`Store::prune_one`] decides, one to be walked again as it is getting an entry of its
+    /// own first; then the round's entry goes. Returns how many events were removed.
+    fn prune_round_at(&self, key: &[u8], value: &[u8], before: Millis) -> Result<u64, StoreError> {
+        let at = parse_received_at(key);
+        let Some(events) = round_events(value) else {
+            tracing::error!(key = ?key, "unreadable retention entry of a round: its events are kept");
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for (event_key, listed) in events {
+            match self.prune_one(at, event_key, listed, before)? {
+                Fate::Removed => removed += 1,
+                Fate::Left => {
+                    self.ingest
+                        .received
+                        .insert(received_key(at, event_key), listed)?;
+                }
+                Fate::Gone | Fate::Kept => {}
+            }
+        }
+        self.ingest.received.remove(key)?;
+        Ok(removed)
+    }
+
+    /// Decides on one event received at `at` (before `before`), `listed` naming the
+    /// deliveries stored with it: removes it unless a pending delivery needs it (one listed,
+    /// or one holding a pin on it), in which case it gets an entry further on.
+    fn prune_one(
+        &self,
+        at: Millis,
+        event_key: &str,
+        listed: &[u8],
+        before: Millis,
+    ) -> Result<Fate, StoreError> {
         // Against a replay pinning this event between the check and the removal.
         let _pinning = self.pinning.lock().unwrap_or_else(|e| e.into_inner());
         let Some(record) = self.ingest.events.get(event_key)? else {
             if at.as_i64() < before.as_i64().saturating_sub(ON_ITS_WAY) {
-                self.ingest.received.remove(key)?;
+                return Ok(Fate::Gone);
             }
-            return Ok(false);
+            return Ok(Fate::Left);
         };
         let event = match decode_event(&record) {
             Ok(event) => event,
             Err(e) => {
                 tracing::error!(event = event_key, "unreadable event record kept: {e}");
-                return Ok(false);
+                return Ok(Fate::Left);
             }
         };
         if event.received_at > at {
             // Stored again after an earlier one of its id was pruned: it has its own entry.
-            self.ingest.received.remove(key)?;
-            return Ok(false);
+            return Ok(Fate::Gone);
         }
         // Stored before ids were scoped per tenant, a tenant's event is keyed by its id
         // alone; deliveries pin it by its tenant's key.
         let scoped = event_key_of(&event);
-        let needed = self.needed_by_listed(value, event_key, &scoped)?
+        let needed = self.needed_by_listed(listed, event_key, &scoped)?
             || self.pinned(event_key)?
             || (scoped != event_key && self.pinned(&scoped)?);
         if needed {
-            // The new entry first: a crash between the two writes leaves both, never none.
+            // The new entry before the old one goes: a crash between leaves both, never none.
             let waited = before.as_i64().saturating_sub(at.as_i64());
             let again = before.as_i64() + waited.clamp(1_000, LOOK_AGAIN_AFTER);
-            let again = Millis(again);
             self.ingest
                 .received
-                .insert(received_key(again, event_key), value)?;
-            self.ingest.received.remove(key)?;
-            return Ok(false);
+                .insert(received_key(Millis(again), event_key), listed)?;
+            return Ok(Fate::Kept);
         }
         self.ingest.events.remove(event_key)?;
         self.ingest.recent.forget(event_key);
-        self.ingest.received.remove(key)?;
-        Ok(true)
+        Ok(Fate::Removed)
     }
 
     /// Whether a delivery a `received` entry lists (stored with its event) is pending and
@@ -222,6 +262,25 @@ impl Store {
 /// The key an event is stored under now (its tenant's).
 fn event_key_of(event: &Event) -> String {
     event_key(event.tenant.as_deref(), &event.id)
+}
+
+/// What became of one event a `received` entry named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// Removed.
+    Removed,
+    /// Gone already, or stored again since (with an entry of its own).
+    Gone,
+    /// Needed: it has an entry further on.
+    Kept,
+    /// To be walked again at the same time (its record may be on its way, or is unreadable).
+    Left,
+}
+
+/// A `received` entry's time.
+fn parse_received_at(key: &[u8]) -> Millis {
+    key.split_first_chunk::<8>()
+        .map_or(Millis(0), |(at, _)| Millis(u64::from_be_bytes(*at) as i64))
 }
 
 /// A `received` entry's time and event key.
