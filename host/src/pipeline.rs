@@ -80,7 +80,7 @@ pub struct Pipeline {
     /// Walks of the delivery table under way (lists, recover).
     walks: walks::Walks,
     /// What `GET /metrics` shows.
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// A backup is being written (one at a time).
     backing_up: AtomicBool,
     /// The queue's length as last counted, and when (see `queue_depth`).
@@ -149,7 +149,7 @@ impl Pipeline {
             holder: rand::random(),
             staging: Mutex::default(),
             walks: walks::Walks::default(),
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
             backing_up: AtomicBool::new(false),
             queue_count: tokio::sync::Mutex::new(None),
         })

@@ -165,3 +165,33 @@ async fn metrics_move_with_deliveries_and_only_the_operator_or_the_token_reads_t
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the token is no API key");
 }
+
+/// An emit whose caller stops waiting (a client that hung up) after its events were handed
+/// to storage: they are stored all the same, and counted as accepted.
+#[tokio::test]
+async fn an_emit_dropped_while_its_events_are_stored_is_still_counted() {
+    let (_tmp, dir) = data_dir();
+    let config = wasmhooks::config::Config {
+        data_dir: dir,
+        ..Default::default()
+    };
+    let mut host = wasmhooks::Host::open(config).unwrap();
+    host.start();
+    let p = host.pipeline().clone();
+    let input: wasmhooks::pipeline::EventInput =
+        serde_json::from_value(json!({ "id": "hung-up", "kind": "order.created", "payload": {} }))
+            .unwrap();
+    // Polled once (the events go to storage), then dropped.
+    let dropped = tokio::time::timeout(std::time::Duration::ZERO, p.emit(vec![input])).await;
+    assert!(dropped.is_err(), "the emit was still waiting when dropped");
+    let id = wasmhooks::model::EventId::parse("hung-up").unwrap();
+    crate::support::eventually("the event stored and counted", || async {
+        let text = p.scrape_metrics().await;
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let counted = value(&scrape, "wasmhooks_events_accepted_total", &[]) >= 1.0;
+        let stored = p.event(None, &id).is_ok();
+        (counted && stored).then_some(())
+    })
+    .await;
+}

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::{Error, Pipeline};
 use crate::model::{validate_kind, Delivery, DeliveryId, EntityMode, Event, EventId, Millis};
-use crate::storage::Inserted;
+use crate::storage::{Inserted, StorageError};
 
 /// An event as emitters send it (API body, CLI, `plugin run` event files).
 #[derive(Debug, Deserialize)]
@@ -218,7 +218,30 @@ impl Pipeline {
                 (e, deliveries)
             })
             .collect();
-        let inserted = self.store.insert_and_commit(items).await?;
+        // Stored once handed to storage, whether or not the caller waits for the answer: what
+        // follows a commit (counting, waking the scheduler) runs even when the call is
+        // dropped meanwhile (a client that hung up).
+        let (store, metrics, wake) = (self.store.clone(), self.metrics.clone(), self.wake.clone());
+        let inserted = tokio::spawn(async move {
+            let inserted = store.insert_and_commit(items).await?;
+            if inserted
+                .iter()
+                .any(|i| matches!(i, Inserted::New(d) if !d.is_empty()))
+            {
+                wake.notify_one();
+            }
+            metrics.events_accepted(
+                inserted
+                    .iter()
+                    .filter(|i| **i != Inserted::Duplicate)
+                    .count(),
+            );
+            Ok::<_, StorageError>(inserted)
+        })
+        .await
+        .map_err(|e| StorageError::Record {
+            source: format!("storing events stopped: {e}").into(),
+        })??;
         let results: Vec<EmitResult> = ids
             .into_iter()
             .zip(inserted)
@@ -231,11 +254,6 @@ impl Pipeline {
                 id,
             })
             .collect();
-        if results.iter().any(|r| !r.deliveries.is_empty()) {
-            self.wake.notify_one();
-        }
-        self.metrics
-            .events_accepted(results.iter().filter(|r| !r.duplicate).count());
         Ok(results)
     }
 
