@@ -172,6 +172,8 @@ pub struct Store {
     /// Deliveries generated before this time (ms, wall clock) are handed over to retention:
     /// each writes its own `finished` entry when it finishes (see `retention/hand_over.rs`).
     handed_over: Arc<std::sync::atomic::AtomicU64>,
+    /// When this store was opened (wall clock): what was received since has its entries.
+    opened_at: Millis,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -280,6 +282,7 @@ impl Store {
             claims: Arc::default(),
             pinning: Arc::default(),
             handed_over: Arc::new(retention::handed_over_before(&meta)?.into()),
+            opened_at: Millis(jiff::Timestamp::now().as_millisecond()),
             db,
         };
         let undone = round::undo_unfinished(&store.ingest)?;

@@ -83,6 +83,9 @@ impl Store {
         for place in super::retention::INDEXED_UP_TO {
             meta.remove(place)?;
         }
+        // Its place was copied after the records, and may be past some the copy has: the
+        // copy's walk starts over.
+        super::retention::forget_hand_over_place(&meta)?;
         copy.flush()?;
         Ok(report)
     }

@@ -29,7 +29,7 @@
 mod events;
 mod hand_over;
 
-pub(super) use hand_over::handed_over_before;
+pub(super) use hand_over::{forget_hand_over_place, handed_over_before};
 
 use std::ops::Bound;
 use std::time::Duration;
@@ -262,8 +262,12 @@ impl Store {
             else {
                 return Ok(());
             };
-            // Only where there is none: an event stored while the walk runs has its entry,
-            // listing its deliveries, which an empty one would hide.
+            // Only for what was stored before this start: an event stored since has its
+            // entry (its round's, under another key), listing its deliveries, and an empty
+            // one of its own would let it go while they are pending.
+            if event.received_at >= self.opened_at {
+                return Ok(());
+            }
             let entry = received_key(event.received_at, key);
             self.ingest
                 .received
@@ -508,6 +512,30 @@ mod tests {
         let an_hour_on = Millis(10_000 + 3_600_001);
         assert_eq!(store.prune_events(an_hour_on, 10, &never).unwrap(), 1);
         assert_eq!(store.ingest.received.len(), 0);
+    }
+
+    /// As on a backup's copy: the one-time walk runs after the start, and an event stored
+    /// since (once the walk has passed the deliveries) is kept by its round's entry, which
+    /// lists its pending delivery.
+    #[test]
+    fn the_indexing_walk_leaves_what_was_stored_since_the_start_to_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
+        store.meta.remove(INDEXED).unwrap();
+        store.meta.insert(INDEXED_UP_TO[0], "dlv_zz").unwrap();
+        let mut since = event("since");
+        since.received_at = Millis(jiff::Timestamp::now().as_millisecond());
+        let waiting = crate::store::tests::delivery(&since, since.received_at.as_i64());
+        store
+            .insert_events(&[(&since, std::slice::from_ref(&waiting))])
+            .unwrap();
+        assert!(store.prepare_pruning(&|_| false).unwrap());
+        let later = Millis(since.received_at.as_i64() + 60_000);
+        assert_eq!(store.prune_events(later, 10, &|_| false).unwrap(), 0);
+        assert!(
+            store.event(None, &since.id).unwrap().is_some(),
+            "still needed"
+        );
     }
 
     #[test]

@@ -50,6 +50,12 @@ pub(in crate::store) fn handed_over_before(meta: &sled::Tree) -> Result<u64, Sto
         .map_or(0, u64::from_be_bytes))
 }
 
+/// Makes the next walk start from the first delivery (a backup's copy).
+pub(in crate::store) fn forget_hand_over_place(meta: &sled::Tree) -> Result<(), StoreError> {
+    meta.remove(HANDED_OVER_TO)?;
+    Ok(())
+}
+
 fn wall_millis() -> u64 {
     u64::from_be_bytes(pin_value())
 }
