@@ -91,9 +91,9 @@ pub(super) fn received_key(at: Millis, event_key: &str) -> Vec<u8> {
 /// [`round_key`]): no event key starts with it (keys are UTF-8).
 const ROUND: u8 = 0xff;
 
-/// The one `received` entry of a round of plain events stored together: at the latest
-/// receipt among them, then [`ROUND`] and the first one's key. One entry a round, not one an
-/// event: an index write less on every event's way.
+/// The `received` entry of a run of plain events stored together in one round: at the
+/// latest receipt among them, then [`ROUND`] and the first one's key. One entry a run, not
+/// one an event: an index write less on almost every event's way.
 pub(super) fn round_key(at: Millis, first_event_key: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(9 + first_event_key.len());
     key.extend_from_slice(&millis_be(at));
@@ -536,6 +536,22 @@ mod tests {
             store.event(None, &since.id).unwrap().is_some(),
             "still needed"
         );
+    }
+
+    /// A large round has an entry per 16 events: no value grows with the round.
+    #[test]
+    fn a_large_round_has_an_entry_per_run_of_sixteen_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), test_sealer()).unwrap();
+        let many: Vec<Event> = (0..40).map(|i| event(&format!("m{i}"))).collect();
+        let items: Vec<(&Event, &[Delivery])> = many.iter().map(|e| (e, &[][..])).collect();
+        store.insert_events(&items).unwrap();
+        assert_eq!(store.ingest.received.len(), 3);
+        assert_eq!(
+            store.prune_events(Millis(10_000), 100, &|_| false).unwrap(),
+            40
+        );
+        assert_eq!(store.ingest.received.len(), 0);
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! (no debounce, order or batch index to keep in step) are stored with plain writes instead:
 //!
 //! 1. an *intent* record listing what the round adds: event ids, delivery ids, queue keys;
-//! 2. per event, its record and its deliveries' records; then the round's one retention entry
-//!    (listing them, so the pruner never meets an entry before what it names); then the
+//! 2. per event, its record and its deliveries' records; then the round's retention entries,
+//!    one per run of up to 16 events (listing them, so the pruner never meets an entry before
+//!    what it names); then the
 //!    deliveries' queue entries, so the scheduler (which starts from queue entries) never
 //!    meets a delivery before its event;
 //! 3. the intent's removal.
@@ -41,6 +42,9 @@ struct Intent {
     deliveries: Vec<String>,
     queue: Vec<Vec<u8>>,
 }
+
+/// The most events one retention entry of a round lists.
+const ROUND_ENTRY_EVENTS: usize = 16;
 
 /// Intent keys: unique within the process; intents left by an earlier one are undone at open.
 static NEXT_INTENT: AtomicU64 = AtomicU64::new(0);
@@ -129,11 +133,17 @@ fn insert_cut(
     if new.is_empty() {
         return Ok(inserted);
     }
-    // One retention entry for the round's events, at the latest receipt among them.
-    let received_at = new.iter().map(|&i| items[i].0.received_at).max();
-    let received =
-        super::retention::round_key(received_at.expect("a round with new events"), &keys[new[0]]);
-    intent.received.push(received.clone());
+    // One retention entry for each run of up to `ROUND_ENTRY_EVENTS` of the round's events,
+    // at the latest receipt among them: small values in a tree that is appended to (sled
+    // rewrites a leaf whole now and then, and a leaf holds 16 entries).
+    let runs: Vec<&[usize]> = new.chunks(ROUND_ENTRY_EVENTS).collect();
+    for run in &runs {
+        let received_at = run.iter().map(|&i| items[i].0.received_at).max();
+        intent.received.push(super::retention::round_key(
+            received_at.expect("a run has events"),
+            &keys[run[0]],
+        ));
+    }
     let key = NEXT_INTENT.fetch_add(1, Ordering::Relaxed).to_be_bytes();
     let mut writes = Writes(cut);
     writes.next()?;
@@ -155,14 +165,16 @@ fn insert_cut(
         }
         // After the records it names: the pruner never meets an entry whose deliveries are
         // still on their way.
-        writes.next()?;
-        trees.received.insert(
-            received.as_slice(),
-            super::retention::round_value(new.iter().map(|&i| {
-                let listed = items[i].1.iter().map(|d| &d.id);
-                (keys[i].as_str(), super::retention::received_value(listed))
-            })),
-        )?;
+        for (run, received) in runs.iter().zip(&intent.received) {
+            writes.next()?;
+            trees.received.insert(
+                received.as_slice(),
+                super::retention::round_value(run.iter().map(|&i| {
+                    let listed = items[i].1.iter().map(|d| &d.id);
+                    (keys[i].as_str(), super::retention::received_value(listed))
+                })),
+            )?;
+        }
         for &i in &new {
             let (_, deliveries) = items[i];
             let (_, records) = &encoded[i];
