@@ -38,6 +38,8 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// Storage (sled) settings.
     pub store: StoreConfig,
+    /// The PostgreSQL database (`storage = "postgres"`).
+    pub postgres: PostgresConfig,
     /// How long finished deliveries and events are kept.
     pub retention: RetentionConfig,
 }
@@ -49,6 +51,62 @@ pub enum Engine {
     /// sled, embedded in `data_dir`: one host owns the files.
     #[default]
     Sled,
+    /// PostgreSQL (`[postgres]`): any number of hosts share one database.
+    Postgres,
+}
+
+/// The PostgreSQL database several hosts share (`storage = "postgres"`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Where: `postgres://user:password@host:port/database` (`WASMHOOKS_POSTGRES__URL`).
+    /// Required with `storage = "postgres"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<crate::model::Secret>,
+    /// The schema the host's tables live in, made at the first start. Hosts that share a
+    /// schema share their work.
+    pub schema: String,
+    /// Most connections this host opens.
+    pub pool_size: usize,
+    /// Longest a statement may run before the database cancels it.
+    #[serde(with = "duration_text")]
+    pub statement_timeout: Duration,
+    /// Longest a call waits for a free connection, or for a new one to open.
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+}
+
+/// Whether `name` can name the PostgreSQL schema: a plain lower-case identifier (it stands
+/// unquoted in statements).
+///
+/// # Errors
+/// A message saying what a name may hold.
+pub fn check_schema_name(name: &str) -> Result<(), crate::model::Invalid> {
+    let mut chars = name.chars();
+    let starts_well = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_well = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if starts_well && rest_well && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(crate::model::Invalid(format!(
+            "`{name}` is not a schema name this host uses: lower-case letters, digits and `_`, \
+             starting with a letter or `_`, at most 63 characters"
+        )))
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: None,
+            schema: "wasmhooks".into(),
+            pool_size: 16,
+            statement_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// How long finished work is kept, and how the pruner that removes it runs. A duration such
@@ -327,6 +385,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             secrets: SecretsConfig::default(),
             store: StoreConfig::default(),
+            postgres: PostgresConfig::default(),
             retention: RetentionConfig::default(),
         }
     }

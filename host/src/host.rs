@@ -30,7 +30,10 @@ pub enum OpenError {
     },
     /// The secrets key could not be had.
     #[error(transparent)]
-    Key(#[from] crate::store::seal::KeyError),
+    Key(#[from] crate::storage::seal::KeyError),
+    /// The PostgreSQL engine did not open.
+    #[error(transparent)]
+    Postgres(#[from] crate::postgres::OpenError),
     /// The store did not open.
     #[error("opening data dir {}: {source}", dir.display())]
     Store {
@@ -89,6 +92,7 @@ impl Host {
                 let store = open_sled(&config)?;
                 (Arc::new(store.clone()) as Arc<dyn Storage>, Some(store))
             }
+            Engine::Postgres => (Arc::new(open_postgres(&config)?) as Arc<dyn Storage>, None),
         };
         let pipeline = Arc::new(Pipeline::new(config, storage.clone(), clock)?);
         let first_admin_key = pipeline.catalog().bootstrap_admin_key()?;
@@ -194,30 +198,58 @@ pub enum ShutdownError {
 /// Opens the sled store in `config.data_dir` (made private), with its secrets key.
 fn open_sled(config: &Config) -> Result<Store, OpenError> {
     let dir = config.data_dir.clone();
-    let data_dir = |action, source| OpenError::DataDir {
-        action,
+    let sealer = secrets_sealer(config)?;
+    let store =
+        Store::open_guarded(&dir, sealer, &config.store).map_err(|source| OpenError::Store {
+            dir: dir.clone(),
+            source,
+        })?;
+    restrict_files(&dir).map_err(|e| OpenError::DataDir {
+        action: "restricting",
+        dir: dir.clone(),
+        source: e,
+    })?;
+    Ok(store)
+}
+
+/// Opens the PostgreSQL engine of `config.postgres`; this host's own files (its secrets key
+/// when generated, compiled plugins) stay in `config.data_dir`.
+fn open_postgres(config: &Config) -> Result<crate::postgres::Postgres, OpenError> {
+    let sealer = secrets_sealer(config)?;
+    let postgres = &config.postgres;
+    let settings = crate::postgres::Settings {
+        url: postgres
+            .url
+            .as_ref()
+            .map(|url| url.expose().to_string())
+            .unwrap_or_default(),
+        schema: postgres.schema.clone(),
+        pool_size: postgres.pool_size,
+        statement_timeout: postgres.statement_timeout,
+        connect_timeout: postgres.connect_timeout,
+    };
+    Ok(crate::postgres::Postgres::open(&settings, sealer)?)
+}
+
+/// Makes the data dir (private) and reads, or makes, the key credentials are sealed with.
+fn secrets_sealer(config: &Config) -> Result<crate::storage::seal::Sealer, OpenError> {
+    let dir = config.data_dir.clone();
+    create_private_dir(&dir).map_err(|source| OpenError::DataDir {
+        action: "creating",
         dir: dir.clone(),
         source,
-    };
-    create_private_dir(&dir).map_err(|e| data_dir("creating", e))?;
+    })?;
     let key_file = config.secrets.key_file(&config.data_dir);
     let configured = config.secrets.key.as_ref().map(|k| k.expose());
-    let (key, source) = crate::store::seal::load_key(configured, &key_file)?;
-    if let crate::store::seal::KeySource::Generated(path) = &source {
+    let (key, source) = crate::storage::seal::load_key(configured, &key_file)?;
+    if let crate::storage::seal::KeySource::Generated(path) = &source {
         tracing::info!(
             "generated the secrets key in {}; keep it with the data: stored credentials \
                  cannot be read without it",
             path.display()
         );
     }
-    let sealer = crate::store::Sealer::new(key);
-    let store =
-        Store::open_guarded(&dir, sealer, &config.store).map_err(|source| OpenError::Store {
-            dir: dir.clone(),
-            source,
-        })?;
-    restrict_files(&dir).map_err(|e| data_dir("restricting", e))?;
-    Ok(store)
+    Ok(crate::storage::seal::Sealer::new(key))
 }
 
 /// How often the catalog reads the definitions' change feed.

@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u8)] = &[
     // The sled engine sits beside the catalog; the catalog and the pipeline reach storage
     // only through the `storage` traits, and `host` wires them together.
     ("store", 4),
+    ("postgres", 4),
     ("catalog", 4),
     ("pipeline", 5),
     ("api", 6),
@@ -33,7 +34,12 @@ const LAYERS: &[(&str, u8)] = &[
 ];
 
 /// Pairs the layers would allow that are kept apart: (module, the module it may not name).
-const KEPT_APART: &[(&str, &str)] = &[("api", "store"), ("pipeline", "store")];
+const KEPT_APART: &[(&str, &str)] = &[
+    ("api", "store"),
+    ("pipeline", "store"),
+    ("api", "postgres"),
+    ("pipeline", "postgres"),
+];
 
 fn layer_of(module: &str) -> Option<u8> {
     LAYERS

@@ -11,7 +11,8 @@
 //!   → evaluation → sending → outcome (`outcome`: pure functions).
 //! - [`catalog`]: what operators define (webhooks, modules, connections, keys, signing
 //!   secrets), read by the flow; beside it [`store`], the sled implementation of the storage
-//!   traits, which neither the catalog nor the pipeline names.
+//!   traits, and [`postgres`], the PostgreSQL one for several hosts; neither the catalog nor
+//!   the pipeline names them.
 //! - [`runtime`] (the wasmtime sandbox), [`fair_share`] (who evaluates next, budgets,
 //!   back-off), [`sender`] (HTTP, the SSRF guard), [`storage`] (the storage traits, their
 //!   contract and its conformance suite).
@@ -30,6 +31,7 @@ pub mod fair_share;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod postgres;
 pub mod runtime;
 pub mod sender;
 pub mod signature;

@@ -55,6 +55,7 @@
 /// `conformance` feature (see [`conformance::Opener`]).
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod seal;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -41,7 +41,7 @@ mod queue;
 mod recent;
 mod retention;
 mod round;
-pub mod seal;
+pub use crate::storage::seal;
 pub mod space;
 mod state;
 mod storage_impl;

@@ -97,6 +97,26 @@ impl Config {
         if !(self.delivery.endpoint_rate >= 0.0 && self.delivery.endpoint_rate.is_finite()) {
             return invalid("delivery.endpoint_rate", "must be 0 (no limit) or more");
         }
+        if self.storage == Engine::Postgres && self.postgres.url.is_none() {
+            return invalid(
+                "postgres.url",
+                "is required with storage = \"postgres\" (postgres://user:password@host:port/database)",
+            );
+        }
+        if self.postgres.pool_size == 0 {
+            return invalid("postgres.pool_size", "must be at least 1");
+        }
+        if self.postgres.statement_timeout.is_zero() || self.postgres.connect_timeout.is_zero() {
+            let key = if self.postgres.statement_timeout.is_zero() {
+                "postgres.statement_timeout"
+            } else {
+                "postgres.connect_timeout"
+            };
+            return invalid(key, "must be more than zero");
+        }
+        if let Err(message) = check_schema_name(&self.postgres.schema) {
+            return invalid("postgres.schema", &message.0);
+        }
         if self.store.cache_bytes < 1 << 20 {
             return invalid("store.cache_bytes", "must be at least 1048576 (1 MiB)");
         }
@@ -397,11 +417,23 @@ mod tests {
                 && err.to_string().contains("plugin.max_limits.cpu_time"),
             "{err}"
         );
-        let err = Config::load(None, env(&[("WASMHOOKS_STORAGE", "postgres")])).unwrap_err();
+        let err = Config::load(None, env(&[("WASMHOOKS_STORAGE", "mysql")])).unwrap_err();
         assert!(
             err.to_string().contains("postgres") && err.to_string().contains("sled"),
             "{err}"
         );
+        let err = Config::load(None, env(&[("WASMHOOKS_STORAGE", "postgres")])).unwrap_err();
+        assert!(err.to_string().contains("postgres.url"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[
+                ("WASMHOOKS_STORAGE", "postgres"),
+                ("WASMHOOKS_POSTGRES__URL", "postgres://h/db"),
+                ("WASMHOOKS_POSTGRES__SCHEMA", "Robert'); DROP TABLE"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("postgres.schema"), "{err}");
         let err = Config::load(None, env(&[("WASMHOOKS_PLUGIN__STACK_BYTES", "16")])).unwrap_err();
         assert!(err.to_string().contains("plugin.stack_bytes"), "{err}");
         let err = Config::load(

@@ -1,10 +1,10 @@
-//! Secrets at rest: records holding credentials (connections, signing secrets) are sealed with
-//! ChaCha20-Poly1305 under the host's secrets key before they reach sled.
+//! Secrets at rest: records holding credentials (webhooks, connections, signing secrets) are
+//! sealed with ChaCha20-Poly1305 under the host's secrets key before any engine stores them.
 //!
 //! A sealed record is `0x01 | nonce (12 bytes) | ciphertext and tag`; the tree name and the
 //! record's key are the associated data, so a record cannot be moved to another id. Records
-//! written before sealing existed (plain JSON, starting with `{`) are still read, and
-//! [`super::Store::open`] seals them.
+//! written before sealing existed (plain JSON, starting with `{`) are still read, and the sled
+//! store seals them when it opens.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

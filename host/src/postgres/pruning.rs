@@ -1,0 +1,243 @@
+//! Retention on PostgreSQL. Finished deliveries are found through their finish time (an
+//! index on webhook, outcome and finish time), so nothing is written on a delivery's way for
+//! retention; events go once no pending delivery names them and no pin holds them.
+//!
+//! A replay pins its event ([`Pruning::keep_event_for`]) before its delivery is written; the
+//! pruner removes events under an exclusive advisory lock that pinning takes shared, so an
+//! event is never removed between a pin's check and its write. A pin holds while its delivery
+//! is pending, or for an hour while its delivery is not written yet.
+
+use super::{db_error, Postgres};
+use crate::model::{DeliveryId, EventId, Millis, WebhookId};
+use crate::storage::{Finished, Pruning, StopWalk, StorageError};
+
+/// The advisory lock that orders pinning and event removal ("wh-pins").
+const PIN_LOCK: i64 = 0x7768_2d70_696e_7321;
+/// A pin whose delivery is not pending is dropped this long after it was made (a replay
+/// whose write failed after its pin).
+const STALE_PIN_MS: i64 = 3_600_000;
+
+impl Postgres {
+    /// Every webhook with finished deliveries, walking the index one webhook at a time.
+    async fn webhooks_with_finished(&self) -> Result<Vec<String>, StorageError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "WITH RECURSIVE hooks AS (
+                     (SELECT webhook_id FROM deliveries WHERE finished_at IS NOT NULL
+                      ORDER BY webhook_id LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT d.webhook_id FROM deliveries d
+                             WHERE d.finished_at IS NOT NULL AND d.webhook_id > hooks.webhook_id
+                             ORDER BY d.webhook_id LIMIT 1)
+                     FROM hooks WHERE hooks.webhook_id IS NOT NULL
+                 )
+                 SELECT webhook_id FROM hooks WHERE webhook_id IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Removes at most `batch` deliveries of `webhook` that finished as `class` before
+    /// `cutoff`.
+    async fn remove_finished(
+        &self,
+        webhook: &str,
+        class: i16,
+        cutoff: Millis,
+        batch: i64,
+    ) -> Result<u64, StorageError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM deliveries WHERE id IN (
+                     SELECT id FROM deliveries
+                     WHERE webhook_id = $1 AND finished_class = $2 AND finished_at < $3
+                     LIMIT $4
+                 )",
+                &[&webhook, &class, &cutoff.as_i64(), &batch],
+            )
+            .await
+            .map_err(db_error)
+    }
+
+    /// Removes at most `batch` events received before `before` that nothing needs.
+    async fn remove_events(&self, before: Millis, batch: i64) -> Result<u64, StorageError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(db_error)?;
+        transaction
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&PIN_LOCK])
+            .await
+            .map_err(db_error)?;
+        let removed = transaction
+            .execute(
+                "DELETE FROM events WHERE (tenant, id) IN (
+                     SELECT e.tenant, e.id FROM events e
+                     WHERE e.received_at < $1
+                       AND NOT EXISTS (
+                           SELECT 1 FROM deliveries d
+                           WHERE d.status = 'pending' AND d.events_tenant = e.tenant
+                             AND d.event_id = e.id)
+                       AND NOT EXISTS (
+                           SELECT 1 FROM pins p
+                           WHERE p.events_tenant = e.tenant AND p.event_id = e.id
+                             AND (EXISTS (SELECT 1 FROM deliveries d
+                                          WHERE d.id = p.delivery_id AND d.status = 'pending')
+                                  OR (p.pinned_at >= $3 AND NOT EXISTS (
+                                          SELECT 1 FROM deliveries d
+                                          WHERE d.id = p.delivery_id))))
+                     ORDER BY e.received_at
+                     LIMIT $2
+                 )",
+                &[
+                    &before.as_i64(),
+                    &batch,
+                    &(wall_clock().as_i64() - STALE_PIN_MS),
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        transaction.commit().await.map_err(db_error)?;
+        Ok(removed)
+    }
+
+    /// Drops pins that hold nothing any more: their delivery finished, or was never written
+    /// within an hour of the pin.
+    async fn drop_stale_pins(&self) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM pins p WHERE NOT EXISTS (
+                     SELECT 1 FROM deliveries d WHERE d.id = p.delivery_id AND d.status = 'pending'
+                 ) AND (p.pinned_at < $1
+                        OR EXISTS (SELECT 1 FROM deliveries d WHERE d.id = p.delivery_id))",
+                &[&(wall_clock().as_i64() - STALE_PIN_MS)],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn pin(
+        &self,
+        tenant: Option<&str>,
+        id: &EventId,
+        delivery: &DeliveryId,
+        received_by: Millis,
+    ) -> Result<bool, StorageError> {
+        let tenant = tenant.unwrap_or("");
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(db_error)?;
+        transaction
+            .execute("SELECT pg_advisory_xact_lock_shared($1)", &[&PIN_LOCK])
+            .await
+            .map_err(db_error)?;
+        let received = transaction
+            .query_opt(
+                "SELECT received_at FROM events WHERE tenant = $1 AND id = $2",
+                &[&tenant, &id.as_str()],
+            )
+            .await
+            .map_err(db_error)?
+            .map(|row| Millis(row.get(0)));
+        if received.is_none_or(|at| at > received_by) {
+            return Ok(false);
+        }
+        transaction
+            .execute(
+                "INSERT INTO pins (events_tenant, event_id, delivery_id, pinned_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[
+                    &tenant,
+                    &id.as_str(),
+                    &delivery.as_str(),
+                    &wall_clock().as_i64(),
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        transaction.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+}
+
+/// Now by the wall clock (pins are aged by it, whatever clock the host runs on).
+fn wall_clock() -> Millis {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Millis(since.as_millis() as i64)
+}
+
+impl Pruning for Postgres {
+    /// Nothing to prepare: the indexes retention reads were made with the tables.
+    fn prepare_pruning(&self, _stop: StopWalk<'_>) -> Result<bool, StorageError> {
+        Ok(true)
+    }
+
+    fn prune_deliveries(
+        &self,
+        cutoff: &(dyn Fn(&WebhookId, Finished) -> Option<Millis> + Sync),
+        _shortest_keep: Option<std::time::Duration>,
+        batch: usize,
+        stop: StopWalk<'_>,
+    ) -> Result<u64, StorageError> {
+        let batch = batch.max(1) as i64;
+        let mut removed = 0;
+        for webhook in self.block(self.webhooks_with_finished())? {
+            let Ok(id) = WebhookId::parse(&webhook) else {
+                tracing::warn!(
+                    webhook,
+                    "finished deliveries of a malformed webhook id are kept"
+                );
+                continue;
+            };
+            for (class, finished) in [(1, Finished::Succeeded), (2, Finished::Failed)] {
+                let Some(before) = cutoff(&id, finished) else {
+                    continue;
+                };
+                loop {
+                    let step = self.block(self.remove_finished(&webhook, class, before, batch))?;
+                    removed += step;
+                    if step > 0 && stop(removed) {
+                        return Ok(removed);
+                    }
+                    if (step as i64) < batch {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn prune_events(
+        &self,
+        before: Millis,
+        batch: usize,
+        stop: StopWalk<'_>,
+    ) -> Result<u64, StorageError> {
+        let batch = batch.max(1) as i64;
+        self.block(self.drop_stale_pins())?;
+        let mut removed = 0;
+        loop {
+            let step = self.block(self.remove_events(before, batch))?;
+            removed += step;
+            if (step as i64) < batch || stop(removed) {
+                return Ok(removed);
+            }
+        }
+    }
+
+    fn keep_event_for(
+        &self,
+        tenant: Option<&str>,
+        id: &EventId,
+        delivery: &DeliveryId,
+        received_by: Millis,
+    ) -> Result<bool, StorageError> {
+        self.block(self.pin(tenant, id, delivery, received_by))
+    }
+}
