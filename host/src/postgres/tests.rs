@@ -49,6 +49,10 @@ impl Opener for SchemaPerDir {
     fn backs_up(&self) -> bool {
         false
     }
+
+    fn shares(&self) -> bool {
+        true
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

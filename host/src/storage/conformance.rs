@@ -15,9 +15,9 @@
 //! async fn keeps_the_contract() { wasmhooks::storage::conformance::run(&MyOpener).await }
 //! ```
 //!
-//! The checks here hold one handle on the storage at a time. Checks for engines shared by
-//! several hosts (concurrent claims and ingest, the change feed seen by another handle) come
-//! with the first such engine, which can run them.
+//! Most checks hold one handle on the storage at a time; an engine several hosts share also
+//! runs the `shared` checks, with two handles at once (claims, the change feed, concurrent
+//! ingest and routing).
 
 use std::path::Path;
 
@@ -33,6 +33,7 @@ use super::{
 mod definitions;
 mod lists;
 mod pruning;
+mod shared;
 
 /// Opens the storage kept in a directory (again, after the last handle to it was dropped).
 /// Each check passes a fresh, empty directory; an engine that keeps no files there (a
@@ -47,6 +48,12 @@ pub trait Opener {
     /// backups are the database's own tools' says no, and the backup checks are left out).
     fn backs_up(&self) -> bool {
         true
+    }
+    /// Whether opening a directory again while a handle is open gives a second handle on the
+    /// same storage, as a second host sharing it would hold (then the shared-engine checks
+    /// run too).
+    fn shares(&self) -> bool {
+        false
     }
 }
 
@@ -70,6 +77,9 @@ pub async fn run(opener: &impl Opener) {
     if opener.backs_up() {
         a_backup_opens_with_every_event_and_the_queue_as_copied(opener).await;
         pruning::a_backup_prunes_like_its_original(opener).await;
+    }
+    if opener.shares() {
+        shared::run(opener).await;
     }
 }
 
