@@ -30,6 +30,7 @@
 mod definitions;
 mod deliveries;
 mod ingest;
+mod listen;
 mod pruning;
 mod schema;
 #[cfg(test)]
@@ -95,8 +96,13 @@ struct Inner {
     sealer: Sealer,
     /// Where the connections run (see [`Postgres::block`]); taken when the engine is dropped.
     runtime: Option<tokio::runtime::Runtime>,
-    /// The earliest due time this handle queued since the scheduler last asked.
-    written: WrittenDue,
+    /// The earliest due time queued since the scheduler last asked: by this handle, or by
+    /// another host as heard on the channel (`listen.rs`).
+    written: Arc<WrittenDue>,
+    /// The channel queue writes are announced on.
+    channel: String,
+    /// When lapsed claims were last released (wall clock, ms).
+    reaped_at: std::sync::atomic::AtomicI64,
 }
 
 impl Drop for Inner {
@@ -135,6 +141,7 @@ impl Postgres {
         config.connect_timeout(settings.connect_timeout);
         config.application_name("wasmhooks");
         let shown = shown_url(&config);
+        let listener_config = config.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("wasmhooks-pg")
@@ -169,7 +176,9 @@ impl Postgres {
                 pool,
                 sealer,
                 runtime: Some(runtime),
-                written: WrittenDue::default(),
+                written: Arc::default(),
+                channel: listen::channel(&settings.schema),
+                reaped_at: std::sync::atomic::AtomicI64::new(0),
             }),
         };
         let database = |source| OpenError::Database {
@@ -180,6 +189,16 @@ impl Postgres {
             .block(schema::migrate(&engine.inner.pool, &settings.schema))
             .map_err(database)?;
         engine.block(engine.check_sealer()).map_err(database)?;
+        let runtime = engine
+            .inner
+            .runtime
+            .as_ref()
+            .expect("runtime until dropped");
+        runtime.spawn(listen::listen(
+            listener_config,
+            engine.inner.channel.clone(),
+            engine.inner.written.clone(),
+        ));
         Ok(engine)
     }
 

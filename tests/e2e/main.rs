@@ -7,6 +7,7 @@ mod backup;
 mod bad_input;
 mod batching;
 mod cli;
+mod cluster;
 mod connections;
 mod crash;
 mod debounce;

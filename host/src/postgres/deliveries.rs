@@ -19,6 +19,10 @@ use crate::storage::{
 
 /// Queue entries read in one round trip.
 const QUEUE_PAGE: i64 = 256;
+/// How often lapsed claims are looked for (ms).
+const REAP_EVERY_MS: i64 = 1_000;
+/// Most lapsed claims released at once.
+const REAP_AT_MOST: i64 = 10_000;
 /// Most unreadable records one scan names (all are logged).
 const MAX_UNREADABLE_NAMED: usize = 100;
 
@@ -247,6 +251,30 @@ impl Postgres {
             }));
         }
         Ok(out)
+    }
+
+    /// Releases claims that lapsed before `now` (at most [`REAP_AT_MOST`]) and returns the
+    /// earliest due time among their deliveries.
+    async fn release_lapsed(&self, now: Millis) -> Result<Option<Millis>, StorageError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "WITH released AS (
+                     UPDATE deliveries
+                     SET claim_holder = NULL, claim_due = NULL, claim_until = NULL
+                     WHERE id IN (
+                         SELECT id FROM deliveries
+                         WHERE claim_holder IS NOT NULL AND claim_until <= $1
+                         LIMIT $2
+                     )
+                     RETURNING due
+                 )
+                 SELECT min(due) FROM released",
+                &[&now.as_i64(), &REAP_AT_MOST],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row.get::<_, Option<i64>>(0).map(Millis))
     }
 
     /// Ends `claim` when it is the one in force.
@@ -770,8 +798,30 @@ impl Deliveries for Postgres {
         })
     }
 
+    /// What this handle queued and what other hosts announced, and, once a second, the due
+    /// times of deliveries whose claim lapsed (a host that died holding them): released here,
+    /// so the scheduler goes back for them.
     fn take_written_due(&self) -> Option<Millis> {
-        self.inner.written.take()
+        let written = self.inner.written.take();
+        let now = super::pruning::wall_clock();
+        let last = self
+            .inner
+            .reaped_at
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now.as_i64() - last < REAP_EVERY_MS {
+            return written;
+        }
+        self.inner
+            .reaped_at
+            .store(now.as_i64(), std::sync::atomic::Ordering::Relaxed);
+        match self.block(self.release_lapsed(now)) {
+            Ok(Some(due)) => Some(written.map_or(due, |w| w.min(due))),
+            Ok(None) => written,
+            Err(e) => {
+                tracing::warn!("releasing lapsed claims: {e}");
+                written
+            }
+        }
     }
 
     fn queue_len(&self) -> usize {

@@ -87,7 +87,6 @@ impl Postgres {
             }
             inserted
         };
-        transaction.commit().await.map_err(db_error)?;
         // A debounced or batched delivery moves to the new delivery's due time, or to its
         // creation time when full: both are covered by the earliest of either.
         let earliest = items
@@ -95,6 +94,17 @@ impl Postgres {
             .flat_map(|(_, deliveries)| deliveries)
             .map(|d| d.next_attempt_at.unwrap_or(d.created_at).min(d.created_at))
             .min();
+        if let Some(due) = earliest {
+            // Heard by every host at commit (`listen.rs`).
+            transaction
+                .execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&self.inner.channel, &due.as_i64().to_string()],
+                )
+                .await
+                .map_err(db_error)?;
+        }
+        transaction.commit().await.map_err(db_error)?;
         if let Some(due) = earliest {
             self.inner.written.note(due);
         }

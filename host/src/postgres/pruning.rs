@@ -164,7 +164,7 @@ impl Postgres {
 }
 
 /// Now by the wall clock (pins are aged by it, whatever clock the host runs on).
-fn wall_clock() -> Millis {
+pub(super) fn wall_clock() -> Millis {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -94,6 +94,7 @@ CREATE TABLE deliveries (
     record bytea NOT NULL
 );
 CREATE INDEX deliveries_queue ON deliveries (due, id) WHERE due IS NOT NULL;
+CREATE INDEX deliveries_claimed ON deliveries (claim_until) WHERE claim_holder IS NOT NULL;
 CREATE UNIQUE INDEX deliveries_collecting ON deliveries (collecting) WHERE collecting IS NOT NULL;
 CREATE INDEX deliveries_line ON deliveries (line, line_position) WHERE line IS NOT NULL;
 CREATE INDEX deliveries_pending_event ON deliveries (events_tenant, event_id)

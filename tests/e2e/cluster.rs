@@ -1,0 +1,212 @@
+//! Several hosts on one PostgreSQL database: they share the work, follow each other's
+//! definitions, and take over a killed host's deliveries; nothing acknowledged is lost and
+//! no delivery is in flight from two hosts at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use wasmhooks::postgres::throwaway;
+
+use crate::support::{data_dir, eventually, Server, ADMIN_KEY};
+
+/// A database of its own on the test process's throwaway PostgreSQL, and the settings that
+/// put a host on it (every host of one database shares its secrets key).
+struct Database {
+    env: Vec<(String, String)>,
+}
+
+impl Database {
+    fn new(name: &str) -> Database {
+        let server = throwaway::Server::shared();
+        let name = format!("{name}_{}", rand::random::<u32>());
+        server
+            .create_database(&name)
+            .expect("create the test database");
+        let key: [u8; 32] = rand::random();
+        let key = base64::engine::general_purpose::STANDARD.encode(key);
+        Database {
+            env: vec![
+                ("WASMHOOKS_STORAGE".into(), "postgres".into()),
+                ("WASMHOOKS_POSTGRES__URL".into(), server.url(&name)),
+                ("WASMHOOKS_SECRETS__KEY".into(), key),
+            ],
+        }
+    }
+
+    /// Starts a host on the database, with `extra` settings.
+    async fn host(&self, dir: &std::path::Path, extra: &[(&str, &str)]) -> Server {
+        let mut env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.extend_from_slice(extra);
+        Server::start(dir, &env).await
+    }
+}
+
+/// What the in-flight receiver saw.
+#[derive(Default)]
+struct Seen {
+    /// Deliveries (`webhook-id`) whose request is being answered now.
+    in_flight: HashSet<String>,
+    /// Deliveries that arrived while a request of theirs was still in flight.
+    overlapping: Vec<String>,
+    /// Requests per event (`n` of the payload).
+    by_event: BTreeMap<String, usize>,
+    /// Requests per delivery.
+    by_delivery: BTreeMap<String, usize>,
+}
+
+/// A receiver that answers each request after a short while and notes every delivery that
+/// came again while its earlier request was still being answered.
+async fn in_flight_receiver() -> (String, Arc<Mutex<Seen>>) {
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let state = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+        let state = state.clone();
+        async move {
+            let delivery = headers
+                .get("webhook-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let event = serde_json::from_slice::<Value>(&body).unwrap()["n"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            {
+                let mut seen = state.lock().unwrap();
+                if !seen.in_flight.insert(delivery.clone()) {
+                    seen.overlapping.push(delivery.clone());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let mut seen = state.lock().unwrap();
+            seen.in_flight.remove(&delivery);
+            *seen.by_event.entry(event).or_default() += 1;
+            *seen.by_delivery.entry(delivery).or_default() += 1;
+            StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+/// Waits until `host` routes events of `kind` to a webhook (its catalog followed the
+/// database), emitting probes that are delivered like any other.
+async fn wait_until_routed(host: &Server, kind: &str, probe: &str) {
+    let mut n = 0;
+    eventually("the webhook to reach the host", || {
+        n += 1;
+        let id = format!("{probe}-{n}");
+        async move {
+            host.emit(json!({ "id": id, "kind": kind, "payload": { "n": id } }))
+                .await;
+            let (status, body) = host.get(&format!("/v1/deliveries?event_id={id}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            (!body["data"].as_array().unwrap().is_empty()).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hosts_share_the_work_and_take_over_a_killed_hosts_deliveries() {
+    let database = Database::new("cluster");
+    let (receiver, seen) = in_flight_receiver().await;
+    let in_flight = [("WASMHOOKS_DELIVERY__MAX_IN_FLIGHT", "16")];
+    let dirs: Vec<_> = (0..3).map(|_| data_dir()).collect();
+    let a = database.host(&dirs[0].1, &in_flight).await;
+    let b = database.host(&dirs[1].1, &in_flight).await;
+    let c = database.host(&dirs[2].1, &in_flight).await;
+    let module = a.upload("forward", wasmhooks::examples::FORWARD).await;
+    a.create_webhook(json!({ "name": "shared", "event_kinds": ["order.*"], "module_id": module, "url": receiver }))
+        .await;
+    for (host, name) in [(&b, "probe-b"), (&c, "probe-c")] {
+        wait_until_routed(host, "order.probe", name).await;
+    }
+
+    // 5,000 events in calls of 50, round-robin over the three hosts; b is killed halfway
+    // through its share. Only events answered 202 count.
+    let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let mut emitters = Vec::new();
+    for (h, host) in [&a, &b, &c].into_iter().enumerate() {
+        let client = wasmhooks::client::Client::new(&host.url, Some(ADMIN_KEY)).unwrap();
+        let acked = acked.clone();
+        emitters.push(tokio::spawn(async move {
+            for call in (h..100).step_by(3) {
+                let batch: Vec<Value> = (0..50)
+                    .map(|i| {
+                        let n = format!("e-{}", call * 50 + i);
+                        json!({ "id": n, "kind": "order.created", "payload": { "n": n } })
+                    })
+                    .collect();
+                if client.emit(&json!(batch)).await.is_err() {
+                    return;
+                }
+                let ids = batch.iter().map(|e| e["id"].as_str().unwrap().to_string());
+                acked.lock().unwrap().extend(ids);
+            }
+        }));
+    }
+    eventually("half the events acknowledged", || async {
+        (acked.lock().unwrap().len() >= 2_500).then_some(())
+    })
+    .await;
+    b.kill().await;
+    for emitter in emitters {
+        emitter.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 3_000, "{} acknowledged", acked.len());
+
+    // Every acknowledged event arrives: b's claimed deliveries after their lease lapses.
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let missing = {
+            let seen = seen.lock().unwrap();
+            acked
+                .iter()
+                .filter(|n| !seen.by_event.contains_key(*n))
+                .count()
+        };
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} acknowledged events never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "cluster: {} acknowledged events all arrived {:.1} s after b was killed",
+        acked.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.overlapping.is_empty(),
+        "in flight from two hosts at once: {:?}",
+        seen.overlapping
+    );
+    // Sent twice only when b had sent it and died before recording it: at most its in-flight
+    // count.
+    let twice: Vec<_> = seen.by_delivery.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.len() <= 16,
+        "{} deliveries sent twice: {twice:?}",
+        twice.len()
+    );
+    drop(seen);
+    drop((a, c));
+}
