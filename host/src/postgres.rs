@@ -103,6 +103,8 @@ struct Inner {
     channel: String,
     /// When lapsed claims were last released (wall clock, ms).
     reaped_at: std::sync::atomic::AtomicI64,
+    /// Why the last try to get a connection failed (`None`: it worked).
+    unreachable: std::sync::Mutex<Option<String>>,
 }
 
 impl Drop for Inner {
@@ -179,6 +181,7 @@ impl Postgres {
                 written: Arc::default(),
                 channel: listen::channel(&settings.schema),
                 reaped_at: std::sync::atomic::AtomicI64::new(0),
+                unreachable: std::sync::Mutex::new(None),
             }),
         };
         let database = |source| OpenError::Database {
@@ -226,12 +229,19 @@ impl Postgres {
         }
     }
 
-    /// A connection from the pool.
+    /// A connection from the pool (noting whether the database could be reached).
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
-        self.inner.pool.get().await.map_err(|e| match e {
+        let got = self.inner.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => db_error(e),
             other => unavailable(other),
-        })
+        });
+        let why = got.as_ref().err().map(ToString::to_string);
+        *self
+            .inner
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = why;
+        got
     }
 
     fn sealer(&self) -> &Sealer {
@@ -368,6 +378,14 @@ impl Capacity for Postgres {
 
     fn flush(&self) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    fn unreachable(&self) -> Option<String> {
+        self.inner
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn backup(

@@ -500,6 +500,12 @@ pub trait Capacity: Send + Sync {
     fn admit(&self) -> Result<(), LowSpace>;
     /// Free space as last seen.
     fn space_status(&self) -> SpaceStatus;
+    /// Why the storage could not be reached at its last try (`None`: it answered). A
+    /// database out of reach makes the host unhealthy until a call gets through again; an
+    /// embedded engine is always there.
+    fn unreachable(&self) -> Option<String> {
+        None
+    }
     /// Makes everything written so far durable; concurrent callers share the work.
     fn commit(&self) -> StorageFuture<'_, ()>;
     /// Makes everything written so far durable, blocking (shutdown, tests).

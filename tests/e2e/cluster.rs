@@ -21,8 +21,13 @@ struct Database {
 }
 
 impl Database {
+    /// A database on the test process's shared server.
     fn new(name: &str) -> Database {
-        let server = throwaway::Server::shared();
+        Database::on(throwaway::Server::shared(), name)
+    }
+
+    /// A database on `server`.
+    fn on(server: &throwaway::Server, name: &str) -> Database {
         let name = format!("{name}_{}", rand::random::<u32>());
         server
             .create_database(&name)
@@ -209,4 +214,136 @@ async fn three_hosts_share_the_work_and_take_over_a_killed_hosts_deliveries() {
     );
     drop(seen);
     drop((a, c));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_answer_503_while_the_database_is_down_and_lose_nothing_acknowledged() {
+    let server = throwaway::Server::start().expect("a PostgreSQL server of this test's own");
+    let database = Database::on(&server, "restart");
+    let receiver = crate::support::Receiver::start().await;
+    let (_tmp, dir) = data_dir();
+    let host = database.host(&dir, &[]).await;
+    let module = host.upload("forward", wasmhooks::examples::FORWARD).await;
+    host.create_webhook(json!({ "name": "r", "event_kinds": ["order.*"], "module_id": module, "url": receiver.url }))
+        .await;
+
+    // An emitter sends one event after another throughout; what it got back is kept.
+    let answers: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let emitter = {
+        let (client, answers, stop) = (host.client.clone(), answers.clone(), stop.clone());
+        let url = format!("{}/v1/events", host.url);
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let id = format!("r-{n}");
+                let sent = client
+                    .post(&url)
+                    .json(&json!({ "id": id, "kind": "order.created", "payload": { "n": id } }))
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await;
+                let status = sent.map_or(0, |r| r.status().as_u16());
+                answers.lock().unwrap().push((id, status));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let count = |status: u16| {
+        let answers = answers.clone();
+        move || {
+            answers
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, s)| *s == status)
+                .count()
+        }
+    };
+    let (accepted, unavailable) = (count(202), count(503));
+    eventually("events accepted before the stop", || async {
+        (accepted() >= 20).then_some(())
+    })
+    .await;
+    server.stop().expect("stop the database");
+    eventually("503 while the database is down", || async {
+        (unavailable() >= 3).then_some(())
+    })
+    .await;
+    let (status, body) = host.get("/healthz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    server.restart().expect("start the database again");
+    let before = accepted();
+    eventually("events accepted again", || async {
+        (accepted() >= before + 20).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    emitter.await.unwrap();
+
+    let acked: BTreeSet<String> = answers
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, status)| *status == 202)
+        .map(|(id, _)| id.clone())
+        .collect();
+    eventually("every acknowledged event at the receiver", || async {
+        let seen: BTreeSet<String> = receiver
+            .received()
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<Value>(&r.body).unwrap()["n"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        acked.is_subset(&seen).then_some(())
+    })
+    .await;
+    let odd: Vec<_> = answers
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| ![202, 503].contains(s))
+        .cloned()
+        .collect();
+    assert!(odd.is_empty(), "answers other than 202 and 503: {odd:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_made_on_one_host_routes_on_another_and_edits_and_streaks_both_survive() {
+    let database = Database::new("definitions");
+    let receiver = crate::support::Receiver::start().await;
+    // Every attempt fails: a failure streak starts on whichever host sends.
+    receiver.answer_with(&[500; 100]);
+    let (dirs_a, dirs_b) = (data_dir(), data_dir());
+    let a = database.host(&dirs_a.1, &[]).await;
+    let b = database.host(&dirs_b.1, &[]).await;
+    let module = a.upload("forward", wasmhooks::examples::FORWARD).await;
+    let created = a
+        .create_webhook(json!({ "name": "made on a", "event_kinds": ["order.*"], "module_id": module, "url": receiver.url }))
+        .await;
+    let path = format!("/v1/webhooks/{}", created["id"].as_str().unwrap());
+    wait_until_routed(&b, "order.probe", "probe-b").await;
+    let streak = eventually("a failure streak on the webhook", || async {
+        let (status, body) = a.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        (!body["failing_since"].is_null()).then_some(body["failing_since"].clone())
+    })
+    .await;
+
+    // An edit on a keeps the streak; b follows the edit and keeps both.
+    let (status, body) = a
+        .patch_json(&path, &json!({ "description": "edited on a" }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["failing_since"], streak, "the edit kept the streak");
+    eventually("b to follow the edit", || async {
+        let (_, body) = b.get(&path).await;
+        (body["description"] == "edited on a" && body["failing_since"] == streak).then_some(())
+    })
+    .await;
 }

@@ -80,6 +80,14 @@ pub async fn healthz(
     headers: HeaderMap,
 ) -> Result<Response, super::auth::Unauthorized> {
     let details = super::auth::is_root(&p, &headers)?;
+    if let Some(reason) = p.storage().unreachable() {
+        // Nothing can be accepted or delivered until the database answers again.
+        let mut body = json!({ "status": "unavailable" });
+        if details {
+            body["storage"] = json!({ "reason": reason });
+        }
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
+    }
     let space = p.storage().space_status();
     // Degraded: deliveries go on, new events are refused (storage.reason says why).
     let status = if space.accepting { "ok" } else { "degraded" };
