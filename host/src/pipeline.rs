@@ -175,6 +175,11 @@ impl Pipeline {
         &self.runtime
     }
 
+    /// The hosts sharing the storage (and the endpoints' limits), as last seen.
+    pub fn peers(&self) -> crate::storage::Peers {
+        self.endpoints.peers()
+    }
+
     /// The fair share of evaluation time: what each webhook uses, and who is throttled.
     pub fn fair_share(&self) -> &Arc<FairShare> {
         &self.fair

@@ -480,6 +480,32 @@ pub trait Deliveries: Send + Sync {
     fn take_written_due(&self) -> Option<Millis>;
     /// Number of queue entries.
     fn queue_len(&self) -> usize;
+    /// The hosts working on this storage, as `holder` sees them at `now`: it notes itself
+    /// alive, and learns how many are and where it stands among them, to take its share of
+    /// limits meant for all of them together (per-endpoint concurrency and rate). Storage
+    /// one process owns has that one host.
+    fn peers(&self, holder: u64, now: Millis) -> Result<Peers, StorageError> {
+        let _ = (holder, now);
+        Ok(Peers { rank: 0, count: 1 })
+    }
+}
+
+/// The hosts working on one storage, as one of them sees them ([`Deliveries::peers`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peers {
+    /// Where the asking host stands among them (from 0), in an order every host sees alike.
+    pub rank: usize,
+    /// How many there are, the asking host included.
+    pub count: usize,
+}
+
+impl Peers {
+    /// This host's share of `limit` meant for all of them: an even part, the rest going one
+    /// each to the first hosts, so the shares add up to `limit`.
+    pub fn share(&self, limit: usize) -> usize {
+        let count = self.count.max(1);
+        limit / count + usize::from(self.rank < limit % count)
+    }
 }
 
 /// Plugin state, per webhook (written with a delivery's outcome, [`Deliveries::finish`]).

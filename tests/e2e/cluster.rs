@@ -347,3 +347,70 @@ async fn a_webhook_made_on_one_host_routes_on_another_and_edits_and_streaks_both
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoints_concurrency_holds_across_three_hosts() {
+    let database = Database::new("endpoint");
+    // A receiver that takes its time, counting requests in flight.
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = {
+        let (in_flight, most, answered) = (in_flight.clone(), most.clone(), answered.clone());
+        axum::Router::new().fallback(move || {
+            let (in_flight, most, answered) = (in_flight.clone(), most.clone(), answered.clone());
+            async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = in_flight.fetch_add(1, SeqCst) + 1;
+                most.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                in_flight.fetch_sub(1, SeqCst);
+                answered.fetch_add(1, SeqCst);
+                StatusCode::OK
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let limit = [("WASMHOOKS_DELIVERY__ENDPOINT_CONCURRENCY", "4")];
+    let dirs: Vec<_> = (0..3).map(|_| data_dir()).collect();
+    let mut hosts = Vec::new();
+    for (_, dir) in &dirs {
+        hosts.push(database.host(dir, &limit).await);
+    }
+    let module = hosts[0]
+        .upload("forward", wasmhooks::examples::FORWARD)
+        .await;
+    hosts[0]
+        .create_webhook(json!({ "name": "limited", "event_kinds": ["order.*"], "module_id": module, "url": receiver }))
+        .await;
+    for (i, host) in hosts.iter().enumerate() {
+        wait_until_routed(host, "order.probe", &format!("probe-{i}")).await;
+        eventually("every host to count three", || async {
+            let (_, health) = host.get("/healthz").await;
+            (health["hosts"] == 3).then_some(())
+        })
+        .await;
+    }
+    let probes = answered.load(std::sync::atomic::Ordering::SeqCst);
+    for round in 0..10 {
+        for (i, host) in hosts.iter().enumerate() {
+            let batch: Vec<Value> = (0..10)
+                .map(|n| {
+                    let id = format!("c-{round}-{i}-{n}");
+                    json!({ "id": id, "kind": "order.created", "payload": { "n": id } })
+                })
+                .collect();
+            host.emit(json!(batch)).await;
+        }
+    }
+    eventually("all 300 events answered", || async {
+        (answered.load(std::sync::atomic::Ordering::SeqCst) >= probes + 300).then_some(())
+    })
+    .await;
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("cluster: at most {most} requests in flight at the endpoint (limit 4, three hosts)");
+    assert!(most <= 4, "{most} requests in flight at once");
+}

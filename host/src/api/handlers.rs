@@ -114,6 +114,8 @@ pub async fn healthz(
     Ok(Json(json!({
         "status": status,
         "queue": p.queue_depth().await,
+        // Hosts sharing the storage: the endpoints' limits are shared among them.
+        "hosts": p.peers().count,
         "storage": storage,
         "plugins": { "allocator": allocator, "evaluation_slots": runtime.slots() },
         // Totals only: which webhook uses what is for keys that may see it (`/v1/usage`).

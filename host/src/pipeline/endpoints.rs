@@ -2,6 +2,11 @@
 //! destination) gets at most `endpoint_concurrency` deliveries in flight and, when
 //! `endpoint_rate` is set, a token bucket of `endpoint_burst` tokens refilled at that rate.
 //! A slow or hung receiver then uses up its own share, never everyone's.
+//!
+//! The limits are for all hosts sharing the storage together: each host takes its share
+//! ([`Endpoints::set_peers`]), an even part of the concurrency (the rest one each to the
+//! first hosts) and of the rate. While hosts join or leave, for a second or so, their views
+//! of who is there may differ.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,22 +29,59 @@ struct Endpoint {
 
 /// Per-endpoint concurrency and rate limits.
 pub struct Endpoints {
+    /// The limits for all hosts together.
+    limits: Limits,
+    /// This host's share of them.
+    share: Mutex<Limits>,
+    /// The hosts the share was taken among.
+    peers: Mutex<crate::storage::Peers>,
+    state: Mutex<HashMap<String, Endpoint>>,
+}
+
+/// Concurrency, rate (0: none) and burst of one endpoint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Limits {
     concurrency: usize,
     rate: f64,
     burst: f64,
-    state: Mutex<HashMap<String, Endpoint>>,
 }
 
 impl Endpoints {
     /// Limits: `concurrency` in flight per endpoint; `rate` requests per second with bursts
     /// of `burst` (no rate limit when `rate` is 0).
     pub fn new(concurrency: usize, rate: f64, burst: u32) -> Endpoints {
-        Endpoints {
+        let limits = Limits {
             concurrency,
             rate,
             burst: f64::from(burst.max(1)),
+        };
+        Endpoints {
+            limits,
+            share: Mutex::new(limits),
+            peers: Mutex::new(crate::storage::Peers { rank: 0, count: 1 }),
             state: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes this host's share of the limits among `peers`.
+    pub fn set_peers(&self, peers: crate::storage::Peers) {
+        let count = peers.count.max(1) as f64;
+        let share = Limits {
+            concurrency: peers.share(self.limits.concurrency),
+            rate: self.limits.rate / count,
+            burst: (self.limits.burst / count).max(1.0),
+        };
+        *self.share.lock().unwrap() = share;
+        *self.peers.lock().unwrap() = peers;
+    }
+
+    /// The hosts the limits are shared among, as last seen.
+    pub fn peers(&self) -> crate::storage::Peers {
+        *self.peers.lock().unwrap()
+    }
+
+    fn share(&self) -> Limits {
+        *self.share.lock().unwrap()
     }
 
     /// Starts a delivery to `endpoint` if its limits allow, counting it in flight.
@@ -47,21 +89,22 @@ impl Endpoints {
     /// # Errors
     /// [`Busy`] saying whether to wait for a finish or for a token.
     pub fn try_start(&self, endpoint: &str, now: Instant) -> Result<(), Busy> {
+        let limits = self.share();
         let mut state = self.state.lock().unwrap();
         let e = state.entry(endpoint.to_string()).or_insert(Endpoint {
             in_flight: 0,
-            tokens: self.burst,
+            tokens: limits.burst,
             refilled: now,
         });
-        if e.in_flight >= self.concurrency {
+        if e.in_flight >= limits.concurrency {
             return Err(Busy::Full);
         }
-        if self.rate > 0.0 {
+        if limits.rate > 0.0 {
             let elapsed = now.saturating_duration_since(e.refilled).as_secs_f64();
-            e.tokens = (e.tokens + elapsed * self.rate).min(self.burst);
+            e.tokens = (e.tokens + elapsed * limits.rate).min(limits.burst);
             e.refilled = now;
             if e.tokens < 1.0 {
-                let wait = Duration::from_secs_f64((1.0 - e.tokens) / self.rate);
+                let wait = Duration::from_secs_f64((1.0 - e.tokens) / limits.rate);
                 return Err(Busy::RateLimited(wait));
             }
             e.tokens -= 1.0;
@@ -76,7 +119,7 @@ impl Endpoints {
         if let Some(e) = state.get_mut(endpoint) {
             e.in_flight = e.in_flight.saturating_sub(1);
             // Forget idle endpoints without a rate to remember.
-            if e.in_flight == 0 && self.rate == 0.0 {
+            if e.in_flight == 0 && self.limits.rate == 0.0 {
                 state.remove(endpoint);
             }
         }
@@ -85,9 +128,10 @@ impl Endpoints {
     /// A delivery started at `endpoint` did not go ahead after all (its claim was refused):
     /// its place and the request token it took are given back.
     pub fn give_back(&self, endpoint: &str) {
-        if self.rate > 0.0 {
+        let limits = self.share();
+        if limits.rate > 0.0 {
             if let Some(e) = self.state.lock().unwrap().get_mut(endpoint) {
-                e.tokens = (e.tokens + 1.0).min(self.burst);
+                e.tokens = (e.tokens + 1.0).min(limits.burst);
             }
         }
         self.finish(endpoint);
@@ -123,6 +167,33 @@ pub fn endpoint_of(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Peers;
+
+    #[test]
+    fn hosts_sharing_the_storage_take_shares_that_add_up_to_the_limit() {
+        for (limit, count) in [(4, 3), (32, 5), (2, 3), (1, 1), (7, 7)] {
+            let shares: Vec<usize> = (0..count)
+                .map(|rank| Peers { rank, count }.share(limit))
+                .collect();
+            assert_eq!(shares.iter().sum::<usize>(), limit, "{limit} among {count}");
+            assert!(shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1);
+        }
+        let e = Endpoints::new(4, 0.0, 1);
+        e.set_peers(Peers { rank: 1, count: 3 });
+        let now = Instant::now();
+        assert_eq!(e.try_start("a", now), Ok(()));
+        assert_eq!(
+            e.try_start("a", now),
+            Err(Busy::Full),
+            "one of four for the second of three"
+        );
+        // Alone again: the whole limit.
+        e.set_peers(Peers { rank: 0, count: 1 });
+        for _ in 0..3 {
+            assert_eq!(e.try_start("a", now), Ok(()));
+        }
+        assert_eq!(e.try_start("a", now), Err(Busy::Full));
+    }
 
     #[test]
     fn concurrency_is_per_endpoint() {

@@ -17,6 +17,9 @@ use crate::fair_share::Admission;
 use crate::model::{DeliveryId, Millis, WebhookId};
 use crate::storage::{Claimed, QueueEntry, QueueFrom, QueuePosition, StorageError};
 
+/// How often the scheduler notes itself alive and reads which hosts share the storage (for
+/// its share of the endpoints' limits).
+const PEERS_EVERY: Duration = Duration::from_secs(1);
 /// How long the scheduler sleeps at most when nothing wakes it.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// How long a delivery waits after a storage error before it is tried again.
@@ -112,9 +115,17 @@ impl Pipeline {
             permits: permits.clone(),
             hand_back: handed_back,
         };
+        let mut peers_seen: Option<std::time::Instant> = None;
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            if peers_seen.is_none_or(|at| at.elapsed() >= PEERS_EVERY) {
+                peers_seen = Some(std::time::Instant::now());
+                match self.store.peers(self.holder, self.now()) {
+                    Ok(peers) => self.endpoints.set_peers(peers),
+                    Err(e) => tracing::warn!("reading which hosts share the storage: {e}"),
+                }
             }
             let wait = match self.start_due(&slots) {
                 Ok(wait) => wait,

@@ -13,12 +13,15 @@ use tokio_postgres::types::ToSql;
 use super::{db_error, decode, encode, Postgres};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis, WebhookId};
 use crate::storage::{
-    Claim, Claimed, Conflict, Deliveries, DeliveryQuery, Finished, Inserted, Outcome, QueueEntry,
-    QueueFrom, QueuePosition, Scanned, StateWrite, StorageError, StorageFuture, Tenancy,
+    Claim, Claimed, Conflict, Deliveries, DeliveryQuery, Finished, Inserted, Outcome, Peers,
+    QueueEntry, QueueFrom, QueuePosition, Scanned, StateWrite, StorageError, StorageFuture,
+    Tenancy,
 };
 
 /// Queue entries read in one round trip.
 const QUEUE_PAGE: i64 = 256;
+/// A host not heard from for this long (ms) no longer counts among the peers.
+const HOST_GONE_MS: i64 = 5_000;
 /// How often lapsed claims are looked for (ms).
 const REAP_EVERY_MS: i64 = 1_000;
 /// Most lapsed claims released at once.
@@ -822,6 +825,47 @@ impl Deliveries for Postgres {
                 written
             }
         }
+    }
+
+    /// Notes `holder` alive, forgets hosts silent for [`HOST_GONE_MS`] (by the wall clock:
+    /// hosts' clocks may differ), and ranks the others by id.
+    fn peers(&self, holder: u64, _now: Millis) -> Result<Peers, StorageError> {
+        let now = super::pruning::wall_clock().as_i64();
+        let holder = holder as i64;
+        let alive: Vec<i64> = self.block(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "INSERT INTO hosts (holder, seen_at) VALUES ($1, $2)
+                     ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at",
+                    &[&holder, &now],
+                )
+                .await
+                .map_err(db_error)?;
+            client
+                .execute(
+                    "DELETE FROM hosts WHERE seen_at < $1",
+                    &[&(now - HOST_GONE_MS * 10)],
+                )
+                .await
+                .map_err(db_error)?;
+            let rows = client
+                .query(
+                    "SELECT holder FROM hosts WHERE seen_at >= $1 ORDER BY holder",
+                    &[&(now - HOST_GONE_MS)],
+                )
+                .await
+                .map_err(db_error)?;
+            Ok::<_, StorageError>(rows.iter().map(|row| row.get(0)).collect())
+        })?;
+        let rank = alive
+            .iter()
+            .position(|h| *h == holder)
+            .unwrap_or(alive.len());
+        Ok(Peers {
+            rank,
+            count: alive.len().max(rank + 1),
+        })
     }
 
     fn queue_len(&self) -> usize {

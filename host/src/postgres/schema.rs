@@ -11,6 +11,9 @@
 //! - `line`, `line_position`: an in-order delivery's entity line and place in it, until it
 //!   finishes.
 //! - `finished_class`, `finished_at`: how and when it finished, for retention.
+//!
+//! `hosts` holds each host's last sign of life (`peers`), for the shares of cluster-wide
+//! limits.
 
 use deadpool_postgres::Pool;
 
@@ -110,6 +113,10 @@ CREATE TABLE pins (
     PRIMARY KEY (events_tenant, event_id, delivery_id)
 );
 CREATE INDEX pins_by_delivery ON pins (delivery_id);
+CREATE TABLE hosts (
+    holder bigint PRIMARY KEY,
+    seen_at bigint NOT NULL
+);
 "#];
 
 /// Makes the schema when missing and runs the migrations it has not had.
