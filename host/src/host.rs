@@ -131,7 +131,12 @@ impl Host {
                 tokio::spawn(watch_disk(store.clone(), self.shutdown.subscribe()));
             }
             let catalog = self.pipeline.catalog().clone();
-            tokio::spawn(follow_definitions(catalog, self.shutdown.subscribe()));
+            let announced = self.storage.definition_announcements();
+            tokio::spawn(follow_definitions(
+                catalog,
+                announced,
+                self.shutdown.subscribe(),
+            ));
         }
     }
 
@@ -252,19 +257,23 @@ fn secrets_sealer(config: &Config) -> Result<crate::storage::seal::Sealer, OpenE
     Ok(crate::storage::seal::Sealer::new(key))
 }
 
-/// How often the catalog reads the definitions' change feed.
+/// How often the catalog reads the definitions' change feed when nothing is announced.
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Keeps the catalog's copies of webhooks and connections following what any writer changes
-/// in storage (see [`crate::catalog::Catalog::follow`]).
+/// in storage (see [`crate::catalog::Catalog::follow`]): at once when the storage announces
+/// a change, and every [`FOLLOW_EVERY`] in any case.
 async fn follow_definitions(
     catalog: Arc<crate::catalog::Catalog>,
+    announced: Option<Arc<tokio::sync::Notify>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let announced = announced.unwrap_or_default();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            () = announced.notified() => {}
         }
         let catalog = catalog.clone();
         match tokio::task::spawn_blocking(move || catalog.follow()).await {

@@ -96,11 +96,10 @@ struct Inner {
     sealer: Sealer,
     /// Where the connections run (see [`Postgres::block`]); taken when the engine is dropped.
     runtime: Option<tokio::runtime::Runtime>,
-    /// The earliest due time queued since the scheduler last asked: by this handle, or by
-    /// another host as heard on the channel (`listen.rs`).
-    written: Arc<WrittenDue>,
-    /// The channel queue writes are announced on.
-    channel: String,
+    /// The channels writes are announced on (`listen.rs`), with what they wake: among them
+    /// the earliest due time queued since the scheduler last asked, by this handle or by
+    /// another host.
+    channels: listen::Channels,
     /// When lapsed claims were last released (wall clock, ms).
     reaped_at: std::sync::atomic::AtomicI64,
     /// Why the last try to get a connection failed (`None`: it worked).
@@ -178,8 +177,7 @@ impl Postgres {
                 pool,
                 sealer,
                 runtime: Some(runtime),
-                written: Arc::default(),
-                channel: listen::channel(&settings.schema),
+                channels: listen::Channels::of(&settings.schema),
                 reaped_at: std::sync::atomic::AtomicI64::new(0),
                 unreachable: std::sync::Mutex::new(None),
             }),
@@ -199,8 +197,7 @@ impl Postgres {
             .expect("runtime until dropped");
         runtime.spawn(listen::listen(
             listener_config,
-            engine.inner.channel.clone(),
-            engine.inner.written.clone(),
+            engine.inner.channels.clone(),
         ));
         Ok(engine)
     }
@@ -276,6 +273,28 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StorageErro
     }
 }
 
+/// A client error, shown with what the database said (the client's own text is only "db
+/// error").
+#[derive(Debug)]
+struct PgError(tokio_postgres::Error);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => write!(f, "PostgreSQL: {} ({})", db.message(), db.code().code()),
+            None => {
+                write!(f, "PostgreSQL: {}", self.0)?;
+                match std::error::Error::source(&self.0) {
+                    Some(cause) => write!(f, ": {cause}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for PgError {}
+
 /// A client error as a storage error: out of space when the database says so.
 fn db_error(e: tokio_postgres::Error) -> StorageError {
     use tokio_postgres::error::SqlState;
@@ -285,7 +304,7 @@ fn db_error(e: tokio_postgres::Error) -> StorageError {
             || code == &SqlState::INSUFFICIENT_RESOURCES
     });
     StorageError::Unavailable {
-        source: Box::new(e),
+        source: Box::new(PgError(e)),
         out_of_space,
     }
 }
@@ -298,8 +317,8 @@ fn is_contended(e: &StorageError) -> bool {
         return false;
     };
     source
-        .downcast_ref::<tokio_postgres::Error>()
-        .and_then(tokio_postgres::Error::code)
+        .downcast_ref::<PgError>()
+        .and_then(|e| e.0.code())
         .is_some_and(|code| {
             code == &SqlState::UNIQUE_VIOLATION
                 || code == &SqlState::T_R_SERIALIZATION_FAILURE

@@ -396,6 +396,12 @@ pub trait Definitions: Send + Sync {
     fn definition_changes(&self, after: u64) -> Result<DefinitionChanges, StorageError>;
     /// The change feed's last position: a reader starting now follows from there.
     fn definition_feed_head(&self) -> Result<u64, StorageError>;
+    /// Woken when any host announces a write to the change feed, where the engine can
+    /// announce them (`None`: it cannot). Announcements can be lost, so a follower still
+    /// reads the feed now and then.
+    fn definition_announcements(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// What [`Definitions::definition_changes`] found.

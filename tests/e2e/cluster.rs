@@ -154,7 +154,8 @@ async fn three_hosts_share_the_work_and_take_over_a_killed_hosts_deliveries() {
                         json!({ "id": n, "kind": "order.created", "payload": { "n": n } })
                     })
                     .collect();
-                if client.emit(&json!(batch)).await.is_err() {
+                if let Err(e) = client.emit(&json!(batch)).await {
+                    eprintln!("cluster: host {h} stopped taking events: {e}");
                     return;
                 }
                 let ids = batch.iter().map(|e| e["id"].as_str().unwrap().to_string());

@@ -221,6 +221,11 @@ impl Postgres {
             )
             .await
             .map_err(db_error)?;
+        // Heard by every host at commit: their catalogs read the feed at once.
+        transaction
+            .execute("SELECT pg_notify($1, '')", &[&self.inner.channels.defined])
+            .await
+            .map_err(db_error)?;
         transaction.commit().await.map_err(db_error)?;
         Ok(true)
     }
@@ -482,6 +487,10 @@ impl Definitions for Postgres {
 
     fn definition_changes(&self, after: u64) -> Result<DefinitionChanges, StorageError> {
         self.block(self.read_changes(after))
+    }
+
+    fn definition_announcements(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Some(self.inner.channels.definitions.clone())
     }
 
     fn definition_feed_head(&self) -> Result<u64, StorageError> {

@@ -710,7 +710,7 @@ impl Deliveries for Postgres {
         match written {
             Ok(()) => {
                 if let Some(due) = due_after_write(delivery) {
-                    self.inner.written.note(Millis(due));
+                    self.inner.channels.due.note(Millis(due));
                 }
                 Ok(())
             }
@@ -750,7 +750,7 @@ impl Deliveries for Postgres {
         match self.block(self.write_unclaimed(delivery, read)) {
             Ok(true) => {
                 if let Some(due) = due_after_write(delivery) {
-                    self.inner.written.note(Millis(due));
+                    self.inner.channels.due.note(Millis(due));
                 }
                 Ok(())
             }
@@ -805,7 +805,7 @@ impl Deliveries for Postgres {
     /// times of deliveries whose claim lapsed (a host that died holding them): released here,
     /// so the scheduler goes back for them.
     fn take_written_due(&self) -> Option<Millis> {
-        let written = self.inner.written.take();
+        let written = self.inner.channels.due.take();
         let now = super::pruning::wall_clock();
         let last = self
             .inner

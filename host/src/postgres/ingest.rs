@@ -99,14 +99,14 @@ impl Postgres {
             transaction
                 .execute(
                     "SELECT pg_notify($1, $2)",
-                    &[&self.inner.channel, &due.as_i64().to_string()],
+                    &[&self.inner.channels.queued, &due.as_i64().to_string()],
                 )
                 .await
                 .map_err(db_error)?;
         }
         transaction.commit().await.map_err(db_error)?;
         if let Some(due) = earliest {
-            self.inner.written.note(due);
+            self.inner.channels.due.note(due);
         }
         Ok(inserted)
     }

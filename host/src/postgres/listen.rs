@@ -1,9 +1,13 @@
-//! What other hosts queue, heard as it is written: each ingest transaction notifies the
-//! schema's channel with the earliest due time it queued (`pg_notify`, delivered at commit),
-//! and every host listens on a connection of its own, folding what it hears into the hint
-//! its scheduler reads ([`crate::storage::Deliveries::take_written_due`]). Notifications are
-//! lost while the listener reconnects, so a reconnect sends the scheduler back to the head
-//! of the queue once.
+//! What other hosts write, heard as it is written. Every host listens on a connection of its
+//! own to two channels of its schema (`pg_notify`, delivered at commit):
+//! - `<schema>_queued`: each ingest transaction announces the earliest due time it queued;
+//!   what is heard joins the hint the scheduler reads
+//!   ([`crate::storage::Deliveries::take_written_due`]).
+//! - `<schema>_defined`: each write to the definitions' change feed; the catalog reads the
+//!   feed at once ([`crate::storage::Definitions::definition_announcements`]).
+//!
+//! Notifications are lost while the listener reconnects, so a reconnect sends the scheduler
+//! back to the head of the queue, and the catalog to the feed, once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,24 +19,39 @@ use crate::model::Millis;
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_AT_MOST: Duration = Duration::from_secs(10);
 
-/// The channel a schema's queue writes are announced on.
-pub(super) fn channel(schema: &str) -> String {
-    format!("{schema}_queued")
+/// The channels of one schema, and what hearing on them wakes.
+#[derive(Clone)]
+pub(super) struct Channels {
+    /// Queue writes: the earliest due time of an ingest transaction.
+    pub(super) queued: String,
+    /// Writes to the definitions' change feed.
+    pub(super) defined: String,
+    /// Where due times go, heard or written by this handle.
+    pub(super) due: Arc<WrittenDue>,
+    /// What a definition change wakes.
+    pub(super) definitions: Arc<tokio::sync::Notify>,
 }
 
-/// Listens on `channel` for as long as the runtime runs, connecting again after a failure.
-pub(super) async fn listen(
-    config: tokio_postgres::Config,
-    channel: String,
-    heard: Arc<WrittenDue>,
-) {
+impl Channels {
+    pub(super) fn of(schema: &str) -> Channels {
+        Channels {
+            queued: format!("{schema}_queued"),
+            defined: format!("{schema}_defined"),
+            due: Arc::default(),
+            definitions: Arc::default(),
+        }
+    }
+}
+
+/// Listens for as long as the runtime runs, connecting again after a failure.
+pub(super) async fn listen(config: tokio_postgres::Config, channels: Channels) {
     let mut wait = RETRY_FIRST;
     let mut first = true;
     loop {
-        match listen_once(&config, &channel, &heard, first).await {
+        match listen_once(&config, &channels, first).await {
             Ok(()) => wait = RETRY_FIRST,
             Err(e) => {
-                tracing::warn!("listening for other hosts' queue writes: {e}; connecting again");
+                tracing::warn!("listening for other hosts' writes: {e}; connecting again");
             }
         }
         first = false;
@@ -44,8 +63,7 @@ pub(super) async fn listen(
 /// One connection's life: listens until it breaks.
 async fn listen_once(
     config: &tokio_postgres::Config,
-    channel: &str,
-    heard: &WrittenDue,
+    channels: &Channels,
     first: bool,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
@@ -54,7 +72,8 @@ async fn listen_once(
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
                 Ok(tokio_postgres::AsyncMessage::Notification(note)) => {
-                    let _ = tx.send(Ok(note.payload().to_string()));
+                    let heard = (note.channel().to_string(), note.payload().to_string());
+                    let _ = tx.send(Ok(heard));
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -64,18 +83,25 @@ async fn listen_once(
             }
         }
     });
-    // The channel name is the checked schema name with a suffix: it stands quoted.
+    // The names are the checked schema name with a suffix: they stand quoted.
     client
-        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .batch_execute(&format!(
+            "LISTEN \"{}\"; LISTEN \"{}\";",
+            channels.queued, channels.defined
+        ))
         .await?;
     if !first {
-        // What was announced while no one listened is unknown: look from the head once.
-        heard.note(Millis::EARLIEST);
+        // What was announced while no one listened is unknown: look again once.
+        channels.due.note(Millis::EARLIEST);
+        channels.definitions.notify_one();
     }
     let result = loop {
         match rx.recv().await {
-            Some(Ok(payload)) => match payload.parse::<i64>() {
-                Ok(due) => heard.note(Millis(due)),
+            Some(Ok((channel, _))) if channel == channels.defined => {
+                channels.definitions.notify_one();
+            }
+            Some(Ok((_, payload))) => match payload.parse::<i64>() {
+                Ok(due) => channels.due.note(Millis(due)),
                 Err(_) => tracing::warn!(payload, "ignoring a malformed queue notification"),
             },
             Some(Err(e)) => break Err(e),

@@ -102,7 +102,13 @@ impl ArtifactCache {
     pub fn write(&self, id: &ModuleId, compat: &str, artifact: &[u8]) -> io::Result<()> {
         let name = Self::name(id, compat);
         let tag = self.mac(&name, artifact).finalize().into_bytes();
-        let temp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        // A temp file of this write's own: two threads compiling the same module at once
+        // (deliveries of a module new to this host) must not write into one file.
+        let temp = self.dir.join(format!(
+            ".{name}.{}.{:016x}.tmp",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         let mut file = fs::File::create(&temp)?;
         file.write_all(artifact)?;
         file.write_all(&tag)?;
