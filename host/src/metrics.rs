@@ -13,6 +13,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod storage;
+
+pub use storage::{Connections, StorageCalls};
+
 /// A label set: `(name, value)` pairs.
 type Labels = Vec<(&'static str, String)>;
 
@@ -52,6 +56,7 @@ pub struct Metrics {
     pruned: Family<Labels, Counter>,
     prune_passes: Counter,
     prune_pass_duration: Gauge<f64, AtomicU64>,
+    storage: storage::StorageMetrics,
 }
 
 /// What a scrape reads from the host, for the gauges.
@@ -73,8 +78,10 @@ pub struct Gauges {
     pub webhook_evaluation_ms: Vec<(String, f64)>,
     /// Bytes of the data directory on disk.
     pub store_bytes: u64,
-    /// Free bytes on its filesystem.
-    pub free_bytes: u64,
+    /// Free bytes on its filesystem (`None`: not known, a database's).
+    pub free_bytes: Option<u64>,
+    /// The database's connections (`None`: an embedded engine).
+    pub connections: Option<Connections>,
 }
 
 /// How a finished delivery ended, as its `outcome` label says.
@@ -142,8 +149,10 @@ impl Metrics {
             pruned: Family::default(),
             prune_passes: Counter::default(),
             prune_pass_duration: Gauge::default(),
+            storage: storage::StorageMetrics::default(),
         };
         metrics.register(&mut registry);
+        metrics.storage.register(&mut registry);
         Metrics {
             registry,
             ..metrics
@@ -322,6 +331,11 @@ impl Metrics {
         }
     }
 
+    /// The handle a storage engine times its calls with.
+    pub fn storage_calls(&self) -> StorageCalls {
+        self.storage.calls.clone()
+    }
+
     /// The metrics as OpenMetrics text, with the gauges set to `gauges`.
     pub fn scrape(&self, gauges: &Gauges) -> String {
         let _one_at_a_time = self.scraping.lock().unwrap_or_else(|e| e.into_inner());
@@ -346,8 +360,10 @@ impl Metrics {
         }
         self.store_bytes
             .set(i64::try_from(gauges.store_bytes).unwrap_or(i64::MAX));
-        self.free_bytes
-            .set(i64::try_from(gauges.free_bytes).unwrap_or(i64::MAX));
+        if let Some(free) = gauges.free_bytes {
+            self.free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
+        }
+        self.storage.set(gauges.connections);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String does not fail");
@@ -373,7 +389,8 @@ mod tests {
             in_flight: vec![("http://127.0.0.1:9".into(), 2)],
             webhook_evaluation_ms: vec![("wh_1".into(), 1.5)],
             store_bytes: 4096,
-            free_bytes: 1 << 30,
+            free_bytes: Some(1 << 30),
+            connections: None,
             ..Gauges::default()
         });
         for line in [

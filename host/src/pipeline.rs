@@ -106,6 +106,8 @@ impl Pipeline {
             options.cache = Some(cache);
         }
         let runtime = Arc::new(Runtime::new(options)?);
+        let metrics = Arc::new(Metrics::new());
+        store.time_calls(metrics.storage_calls());
         let guard = crate::sender::Guard::new(&config.delivery.allowed_destinations)
             .map_err(StartError::Destinations)?;
         let sender = Sender::new(
@@ -149,7 +151,7 @@ impl Pipeline {
             holder: rand::random(),
             staging: Mutex::default(),
             walks: walks::Walks::default(),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             backing_up: AtomicBool::new(false),
             queue_count: tokio::sync::Mutex::new(None),
         })

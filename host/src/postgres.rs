@@ -104,6 +104,8 @@ struct Inner {
     reaped_at: std::sync::atomic::AtomicI64,
     /// Why the last try to get a connection failed (`None`: it worked).
     unreachable: std::sync::Mutex<Option<String>>,
+    /// Where each call's duration is noted, once the host's metrics are made.
+    timings: std::sync::OnceLock<crate::metrics::StorageCalls>,
 }
 
 impl Drop for Inner {
@@ -180,6 +182,7 @@ impl Postgres {
                 channels: listen::Channels::of(&settings.schema),
                 reaped_at: std::sync::atomic::AtomicI64::new(0),
                 unreachable: std::sync::Mutex::new(None),
+                timings: std::sync::OnceLock::new(),
             }),
         };
         let database = |source| OpenError::Database {
@@ -189,7 +192,9 @@ impl Postgres {
         engine
             .block(schema::migrate(&engine.inner.pool, &settings.schema))
             .map_err(database)?;
-        engine.block(engine.check_sealer()).map_err(database)?;
+        engine
+            .call("open", engine.check_sealer())
+            .map_err(database)?;
         let runtime = engine
             .inner
             .runtime
@@ -200,6 +205,25 @@ impl Postgres {
             engine.inner.channels.clone(),
         ));
         Ok(engine)
+    }
+
+    /// [`Postgres::block`], noting how long the storage call `name` took.
+    fn call<F>(&self, name: &'static str, work: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        let started = std::time::Instant::now();
+        let done = self.block(work);
+        self.timed(name, started);
+        done
+    }
+
+    /// Notes that the storage call `name` started at `started` has ended.
+    fn timed(&self, name: &'static str, started: std::time::Instant) {
+        if let Some(timings) = self.inner.timings.get() {
+            timings.observe(name, started.elapsed().as_secs_f64());
+        }
     }
 
     /// Runs `work` to its end on the engine's runtime and returns what it gave, blocking the
@@ -373,7 +397,7 @@ impl WrittenDue {
 
 impl Capacity for Postgres {
     fn host_secret(&self, name: &str) -> Result<[u8; 32], StorageError> {
-        self.block(self.stored_secret(name))
+        self.call("host_secret", self.stored_secret(name))
     }
 
     /// The database keeps its own space; a full disk there fails the write, reported as out
@@ -397,6 +421,36 @@ impl Capacity for Postgres {
 
     fn flush(&self) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    fn stored_bytes(&self) -> Option<u64> {
+        let measured = self.call("stored_bytes", async {
+            let client = self.client().await?;
+            client
+                .query_one(
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'S')",
+                    &[],
+                )
+                .await
+                .map_err(db_error)
+        });
+        measured.ok().map(|row| row.get::<_, i64>(0).max(0) as u64)
+    }
+
+    fn database_connections(&self) -> Option<crate::metrics::Connections> {
+        let status = self.inner.pool.status();
+        Some(crate::metrics::Connections {
+            max: status.max_size,
+            open: status.size,
+            idle: status.available,
+            waiting: status.waiting,
+        })
+    }
+
+    fn time_calls(&self, calls: crate::metrics::StorageCalls) {
+        let _ = self.inner.timings.set(calls);
     }
 
     fn unreachable(&self) -> Option<String> {

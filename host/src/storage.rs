@@ -319,7 +319,7 @@ pub struct BackupReport {
 /// Free space as the storage last saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpaceStatus {
-    /// Free bytes.
+    /// Free bytes ([`u64::MAX`]: not measured here, a database server's).
     pub free: u64,
     /// The floor in force (0: no floor).
     pub floor: u64,
@@ -537,6 +537,20 @@ pub trait Capacity: Send + Sync {
     /// embedded engine is always there.
     fn unreachable(&self) -> Option<String> {
         None
+    }
+    /// Bytes the storage holds, where the engine measures it (`None`: the data directory's
+    /// size is what it holds).
+    fn stored_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// A networked engine's connections (`None`: it has none).
+    fn database_connections(&self) -> Option<crate::metrics::Connections> {
+        None
+    }
+    /// Hands the engine where to note how long its calls take (an embedded engine, whose
+    /// calls are the host's own work, may ignore it).
+    fn time_calls(&self, calls: crate::metrics::StorageCalls) {
+        let _ = calls;
     }
     /// Makes everything written so far durable; concurrent callers share the work.
     fn commit(&self) -> StorageFuture<'_, ()>;

@@ -347,6 +347,33 @@ async fn a_webhook_made_on_one_host_routes_on_another_and_edits_and_streaks_both
         (body["description"] == "edited on a" && body["failing_since"] == streak).then_some(())
     })
     .await;
+
+    // The database's figures are in the metrics: calls timed, connections, what it holds.
+    let metrics = b
+        .client
+        .get(format!("{}/metrics", b.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "wasmhooks_storage_call_seconds_count{call=\"claim\"}",
+        "wasmhooks_storage_call_seconds_count{call=\"insert_and_commit\"}",
+        "wasmhooks_storage_connections{state=\"max\"} 16",
+        "wasmhooks_store_size_bytes ",
+    ] {
+        assert!(metrics.contains(series), "{series} in:\n{metrics}");
+    }
+    let stored = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wasmhooks_store_size_bytes "))
+        .unwrap();
+    assert!(
+        stored.parse::<u64>().unwrap() > 100_000,
+        "the tables' size: {stored}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

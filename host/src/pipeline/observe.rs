@@ -84,8 +84,12 @@ impl Pipeline {
                 .into_iter()
                 .map(|u| (u.webhook_id.to_string(), u.cpu_ms_per_second))
                 .collect(),
-            store_bytes: size_of(&self.config.data_dir),
-            free_bytes: self.store.space_status().free,
+            store_bytes: self
+                .store
+                .stored_bytes()
+                .unwrap_or_else(|| size_of(&self.config.data_dir)),
+            free_bytes: Some(self.store.space_status().free).filter(|free| *free != u64::MAX),
+            connections: self.store.database_connections(),
         }
     }
 }

@@ -328,31 +328,40 @@ fn versioned(
 impl Definitions for Postgres {
     fn put_module(&self, info: &ModuleInfo, bytes: &[u8]) -> Result<(), StorageError> {
         let info_bytes = encode(info);
-        self.block(self.execute(
-            "INSERT INTO modules (id, info, bytes) VALUES ($1, $2, $3)
+        self.call(
+            "put_module",
+            self.execute(
+                "INSERT INTO modules (id, info, bytes) VALUES ($1, $2, $3)
              ON CONFLICT (id) DO UPDATE SET info = excluded.info, bytes = excluded.bytes",
-            &[&info.id.as_str(), &info_bytes, &bytes],
-        ))
+                &[&info.id.as_str(), &info_bytes, &bytes],
+            ),
+        )
         .map(drop)
     }
 
     fn delete_module(&self, id: &ModuleId) -> Result<(), StorageError> {
-        self.block(self.execute("DELETE FROM modules WHERE id = $1", &[&id.as_str()]))
-            .map(drop)
+        self.call(
+            "delete_module",
+            self.execute("DELETE FROM modules WHERE id = $1", &[&id.as_str()]),
+        )
+        .map(drop)
     }
 
     fn module_info(&self, id: &ModuleId) -> Result<Option<ModuleInfo>, StorageError> {
-        let found = self.block(self.records(
-            "modules",
-            "SELECT id, info FROM modules WHERE id = $1",
-            &[&id.as_str()],
-            false,
-        ))?;
+        let found = self.call(
+            "module_info",
+            self.records(
+                "modules",
+                "SELECT id, info FROM modules WHERE id = $1",
+                &[&id.as_str()],
+                false,
+            ),
+        )?;
         Ok(found.into_iter().next())
     }
 
     fn module_bytes(&self, id: &ModuleId) -> Result<Option<Vec<u8>>, StorageError> {
-        self.block(async {
+        self.call("module_bytes", async {
             let client = self.client().await?;
             let row = client
                 .query_opt("SELECT bytes FROM modules WHERE id = $1", &[&id.as_str()])
@@ -363,12 +372,15 @@ impl Definitions for Postgres {
     }
 
     fn modules(&self) -> Result<Vec<ModuleInfo>, StorageError> {
-        self.block(self.records(
+        self.call(
             "modules",
-            "SELECT id, info FROM modules ORDER BY id",
-            &[],
-            false,
-        ))
+            self.records(
+                "modules",
+                "SELECT id, info FROM modules ORDER BY id",
+                &[],
+                false,
+            ),
+        )
     }
 
     fn put_webhook(&self, webhook: &mut Webhook) -> Result<(), StorageError> {
@@ -378,32 +390,44 @@ impl Definitions for Postgres {
             copy.version = *version;
             // Sealed: its headers and plugin config may hold tokens.
             let sealed = self.seal("webhooks", id.as_str(), &encode(&copy));
-            self.block(self.write_fed(FedWrite::Webhook(&copy, sealed)))
+            self.call(
+                "put_webhook",
+                self.write_fed(FedWrite::Webhook(&copy, sealed)),
+            )
         })
     }
 
     fn delete_webhook(&self, id: &WebhookId) -> Result<(), StorageError> {
-        self.block(self.write_fed(FedWrite::DeleteWebhook(id)))
-            .map(drop)
+        self.call(
+            "delete_webhook",
+            self.write_fed(FedWrite::DeleteWebhook(id)),
+        )
+        .map(drop)
     }
 
     fn webhook(&self, id: &WebhookId) -> Result<Option<Webhook>, StorageError> {
-        let found = self.block(self.records(
-            "webhooks",
-            "SELECT id, record FROM webhooks WHERE id = $1",
-            &[&id.as_str()],
-            true,
-        ))?;
+        let found = self.call(
+            "webhook",
+            self.records(
+                "webhooks",
+                "SELECT id, record FROM webhooks WHERE id = $1",
+                &[&id.as_str()],
+                true,
+            ),
+        )?;
         Ok(found.into_iter().next())
     }
 
     fn webhooks(&self) -> Result<Vec<Webhook>, StorageError> {
-        self.block(self.records(
+        self.call(
             "webhooks",
-            "SELECT id, record FROM webhooks ORDER BY id",
-            &[],
-            true,
-        ))
+            self.records(
+                "webhooks",
+                "SELECT id, record FROM webhooks ORDER BY id",
+                &[],
+                true,
+            ),
+        )
     }
 
     fn put_connection(&self, connection: &mut Connection) -> Result<(), StorageError> {
@@ -412,81 +436,108 @@ impl Definitions for Postgres {
         versioned(&mut connection.version, |version| {
             copy.version = *version;
             let sealed = self.seal("connections", id.as_str(), &encode(&copy));
-            self.block(self.write_fed(FedWrite::Connection(&copy, sealed)))
+            self.call(
+                "put_connection",
+                self.write_fed(FedWrite::Connection(&copy, sealed)),
+            )
         })
     }
 
     fn connection(&self, id: &ConnectionId) -> Result<Option<Connection>, StorageError> {
-        let found = self.block(self.records(
-            "connections",
-            "SELECT id, record FROM connections WHERE id = $1",
-            &[&id.as_str()],
-            true,
-        ))?;
+        let found = self.call(
+            "connection",
+            self.records(
+                "connections",
+                "SELECT id, record FROM connections WHERE id = $1",
+                &[&id.as_str()],
+                true,
+            ),
+        )?;
         Ok(found.into_iter().next())
     }
 
     fn delete_connection(&self, id: &ConnectionId) -> Result<(), StorageError> {
-        self.block(self.write_fed(FedWrite::DeleteConnection(id)))
-            .map(drop)
+        self.call(
+            "delete_connection",
+            self.write_fed(FedWrite::DeleteConnection(id)),
+        )
+        .map(drop)
     }
 
     fn connections(&self) -> Result<Vec<Connection>, StorageError> {
-        self.block(self.records(
+        self.call(
             "connections",
-            "SELECT id, record FROM connections ORDER BY id",
-            &[],
-            true,
-        ))
+            self.records(
+                "connections",
+                "SELECT id, record FROM connections ORDER BY id",
+                &[],
+                true,
+            ),
+        )
     }
 
     fn put_api_key(&self, key: &ApiKey) -> Result<(), StorageError> {
         let record = encode(key);
-        self.block(self.execute(
-            "INSERT INTO api_keys (id, record) VALUES ($1, $2)
+        self.call(
+            "put_api_key",
+            self.execute(
+                "INSERT INTO api_keys (id, record) VALUES ($1, $2)
              ON CONFLICT (id) DO UPDATE SET record = excluded.record",
-            &[&key.id.as_str(), &record],
-        ))
+                &[&key.id.as_str(), &record],
+            ),
+        )
         .map(drop)
     }
 
     fn api_key(&self, id: &ApiKeyId) -> Result<Option<ApiKey>, StorageError> {
-        let found = self.block(self.records(
-            "api_keys",
-            "SELECT id, record FROM api_keys WHERE id = $1",
-            &[&id.as_str()],
-            false,
-        ))?;
+        let found = self.call(
+            "api_key",
+            self.records(
+                "api_keys",
+                "SELECT id, record FROM api_keys WHERE id = $1",
+                &[&id.as_str()],
+                false,
+            ),
+        )?;
         Ok(found.into_iter().next())
     }
 
     fn api_keys(&self) -> Result<Vec<ApiKey>, StorageError> {
-        self.block(self.records(
+        self.call(
             "api_keys",
-            "SELECT id, record FROM api_keys ORDER BY id",
-            &[],
-            false,
-        ))
+            self.records(
+                "api_keys",
+                "SELECT id, record FROM api_keys ORDER BY id",
+                &[],
+                false,
+            ),
+        )
     }
 
     fn signing_keys(&self, id: &WebhookId) -> Result<Option<SigningKeys>, StorageError> {
-        let found = self.block(self.records(
-            "signing",
-            "SELECT webhook_id, record FROM signing_keys WHERE webhook_id = $1",
-            &[&id.as_str()],
-            true,
-        ))?;
+        let found = self.call(
+            "signing_keys",
+            self.records(
+                "signing",
+                "SELECT webhook_id, record FROM signing_keys WHERE webhook_id = $1",
+                &[&id.as_str()],
+                true,
+            ),
+        )?;
         Ok(found.into_iter().next())
     }
 
     fn put_signing_keys(&self, id: &WebhookId, keys: &SigningKeys) -> Result<(), StorageError> {
         let sealed = self.seal("signing", id.as_str(), &encode(keys));
-        self.block(self.write_fed(FedWrite::Signing(id, sealed)))
-            .map(drop)
+        self.call(
+            "put_signing_keys",
+            self.write_fed(FedWrite::Signing(id, sealed)),
+        )
+        .map(drop)
     }
 
     fn definition_changes(&self, after: u64) -> Result<DefinitionChanges, StorageError> {
-        self.block(self.read_changes(after))
+        self.call("definition_changes", self.read_changes(after))
     }
 
     fn definition_announcements(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
@@ -494,7 +545,7 @@ impl Definitions for Postgres {
     }
 
     fn definition_feed_head(&self) -> Result<u64, StorageError> {
-        self.block(async {
+        self.call("definition_feed_head", async {
             let client = self.client().await?;
             let row = client
                 .query_one(
@@ -510,7 +561,7 @@ impl Definitions for Postgres {
 
 impl PluginStates for Postgres {
     fn state_get(&self, webhook: &WebhookId, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.block(async {
+        self.call("state_get", async {
             let client = self.client().await?;
             let row = client
                 .query_opt(
@@ -524,7 +575,7 @@ impl PluginStates for Postgres {
     }
 
     fn state_size(&self, webhook: &WebhookId) -> Result<usize, StorageError> {
-        self.block(async {
+        self.call("state_size", async {
             let client = self.client().await?;
             let row = client
                 .query_one(
@@ -539,10 +590,13 @@ impl PluginStates for Postgres {
     }
 
     fn state_clear(&self, webhook: &WebhookId) -> Result<(), StorageError> {
-        self.block(self.execute(
-            "DELETE FROM plugin_state WHERE webhook_id = $1",
-            &[&webhook.as_str()],
-        ))
+        self.call(
+            "state_clear",
+            self.execute(
+                "DELETE FROM plugin_state WHERE webhook_id = $1",
+                &[&webhook.as_str()],
+            ),
+        )
         .map(drop)
     }
 }

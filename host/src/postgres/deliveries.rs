@@ -602,7 +602,7 @@ impl DueFrom<'_> {
             ),
             (None, None) => unreachable!("a walk has a start"),
         };
-        let rows = engine.block(async {
+        let rows = engine.call("due_from", async {
             let client = engine.client().await?;
             client
                 .query(sql, &[&due, &id, &QUEUE_PAGE])
@@ -657,7 +657,12 @@ impl Deliveries for Postgres {
     ) -> StorageFuture<'_, Vec<Inserted>> {
         let engine = self.clone();
         let runtime = self.inner.runtime.as_ref().expect("runtime until dropped");
-        let stored = runtime.spawn(async move { engine.insert_items(&items).await });
+        let stored = runtime.spawn(async move {
+            let started = std::time::Instant::now();
+            let inserted = engine.insert_items(&items).await;
+            engine.timed("insert_and_commit", started);
+            inserted
+        });
         Box::pin(async move {
             stored.await.map_err(|e| StorageError::Unavailable {
                 source: format!("the ingest task ended: {e}").into(),
@@ -667,18 +672,18 @@ impl Deliveries for Postgres {
     }
 
     fn event(&self, tenant: Option<&str>, id: &EventId) -> Result<Option<Event>, StorageError> {
-        self.block(self.read_event(tenant, id))
+        self.call("event", self.read_event(tenant, id))
     }
 
     fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StorageError> {
-        self.block(self.read_delivery(id))
+        self.call("delivery", self.read_delivery(id))
     }
 
     fn scan_deliveries(&self, query: &DeliveryQuery) -> Result<Scanned, StorageError> {
         if query.limit == 0 {
             return Ok(Scanned::default());
         }
-        self.block(self.scan(query))
+        self.call("scan_deliveries", self.scan(query))
     }
 
     fn claim(
@@ -691,11 +696,11 @@ impl Deliveries for Postgres {
         if positions.is_empty() {
             return Ok(Vec::new());
         }
-        self.block(self.claim_rows(positions, holder, until, now))
+        self.call("claim", self.claim_rows(positions, holder, until, now))
     }
 
     fn close(&self, claim: &Claim, read: &Delivery) -> Result<bool, StorageError> {
-        self.block(self.close_collecting(claim, read))
+        self.call("close", self.close_collecting(claim, read))
     }
 
     fn finish(&self, claim: &Claim, outcome: Outcome<'_>) -> Result<(), StorageError> {
@@ -706,7 +711,10 @@ impl Deliveries for Postgres {
         } = outcome;
         let read = delivery.version;
         delivery.version = read.wrapping_add(1);
-        let written = self.block(self.write_outcome(claim, delivery, read, state, keep));
+        let written = self.call(
+            "finish",
+            self.write_outcome(claim, delivery, read, state, keep),
+        );
         match written {
             Ok(()) => {
                 if let Some(due) = due_after_write(delivery) {
@@ -722,7 +730,7 @@ impl Deliveries for Postgres {
     }
 
     fn renew(&self, claim: &Claim, until: Millis) -> Result<(), StorageError> {
-        let renewed = self.block(async {
+        let renewed = self.call("renew", async {
             let client = self.client().await?;
             client
                 .execute(
@@ -747,7 +755,7 @@ impl Deliveries for Postgres {
     fn update_delivery(&self, delivery: &mut Delivery) -> Result<(), StorageError> {
         let read = delivery.version;
         delivery.version = read.wrapping_add(1);
-        match self.block(self.write_unclaimed(delivery, read)) {
+        match self.call("update_delivery", self.write_unclaimed(delivery, read)) {
             Ok(true) => {
                 if let Some(due) = due_after_write(delivery) {
                     self.inner.channels.due.note(Millis(due));
@@ -769,7 +777,7 @@ impl Deliveries for Postgres {
         let Some(line) = super::ingest::line_key(delivery) else {
             return Ok(None);
         };
-        let first = self.block(async {
+        let first = self.call("first_in_line", async {
             let client = self.client().await?;
             client
                 .query_opt(
@@ -817,7 +825,7 @@ impl Deliveries for Postgres {
         self.inner
             .reaped_at
             .store(now.as_i64(), std::sync::atomic::Ordering::Relaxed);
-        match self.block(self.release_lapsed(now)) {
+        match self.call("take_written_due", self.release_lapsed(now)) {
             Ok(Some(due)) => Some(written.map_or(due, |w| w.min(due))),
             Ok(None) => written,
             Err(e) => {
@@ -832,7 +840,7 @@ impl Deliveries for Postgres {
     fn peers(&self, holder: u64, _now: Millis) -> Result<Peers, StorageError> {
         let now = super::pruning::wall_clock().as_i64();
         let holder = holder as i64;
-        let alive: Vec<i64> = self.block(async {
+        let alive: Vec<i64> = self.call("peers", async {
             let client = self.client().await?;
             client
                 .execute(
@@ -869,7 +877,7 @@ impl Deliveries for Postgres {
     }
 
     fn queue_len(&self) -> usize {
-        let counted = self.block(async {
+        let counted = self.call("queue_len", async {
             let client = self.client().await?;
             client
                 .query_one("SELECT count(*) FROM deliveries WHERE due IS NOT NULL", &[])

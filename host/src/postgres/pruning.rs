@@ -186,7 +186,7 @@ impl Pruning for Postgres {
     ) -> Result<u64, StorageError> {
         let batch = batch.max(1) as i64;
         let mut removed = 0;
-        for webhook in self.block(self.webhooks_with_finished())? {
+        for webhook in self.call("prune_deliveries", self.webhooks_with_finished())? {
             let Ok(id) = WebhookId::parse(&webhook) else {
                 tracing::warn!(
                     webhook,
@@ -199,7 +199,10 @@ impl Pruning for Postgres {
                     continue;
                 };
                 loop {
-                    let step = self.block(self.remove_finished(&webhook, class, before, batch))?;
+                    let step = self.call(
+                        "prune_deliveries",
+                        self.remove_finished(&webhook, class, before, batch),
+                    )?;
                     removed += step;
                     if step > 0 && stop(removed) {
                         return Ok(removed);
@@ -220,10 +223,10 @@ impl Pruning for Postgres {
         stop: StopWalk<'_>,
     ) -> Result<u64, StorageError> {
         let batch = batch.max(1) as i64;
-        self.block(self.drop_stale_pins())?;
+        self.call("prune_events", self.drop_stale_pins())?;
         let mut removed = 0;
         loop {
-            let step = self.block(self.remove_events(before, batch))?;
+            let step = self.call("prune_events", self.remove_events(before, batch))?;
             removed += step;
             if (step as i64) < batch || stop(removed) {
                 return Ok(removed);
@@ -238,6 +241,9 @@ impl Pruning for Postgres {
         delivery: &DeliveryId,
         received_by: Millis,
     ) -> Result<bool, StorageError> {
-        self.block(self.pin(tenant, id, delivery, received_by))
+        self.call(
+            "keep_event_for",
+            self.pin(tenant, id, delivery, received_by),
+        )
     }
 }
