@@ -350,6 +350,15 @@ fn is_contended(e: &StorageError) -> bool {
         })
 }
 
+/// The statement for `sql`, prepared once per connection: one sent as text is prepared on
+/// every call, a round trip more.
+async fn cached(
+    client: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, StorageError> {
+    client.prepare_cached(sql).await.map_err(db_error)
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("model types serialise")
 }

@@ -9,7 +9,7 @@
 
 use tokio_postgres::types::ToSql;
 
-use super::{db_error, decode, encode, record_error, seal_context, Postgres};
+use super::{cached, db_error, decode, encode, record_error, seal_context, Postgres};
 use crate::model::{
     ApiKey, ApiKeyId, Connection, ConnectionId, ModuleId, ModuleInfo, SigningKeys, Webhook,
     WebhookId,
@@ -64,9 +64,13 @@ impl Postgres {
         let fresh = self.sealer().seal(&context, b"wasmhooks");
         let row = client
             .query_one(
-                "INSERT INTO meta (key, value) VALUES ($1, $2)
+                &cached(
+                    &client,
+                    "INSERT INTO meta (key, value) VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET value = meta.value
                  RETURNING value",
+                )
+                .await?,
                 &[&SEAL_CHECK, &fresh],
             )
             .await
@@ -90,9 +94,13 @@ impl Postgres {
         let fresh: [u8; 32] = rand::random();
         let row = client
             .query_one(
-                "INSERT INTO meta (key, value) VALUES ($1, $2)
+                &cached(
+                    &client,
+                    "INSERT INTO meta (key, value) VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET value = meta.value
                  RETURNING value",
+                )
+                .await?,
                 &[&key, &fresh.as_slice()],
             )
             .await
@@ -126,7 +134,10 @@ impl Postgres {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(db_error)?;
         transaction
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&FEED_LOCK])
+            .execute(
+                &cached(&transaction, "SELECT pg_advisory_xact_lock($1)").await?,
+                &[&FEED_LOCK],
+            )
             .await
             .map_err(db_error)?;
         let written = match &write {
@@ -167,8 +178,12 @@ impl Postgres {
             FedWrite::Signing(id, sealed) => {
                 transaction
                     .execute(
-                        "INSERT INTO signing_keys (webhook_id, record) VALUES ($1, $2)
+                        &cached(
+                            &transaction,
+                            "INSERT INTO signing_keys (webhook_id, record) VALUES ($1, $2)
                          ON CONFLICT (webhook_id) DO UPDATE SET record = excluded.record",
+                        )
+                        .await?,
                         &[&id.as_str(), sealed],
                     )
                     .await
@@ -178,9 +193,13 @@ impl Postgres {
             FedWrite::DeleteWebhook(id) => {
                 transaction
                     .execute(
-                        "WITH gone AS (DELETE FROM webhooks WHERE id = $1),
+                        &cached(
+                            &transaction,
+                            "WITH gone AS (DELETE FROM webhooks WHERE id = $1),
                               secrets AS (DELETE FROM signing_keys WHERE webhook_id = $1)
                          DELETE FROM plugin_state WHERE webhook_id = $1",
+                        )
+                        .await?,
                         &[&id.as_str()],
                     )
                     .await
@@ -189,7 +208,10 @@ impl Postgres {
             }
             FedWrite::DeleteConnection(id) => {
                 transaction
-                    .execute("DELETE FROM connections WHERE id = $1", &[&id.as_str()])
+                    .execute(
+                        &cached(&transaction, "DELETE FROM connections WHERE id = $1").await?,
+                        &[&id.as_str()],
+                    )
                     .await
                     .map_err(db_error)?;
                 true
@@ -201,8 +223,12 @@ impl Postgres {
         let (kind, id) = write.changed();
         let row = transaction
             .query_one(
-                "INSERT INTO definition_changes (position, kind, id)
+                &cached(
+                    &transaction,
+                    "INSERT INTO definition_changes (position, kind, id)
                  VALUES (nextval('definition_feed'), $1, $2) RETURNING position",
+                )
+                .await?,
                 &[&kind, &id],
             )
             .await
@@ -211,19 +237,26 @@ impl Postgres {
         // Usually nothing or one entry to drop; the last dropped is noted for readers.
         transaction
             .execute(
-                "WITH dropped AS (
+                &cached(
+                    &transaction,
+                    "WITH dropped AS (
                      DELETE FROM definition_changes WHERE position <= $1 RETURNING position
                  )
                  INSERT INTO meta (key, value)
                  SELECT $2, int8send(max(position)) FROM dropped HAVING count(*) > 0
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .await?,
                 &[&(position - KEPT), &TRIMMED],
             )
             .await
             .map_err(db_error)?;
         // Heard by every host at commit: their catalogs read the feed at once.
         transaction
-            .execute("SELECT pg_notify($1, '')", &[&self.inner.channels.defined])
+            .execute(
+                &cached(&transaction, "SELECT pg_notify($1, '')").await?,
+                &[&self.inner.channels.defined],
+            )
             .await
             .map_err(db_error)?;
         transaction.commit().await.map_err(db_error)?;
@@ -233,7 +266,10 @@ impl Postgres {
     async fn read_changes(&self, after: u64) -> Result<DefinitionChanges, StorageError> {
         let client = self.client().await?;
         let trimmed = client
-            .query_opt("SELECT value FROM meta WHERE key = $1", &[&TRIMMED])
+            .query_opt(
+                &cached(&client, "SELECT value FROM meta WHERE key = $1").await?,
+                &[&TRIMMED],
+            )
             .await
             .map_err(db_error)?
             .map_or(0, |row| {
@@ -243,8 +279,12 @@ impl Postgres {
         let after_position = i64::try_from(after).unwrap_or(i64::MAX);
         let rows = client
             .query(
-                "SELECT position, kind, id FROM definition_changes
+                &cached(
+                    &client,
+                    "SELECT position, kind, id FROM definition_changes
                  WHERE position > $1 ORDER BY position LIMIT $2",
+                )
+                .await?,
                 &[&after_position, &READ_AT_MOST],
             )
             .await
@@ -364,7 +404,10 @@ impl Definitions for Postgres {
         self.call("module_bytes", async {
             let client = self.client().await?;
             let row = client
-                .query_opt("SELECT bytes FROM modules WHERE id = $1", &[&id.as_str()])
+                .query_opt(
+                    &cached(&client, "SELECT bytes FROM modules WHERE id = $1").await?,
+                    &[&id.as_str()],
+                )
                 .await
                 .map_err(db_error)?;
             Ok(row.map(|row| row.get(0)))
@@ -549,7 +592,11 @@ impl Definitions for Postgres {
             let client = self.client().await?;
             let row = client
                 .query_one(
-                    "SELECT coalesce(max(position), 0) FROM definition_changes",
+                    &cached(
+                        &client,
+                        "SELECT coalesce(max(position), 0) FROM definition_changes",
+                    )
+                    .await?,
                     &[],
                 )
                 .await
@@ -565,7 +612,11 @@ impl PluginStates for Postgres {
             let client = self.client().await?;
             let row = client
                 .query_opt(
-                    "SELECT value FROM plugin_state WHERE webhook_id = $1 AND key = $2",
+                    &cached(
+                        &client,
+                        "SELECT value FROM plugin_state WHERE webhook_id = $1 AND key = $2",
+                    )
+                    .await?,
                     &[&webhook.as_str(), &key],
                 )
                 .await
@@ -579,8 +630,12 @@ impl PluginStates for Postgres {
             let client = self.client().await?;
             let row = client
                 .query_one(
-                    "SELECT coalesce(sum(octet_length(key) + octet_length(value)), 0)::bigint
+                    &cached(
+                        &client,
+                        "SELECT coalesce(sum(octet_length(key) + octet_length(value)), 0)::bigint
                      FROM plugin_state WHERE webhook_id = $1",
+                    )
+                    .await?,
                     &[&webhook.as_str()],
                 )
                 .await

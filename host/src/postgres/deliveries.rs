@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
-use super::{db_error, decode, encode, Postgres};
+use super::{cached, db_error, decode, encode, Postgres};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis, WebhookId};
 use crate::storage::{
     Claim, Claimed, Conflict, Deliveries, DeliveryQuery, Finished, Inserted, Outcome, Peers,
@@ -122,7 +122,7 @@ impl Postgres {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT id, record FROM deliveries WHERE id = $1",
+                &cached(&client, "SELECT id, record FROM deliveries WHERE id = $1").await?,
                 &[&id.as_str()],
             )
             .await
@@ -139,7 +139,11 @@ impl Postgres {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT record FROM events WHERE tenant = $1 AND id = $2",
+                &cached(
+                    &client,
+                    "SELECT record FROM events WHERE tenant = $1 AND id = $2",
+                )
+                .await?,
                 &[&tenant.unwrap_or(""), &id.as_str()],
             )
             .await
@@ -159,7 +163,8 @@ impl Postgres {
                 .iter()
                 .map(|p| p.as_ref() as &(dyn ToSql + Sync))
                 .collect();
-            let rows = client.query(&sql, &params).await.map_err(db_error)?;
+            let statement = cached(&client, &sql).await?;
+            let rows = client.query(&statement, &params).await.map_err(db_error)?;
             let exhausted = (rows.len() as i64) < wanted;
             for row in &rows {
                 let id: &str = row.get(0);
@@ -195,7 +200,9 @@ impl Postgres {
         let client = self.client().await?;
         let rows = client
             .query(
-                "WITH wanted AS (
+                &cached(
+                    &client,
+                    "WITH wanted AS (
                      SELECT * FROM unnest($1::text[], $2::int8[]) AS w (id, due)
                  ),
                  claimed AS (
@@ -210,6 +217,8 @@ impl Postgres {
                  SELECT c.id, c.record, e.record
                  FROM claimed c
                  LEFT JOIN events e ON e.tenant = c.events_tenant AND e.id = c.event_id",
+                )
+                .await?,
                 &[&ids, &dues, &holder, &until.as_i64(), &now.as_i64()],
             )
             .await
@@ -262,7 +271,9 @@ impl Postgres {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "WITH released AS (
+                &cached(
+                    &client,
+                    "WITH released AS (
                      UPDATE deliveries
                      SET claim_holder = NULL, claim_due = NULL, claim_until = NULL
                      WHERE id IN (
@@ -273,6 +284,8 @@ impl Postgres {
                      RETURNING due
                  )
                  SELECT min(due) FROM released",
+                )
+                .await?,
                 &[&now.as_i64(), &REAP_AT_MOST],
             )
             .await
@@ -285,8 +298,8 @@ impl Postgres {
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE deliveries SET claim_holder = NULL, claim_due = NULL, claim_until = NULL
-                 WHERE id = $1 AND claim_holder = $2 AND claim_due = $3",
+                &cached(&client, "UPDATE deliveries SET claim_holder = NULL, claim_due = NULL, claim_until = NULL
+                 WHERE id = $1 AND claim_holder = $2 AND claim_due = $3").await?,
                 &[
                     &claim.id.as_str(),
                     &(claim.holder as i64),
@@ -347,14 +360,14 @@ impl Postgres {
         let mut client = self.client().await?;
         let written = if changes.is_none() && !holds_pins(delivery) {
             client
-                .execute(&statement, &params)
+                .execute(&cached(&client, &statement).await?, &params)
                 .await
                 .map_err(db_error)?
                 == 1
         } else {
             let transaction = client.transaction().await.map_err(db_error)?;
             let written = transaction
-                .execute(&statement, &params)
+                .execute(&cached(&transaction, &statement).await?, &params)
                 .await
                 .map_err(db_error)?
                 == 1;
@@ -370,7 +383,11 @@ impl Postgres {
         // Refused: say why, and end the claim if it is still this one's.
         let row = client
             .query_opt(
-                "SELECT claim_holder, claim_due FROM deliveries WHERE id = $1",
+                &cached(
+                    &client,
+                    "SELECT claim_holder, claim_due FROM deliveries WHERE id = $1",
+                )
+                .await?,
                 &[&claim.id.as_str()],
             )
             .await
@@ -414,7 +431,7 @@ impl Postgres {
                  WHERE deliveries.version = 0"
             );
             transaction
-                .execute(&statement, &params)
+                .execute(&cached(&transaction, &statement).await?, &params)
                 .await
                 .map_err(db_error)?
                 == 1
@@ -425,7 +442,7 @@ impl Postgres {
             let statement =
                 format!("UPDATE deliveries SET {WRITE_COLUMNS} WHERE id = $1 AND version = $10");
             transaction
-                .execute(&statement, &params)
+                .execute(&cached(&transaction, &statement).await?, &params)
                 .await
                 .map_err(db_error)?
                 == 1
@@ -449,8 +466,12 @@ async fn after_write(
     if let Some(state) = state {
         let still = client
             .query_opt(
-                "SELECT 1 FROM webhooks WHERE id = $1 AND tenant IS NOT DISTINCT FROM $2
+                &cached(
+                    client,
+                    "SELECT 1 FROM webhooks WHERE id = $1 AND tenant IS NOT DISTINCT FROM $2
                  FOR SHARE",
+                )
+                .await?,
                 &[&state.webhook.as_str(), &state.tenant],
             )
             .await
@@ -463,9 +484,9 @@ async fn after_write(
                     Some(value) => {
                         client
                             .execute(
-                                "INSERT INTO plugin_state (webhook_id, key, value)
+                                &cached(client, "INSERT INTO plugin_state (webhook_id, key, value)
                                  VALUES ($1, $2, $3)
-                                 ON CONFLICT (webhook_id, key) DO UPDATE SET value = excluded.value",
+                                 ON CONFLICT (webhook_id, key) DO UPDATE SET value = excluded.value").await?,
                                 &[&webhook, key, value],
                             )
                             .await
@@ -473,7 +494,7 @@ async fn after_write(
                     None => {
                         client
                             .execute(
-                                "DELETE FROM plugin_state WHERE webhook_id = $1 AND key = $2",
+                                &cached(client, "DELETE FROM plugin_state WHERE webhook_id = $1 AND key = $2").await?,
                                 &[&webhook, key],
                             )
                             .await
@@ -486,7 +507,7 @@ async fn after_write(
     if holds_pins(delivery) {
         client
             .execute(
-                "DELETE FROM pins WHERE delivery_id = $1",
+                &cached(client, "DELETE FROM pins WHERE delivery_id = $1").await?,
                 &[&delivery.id.as_str()],
             )
             .await
@@ -605,7 +626,7 @@ impl DueFrom<'_> {
         let rows = engine.call("due_from", async {
             let client = engine.client().await?;
             client
-                .query(sql, &[&due, &id, &QUEUE_PAGE])
+                .query(&cached(&client, sql).await?, &[&due, &id, &QUEUE_PAGE])
                 .await
                 .map_err(db_error)
         })?;
@@ -734,8 +755,12 @@ impl Deliveries for Postgres {
             let client = self.client().await?;
             client
                 .execute(
-                    "UPDATE deliveries SET claim_until = greatest(claim_until, $4)
+                    &cached(
+                        &client,
+                        "UPDATE deliveries SET claim_until = greatest(claim_until, $4)
                      WHERE id = $1 AND claim_holder = $2 AND claim_due = $3",
+                    )
+                    .await?,
                     &[
                         &claim.id.as_str(),
                         &(claim.holder as i64),
@@ -781,8 +806,12 @@ impl Deliveries for Postgres {
             let client = self.client().await?;
             client
                 .query_opt(
-                    "SELECT id FROM deliveries WHERE line = $1
+                    &cached(
+                        &client,
+                        "SELECT id FROM deliveries WHERE line = $1
                      ORDER BY line_position, id LIMIT 1",
+                    )
+                    .await?,
                     &[&line],
                 )
                 .await
@@ -844,22 +873,30 @@ impl Deliveries for Postgres {
             let client = self.client().await?;
             client
                 .execute(
-                    "INSERT INTO hosts (holder, seen_at) VALUES ($1, $2)
+                    &cached(
+                        &client,
+                        "INSERT INTO hosts (holder, seen_at) VALUES ($1, $2)
                      ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at",
+                    )
+                    .await?,
                     &[&holder, &now],
                 )
                 .await
                 .map_err(db_error)?;
             client
                 .execute(
-                    "DELETE FROM hosts WHERE seen_at < $1",
+                    &cached(&client, "DELETE FROM hosts WHERE seen_at < $1").await?,
                     &[&(now - HOST_GONE_MS * 10)],
                 )
                 .await
                 .map_err(db_error)?;
             let rows = client
                 .query(
-                    "SELECT holder FROM hosts WHERE seen_at >= $1 ORDER BY holder",
+                    &cached(
+                        &client,
+                        "SELECT holder FROM hosts WHERE seen_at >= $1 ORDER BY holder",
+                    )
+                    .await?,
                     &[&(now - HOST_GONE_MS)],
                 )
                 .await
@@ -880,7 +917,14 @@ impl Deliveries for Postgres {
         let counted = self.call("queue_len", async {
             let client = self.client().await?;
             client
-                .query_one("SELECT count(*) FROM deliveries WHERE due IS NOT NULL", &[])
+                .query_one(
+                    &cached(
+                        &client,
+                        "SELECT count(*) FROM deliveries WHERE due IS NOT NULL",
+                    )
+                    .await?,
+                    &[],
+                )
                 .await
                 .map_err(db_error)
         });

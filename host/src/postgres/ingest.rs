@@ -10,10 +10,10 @@
 
 use std::collections::HashSet;
 
-use tokio_postgres::Transaction;
+use deadpool_postgres::Transaction;
 
 use super::deliveries::{events_tenant, status_name};
-use super::{db_error, decode, encode, is_contended, Postgres};
+use super::{cached, db_error, decode, encode, is_contended, Postgres};
 use crate::model::{Delivery, DeliveryId, DeliveryMode, Event, Millis};
 use crate::storage::{Inserted, StorageError};
 
@@ -98,7 +98,7 @@ impl Postgres {
             // Heard by every host at commit (`listen.rs`).
             transaction
                 .execute(
-                    "SELECT pg_notify($1, $2)",
+                    &cached(&transaction, "SELECT pg_notify($1, $2)").await?,
                     &[&self.inner.channels.queued, &due.as_i64().to_string()],
                 )
                 .await
@@ -127,10 +127,14 @@ async fn insert_plain(
     let records: Vec<Vec<u8>> = items.iter().map(|(e, _)| encode(e)).collect();
     let rows = transaction
         .query(
-            "INSERT INTO events (tenant, id, received_at, record)
+            &cached(
+                transaction,
+                "INSERT INTO events (tenant, id, received_at, record)
              SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[])
              ON CONFLICT DO NOTHING
              RETURNING tenant, id",
+            )
+            .await?,
             &[&tenants, &ids, &received, &records],
         )
         .await
@@ -177,11 +181,15 @@ async fn insert_deliveries(
     let records: Vec<Vec<u8>> = deliveries.iter().map(|d| encode(*d)).collect();
     transaction
         .execute(
-            "INSERT INTO deliveries (id, webhook_id, events_tenant, event_id, tenant, status,
+            &cached(
+                transaction,
+                "INSERT INTO deliveries (id, webhook_id, events_tenant, event_id, tenant, status,
                                      replay, created_at, due, version, record)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::bool[], $8::int8[], $9::int8[], $10::int8[],
                                   $11::bytea[])",
+            )
+            .await?,
             &[
                 &ids,
                 &webhooks,
@@ -219,8 +227,12 @@ async fn insert_routed(
 ) -> Result<Inserted, StorageError> {
     let stored = transaction
         .execute(
-            "INSERT INTO events (tenant, id, received_at, record) VALUES ($1, $2, $3, $4)
+            &cached(
+                transaction,
+                "INSERT INTO events (tenant, id, received_at, record) VALUES ($1, $2, $3, $4)
              ON CONFLICT DO NOTHING",
+            )
+            .await?,
             &[
                 &event.tenant.as_deref().unwrap_or(""),
                 &event.id.as_str(),
@@ -263,10 +275,14 @@ async fn insert_one(
 ) -> Result<(), StorageError> {
     transaction
         .execute(
-            "INSERT INTO deliveries (id, webhook_id, events_tenant, event_id, tenant, status,
+            &cached(
+                transaction,
+                "INSERT INTO deliveries (id, webhook_id, events_tenant, event_id, tenant, status,
                                      replay, created_at, due, collecting, line, line_position,
                                      version, record)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            )
+            .await?,
             &[
                 &delivery.id.as_str(),
                 &delivery.webhook_id.as_str(),
@@ -296,7 +312,11 @@ async fn collecting(
 ) -> Result<Option<Delivery>, StorageError> {
     let row = transaction
         .query_opt(
-            "SELECT id, record FROM deliveries WHERE collecting = $1 FOR UPDATE",
+            &cached(
+                transaction,
+                "SELECT id, record FROM deliveries WHERE collecting = $1 FOR UPDATE",
+            )
+            .await?,
             &[&key],
         )
         .await
@@ -312,7 +332,11 @@ async fn stop_collecting(
 ) -> Result<(), StorageError> {
     transaction
         .execute(
-            "UPDATE deliveries SET collecting = NULL WHERE id = $1",
+            &cached(
+                transaction,
+                "UPDATE deliveries SET collecting = NULL WHERE id = $1",
+            )
+            .await?,
             &[&id.as_str()],
         )
         .await
@@ -329,9 +353,13 @@ async fn rewrite_collecting(
 ) -> Result<(), StorageError> {
     transaction
         .execute(
-            "UPDATE deliveries SET record = $2, version = $3, event_id = $4, due = $5,
+            &cached(
+                transaction,
+                "UPDATE deliveries SET record = $2, version = $3, event_id = $4, due = $5,
                     collecting = CASE WHEN $6 THEN collecting END
              WHERE id = $1",
+            )
+            .await?,
             &[
                 &delivery.id.as_str(),
                 &encode(delivery),
@@ -370,8 +398,12 @@ async fn join_batch(
             }
             transaction
                 .execute(
-                    "INSERT INTO pins (events_tenant, event_id, delivery_id, pinned_at)
+                    &cached(
+                        transaction,
+                        "INSERT INTO pins (events_tenant, event_id, delivery_id, pinned_at)
                      VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    )
+                    .await?,
                     &[
                         &events_tenant(&open),
                         &event.id.as_str(),
@@ -397,7 +429,10 @@ async fn place_in_line(
     delivery: &Delivery,
 ) -> Result<(), StorageError> {
     let position: i64 = transaction
-        .query_one("SELECT nextval('line_positions')", &[])
+        .query_one(
+            &cached(transaction, "SELECT nextval('line_positions')").await?,
+            &[],
+        )
         .await
         .map_err(db_error)?
         .get(0);

@@ -7,7 +7,7 @@
 //! event is never removed between a pin's check and its write. A pin holds while its delivery
 //! is pending, or for an hour while its delivery is not written yet.
 
-use super::{db_error, Postgres};
+use super::{cached, db_error, Postgres};
 use crate::model::{DeliveryId, EventId, Millis, WebhookId};
 use crate::storage::{Finished, Pruning, StopWalk, StorageError};
 
@@ -23,7 +23,9 @@ impl Postgres {
         let client = self.client().await?;
         let rows = client
             .query(
-                "WITH RECURSIVE hooks AS (
+                &cached(
+                    &client,
+                    "WITH RECURSIVE hooks AS (
                      (SELECT webhook_id FROM deliveries WHERE finished_at IS NOT NULL
                       ORDER BY webhook_id LIMIT 1)
                      UNION ALL
@@ -33,6 +35,8 @@ impl Postgres {
                      FROM hooks WHERE hooks.webhook_id IS NOT NULL
                  )
                  SELECT webhook_id FROM hooks WHERE webhook_id IS NOT NULL",
+                )
+                .await?,
                 &[],
             )
             .await
@@ -52,11 +56,15 @@ impl Postgres {
         let client = self.client().await?;
         client
             .execute(
-                "DELETE FROM deliveries WHERE id IN (
+                &cached(
+                    &client,
+                    "DELETE FROM deliveries WHERE id IN (
                      SELECT id FROM deliveries
                      WHERE webhook_id = $1 AND finished_class = $2 AND finished_at < $3
                      LIMIT $4
                  )",
+                )
+                .await?,
                 &[&webhook, &class, &cutoff.as_i64(), &batch],
             )
             .await
@@ -68,12 +76,17 @@ impl Postgres {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(db_error)?;
         transaction
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&PIN_LOCK])
+            .execute(
+                &cached(&transaction, "SELECT pg_advisory_xact_lock($1)").await?,
+                &[&PIN_LOCK],
+            )
             .await
             .map_err(db_error)?;
         let removed = transaction
             .execute(
-                "DELETE FROM events WHERE (tenant, id) IN (
+                &cached(
+                    &transaction,
+                    "DELETE FROM events WHERE (tenant, id) IN (
                      SELECT e.tenant, e.id FROM events e
                      WHERE e.received_at < $1
                        AND NOT EXISTS (
@@ -91,6 +104,8 @@ impl Postgres {
                      ORDER BY e.received_at
                      LIMIT $2
                  )",
+                )
+                .await?,
                 &[
                     &before.as_i64(),
                     &batch,
@@ -109,10 +124,14 @@ impl Postgres {
         let client = self.client().await?;
         client
             .execute(
-                "DELETE FROM pins p WHERE NOT EXISTS (
+                &cached(
+                    &client,
+                    "DELETE FROM pins p WHERE NOT EXISTS (
                      SELECT 1 FROM deliveries d WHERE d.id = p.delivery_id AND d.status = 'pending'
                  ) AND (p.pinned_at < $1
                         OR EXISTS (SELECT 1 FROM deliveries d WHERE d.id = p.delivery_id))",
+                )
+                .await?,
                 &[&(wall_clock().as_i64() - STALE_PIN_MS)],
             )
             .await
@@ -131,12 +150,19 @@ impl Postgres {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(db_error)?;
         transaction
-            .execute("SELECT pg_advisory_xact_lock_shared($1)", &[&PIN_LOCK])
+            .execute(
+                &cached(&transaction, "SELECT pg_advisory_xact_lock_shared($1)").await?,
+                &[&PIN_LOCK],
+            )
             .await
             .map_err(db_error)?;
         let received = transaction
             .query_opt(
-                "SELECT received_at FROM events WHERE tenant = $1 AND id = $2",
+                &cached(
+                    &transaction,
+                    "SELECT received_at FROM events WHERE tenant = $1 AND id = $2",
+                )
+                .await?,
                 &[&tenant, &id.as_str()],
             )
             .await
@@ -147,8 +173,12 @@ impl Postgres {
         }
         transaction
             .execute(
-                "INSERT INTO pins (events_tenant, event_id, delivery_id, pinned_at)
+                &cached(
+                    &transaction,
+                    "INSERT INTO pins (events_tenant, event_id, delivery_id, pinned_at)
                  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .await?,
                 &[
                     &tenant,
                     &id.as_str(),

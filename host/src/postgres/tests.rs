@@ -59,3 +59,39 @@ impl Opener for SchemaPerDir {
 async fn keeps_the_storage_contract() {
     conformance::run(&SchemaPerDir).await;
 }
+
+#[test]
+fn hosts_starting_together_migrate_once_and_all_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_for(dir.path());
+    let opened: Vec<_> = std::thread::scope(|scope| {
+        let starts: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| Postgres::open(&settings, Sealer::new([7; 32]))))
+            .collect();
+        starts.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    for engine in &opened {
+        assert!(engine.is_ok(), "{:?}", engine.as_ref().err());
+    }
+    let applied = Server::shared()
+        .psql(
+            DATABASE,
+            &format!("SELECT count(*) FROM {}.migrations", settings.schema),
+        )
+        .unwrap();
+    assert_eq!(applied.trim(), "1", "each migration ran once");
+}
+
+#[test]
+fn a_host_with_another_secrets_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_for(dir.path());
+    drop(Postgres::open(&settings, Sealer::new([7; 32])).unwrap());
+    let refused = Postgres::open(&settings, Sealer::new([8; 32]))
+        .err()
+        .unwrap();
+    assert!(
+        refused.to_string().contains("same secrets.key"),
+        "{refused}"
+    );
+}
