@@ -313,22 +313,25 @@ impl Postgres {
 
     async fn close_collecting(&self, claim: &Claim, read: &Delivery) -> Result<bool, StorageError> {
         // The same version is the same record: what was read is what is stored.
-        let closed = read.replaceable()
-            && self
-                .client()
-                .await?
-                .execute(
-                    "UPDATE deliveries SET collecting = NULL
-                     WHERE id = $1 AND version = $2 AND due = $3 AND status = 'pending'",
-                    &[
-                        &read.id.as_str(),
-                        &(read.version as i64),
-                        &claim.due.as_i64(),
-                    ],
-                )
+        let closed = if read.replaceable() {
+            let client = self.client().await?;
+            let statement = cached(
+                &client,
+                "UPDATE deliveries SET collecting = NULL
+                 WHERE id = $1 AND version = $2 AND due = $3 AND status = 'pending'",
+            )
+            .await?;
+            let id = read.id.as_str();
+            let version = read.version as i64;
+            let due = claim.due.as_i64();
+            client
+                .execute(&statement, &[&id, &version, &due])
                 .await
                 .map_err(db_error)?
-                == 1;
+                == 1
+        } else {
+            false
+        };
         if !closed {
             self.end_claim(claim).await?;
         }
