@@ -23,7 +23,8 @@
 //! - `definitions.rs`: modules, webhooks, connections, keys, signing secrets, the change feed,
 //!   plugin state and the host's own secrets.
 //! - `ingest.rs`: events with their deliveries, routed (debounce, batches, in-order lines).
-//! - `deliveries.rs`: reading, claiming and writing deliveries; the due queue.
+//! - `deliveries.rs`: reading, claiming and writing deliveries.
+//! - `queue.rs`: the due queue, lapsed claims, the hosts sharing the database.
 //! - `pruning.rs`: retention.
 //! - `throwaway.rs`: a PostgreSQL server of its own, for tests and benchmarks.
 
@@ -32,6 +33,7 @@ mod deliveries;
 mod ingest;
 mod listen;
 mod pruning;
+mod queue;
 mod schema;
 #[cfg(test)]
 mod tests;
