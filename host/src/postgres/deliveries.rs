@@ -1,6 +1,11 @@
 //! Deliveries on PostgreSQL: reads, claims as leases in the row, and writes over the version
 //! read (the queue's reads and the hosts sharing the database are in `queue.rs`).
 //!
+//! A pass's claims are one statement that locks the rows it takes in id order and passes
+//! over rows another host is locking now (`FOR UPDATE SKIP LOCKED`): two hosts claiming
+//! overlapping passes never wait for, or deadlock with, each other; the one passed over is
+//! the other's.
+//!
 //! A plain delivery's outcome is one statement: the row is written only where its version
 //! and its claim are still those the worker had, and the queue (the `due` column) moves with
 //! it. Plugin state changes, or pins to drop, make it a transaction.
@@ -197,13 +202,19 @@ impl Postgres {
                     "WITH wanted AS (
                      SELECT * FROM unnest($1::text[], $2::int8[]) AS w (id, due)
                  ),
+                 locked AS (
+                     SELECT d.id FROM deliveries d JOIN wanted w ON d.id = w.id AND d.due = w.due
+                     WHERE d.status = 'pending'
+                       AND (d.claim_holder IS NULL OR d.claim_holder = $3
+                            OR d.claim_until <= $5)
+                     ORDER BY d.id
+                     FOR UPDATE OF d SKIP LOCKED
+                 ),
                  claimed AS (
                      UPDATE deliveries d
                      SET claim_holder = $3, claim_due = d.due, claim_until = $4
-                     FROM wanted w
-                     WHERE d.id = w.id AND d.due = w.due AND d.status = 'pending'
-                       AND (d.claim_holder IS NULL OR d.claim_holder = $3
-                            OR d.claim_until <= $5)
+                     FROM locked l
+                     WHERE d.id = l.id
                      RETURNING d.id, d.record, d.events_tenant, d.event_id
                  )
                  SELECT c.id, c.record, e.record
