@@ -33,6 +33,22 @@
 //! waits for the group commit; `WASMHOOKS_*` variables of the bench's environment reach it,
 //! e.g. `WASMHOOKS_RETENTION__INTERVAL`), and its CPU time and RSS come from /proc.
 //! `THROUGHPUT_HOST_BINARY` runs another build.
+//!
+//! `--postgres` (flat, rate, slow, scale) runs the hosts on PostgreSQL instead of sled: the
+//! bench starts a server of its own for the run (`postgres::throwaway`, with durable
+//! settings: fsync, synchronous_commit and full_page_writes on, so a 202 waits for a flushed
+//! commit as it would in production), a fresh database for every measured run, and one
+//! random secrets key the hosts share. `--hosts N` (flat, rate; with `--postgres` only) runs
+//! N hosts on that database: the webhooks are made through the first, the bench waits until
+//! every host routes events to them, and the POSTs take turns among the hosts; CPU time and
+//! RSS are summed in the table and given per host below it. A `--postgres` run also reports
+//! what the database did per delivery: the server's CPU (all its processes); the requests the
+//! hosts sent it (TCP segments with data, from `ss`: a round trip is one, and so is each
+//! statement close that tokio-postgres sends without waiting after running a statement given
+//! as text); transactions (`pg_stat_database`: a statement given as text is prepared first,
+//! and the prepare's round trip counts as a transaction of its own outside BEGIN…COMMIT); and,
+//! when the `pg_stat_statements` extension is installed (it is then loaded), the statements
+//! executed, most executed first.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
@@ -59,6 +75,8 @@ struct Args {
     data_dir: Option<std::path::PathBuf>,
     minutes: f64,
     keep: String,
+    postgres: bool,
+    hosts: usize,
 }
 
 const SCENARIOS: [&str; 7] = ["flat", "rate", "slow", "scale", "backlog", "idle", "soak"];
@@ -66,7 +84,7 @@ const SCENARIOS: [&str; 7] = ["flat", "rate", "slow", "scale", "backlog", "idle"
 const USAGE: &str = "usage: cargo bench -p wasmhooks --bench throughput -- \
 [flat|rate|slow|scale|backlog|idle|soak] [--events N] [--webhooks W] [--concurrency C] \
 [--rate R] [--batch B] [--pending N] [--stored N] [--data-dir DIR] [--minutes M] \
-[--keep 1m|forever]";
+[--keep 1m|forever] [--postgres] [--hosts N]";
 
 /// The command line, or what is wrong with it.
 fn args() -> Result<Args, String> {
@@ -82,6 +100,8 @@ fn args() -> Result<Args, String> {
         data_dir: None,
         minutes: 10.0,
         keep: "1m".into(),
+        postgres: false,
+        hosts: 1,
     };
     // The soak's own defaults, unless given: POSTs of 50 on 8 connections.
     let (mut batch_given, mut concurrency_given) = (false, false);
@@ -116,6 +136,8 @@ fn args() -> Result<Args, String> {
             }
             "--minutes" => args.minutes = number(&arg, it.next())?,
             "--keep" => args.keep = it.next().ok_or("--keep needs a value")?,
+            "--postgres" => args.postgres = true,
+            "--hosts" => args.hosts = number(&arg, it.next())?,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -124,8 +146,24 @@ fn args() -> Result<Args, String> {
             other => return Err(format!("unknown scenario or option `{other}`")),
         }
     }
-    if args.events == 0 || args.concurrency == 0 || args.batch == 0 {
-        return Err("--events, --concurrency and --batch must be at least 1".into());
+    if args.events == 0 || args.concurrency == 0 || args.batch == 0 || args.hosts == 0 {
+        return Err("--events, --concurrency, --batch and --hosts must be at least 1".into());
+    }
+    if args.postgres && !["flat", "rate", "slow", "scale"].contains(&args.scenario.as_str()) {
+        return Err(format!(
+            "--postgres is for flat, rate, slow and scale; `{}` measures a data dir",
+            args.scenario
+        ));
+    }
+    if args.hosts > 1 && !args.postgres {
+        return Err(format!(
+            "--hosts {} needs --postgres: hosts share their work only through a PostgreSQL \
+             database (a sled data dir belongs to one host)",
+            args.hosts
+        ));
+    }
+    if args.hosts > 1 && !["flat", "rate"].contains(&args.scenario.as_str()) {
+        return Err("--hosts is for flat and rate".into());
     }
     if args.rate.is_some_and(|r: f64| !(r > 0.0 && r.is_finite())) {
         return Err("--rate must be more than 0 events/s".into());
@@ -277,19 +315,7 @@ impl Host {
 
     /// CPU seconds (user + system) the host has used.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is the 12th, stime
-        // the 13th; clock ticks are 100 per second on Linux.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
+        process_cpu_seconds(&format!("/proc/{}", self.child.id()), false)
     }
 
     /// Resident memory now and at its peak, in MiB.
@@ -324,9 +350,8 @@ impl Host {
         (anon / 1024.0, (rss - anon) / 1024.0)
     }
 
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) {
+        // Dropping it kills it.
     }
 
     /// Stops the host the way an operator does (SIGTERM: it drains and flushes) and waits
@@ -339,6 +364,265 @@ impl Host {
         let status = self.child.wait().expect("wait for the host");
         assert!(status.success(), "the host exited with {status} on SIGTERM");
         asked.elapsed()
+    }
+}
+
+/// CPU seconds (user + system) the process at `/proc/<pid>` has used, with those of its
+/// children that it waited for if `children`.
+fn process_cpu_seconds(proc_dir: &str, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the
+    // 13th, cutime and cstime the 14th and 15th; clock ticks are 100 per second on Linux.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let own = ticks(11) + ticks(12);
+    let waited = if children { ticks(13) + ticks(14) } else { 0.0 };
+    (own + waited) / 100.0
+}
+
+impl Drop for Host {
+    /// Kills the host unless it exited already, also when the bench panics (a host left
+    /// running would go on polling a database that is gone).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ----- PostgreSQL -----
+
+/// The server's counters as a measured phase begins.
+#[derive(Clone, Copy)]
+struct Counters {
+    /// CPU seconds of its processes.
+    cpu: f64,
+    /// TCP segments with data received on its open connections.
+    requests: Option<u64>,
+    /// Transactions in the run's database.
+    transactions: u64,
+}
+
+/// The PostgreSQL server of a `--postgres` bench, with durable settings, and a fresh
+/// database for every run on it.
+struct Postgres {
+    server: wasmhooks::postgres::throwaway::Server,
+    /// The name its processes carry in their titles (`cluster_name`).
+    cluster: String,
+    /// The key every host of the bench shares (base64 of 32 random bytes).
+    secrets_key: String,
+    /// Whether `pg_stat_statements` is loaded, so statements can be counted.
+    counts_statements: bool,
+    /// Databases made so far.
+    databases: AtomicUsize,
+}
+
+/// What PostgreSQL did for one database during a measured phase.
+struct DatabaseWork {
+    /// CPU seconds of the server's processes (all of them: the hosts' sessions, the WAL
+    /// writer, the checkpointer).
+    cpu: f64,
+    /// Requests the hosts sent it: TCP segments with data on its connections, when `ss`
+    /// can tell. Each round trip is one, and so is a message sent without waiting for its
+    /// answer (tokio-postgres closes a statement it prepared from text that way); a message
+    /// over 64 KiB takes more.
+    requests: Option<u64>,
+    /// Transactions committed or rolled back in the database (`pg_stat_database`).
+    transactions: u64,
+    /// Executed statements by calls, most first, with their normalised text
+    /// (`pg_stat_statements`), when it is loaded.
+    statements: Option<Vec<(u64, String)>>,
+}
+
+impl Postgres {
+    /// Starts the server (durable: fsync, synchronous_commit and full_page_writes on) with
+    /// `pg_stat_statements` loaded when it is installed.
+    fn start() -> Postgres {
+        use base64::Engine as _;
+        let server = wasmhooks::postgres::throwaway::Server::start_durable()
+            .unwrap_or_else(|e| panic!("could not start PostgreSQL: {e}"));
+        let available = server
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_stat_statements'",
+            )
+            .expect("list PostgreSQL's extensions")
+            == "1";
+        if available {
+            server
+                .psql(
+                    "postgres",
+                    "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
+                )
+                .expect("preload pg_stat_statements");
+            server
+                .restart()
+                .unwrap_or_else(|e| panic!("could not restart PostgreSQL: {e}"));
+            server
+                .psql("postgres", "CREATE EXTENSION pg_stat_statements")
+                .expect("create the pg_stat_statements extension");
+        }
+        let cluster = server
+            .psql("postgres", "SHOW cluster_name")
+            .expect("PostgreSQL's cluster name");
+        Postgres {
+            server,
+            cluster,
+            secrets_key: base64::engine::general_purpose::STANDARD
+                .encode(rand::random::<[u8; 32]>()),
+            counts_statements: available,
+            databases: AtomicUsize::new(0),
+        }
+    }
+
+    /// The server's version and durability settings, for the report.
+    fn describe(&self) -> String {
+        let settings = self
+            .psql(
+                "SELECT current_setting('server_version') || ', fsync ' || current_setting('fsync') \
+                 || ', synchronous_commit ' || current_setting('synchronous_commit') \
+                 || ', full_page_writes ' || current_setting('full_page_writes')",
+            )
+            .unwrap_or_else(|e| format!("settings unknown: {e}"));
+        format!("PostgreSQL {settings}")
+    }
+
+    /// A new, empty database for a run, and the settings that put a host on it.
+    fn database(&self) -> (String, Vec<(&'static str, String)>) {
+        let name = format!(
+            "bench_{}",
+            self.databases.fetch_add(1, Ordering::Relaxed) + 1
+        );
+        tokio::task::block_in_place(|| self.server.create_database(&name))
+            .unwrap_or_else(|e| panic!("could not create the database {name}: {e}"));
+        let settings = vec![
+            ("WASMHOOKS_STORAGE", "postgres".to_string()),
+            ("WASMHOOKS_POSTGRES__URL", self.server.url(&name)),
+            ("WASMHOOKS_SECRETS__KEY", self.secrets_key.clone()),
+        ];
+        (name, settings)
+    }
+
+    /// Runs `sql` on the `postgres` database (so the bench's own queries stay out of the
+    /// counts of the run's database).
+    fn psql(&self, sql: &str) -> Result<String, String> {
+        tokio::task::block_in_place(|| self.server.psql("postgres", sql)).map_err(|e| e.0)
+    }
+
+    /// CPU seconds the server's processes have used: the running ones' own, and through the
+    /// postmaster's count of its children it waited for, those of sessions that ended.
+    fn cpu_seconds(&self) -> f64 {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0.0;
+        };
+        let mark = self.cluster.as_bytes();
+        entries
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+            .filter(|entry| {
+                std::fs::read(entry.path().join("cmdline"))
+                    .is_ok_and(|cmdline| cmdline.windows(mark.len()).any(|w| w == mark))
+            })
+            .map(|entry| process_cpu_seconds(&entry.path().to_string_lossy(), true))
+            .sum()
+    }
+
+    /// The counters [`Postgres::work`] starts from, read as a measured phase begins; forgets
+    /// the statements counted so far.
+    fn begin_count(&self, database: &str) -> Counters {
+        if self.counts_statements {
+            self.psql("SELECT pg_stat_statements_reset()")
+                .expect("reset pg_stat_statements");
+        }
+        Counters {
+            cpu: self.cpu_seconds(),
+            requests: self.requests(),
+            transactions: self.transactions(database),
+        }
+    }
+
+    /// TCP segments with data that clients sent on the server's open connections, from
+    /// `ss`; `None` when it cannot be run.
+    fn requests(&self) -> Option<u64> {
+        let port = self.server.port();
+        let output = Command::new("ss")
+            .args(["-tinH", "state", "established"])
+            .arg(format!("( sport = :{port} )"))
+            .output()
+            .ok()
+            .filter(|output| output.status.success())?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        Some(
+            text.split_whitespace()
+                .filter_map(|field| field.strip_prefix("data_segs_in:"))
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum(),
+        )
+    }
+
+    /// What the database did since `begun`, given the server's CPU seconds and requests read
+    /// while the hosts still ran; read once the hosts' sessions are over, since a session
+    /// reports its transactions when it ends (and only now and then while it runs).
+    fn work(
+        &self,
+        database: &str,
+        begun: Counters,
+        cpu: f64,
+        requests: Option<u64>,
+    ) -> DatabaseWork {
+        let sessions =
+            format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}'");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.psql(&sessions).as_deref() != Ok("0") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let statements = self.counts_statements.then(|| {
+            let rows = self
+                .psql(&format!(
+                    "SELECT calls, regexp_replace(left(query, 200), '\\s+', ' ', 'g') \
+                     FROM pg_stat_statements \
+                     WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '{database}') \
+                     ORDER BY calls DESC"
+                ))
+                .expect("read pg_stat_statements");
+            rows.lines()
+                .filter_map(|row| {
+                    let (calls, query) = row.split_once('|')?;
+                    Some((calls.parse().ok()?, query.to_string()))
+                })
+                .collect()
+        });
+        DatabaseWork {
+            cpu: cpu - begun.cpu,
+            requests: requests
+                .zip(begun.requests)
+                .map(|(end, start)| end.saturating_sub(start)),
+            transactions: self
+                .transactions(database)
+                .saturating_sub(begun.transactions),
+            statements,
+        }
+    }
+
+    /// Transactions committed or rolled back in `database` so far.
+    fn transactions(&self, database: &str) -> u64 {
+        self.psql(&format!(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{database}'"
+        ))
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
     }
 }
 
@@ -510,10 +794,10 @@ impl EventTemplate {
 }
 
 /// Emits events `range` with `concurrency` connections (at `rate` events/s if given), in
-/// POSTs of `batch`, stamping each event's emit time.
+/// POSTs of `batch` that take turns among `hosts`, stamping each event's emit time.
 async fn emit(
     client: &reqwest::Client,
-    host: &str,
+    hosts: &[String],
     tally: &Arc<Tally>,
     range: std::ops::Range<usize>,
     args: &Args,
@@ -523,12 +807,13 @@ async fn emit(
     let next = Arc::new(AtomicUsize::new(range.start));
     let end = range.end;
     let template = Arc::new(EventTemplate::new(shops));
+    let hosts: Arc<[String]> = hosts.into();
     let begun = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (client, host, tally, next, progress) = (
+        let (client, hosts, tally, next, progress) = (
             client.clone(),
-            host.to_string(),
+            hosts.clone(),
             tally.clone(),
             next.clone(),
             progress.clone(),
@@ -559,6 +844,7 @@ async fn emit(
                         slot.store(now, Ordering::Relaxed);
                     }
                 }
+                let host = &hosts[(from - first) / batch % hosts.len()];
                 let response = client
                     .post(format!("{host}/v1/events"))
                     .header("content-type", "application/json")
@@ -629,8 +915,10 @@ struct Run {
     p90: f64,
     p99: f64,
     max: f64,
-    cpu: f64,
-    rss_peak: f64,
+    /// Per host: CPU seconds during the measured phase and peak RSS in MiB.
+    hosts: Vec<(f64, f64)>,
+    /// What PostgreSQL did, on `--postgres`.
+    database: Option<DatabaseWork>,
 }
 
 impl Run {
@@ -638,7 +926,10 @@ impl Run {
         self.deliveries as f64 / self.seconds
     }
 
+    /// Its row of the table: the hosts' CPU and peak RSS summed.
     fn print(&self, what: &str) {
+        let cpu: f64 = self.hosts.iter().map(|(cpu, _)| cpu).sum();
+        let rss_peak: f64 = self.hosts.iter().map(|(_, rss)| rss).sum();
         println!(
             "| {what} | {} | {:.1} s | **{:.0}/s** | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.0} MiB |",
             self.deliveries,
@@ -648,9 +939,78 @@ impl Run {
             self.p90,
             self.p99,
             self.max,
-            self.cpu / self.seconds * 100.0,
-            self.rss_peak
+            cpu / self.seconds * 100.0,
+            rss_peak
         );
+    }
+
+    /// What the table's row sums up: each host's share, and PostgreSQL's work per delivery.
+    fn print_details(&self, what: &str) {
+        if self.hosts.len() > 1 {
+            let hosts: Vec<String> = self
+                .hosts
+                .iter()
+                .enumerate()
+                .map(|(i, (cpu, rss))| {
+                    format!(
+                        "host {} CPU {:.0}%, peak RSS {rss:.0} MiB",
+                        i + 1,
+                        cpu / self.seconds * 100.0
+                    )
+                })
+                .collect();
+            println!("- {what}, per host: {}", hosts.join("; "));
+        }
+        let Some(database) = &self.database else {
+            return;
+        };
+        let deliveries = self.deliveries as f64;
+        let requests = database
+            .requests
+            .map_or("not counted (`ss` did not run)".into(), |n| {
+                format!(
+                    "**{:.2}** ({n} in all; TCP segments from the hosts: every round trip, \
+                     and every statement close sent without waiting)",
+                    n as f64 / deliveries
+                )
+            });
+        println!(
+            "- {what}, PostgreSQL: CPU **{:.0}%**; per delivery: requests {requests}, \
+             transactions **{:.2}** ({} in all)",
+            database.cpu / self.seconds * 100.0,
+            database.transactions as f64 / deliveries,
+            database.transactions
+        );
+        let Some(statements) = &database.statements else {
+            println!(
+                "- {what}, statements per delivery: not counted (pg_stat_statements is not installed)"
+            );
+            return;
+        };
+        let total: u64 = statements.iter().map(|(calls, _)| calls).sum();
+        let control: u64 = statements
+            .iter()
+            .filter(|(_, query)| {
+                let word = query.split_whitespace().next().unwrap_or("");
+                ["BEGIN", "COMMIT", "ROLLBACK", "START"]
+                    .iter()
+                    .any(|w| word.eq_ignore_ascii_case(w))
+            })
+            .map(|(calls, _)| calls)
+            .sum();
+        println!(
+            "- {what}, statements executed per delivery: **{:.2}** ({total} in all, {:.2} per \
+             delivery of them BEGIN/COMMIT/ROLLBACK; a statement sent as text is prepared first, \
+             one more round trip that is not counted here), the most executed:",
+            total as f64 / deliveries,
+            control as f64 / deliveries
+        );
+        for (calls, query) in statements.iter().take(12) {
+            println!(
+                "  - {:.3} per delivery ({calls}): `{query}`",
+                *calls as f64 / deliveries
+            );
+        }
     }
 }
 
@@ -664,11 +1024,30 @@ enum Extra {
     Slow,
 }
 
-/// One measured run: a fresh host, `webhooks` fast webhooks (plus an extra one if asked), the
-/// events, until every delivery of the fast webhooks arrived.
-async fn run(args: &Args, extra: Extra, shops: usize, modules: usize) -> Run {
+/// One measured run: fresh hosts (`--hosts`, on a fresh database with `--postgres`),
+/// `webhooks` fast webhooks (plus an extra one if asked) made through the first, the events
+/// spread over the hosts, until every delivery of the fast webhooks arrived.
+async fn run(
+    args: &Args,
+    postgres: Option<&Postgres>,
+    extra: Extra,
+    shops: usize,
+    modules: usize,
+) -> Run {
     let tmp = tempfile::tempdir().unwrap();
-    let host = Host::start(&tmp.path().join("data"));
+    let (database, settings) = match postgres {
+        Some(postgres) => {
+            let (name, settings) = postgres.database();
+            (Some(name), settings)
+        }
+        None => (None, Vec::new()),
+    };
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let hosts: Vec<Host> = (0..args.hosts)
+        .map(|i| Host::start_with(&tmp.path().join(format!("data-{i}")), &settings))
+        .collect();
+    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+    let host = &urls[0];
     let tally = Tally::new(args.events);
     let fast = receiver(Some(tally.clone()), Duration::ZERO).await;
     let extra_url = match extra {
@@ -684,7 +1063,7 @@ async fn run(args: &Args, extra: Extra, shops: usize, modules: usize) -> Run {
         } else {
             plugin.to_vec()
         };
-        module_ids.push(upload(&client, &host.url, bytes, &format!("bench-{m}")).await);
+        module_ids.push(upload(&client, host, bytes, &format!("bench-{m}")).await);
     }
     for w in 0..args.webhooks {
         let mut definition = json!({
@@ -695,16 +1074,20 @@ async fn run(args: &Args, extra: Extra, shops: usize, modules: usize) -> Run {
         if shops > 1 {
             definition["scope"] = json!({"shop": [w.to_string()]});
         }
-        webhook(&client, &host.url, definition).await;
+        webhook(&client, host, definition).await;
     }
     if extra != Extra::None {
         webhook(
             &client,
-            &host.url,
+            host,
             json!({"name": "extra", "event_kinds": ["order.created"], "module_id": module_ids[0],
                    "url": extra_url, "config": {"threshold": 100}, "timeout": "10s"}),
         )
         .await;
+    }
+    if urls.len() > 1 {
+        let webhooks = args.webhooks + usize::from(extra != Extra::None);
+        wait_until_routed(&client, &urls, webhooks).await;
     }
     let expected = if shops > 1 {
         args.events
@@ -724,11 +1107,15 @@ async fn run(args: &Args, extra: Extra, shops: usize, modules: usize) -> Run {
         Arc::new(move || t.received.load(Ordering::Relaxed)),
         expected,
     );
-    let cpu_before = host.cpu_seconds();
+    let counted = match (postgres, &database) {
+        (Some(postgres), Some(database)) => Some(postgres.begin_count(database)),
+        _ => None,
+    };
+    let cpu_before: Vec<f64> = hosts.iter().map(Host::cpu_seconds).collect();
     let first_emit_us = tally.now_us();
     emit(
         &client,
-        &host.url,
+        &urls,
         &tally,
         0..args.events,
         args,
@@ -740,12 +1127,33 @@ async fn run(args: &Args, extra: Extra, shops: usize, modules: usize) -> Run {
     bar.store(true, Ordering::Relaxed);
     let seconds =
         (tally.last_receipt_us.load(Ordering::Relaxed) - first_emit_us) as f64 / 1_000_000.0;
-    let cpu = host.cpu_seconds() - cpu_before;
-    let (_, rss_peak) = host.rss_mib();
+    let database_cpu = postgres.map(Postgres::cpu_seconds);
+    let hosts_used: Vec<(f64, f64)> = hosts
+        .iter()
+        .zip(cpu_before)
+        .map(|(host, before)| (host.cpu_seconds() - before, host.rss_mib().1))
+        .collect();
     let mut latencies = tally.latencies_us.lock().unwrap().clone();
     latencies.sort_unstable();
     std::thread::sleep(Duration::from_millis(300));
-    host.stop();
+    // Once every delivery's outcome is written (so that its work is all counted), what
+    // PostgreSQL was sent.
+    let ended = match (postgres, database_cpu) {
+        (Some(postgres), Some(cpu)) => {
+            no_pending(&client, host).await;
+            Some((cpu, postgres.requests()))
+        }
+        _ => None,
+    };
+    for host in hosts {
+        host.stop();
+    }
+    let database = match (postgres, database, counted, ended) {
+        (Some(postgres), Some(name), Some(begun), Some((cpu, requests))) => {
+            Some(postgres.work(&name, begun, cpu, requests))
+        }
+        _ => None,
+    };
     Run {
         deliveries: expected,
         seconds,
@@ -753,8 +1161,69 @@ async fn run(args: &Args, extra: Extra, shops: usize, modules: usize) -> Run {
         p90: percentile(&latencies, 0.9),
         p99: percentile(&latencies, 0.99),
         max: percentile(&latencies, 1.0),
-        cpu,
-        rss_peak,
+        hosts: hosts_used,
+        database,
+    }
+}
+
+/// Waits until every host routes events to the `webhooks` webhooks made through the first
+/// (another host learns of them within about a second): emits a probe event to each host
+/// until that host makes a delivery of it for each webhook, then waits until those are
+/// evaluated (by a host that compiles the plugin first if it has not yet). A probe's amount is
+/// below the plugin's threshold, so its deliveries are skipped, never sent.
+async fn wait_until_routed(client: &reqwest::Client, hosts: &[String], webhooks: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let expected = webhooks.clamp(1, 250);
+    for (h, host) in hosts.iter().enumerate() {
+        let mut attempt = 0;
+        loop {
+            let id = format!("probe-{h}-{attempt}");
+            attempt += 1;
+            call(
+                client,
+                client.post(format!("{host}/v1/events")).json(&json!({
+                    "id": id, "kind": "order.created", "attributes": {"shop": "0"},
+                    "payload": {"id": "PROBE", "amount": 0.0}
+                })),
+            )
+            .await;
+            let listing = format!("{host}/v1/deliveries?event_id={id}&limit={expected}");
+            let (routed, evaluated) = loop {
+                let listed = call(client, client.get(&listing)).await;
+                let deliveries = listed["data"].as_array().cloned().unwrap_or_default();
+                let evaluated = deliveries.iter().all(|d| d["status"] != "pending");
+                if deliveries.len() < expected || evaluated || Instant::now() > deadline {
+                    break (deliveries.len(), evaluated);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            if routed >= expected && evaluated {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after 60 s, host {} routes events to {routed} of the {expected} webhooks{}",
+                h + 1,
+                if evaluated { "" } else { ", not all evaluated" }
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Waits (up to 10 s) until `host` lists no pending delivery.
+async fn no_pending(client: &reqwest::Client, host: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let pending = call(
+            client,
+            client.get(format!("{host}/v1/deliveries?status=pending&limit=1")),
+        )
+        .await;
+        if pending["data"].as_array().is_some_and(Vec::is_empty) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -855,7 +1324,7 @@ async fn backlog(args: &Args) {
     };
     emit(
         &client,
-        &host.url,
+        std::slice::from_ref(&host.url),
         &tally,
         0..args.pending,
         &emit_args,
@@ -988,7 +1457,7 @@ async fn soak(args: &Args) {
     let emitting = async {
         emit(
             &client,
-            &host.url,
+            std::slice::from_ref(&host.url),
             &tally,
             0..args.events,
             args,
@@ -1136,7 +1605,7 @@ async fn idle(args: &Args) {
         };
         emit(
             &client,
-            &host.url,
+            std::slice::from_ref(&host.url),
             &tally,
             0..args.stored,
             &emit_args,
@@ -1222,6 +1691,8 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let postgres = args.postgres.then(Postgres::start);
+    let postgres = postgres.as_ref();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1238,23 +1709,35 @@ fn main() {
             idle(&args).await;
             return;
         }
+        let storage = match postgres {
+            Some(_) if args.hosts > 1 => format!("PostgreSQL, {} hosts", args.hosts),
+            Some(_) => "PostgreSQL, 1 host".to_string(),
+            None => "sled".to_string(),
+        };
         println!(
-            "\nscenario `{}`: {} events, {} webhook(s), {} emitting connection(s), batch {}{}\n",
+            "\nscenario `{}`: {} events, {} webhook(s), {} emitting connection(s), batch {}{}; {}\n",
             args.scenario,
             args.events,
             args.webhooks,
             args.concurrency,
             args.batch,
-            args.rate.map_or(String::new(), |r| format!(", {r} events/s"))
+            args.rate.map_or(String::new(), |r| format!(", {r} events/s")),
+            match postgres {
+                Some(postgres) => format!("{storage} on {}", postgres.describe()),
+                None => storage.clone(),
+            }
         );
         match args.scenario.as_str() {
             "flat" | "rate" => {
-                let run = run(&args, Extra::None, 1, 1).await;
+                let run = run(&args, postgres, Extra::None, 1, 1).await;
+                let what = format!("{}, {storage}", args.scenario);
                 println!("{HEADER}");
-                run.print(&args.scenario);
+                run.print(&what);
+                println!();
+                run.print_details(&what);
                 let raw = raw(run.deliveries.max(20_000), 32).await;
                 println!(
-                    "\n- raw limit: a keep-alive client, 32 in flight, same bodies, same receiver: **{raw:.0} requests/s**"
+                    "- raw limit: a keep-alive client, 32 in flight, same bodies, same receiver: **{raw:.0} requests/s**"
                 );
                 println!(
                     "- host / raw: **{:.3}**",
@@ -1262,13 +1745,16 @@ fn main() {
                 );
             }
             "slow" => {
-                let base = run(&args, Extra::Fast, 1, 1).await;
-                let slow = run(&args, Extra::Slow, 1, 1).await;
+                let base = run(&args, postgres, Extra::Fast, 1, 1).await;
+                let slow = run(&args, postgres, Extra::Slow, 1, 1).await;
                 println!("{HEADER}");
                 base.print("plus a webhook on a second fast receiver (baseline)");
                 slow.print("plus a webhook on a receiver answering after 2 s");
+                println!();
+                base.print_details("baseline");
+                slow.print_details("slow receiver");
                 println!(
-                    "\n- the slow receiver changed the others' throughput by **{:+.1}%**",
+                    "- the slow receiver changed the others' throughput by **{:+.1}%**",
                     (slow.rate() / base.rate() - 1.0) * 100.0
                 );
             }
@@ -1277,9 +1763,11 @@ fn main() {
                     webhooks: 1000,
                     ..args.clone()
                 };
-                let run = run(&args, Extra::None, 1000, 100).await;
+                let run = run(&args, postgres, Extra::None, 1000, 100).await;
                 println!("{HEADER}");
                 run.print("1,000 webhooks, 100 modules, one match per event");
+                println!();
+                run.print_details(&storage);
             }
             "backlog" => backlog(&args).await,
             "idle" => unreachable!("idle was run above"),

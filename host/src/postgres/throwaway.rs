@@ -1,10 +1,11 @@
 //! A throwaway PostgreSQL server for tests and benchmarks.
 //!
 //! [`Server::shared`] starts one server per process on first use; [`Server::start`] starts
-//! one of its own for tests that stop and restart the database. Each server gets a fresh
-//! cluster (`initdb`, trust authentication, superuser `wasmhooks`, UTF-8, locale C) in a
-//! directory under `$TMPDIR/wasmhooks-pg-<uid>/` and listens on 127.0.0.1 only, on a free
-//! port, with no Unix socket.
+//! one of its own for tests that stop and restart the database; [`Server::start_durable`]
+//! starts one with durable settings, for benchmarks. Each server gets a fresh cluster
+//! (`initdb`, trust authentication, superuser `wasmhooks`, UTF-8, locale C) in a directory
+//! under `$TMPDIR/wasmhooks-pg-<uid>/` and listens on 127.0.0.1 only, on a free port, with
+//! no Unix socket.
 //!
 //! It needs PostgreSQL's server binaries (`initdb`, `postgres`, and `psql` beside them or on
 //! `PATH`). They are looked for in the directory named by `WASMHOOKS_PG_BIN` if that is set,
@@ -12,13 +13,14 @@
 //! `/usr/lib/postgresql/*/bin` (Debian's layout). Missing binaries are an error, never a
 //! reason to skip: install Debian's `postgresql` package.
 //!
-//! The server is tuned for speed, not safety: `fsync`, `synchronous_commit` and
-//! `full_page_writes` are off, so its data is not durable against power loss or a kernel
-//! crash; a clean stop keeps everything. A server that is killed may also lose its last
-//! fraction of a second of commits, those whose WAL was not flushed yet (a `CHECKPOINT`, or
-//! `SET synchronous_commit = on` in the session, prevents that). It allows 200
-//! connections, has 64 MB of shared buffers, keeps dynamic shared memory in its data
-//! directory (not `/dev/shm`) and runs in UTC.
+//! Unless it is durable, a server is tuned for speed, not safety: `fsync`,
+//! `synchronous_commit` and `full_page_writes` are off, so its data is not durable against
+//! power loss or a kernel crash; a clean stop keeps everything. A server that is killed may
+//! also lose its last fraction of a second of commits, those whose WAL was not flushed yet (a
+//! `CHECKPOINT`, or `SET synchronous_commit = on` in the session, prevents that). A durable
+//! server has those three on, as a production server would: every commit waits until its WAL
+//! is on disk. Every server allows 200 connections, has 64 MB of shared buffers, keeps
+//! dynamic shared memory in its data directory (not `/dev/shm`) and runs in UTC.
 //!
 //! PostgreSQL refuses to run as root, so when this process is root the cluster is owned by,
 //! and the server runs as, the user `nobody`.
@@ -67,6 +69,9 @@ const PORT_ATTEMPTS: usize = 5;
 const POLL: Duration = Duration::from_millis(20);
 /// The file in a server directory that receives the server's output.
 const LOG_FILE: &str = "postgres.log";
+/// The settings a durable server runs with, given on its command line (which overrides
+/// `postgresql.conf`): PostgreSQL's defaults, under which a commit survives a crash.
+const DURABLE_SETTINGS: [&str; 3] = ["fsync=on", "synchronous_commit=on", "full_page_writes=on"];
 /// The settings appended to every cluster's `postgresql.conf`.
 const SETTINGS: &str = "
 # wasmhooks throwaway server: fast, not durable against power loss; a clean stop keeps all.
@@ -93,6 +98,8 @@ pub struct Server {
     /// The directory holding `initdb` and `postgres`.
     bin: &'static Path,
     port: u16,
+    /// Whether it runs with [`DURABLE_SETTINGS`].
+    durable: bool,
     /// The running postmaster, `None` while stopped.
     postmaster: Mutex<Option<Child>>,
 }
@@ -131,6 +138,16 @@ impl Server {
 
     /// A new server of its own, for tests that stop and restart the database.
     pub fn start() -> Result<Server, ServerError> {
+        Server::start_with(false)
+    }
+
+    /// A new server of its own whose commits are durable (`fsync`, `synchronous_commit` and
+    /// `full_page_writes` on), for benchmarks that measure what a production server would do.
+    pub fn start_durable() -> Result<Server, ServerError> {
+        Server::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<Server, ServerError> {
         let bin = bin_dir()?;
         let base = base_dir()?;
         reap_stale(&base);
@@ -140,6 +157,7 @@ impl Server {
             dir,
             bin,
             port: 0,
+            durable,
             postmaster: Mutex::new(None),
         };
         server.launch_on_free_port()?;
@@ -296,7 +314,13 @@ impl Server {
             .arg("-p")
             .arg(port.to_string())
             .arg("-c")
-            .arg(format!("cluster_name={}", self.cluster_name()))
+            .arg(format!("cluster_name={}", self.cluster_name()));
+        if self.durable {
+            for setting in DURABLE_SETTINGS {
+                command.arg("-c").arg(setting);
+            }
+        }
+        command
             .current_dir(self.dir.path())
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
