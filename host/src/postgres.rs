@@ -24,6 +24,7 @@
 //!   plugin state and the host's own secrets.
 //! - `ingest.rs`: events with their deliveries, routed (debounce, batches, in-order lines).
 //! - `deliveries.rs`: reading, claiming and writing deliveries.
+//! - `outcomes.rs`: plain outcomes finished at once, written in one statement.
 //! - `queue.rs`: the due queue, lapsed claims, the hosts sharing the database.
 //! - `pruning.rs`: retention.
 //! - `throwaway.rs`: a PostgreSQL server of its own, for tests and benchmarks.
@@ -32,6 +33,7 @@ mod definitions;
 mod deliveries;
 mod ingest;
 mod listen;
+mod outcomes;
 mod pruning;
 mod queue;
 mod schema;
@@ -102,6 +104,8 @@ struct Inner {
     /// the earliest due time queued since the scheduler last asked, by this handle or by
     /// another host.
     channels: listen::Channels,
+    /// Where plain outcomes are written together (`outcomes.rs`).
+    outcomes: outcomes::Outcomes,
     /// When lapsed claims were last released (wall clock, ms).
     reaped_at: std::sync::atomic::AtomicI64,
     /// Why the last try to get a connection failed (`None`: it worked).
@@ -176,8 +180,10 @@ impl Postgres {
                     message: e.to_string(),
                 })?
         };
+        let outcomes = outcomes::Outcomes::start(&pool, &runtime);
         let engine = Postgres {
             inner: Arc::new(Inner {
+                outcomes,
                 pool,
                 sealer,
                 runtime: Some(runtime),

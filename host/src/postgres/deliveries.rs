@@ -6,15 +6,16 @@
 //! overlapping passes never wait for, or deadlock with, each other; the one passed over is
 //! the other's.
 //!
-//! A plain delivery's outcome is one statement: the row is written only where its version
-//! and its claim are still those the worker had, and the queue (the `due` column) moves with
-//! it. Plugin state changes, or pins to drop, make it a transaction.
+//! An outcome is written only where the row's version and claim are still those the worker
+//! had, and the queue (the `due` column) moves with it. Plain outcomes finished together share
+//! one statement (`outcomes.rs`); plugin state changes, or pins to drop, make a transaction.
 
 use std::collections::HashMap;
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
+use super::outcomes::PlainOutcome;
 use super::{cached, db_error, decode, encode, Postgres};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, Event, EventId, Millis};
 use crate::storage::{
@@ -71,16 +72,16 @@ const WRITE_COLUMNS: &str = "record = $2, version = $3, status = $4, event_id = 
     collecting = CASE WHEN $9 THEN NULL ELSE deliveries.collecting END";
 
 /// The values of [`WRITE_COLUMNS`], for `delivery` at its new version.
-struct WriteValues {
-    id: String,
-    record: Vec<u8>,
-    version: i64,
-    status: &'static str,
-    event: String,
-    due: Option<i64>,
-    class: Option<i16>,
-    finished_at: Option<i64>,
-    is_final: bool,
+pub(super) struct WriteValues {
+    pub(super) id: String,
+    pub(super) record: Vec<u8>,
+    pub(super) version: i64,
+    pub(super) status: &'static str,
+    pub(super) event: String,
+    pub(super) due: Option<i64>,
+    pub(super) class: Option<i16>,
+    pub(super) finished_at: Option<i64>,
+    pub(super) is_final: bool,
 }
 
 impl WriteValues {
@@ -321,28 +322,31 @@ impl Postgres {
         state: Option<StateWrite<'_>>,
         keep: bool,
     ) -> Result<(), StorageError> {
-        let values = WriteValues::of(delivery);
-        let mut params: Vec<&(dyn ToSql + Sync)> = values.params().to_vec();
         let read = read as i64;
         let holder = claim.holder as i64;
         let claim_due = claim.due.as_i64();
-        params.extend([&read as &(dyn ToSql + Sync), &holder, &claim_due, &keep]);
-        let statement = format!(
-            "UPDATE deliveries SET {WRITE_COLUMNS},
-                 claim_holder = CASE WHEN $13 THEN claim_holder END,
-                 claim_due = CASE WHEN $13 THEN claim_due END,
-                 claim_until = CASE WHEN $13 THEN claim_until END
-             WHERE id = $1 AND version = $10 AND claim_holder = $11 AND claim_due = $12"
-        );
         let changes = state.filter(|s| !s.changes.is_empty());
-        let mut client = self.client().await?;
         let written = if changes.is_none() && !holds_pins(delivery) {
-            client
-                .execute(&cached(&client, &statement).await?, &params)
-                .await
-                .map_err(db_error)?
-                == 1
+            let outcome = PlainOutcome {
+                values: WriteValues::of(delivery),
+                read,
+                holder,
+                claim_due,
+                keep,
+            };
+            self.inner.outcomes.write(outcome).await?
         } else {
+            let values = WriteValues::of(delivery);
+            let mut params: Vec<&(dyn ToSql + Sync)> = values.params().to_vec();
+            params.extend([&read as &(dyn ToSql + Sync), &holder, &claim_due, &keep]);
+            let statement = format!(
+                "UPDATE deliveries SET {WRITE_COLUMNS},
+                     claim_holder = CASE WHEN $13 THEN claim_holder END,
+                     claim_due = CASE WHEN $13 THEN claim_due END,
+                     claim_until = CASE WHEN $13 THEN claim_until END
+                 WHERE id = $1 AND version = $10 AND claim_holder = $11 AND claim_due = $12"
+            );
+            let mut client = self.client().await?;
             let transaction = client.transaction().await.map_err(db_error)?;
             let written = transaction
                 .execute(&cached(&transaction, &statement).await?, &params)
@@ -359,6 +363,7 @@ impl Postgres {
             return Ok(());
         }
         // Refused: say why, and end the claim if it is still this one's.
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 &cached(
