@@ -52,7 +52,8 @@ pub struct Metrics {
     throttled_webhooks: Gauge,
     webhook_evaluation: Family<Labels, Gauge<f64, AtomicU64>>,
     store_bytes: Gauge,
-    free_bytes: Gauge,
+    /// No labels; empty (the metric absent) where the engine cannot see its disk.
+    free_bytes: Family<Labels, Gauge>,
     pruned: Family<Labels, Counter>,
     prune_passes: Counter,
     prune_pass_duration: Gauge<f64, AtomicU64>,
@@ -145,7 +146,7 @@ impl Metrics {
             throttled_webhooks: Gauge::default(),
             webhook_evaluation: Family::default(),
             store_bytes: Gauge::default(),
-            free_bytes: Gauge::default(),
+            free_bytes: Family::default(),
             pruned: Family::default(),
             prune_passes: Counter::default(),
             prune_pass_duration: Gauge::default(),
@@ -238,7 +239,7 @@ impl Metrics {
         );
         registry.register(
             "store_free_bytes",
-            "Free bytes on the data directory's filesystem",
+            "Free bytes on the data directory's filesystem (absent on PostgreSQL)",
             self.free_bytes.clone(),
         );
         for kind in ["deliveries", "events"] {
@@ -360,8 +361,13 @@ impl Metrics {
         }
         self.store_bytes
             .set(i64::try_from(gauges.store_bytes).unwrap_or(i64::MAX));
-        if let Some(free) = gauges.free_bytes {
-            self.free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
+        match gauges.free_bytes {
+            Some(free) => {
+                self.free_bytes
+                    .get_or_create(&Vec::new())
+                    .set(i64::try_from(free).unwrap_or(i64::MAX));
+            }
+            None => self.free_bytes.clear(),
         }
         self.storage.set(gauges.connections);
         let mut text = String::new();
@@ -406,11 +412,19 @@ mod tests {
             "wasmhooks_endpoint_in_flight{endpoint=\"http://127.0.0.1:9\"} 2",
             "wasmhooks_webhook_evaluation_ms_per_second{webhook=\"wh_1\"} 1.5",
             "wasmhooks_store_size_bytes 4096",
+            "wasmhooks_store_free_bytes 1073741824",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
         // An endpoint with nothing in flight is gone from the next scrape.
         let text = metrics.scrape(&Gauges::default());
         assert!(!text.contains("127.0.0.1:9"), "{text}");
+        // An engine that cannot see its disk shows no free space rather than none free.
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("wasmhooks_store_free_bytes")),
+            "{text}"
+        );
     }
 }
