@@ -7,6 +7,7 @@
 //! and a reader that has seen a position has seen every one before it. The feed keeps the
 //! last [`KEPT`] positions; a reader from before the last one dropped reads everything again.
 
+use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
 use super::{cached, db_error, decode, encode, record_error, seal_context, Postgres};
@@ -140,117 +141,11 @@ impl Postgres {
             )
             .await
             .map_err(db_error)?;
-        let written = match &write {
-            FedWrite::Webhook(webhook, sealed) => {
-                let read = webhook.version as i64 - 1;
-                let statement = if read == 0 {
-                    "INSERT INTO webhooks (id, version, tenant, record) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (id) DO NOTHING"
-                } else {
-                    "UPDATE webhooks SET version = $2, tenant = $3, record = $4
-                     WHERE id = $1 AND version = $2::int8 - 1"
-                };
-                let version = webhook.version as i64;
-                let params: [&(dyn ToSql + Sync); 4] =
-                    [&webhook.id.as_str(), &version, &webhook.tenant, sealed];
-                transaction
-                    .execute(statement, &params)
-                    .await
-                    .map_err(db_error)?
-                    == 1
-            }
-            FedWrite::Connection(connection, sealed) => {
-                let read = connection.version as i64 - 1;
-                let statement = if read == 0 {
-                    "INSERT INTO connections (id, version, record) VALUES ($1, $2, $3)
-                     ON CONFLICT (id) DO NOTHING"
-                } else {
-                    "UPDATE connections SET version = $2, record = $3
-                     WHERE id = $1 AND version = $2::int8 - 1"
-                };
-                let version = connection.version as i64;
-                transaction
-                    .execute(statement, &[&connection.id.as_str(), &version, sealed])
-                    .await
-                    .map_err(db_error)?
-                    == 1
-            }
-            FedWrite::Signing(id, sealed) => {
-                transaction
-                    .execute(
-                        &cached(
-                            &transaction,
-                            "INSERT INTO signing_keys (webhook_id, record) VALUES ($1, $2)
-                         ON CONFLICT (webhook_id) DO UPDATE SET record = excluded.record",
-                        )
-                        .await?,
-                        &[&id.as_str(), sealed],
-                    )
-                    .await
-                    .map_err(db_error)?;
-                true
-            }
-            FedWrite::DeleteWebhook(id) => {
-                transaction
-                    .execute(
-                        &cached(
-                            &transaction,
-                            "WITH gone AS (DELETE FROM webhooks WHERE id = $1),
-                              secrets AS (DELETE FROM signing_keys WHERE webhook_id = $1)
-                         DELETE FROM plugin_state WHERE webhook_id = $1",
-                        )
-                        .await?,
-                        &[&id.as_str()],
-                    )
-                    .await
-                    .map_err(db_error)?;
-                true
-            }
-            FedWrite::DeleteConnection(id) => {
-                transaction
-                    .execute(
-                        &cached(&transaction, "DELETE FROM connections WHERE id = $1").await?,
-                        &[&id.as_str()],
-                    )
-                    .await
-                    .map_err(db_error)?;
-                true
-            }
-        };
-        if !written {
+        if !write_record(&transaction, &write).await? {
             return Ok(false);
         }
         let (kind, id) = write.changed();
-        let row = transaction
-            .query_one(
-                &cached(
-                    &transaction,
-                    "INSERT INTO definition_changes (position, kind, id)
-                 VALUES (nextval('definition_feed'), $1, $2) RETURNING position",
-                )
-                .await?,
-                &[&kind, &id],
-            )
-            .await
-            .map_err(db_error)?;
-        let position: i64 = row.get(0);
-        // Usually nothing or one entry to drop; the last dropped is noted for readers.
-        transaction
-            .execute(
-                &cached(
-                    &transaction,
-                    "WITH dropped AS (
-                     DELETE FROM definition_changes WHERE position <= $1 RETURNING position
-                 )
-                 INSERT INTO meta (key, value)
-                 SELECT $2, int8send(max(position)) FROM dropped HAVING count(*) > 0
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )
-                .await?,
-                &[&(position - KEPT), &TRIMMED],
-            )
-            .await
-            .map_err(db_error)?;
+        append_change(&transaction, kind, id).await?;
         // Heard by every host at commit: their catalogs read the feed at once.
         transaction
             .execute(
@@ -322,7 +217,10 @@ impl Postgres {
         sealed: bool,
     ) -> Result<Vec<T>, StorageError> {
         let client = self.client().await?;
-        let rows = client.query(statement, params).await.map_err(db_error)?;
+        let rows = client
+            .query(&cached(&client, statement).await?, params)
+            .await
+            .map_err(db_error)?;
         rows.iter()
             .map(|row| {
                 let key: &str = row.get(0);
@@ -336,13 +234,28 @@ impl Postgres {
             .collect()
     }
 
+    /// The one record `statement` finds by `key` (`$1`), read as [`Postgres::records`] does.
+    async fn record<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &str,
+        statement: &str,
+        key: &str,
+        sealed: bool,
+    ) -> Result<Option<T>, StorageError> {
+        let found = self.records(table, statement, &[&key], sealed).await?;
+        Ok(found.into_iter().next())
+    }
+
     async fn execute(
         &self,
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StorageError> {
         let client = self.client().await?;
-        client.execute(statement, params).await.map_err(db_error)
+        client
+            .execute(&cached(&client, statement).await?, params)
+            .await
+            .map_err(db_error)
     }
 }
 
@@ -363,6 +276,134 @@ fn versioned(
             Err(e)
         }
     }
+}
+
+/// Writes the record of `write` (not yet its feed entry); `false` when a versioned write
+/// found another version stored.
+async fn write_record(
+    client: &impl GenericClient,
+    write: &FedWrite<'_>,
+) -> Result<bool, StorageError> {
+    let written = match write {
+        FedWrite::Webhook(webhook, sealed) => {
+            let read = webhook.version as i64 - 1;
+            let statement = if read == 0 {
+                "INSERT INTO webhooks (id, version, tenant, record) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO NOTHING"
+            } else {
+                "UPDATE webhooks SET version = $2, tenant = $3, record = $4
+                 WHERE id = $1 AND version = $2::int8 - 1"
+            };
+            let version = webhook.version as i64;
+            let params: [&(dyn ToSql + Sync); 4] =
+                [&webhook.id.as_str(), &version, &webhook.tenant, sealed];
+            client
+                .execute(&cached(client, statement).await?, &params)
+                .await
+                .map_err(db_error)?
+                == 1
+        }
+        FedWrite::Connection(connection, sealed) => {
+            let read = connection.version as i64 - 1;
+            let statement = if read == 0 {
+                "INSERT INTO connections (id, version, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO NOTHING"
+            } else {
+                "UPDATE connections SET version = $2, record = $3
+                 WHERE id = $1 AND version = $2::int8 - 1"
+            };
+            let version = connection.version as i64;
+            client
+                .execute(
+                    &cached(client, statement).await?,
+                    &[&connection.id.as_str(), &version, sealed],
+                )
+                .await
+                .map_err(db_error)?
+                == 1
+        }
+        FedWrite::Signing(id, sealed) => {
+            client
+                .execute(
+                    &cached(
+                        client,
+                        "INSERT INTO signing_keys (webhook_id, record) VALUES ($1, $2)
+                     ON CONFLICT (webhook_id) DO UPDATE SET record = excluded.record",
+                    )
+                    .await?,
+                    &[&id.as_str(), sealed],
+                )
+                .await
+                .map_err(db_error)?;
+            true
+        }
+        FedWrite::DeleteWebhook(id) => {
+            client
+                .execute(
+                    &cached(
+                        client,
+                        "WITH gone AS (DELETE FROM webhooks WHERE id = $1),
+                          secrets AS (DELETE FROM signing_keys WHERE webhook_id = $1)
+                     DELETE FROM plugin_state WHERE webhook_id = $1",
+                    )
+                    .await?,
+                    &[&id.as_str()],
+                )
+                .await
+                .map_err(db_error)?;
+            true
+        }
+        FedWrite::DeleteConnection(id) => {
+            client
+                .execute(
+                    &cached(client, "DELETE FROM connections WHERE id = $1").await?,
+                    &[&id.as_str()],
+                )
+                .await
+                .map_err(db_error)?;
+            true
+        }
+    };
+    Ok(written)
+}
+
+/// Appends a change of `kind` to `id` to the feed, dropping what is past [`KEPT`] (usually
+/// nothing or one entry; the last dropped is noted for readers).
+async fn append_change(
+    client: &impl GenericClient,
+    kind: &str,
+    id: &str,
+) -> Result<(), StorageError> {
+    let row = client
+        .query_one(
+            &cached(
+                client,
+                "INSERT INTO definition_changes (position, kind, id)
+                 VALUES (nextval('definition_feed'), $1, $2) RETURNING position",
+            )
+            .await?,
+            &[&kind, &id],
+        )
+        .await
+        .map_err(db_error)?;
+    let position: i64 = row.get(0);
+    client
+        .execute(
+            &cached(
+                client,
+                "WITH dropped AS (
+                     DELETE FROM definition_changes WHERE position <= $1 RETURNING position
+                 )
+                 INSERT INTO meta (key, value)
+                 SELECT $2, int8send(max(position)) FROM dropped HAVING count(*) > 0
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .await?,
+            &[&(position - KEPT), &TRIMMED],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(())
 }
 
 impl Definitions for Postgres {
@@ -388,16 +429,15 @@ impl Definitions for Postgres {
     }
 
     fn module_info(&self, id: &ModuleId) -> Result<Option<ModuleInfo>, StorageError> {
-        let found = self.call(
+        self.call(
             "module_info",
-            self.records(
+            self.record(
                 "modules",
                 "SELECT id, info FROM modules WHERE id = $1",
-                &[&id.as_str()],
+                id.as_str(),
                 false,
             ),
-        )?;
-        Ok(found.into_iter().next())
+        )
     }
 
     fn module_bytes(&self, id: &ModuleId) -> Result<Option<Vec<u8>>, StorageError> {
@@ -449,16 +489,15 @@ impl Definitions for Postgres {
     }
 
     fn webhook(&self, id: &WebhookId) -> Result<Option<Webhook>, StorageError> {
-        let found = self.call(
+        self.call(
             "webhook",
-            self.records(
+            self.record(
                 "webhooks",
                 "SELECT id, record FROM webhooks WHERE id = $1",
-                &[&id.as_str()],
+                id.as_str(),
                 true,
             ),
-        )?;
-        Ok(found.into_iter().next())
+        )
     }
 
     fn webhooks(&self) -> Result<Vec<Webhook>, StorageError> {
@@ -487,16 +526,15 @@ impl Definitions for Postgres {
     }
 
     fn connection(&self, id: &ConnectionId) -> Result<Option<Connection>, StorageError> {
-        let found = self.call(
+        self.call(
             "connection",
-            self.records(
+            self.record(
                 "connections",
                 "SELECT id, record FROM connections WHERE id = $1",
-                &[&id.as_str()],
+                id.as_str(),
                 true,
             ),
-        )?;
-        Ok(found.into_iter().next())
+        )
     }
 
     fn delete_connection(&self, id: &ConnectionId) -> Result<(), StorageError> {
@@ -533,16 +571,15 @@ impl Definitions for Postgres {
     }
 
     fn api_key(&self, id: &ApiKeyId) -> Result<Option<ApiKey>, StorageError> {
-        let found = self.call(
+        self.call(
             "api_key",
-            self.records(
+            self.record(
                 "api_keys",
                 "SELECT id, record FROM api_keys WHERE id = $1",
-                &[&id.as_str()],
+                id.as_str(),
                 false,
             ),
-        )?;
-        Ok(found.into_iter().next())
+        )
     }
 
     fn api_keys(&self) -> Result<Vec<ApiKey>, StorageError> {
@@ -558,16 +595,15 @@ impl Definitions for Postgres {
     }
 
     fn signing_keys(&self, id: &WebhookId) -> Result<Option<SigningKeys>, StorageError> {
-        let found = self.call(
+        self.call(
             "signing_keys",
-            self.records(
+            self.record(
                 "signing",
                 "SELECT webhook_id, record FROM signing_keys WHERE webhook_id = $1",
-                &[&id.as_str()],
+                id.as_str(),
                 true,
             ),
-        )?;
-        Ok(found.into_iter().next())
+        )
     }
 
     fn put_signing_keys(&self, id: &WebhookId, keys: &SigningKeys) -> Result<(), StorageError> {
