@@ -17,6 +17,22 @@ const PIN_LOCK: i64 = 0x7768_2d70_696e_7321;
 /// whose write failed after its pin).
 const STALE_PIN_MS: i64 = 3_600_000;
 
+/// Where an event walk has got to, in receipt order (ties by tenant and id).
+struct EventCursor {
+    received_at: i64,
+    tenant: String,
+    id: String,
+}
+
+impl EventCursor {
+    /// Before every event.
+    const START: EventCursor = EventCursor {
+        received_at: i64::MIN,
+        tenant: String::new(),
+        id: String::new(),
+    };
+}
+
 impl Postgres {
     /// Every webhook with finished deliveries, walking the index one webhook at a time.
     async fn webhooks_with_finished(&self) -> Result<Vec<String>, StorageError> {
@@ -71,8 +87,16 @@ impl Postgres {
             .map_err(db_error)
     }
 
-    /// Removes at most `batch` events received before `before` that nothing needs.
-    async fn remove_events(&self, before: Millis, batch: i64) -> Result<u64, StorageError> {
+    /// Looks at the next `batch` events received before `before`, after `from` in receipt
+    /// order, and removes those nothing needs: how many it removed, and the last one it
+    /// looked at (`None`: none were left). Events kept (a pending delivery or a pin needs
+    /// them) are passed over once per pass, not read again by every batch.
+    async fn remove_events(
+        &self,
+        before: Millis,
+        batch: i64,
+        from: &EventCursor,
+    ) -> Result<(u64, Option<EventCursor>), StorageError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(db_error)?;
         transaction
@@ -82,40 +106,59 @@ impl Postgres {
             )
             .await
             .map_err(db_error)?;
-        let removed = transaction
-            .execute(
+        let rows = transaction
+            .query(
                 &cached(
                     &transaction,
-                    "DELETE FROM events WHERE (tenant, id) IN (
-                     SELECT e.tenant, e.id FROM events e
-                     WHERE e.received_at < $1
-                       AND NOT EXISTS (
-                           SELECT 1 FROM deliveries d
-                           WHERE d.status = 'pending' AND d.events_tenant = e.tenant
-                             AND d.event_id = e.id)
-                       AND NOT EXISTS (
-                           SELECT 1 FROM pins p
-                           WHERE p.events_tenant = e.tenant AND p.event_id = e.id
-                             AND (EXISTS (SELECT 1 FROM deliveries d
-                                          WHERE d.id = p.delivery_id AND d.status = 'pending')
-                                  OR (p.pinned_at >= $3 AND NOT EXISTS (
-                                          SELECT 1 FROM deliveries d
-                                          WHERE d.id = p.delivery_id))))
-                     ORDER BY e.received_at
+                    "WITH page AS (
+                     SELECT e.received_at, e.tenant, e.id,
+                            NOT EXISTS (
+                                SELECT 1 FROM deliveries d
+                                WHERE d.status = 'pending' AND d.events_tenant = e.tenant
+                                  AND d.event_id = e.id)
+                            AND NOT EXISTS (
+                                SELECT 1 FROM pins p
+                                WHERE p.events_tenant = e.tenant AND p.event_id = e.id
+                                  AND (EXISTS (SELECT 1 FROM deliveries d
+                                               WHERE d.id = p.delivery_id
+                                                 AND d.status = 'pending')
+                                       OR (p.pinned_at >= $3 AND NOT EXISTS (
+                                               SELECT 1 FROM deliveries d
+                                               WHERE d.id = p.delivery_id)))) AS unneeded
+                     FROM events e
+                     WHERE e.received_at < $1 AND (e.received_at, e.tenant, e.id) > ($4, $5, $6)
+                     ORDER BY e.received_at, e.tenant, e.id
                      LIMIT $2
-                 )",
+                 ), gone AS (
+                     DELETE FROM events e USING page
+                     WHERE page.unneeded AND e.tenant = page.tenant AND e.id = page.id
+                 )
+                 SELECT received_at, tenant, id, unneeded FROM page
+                 ORDER BY received_at, tenant, id",
                 )
                 .await?,
                 &[
                     &before.as_i64(),
                     &batch,
                     &(wall_clock().as_i64() - STALE_PIN_MS),
+                    &from.received_at,
+                    &from.tenant,
+                    &from.id,
                 ],
             )
             .await
             .map_err(db_error)?;
         transaction.commit().await.map_err(db_error)?;
-        Ok(removed)
+        let removed = rows.iter().filter(|row| row.get::<_, bool>(3)).count() as u64;
+        let last = match rows.last() {
+            Some(last) if rows.len() as i64 == batch => Some(EventCursor {
+                received_at: last.get(0),
+                tenant: last.get(1),
+                id: last.get(2),
+            }),
+            _ => None,
+        };
+        Ok((removed, last))
     }
 
     /// Drops pins that hold nothing any more: their delivery finished, or was never written
@@ -255,11 +298,14 @@ impl Pruning for Postgres {
         let batch = batch.max(1) as i64;
         self.call("prune_events", self.drop_stale_pins())?;
         let mut removed = 0;
+        let mut from = EventCursor::START;
         loop {
-            let step = self.call("prune_events", self.remove_events(before, batch))?;
+            let (step, last) =
+                self.call("prune_events", self.remove_events(before, batch, &from))?;
             removed += step;
-            if (step as i64) < batch || stop(removed) {
-                return Ok(removed);
+            match last {
+                Some(last) if !stop(removed) => from = last,
+                _ => return Ok(removed),
             }
         }
     }

@@ -25,7 +25,8 @@ const MIGRATION_LOCK: i64 = 0x7761_736d_686f_6f6b;
 
 /// The migrations, in order; a migration's number is its place here, from 1. Never edit one
 /// that has shipped: add another.
-const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key text PRIMARY KEY,
     value bytea NOT NULL
@@ -117,7 +118,13 @@ CREATE TABLE hosts (
     holder bigint PRIMARY KEY,
     seen_at bigint NOT NULL
 );
-"#];
+"#,
+    // The event walk of retention goes on from where it got to: receipt order, ties by key.
+    r#"
+CREATE INDEX events_by_receipt_key ON events (received_at, tenant, id);
+DROP INDEX events_by_receipt;
+"#,
+];
 
 /// Makes the schema when missing and runs the migrations it has not had.
 pub(super) async fn migrate(pool: &Pool, schema: &str) -> Result<(), StorageError> {

@@ -79,7 +79,8 @@ fn hosts_starting_together_migrate_once_and_all_open() {
             &format!("SELECT count(*) FROM {}.migrations", settings.schema),
         )
         .unwrap();
-    assert_eq!(applied.trim(), "1", "each migration ran once");
+    let ran = super::schema::MIGRATIONS.len();
+    assert_eq!(applied.trim(), ran.to_string(), "each migration ran once");
 }
 
 #[test]
