@@ -114,10 +114,13 @@ async fn write_while_open(pool: Pool, receiver: Arc<Mutex<mpsc::UnboundedReceive
         }
         // One row is written once per statement: a second outcome for it waits for the next.
         let mut ids = HashSet::with_capacity(taken.len());
-        let (batch, later): (Vec<Waiting>, Vec<Waiting>) = taken
+        let (mut batch, later): (Vec<Waiting>, Vec<Waiting>) = taken
             .into_iter()
             .partition(|waiting| ids.insert(waiting.outcome.values.id.clone()));
         held_over = later;
+        // Rows are locked in id order, as a pass's claims lock them: two writes that meet on
+        // a row (a host writing over a claim it lost) wait for each other, never deadlock.
+        batch.sort_unstable_by(|a, b| a.outcome.values.id.cmp(&b.outcome.values.id));
         match write(&pool, &batch).await {
             Ok(written) => {
                 for waiting in batch {
