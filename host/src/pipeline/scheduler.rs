@@ -37,7 +37,7 @@ pub(super) struct Slots {
 
 /// What a started delivery holds until it ends.
 pub(super) struct Started {
-    /// Its endpoint, freed when it ends.
+    /// Its endpoint, freed once its requests are answered (taken out then), or when it ends.
     endpoint: Option<Arc<str>>,
     /// Its webhook's tenant, whose count of deliveries in flight it is in.
     tenant: Option<String>,
@@ -362,7 +362,8 @@ impl Pipeline {
             async move {
                 let (due, id) = (claimed.claim.due, claimed.claim.id.clone());
                 let hand_back = &mut started.hand_back;
-                if let Err(e) = this.process(claimed, admission, hand_back).await {
+                let endpoint = &mut started.endpoint;
+                if let Err(e) = this.process(claimed, admission, hand_back, endpoint).await {
                     tracing::error!("storage error, will retry: {e}");
                     this.postpone(due, &id);
                 }

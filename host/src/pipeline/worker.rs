@@ -49,12 +49,14 @@ impl Pipeline {
     /// When `hand_back` turns true (shutdown), a request waiting for its answer is dropped and
     /// the delivery written as due again. The `admission` (see
     /// [`crate::fair_share::FairShare::admit`]) is given back once the plugin has run, or when
-    /// it need not.
+    /// it need not. The place at its `endpoint` is let go (taken out) once its requests are
+    /// answered: writing the outcome holds no receiver's place.
     pub(super) async fn process(
         &self,
         claimed: Claimed,
         admission: Option<Admission>,
         hand_back: &mut watch::Receiver<bool>,
+        endpoint: &mut Option<Arc<str>>,
     ) -> Result<(), StorageError> {
         let Claimed {
             claim,
@@ -62,7 +64,7 @@ impl Pipeline {
             event,
         } = claimed;
         let id = &claim.id;
-        let work = self.work(&claim, delivery, event, admission, hand_back);
+        let work = self.work(&claim, delivery, event, admission, hand_back, endpoint);
         match self.renewing(&claim, work).await {
             Ok(Some(sent)) => {
                 // After the claim ended: what the round means for its webhook.
@@ -108,6 +110,7 @@ impl Pipeline {
         event: Option<Event>,
         admission: Option<Admission>,
         hand_back: &mut watch::Receiver<bool>,
+        endpoint: &mut Option<Arc<str>>,
     ) -> Result<Option<Sent>, StorageError> {
         delivery.updated_at = self.now();
         let webhook = match self.look(&delivery)? {
@@ -148,6 +151,11 @@ impl Pipeline {
         let round = self
             .send_round(&webhook, &mut delivery, &mut state, hand_back)
             .await;
+        // Nothing more goes to the receiver in this step: its place is free for the next.
+        if let Some(endpoint) = endpoint.take() {
+            self.endpoints.finish(&endpoint);
+            self.wake.notify_one();
+        }
         if delivery.status == DeliveryStatus::Delivered {
             // Emitted before the delivery is recorded as delivered, under an id made from
             // the delivery's: a crash in between resends, and the event is not doubled.
