@@ -180,7 +180,10 @@ impl Postgres {
                     message: e.to_string(),
                 })?
         };
-        let outcomes = outcomes::Outcomes::start(&pool, &runtime);
+        // The database ends a statement at its timeout; a connection that stopped answering
+        // is given up a little later.
+        let write_limit = settings.statement_timeout + settings.connect_timeout;
+        let outcomes = outcomes::Outcomes::start(&pool, &runtime, write_limit);
         let engine = Postgres {
             inner: Arc::new(Inner {
                 outcomes,

@@ -7,18 +7,24 @@
 //! once; under load, the outcomes that arrived during one write share the next. Two writers
 //! run, so one slow commit does not hold back every worker.
 //!
+//! When a write of several fails (a row the database refuses, a deadlock, a connection
+//! lost), each of its outcomes is written again alone, so one outcome's trouble is never its
+//! neighbours'. A write that outlasts the statement timeout (a connection that stopped
+//! answering) is given up and its connection dropped. A writer that panics is started again.
+//!
 //! Only plain outcomes come here: one carrying plugin state or dropping pins is a
 //! transaction of its own (`deliveries.rs`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::ToSql;
 
 use super::deliveries::WriteValues;
-use super::{cached, db_error};
+use super::{cached, db_error, PgError};
 use crate::storage::StorageError;
 
 /// Most outcomes one statement writes.
@@ -28,8 +34,19 @@ const MOST_PER_WRITE: usize = 256;
 const WRITERS: usize = 2;
 
 /// The statement: each outcome's row is written where its version and its claim are still
-/// those the worker had; the ids of the rows written come back.
-const WRITE: &str = "UPDATE deliveries AS d SET
+/// those the worker had; the ids of the rows written come back. The rows are locked first,
+/// in id order (as a pass's claims lock them), so two writes that meet on rows wait for each
+/// other rather than deadlock, whatever plan the update takes.
+const WRITE: &str = "WITH o AS (
+        SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::text[], $5::text[],
+                             $6::bigint[], $7::smallint[], $8::bigint[], $9::boolean[],
+                             $10::bigint[], $11::bigint[], $12::bigint[], $13::boolean[])
+            AS o(id, record, version, status, event_id, due, class, finished_at, is_final,
+                 read, holder, claim_due, keep)
+    ), locked AS (
+        SELECT id FROM deliveries WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+    )
+    UPDATE deliveries AS d SET
         record = o.record, version = o.version, status = o.status, event_id = o.event_id,
         due = o.due, finished_class = o.class, finished_at = o.finished_at,
         line = CASE WHEN o.is_final THEN NULL ELSE d.line END,
@@ -37,11 +54,7 @@ const WRITE: &str = "UPDATE deliveries AS d SET
         claim_holder = CASE WHEN o.keep THEN d.claim_holder END,
         claim_due = CASE WHEN o.keep THEN d.claim_due END,
         claim_until = CASE WHEN o.keep THEN d.claim_until END
-    FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::text[], $5::text[], $6::bigint[],
-                $7::smallint[], $8::bigint[], $9::boolean[], $10::bigint[], $11::bigint[],
-                $12::bigint[], $13::boolean[])
-        AS o(id, record, version, status, event_id, due, class, finished_at, is_final,
-             read, holder, claim_due, keep)
+    FROM o JOIN locked ON locked.id = o.id
     WHERE d.id = o.id AND d.version = o.read
         AND d.claim_holder = o.holder AND d.claim_due = o.claim_due
     RETURNING d.id";
@@ -68,12 +81,17 @@ pub(super) struct Outcomes {
 }
 
 impl Outcomes {
-    /// Starts the writers on `runtime`, with connections from `pool`.
-    pub(super) fn start(pool: &Pool, runtime: &tokio::runtime::Runtime) -> Outcomes {
+    /// Starts the writers on `runtime`, with connections from `pool`; a write is given up
+    /// after `limit`.
+    pub(super) fn start(
+        pool: &Pool,
+        runtime: &tokio::runtime::Runtime,
+        limit: Duration,
+    ) -> Outcomes {
         let (sender, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..WRITERS {
-            runtime.spawn(write_while_open(pool.clone(), receiver.clone()));
+            runtime.spawn(keep_writing(pool.clone(), receiver.clone(), limit));
         }
         Outcomes { sender }
     }
@@ -92,8 +110,25 @@ impl Outcomes {
     }
 }
 
+/// Where writers take outcomes from.
+type Receiver = Arc<Mutex<mpsc::UnboundedReceiver<Waiting>>>;
+
+/// One writer, started again should it panic (the outcomes it held are answered with an
+/// error: their deliveries go again), until the engine is dropped.
+async fn keep_writing(pool: Pool, receiver: Receiver, limit: Duration) {
+    loop {
+        let writer = tokio::spawn(write_while_open(pool.clone(), receiver.clone(), limit));
+        match writer.await {
+            Err(e) if e.is_panic() => {
+                tracing::error!("a PostgreSQL outcome writer panicked; starting another");
+            }
+            _ => return,
+        }
+    }
+}
+
 /// One writer: takes what is waiting and writes it, until the engine is dropped.
-async fn write_while_open(pool: Pool, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Waiting>>>) {
+async fn write_while_open(pool: Pool, receiver: Receiver, limit: Duration) {
     let mut held_over: Vec<Waiting> = Vec::new();
     loop {
         let mut taken = std::mem::take(&mut held_over);
@@ -118,16 +153,31 @@ async fn write_while_open(pool: Pool, receiver: Arc<Mutex<mpsc::UnboundedReceive
             .into_iter()
             .partition(|waiting| ids.insert(waiting.outcome.values.id.clone()));
         held_over = later;
-        // Rows are locked in id order, as a pass's claims lock them: two writes that meet on
-        // a row (a host writing over a claim it lost) wait for each other, never deadlock.
-        batch.sort_unstable_by(|a, b| a.outcome.values.id.cmp(&b.outcome.values.id));
-        match write(&pool, &batch).await {
+        match write(&pool, &batch, limit).await {
             Ok(written) => {
                 for waiting in batch {
                     let done = written.contains(&waiting.outcome.values.id);
                     let _ = waiting.answer.send(Ok(done));
                 }
             }
+            Err(e) if batch.len() == 1 => {
+                if let Some(waiting) = batch.pop() {
+                    let _ = waiting.answer.send(Err(e));
+                }
+            }
+            Err(e) if refused_by_database(&e) => {
+                tracing::warn!(
+                    outcomes = batch.len(),
+                    "writing outcomes together failed, writing each alone: {e}"
+                );
+                for waiting in batch {
+                    let alone = write(&pool, std::slice::from_ref(&waiting), limit).await;
+                    let id = &waiting.outcome.values.id;
+                    let answer = alone.map(|written| written.contains(id));
+                    let _ = waiting.answer.send(answer);
+                }
+            }
+            // The database could not be reached: each outcome would only wait as long again.
             Err(e) => {
                 let (message, out_of_space) = match &e {
                     StorageError::Unavailable {
@@ -147,8 +197,23 @@ async fn write_while_open(pool: Pool, receiver: Arc<Mutex<mpsc::UnboundedReceive
     }
 }
 
-/// Writes `batch` in one statement: the ids of the rows written.
-async fn write(pool: &Pool, batch: &[Waiting]) -> Result<HashSet<String>, StorageError> {
+/// Whether the database answered `e` (it refused the statement: a row, a deadlock, a
+/// timeout of its own), rather than not being reached.
+fn refused_by_database(e: &StorageError) -> bool {
+    match e {
+        StorageError::Unavailable { source, .. } => source
+            .downcast_ref::<PgError>()
+            .is_some_and(|e| e.0.as_db_error().is_some()),
+        _ => false,
+    }
+}
+
+/// Writes `batch` in one statement, giving up after `limit`: the ids of the rows written.
+async fn write(
+    pool: &Pool,
+    batch: &[Waiting],
+    limit: Duration,
+) -> Result<HashSet<String>, StorageError> {
     let client = pool.get().await.map_err(|e| match e {
         deadpool_postgres::PoolError::Backend(e) => db_error(e),
         other => StorageError::Unavailable {
@@ -156,6 +221,29 @@ async fn write(pool: &Pool, batch: &[Waiting]) -> Result<HashSet<String>, Storag
             out_of_space: false,
         },
     })?;
+    match tokio::time::timeout(limit, write_on(&client, batch)).await {
+        Ok(written) => written,
+        Err(_) => {
+            // A connection that stopped answering is not given back to the pool.
+            drop(deadpool_postgres::Object::take(client));
+            Err(StorageError::Unavailable {
+                source: format!(
+                    "writing {} outcomes took longer than {} s",
+                    batch.len(),
+                    limit.as_secs()
+                )
+                .into(),
+                out_of_space: false,
+            })
+        }
+    }
+}
+
+/// [`write`] on `client`.
+async fn write_on(
+    client: &deadpool_postgres::Object,
+    batch: &[Waiting],
+) -> Result<HashSet<String>, StorageError> {
     let outcomes = batch.iter().map(|waiting| &waiting.outcome);
     let column = |pick: &dyn Fn(&PlainOutcome) -> i64| outcomes.clone().map(pick).collect();
     let ids: Vec<&str> = outcomes.clone().map(|o| o.values.id.as_str()).collect();
@@ -190,7 +278,7 @@ async fn write(pool: &Pool, batch: &[Waiting]) -> Result<HashSet<String>, Storag
         &keeps,
     ];
     let rows = client
-        .query(&cached(&client, WRITE).await?, &params)
+        .query(&cached(client, WRITE).await?, &params)
         .await
         .map_err(db_error)?;
     Ok(rows

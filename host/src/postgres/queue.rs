@@ -223,7 +223,8 @@ impl Postgres {
     }
 
     /// Releases claims that lapsed before `now` (at most [`REAP_AT_MOST`]) and returns the
-    /// earliest due time among their deliveries.
+    /// earliest due time among their deliveries. Rows being written now are passed over (the
+    /// next look takes them), so this never waits on, or deadlocks with, a write.
     async fn release_lapsed(&self, now: Millis) -> Result<Option<Millis>, StorageError> {
         let client = self.client().await?;
         let row = client
@@ -236,7 +237,8 @@ impl Postgres {
                      WHERE id IN (
                          SELECT id FROM deliveries
                          WHERE claim_holder IS NOT NULL AND claim_until <= $1
-                         LIMIT $2
+                         ORDER BY id LIMIT $2
+                         FOR UPDATE SKIP LOCKED
                      )
                      RETURNING due
                  )

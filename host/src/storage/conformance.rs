@@ -65,6 +65,7 @@ pub async fn run(opener: &impl Opener) {
     a_new_state_moves_the_queue_entry_and_a_final_one_removes_it(opener).await;
     claims_are_exclusive_until_they_lapse_and_finish_only_while_held(opener).await;
     an_outcome_is_written_whole_and_only_over_the_version_read(opener).await;
+    outcomes_finished_at_once_are_each_written_or_refused_on_their_own(opener).await;
     a_delivery_cannot_be_claimed_where_it_no_longer_is(opener).await;
     lists::a_delivery_query_filters_and_pages(opener).await;
     a_debounced_delivery_takes_newer_events_until_closed(opener).await;
@@ -380,6 +381,71 @@ async fn claims_are_exclusive_until_they_lapse_and_finish_only_while_held(opener
     );
     let third = claim(&storage, &done, a, 70_000).expect("due again, free to claim");
     assert_eq!(third.due, Millis(70_000));
+}
+
+/// Many workers finishing at once (an engine may write their outcomes together): each
+/// outcome is written, or refused for its own reason, whatever its neighbours'.
+async fn outcomes_finished_at_once_are_each_written_or_refused_on_their_own(opener: &impl Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = opener.open(dir.path());
+    let w = webhook();
+    let mut work = Vec::new();
+    for i in 0..24 {
+        let e = event(&format!("at-once-{i}"), None);
+        let d = pending(&w, &e, 1_000);
+        insert(&storage, &e, std::slice::from_ref(&d)).await;
+        let held = claim(&storage, &d, 1, 1_000).expect("due");
+        let claim = match i % 3 {
+            // Lapsed and taken by another holder: this one's outcome is refused.
+            1 => {
+                claim(&storage, &d, 2, 61_000).expect("lapsed");
+                held
+            }
+            // Saved midway under the claim: the worker's older copy is refused.
+            2 => {
+                let mut saved = d.clone();
+                saved.rounds = 1;
+                storage.finish(&held, outcome(&mut saved, true)).unwrap();
+                held
+            }
+            _ => held,
+        };
+        work.push((i, claim, d));
+    }
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let storage = &storage;
+        let workers: Vec<_> = work
+            .iter()
+            .map(|(i, claim, d)| {
+                scope.spawn(move || {
+                    let mut done = d.clone();
+                    done.status = DeliveryStatus::Delivered;
+                    done.next_attempt_at = None;
+                    let written = storage.finish(claim, outcome(&mut done, false));
+                    (*i, written.map_err(|e| e.conflict()), done)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for (i, written, done) in answers {
+        let stored = storage.delivery(&done.id).unwrap().unwrap();
+        match i % 3 {
+            0 => {
+                assert_eq!(written, Ok(()), "outcome {i}");
+                assert_eq!(stored, done, "outcome {i}");
+            }
+            1 => {
+                assert_eq!(written, Err(Some(Conflict::ClaimLost)), "outcome {i}");
+                assert_eq!(stored.status, DeliveryStatus::Pending, "outcome {i}");
+            }
+            _ => {
+                assert_eq!(written, Err(Some(Conflict::Changed)), "outcome {i}");
+                assert_eq!((stored.status, stored.rounds), (DeliveryStatus::Pending, 1));
+            }
+        }
+    }
+    assert_eq!(due_entries(&storage).len(), 16, "the refused stay queued");
 }
 
 /// A debounced delivery claimed and then put off (its webhook paused) while a newer event of
