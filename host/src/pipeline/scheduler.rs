@@ -3,10 +3,12 @@
 //! of evaluation time (`fair_share`: admission per webhook) allow.
 
 use std::collections::{HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
@@ -363,9 +365,19 @@ impl Pipeline {
                 let (due, id) = (claimed.claim.due, claimed.claim.id.clone());
                 let hand_back = &mut started.hand_back;
                 let endpoint = &mut started.endpoint;
-                if let Err(e) = this.process(claimed, admission, hand_back, endpoint).await {
-                    tracing::error!("storage error, will retry: {e}");
-                    this.postpone(due, &id);
+                let processed = this.process(claimed, admission, hand_back, endpoint);
+                // A panic is a bug, but it must not keep the endpoint's place or the tenant's
+                // count for ever: what the delivery holds is let go either way.
+                match AssertUnwindSafe(processed).catch_unwind().await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!("storage error, will retry: {e}");
+                        this.postpone(due, &id);
+                    }
+                    Err(_) => {
+                        tracing::error!("the delivery's task panicked; it will be tried again");
+                        this.postpone(due, &id);
+                    }
                 }
                 this.let_go(&id, started, false);
                 this.wake.notify_one();
