@@ -362,19 +362,21 @@ impl Postgres {
         if written {
             return Ok(());
         }
-        // Refused: say why, and end the claim if it is still this one's.
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &cached(
-                    &client,
-                    "SELECT claim_holder, claim_due FROM deliveries WHERE id = $1",
-                )
-                .await?,
-                &[&claim.id.as_str()],
+        // Refused: say why, and end the claim if it is still this one's (on a connection
+        // of its own: this one goes back to the pool first, so refusals never hold one
+        // while they wait for another).
+        let row = {
+            let client = self.client().await?;
+            let statement = cached(
+                &client,
+                "SELECT claim_holder, claim_due FROM deliveries WHERE id = $1",
             )
-            .await
-            .map_err(db_error)?;
+            .await?;
+            client
+                .query_opt(&statement, &[&claim.id.as_str()])
+                .await
+                .map_err(db_error)?
+        };
         let held = row.is_some_and(|row| {
             row.get::<_, Option<i64>>(0) == Some(holder)
                 && row.get::<_, Option<i64>>(1) == Some(claim_due)
